@@ -1,0 +1,59 @@
+// Defaults for every config field. Block size: the shared boot trace reads 16 KiB at the median and 128 KiB
+// at p90; moving aligned 64 KiB blocks of its read set fetches 81 % useful bytes, 256 KiB only 56 % and 1 MiB
+// 32 %. 64 KiB keeps over-fetch low and the manifest small (512 KiB of hashes for a 1 GiB image); throughput
+// comes from batching many blocks per message, not from bigger blocks.
+
+export interface Config {
+  dataDir: string
+  socket: string
+  instancesDir: string
+  blockSizeBytes: number
+  nbd: { socket: string, tcp: string | null, maxConnections: number }
+  rpc: { maxRequestBytes: number, maxConnections: number, maxBatchLength: number }
+  cache: { fetchTimeoutMs: number, quotaBytes: number | null }
+  p2p: {
+    enabled: boolean
+    listen: string[]
+    bootstrap: string[]
+    trust: string[]
+    psk: string | null
+    encryption: 'noise' | 'plaintext'
+    heartbeatMs: number
+    parents: number
+    childLimit: number
+    uploadLimitBytesPerSec: number | null
+    downloadLimitBytesPerSec: number | null
+  }
+  prefetch: { enabled: boolean, rateLimitBytesPerSec: number | null, idleLinkFraction: number }
+  log: { level: 'debug' | 'info' | 'warn' | 'error' | 'silent' }
+}
+
+export const DEFAULT_DATA_DIR = '/var/lib/vmthunder'
+export const DEFAULT_RUN_DIR = '/run/vmthunder'
+
+export function defaultConfig (): Config {
+  return {
+    dataDir: DEFAULT_DATA_DIR,
+    socket: `${DEFAULT_RUN_DIR}/vmthunderd.sock`,
+    instancesDir: `${DEFAULT_DATA_DIR}/instances`,
+    blockSizeBytes: 64 * 1024,
+    nbd: { socket: `${DEFAULT_RUN_DIR}/nbd.sock`, tcp: null, maxConnections: 256 },
+    rpc: { maxRequestBytes: 1024 * 1024, maxConnections: 64, maxBatchLength: 100 },
+    cache: { fetchTimeoutMs: 60_000, quotaBytes: null },
+    p2p: {
+      enabled: true,
+      listen: ['/ip4/0.0.0.0/tcp/7400'],
+      bootstrap: [],
+      trust: [],
+      psk: null,
+      encryption: 'noise',
+      heartbeatMs: 1000,
+      parents: 3,
+      childLimit: 8,
+      uploadLimitBytesPerSec: null,
+      downloadLimitBytesPerSec: null
+    },
+    prefetch: { enabled: true, rateLimitBytesPerSec: null, idleLinkFraction: 0.5 },
+    log: { level: 'info' }
+  }
+}

@@ -1,0 +1,223 @@
+// NBD server benchmark: our server vs `nbdkit file` on the same image, same clients, same run.
+//
+//   bash scripts/bench-nbd.sh [--json] [--runtime-s 5] [--reps 1] [--size-mib 1024] [--dir DIR] [--image FILE]
+//                             [--export-module M.ts --module-arg X] [--sync-read-max BYTES] [--no-pool]
+//
+// Builds a test image (random data, one 4 MiB hole in every 16 MiB: mostly allocated) unless --image is
+// given, serves it with scripts/bench-nbd-serve.ts (file export, or --export-module for another export) and
+// with `nbdkit -r file`, both on unix sockets, warms the page cache, then runs each client against both
+// servers alternately: nbdcopy of the whole export to null:, fio (nbd engine) sequential 1 MiB reads QD16,
+// random 4 KiB reads QD32 and QD1. Prints figures and the ratio ours/nbdkit (higher is better for us).
+
+import { spawn, execFile, type ChildProcess } from 'node:child_process'
+import { randomFillSync } from 'node:crypto'
+import { existsSync } from 'node:fs'
+import { mkdtemp, open, readFile, rm, stat } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
+import { promisify } from 'node:util'
+import { parseArgs } from 'node:util'
+
+const execFileAsync = promisify(execFile)
+const REPO = resolve(import.meta.dirname, '..')
+const HOLE_EVERY_BYTES = 16 * 1024 * 1024
+const HOLE_BYTES = 4 * 1024 * 1024
+const SERVER_START_TIMEOUT_MS = 30_000
+
+const { values: args } = parseArgs({
+  options: {
+    json: { type: 'boolean', default: false },
+    'runtime-s': { type: 'string', default: '5' },
+    reps: { type: 'string', default: '1' },
+    'size-mib': { type: 'string', default: '1024' },
+    dir: { type: 'string' },
+    image: { type: 'string' },
+    'export-module': { type: 'string' },
+    'module-arg': { type: 'string' },
+    'sync-read-max': { type: 'string' },
+    'no-pool': { type: 'boolean', default: false }
+  }
+})
+const runtimeS = Number(args['runtime-s'])
+const reps = Number(args.reps)
+const log = (msg: string): void => { process.stderr.write(`bench-nbd: ${msg}\n`) }
+
+interface Server { name: string, uri: string, stop: () => Promise<void> }
+
+interface Measure {
+  test: string
+  unit: string
+  /** One value per server name, the median of reps. */
+  values: Record<string, number>
+  extra?: Record<string, Record<string, number>>
+}
+
+async function buildImage (path: string, sizeBytes: number): Promise<void> {
+  log(`building ${sizeBytes / 1048576} MiB test image ${path}`)
+  const fh = await open(path, 'w')
+  try {
+    await fh.truncate(sizeBytes)
+    const chunk = Buffer.allocUnsafe(4 * 1024 * 1024)
+    for (let off = 0; off < sizeBytes; off += chunk.length) {
+      if (off % HOLE_EVERY_BYTES < HOLE_BYTES) continue
+      randomFillSync(chunk)
+      await fh.write(chunk, 0, Math.min(chunk.length, sizeBytes - off), off)
+    }
+  } finally {
+    await fh.close()
+  }
+}
+
+function waitForReady (child: ChildProcess, what: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { reject(new Error(`${what} did not start in ${SERVER_START_TIMEOUT_MS} ms`)) }, SERVER_START_TIMEOUT_MS)
+    let out = ''
+    child.stdout?.on('data', (d: Buffer) => {
+      out += d.toString()
+      if (out.includes('ready')) { clearTimeout(timer); resolve() }
+    })
+    child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`${what} exited with ${code}`)) })
+  })
+}
+
+function stopChild (child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve()
+  return new Promise(resolve => {
+    child.once('exit', () => { resolve() })
+    child.kill('SIGTERM')
+  })
+}
+
+async function startOurs (image: string, sock: string): Promise<Server> {
+  const serveArgs = ['--import', 'tsx', join(REPO, 'scripts/bench-nbd-serve.ts'), '--socket', sock]
+  if (args['export-module'] !== undefined) {
+    serveArgs.push('--export-module', args['export-module'])
+    if (args['module-arg'] !== undefined) serveArgs.push('--module-arg', args['module-arg'])
+  } else {
+    serveArgs.push('--file', image)
+  }
+  if (args['sync-read-max'] !== undefined) serveArgs.push('--sync-read-max', args['sync-read-max'])
+  if (args['no-pool']) serveArgs.push('--no-pool')
+  const child = spawn(process.execPath, serveArgs, { cwd: REPO, stdio: ['ignore', 'pipe', 'inherit'] })
+  await waitForReady(child, 'our server')
+  return { name: 'ours', uri: `nbd+unix:///?socket=${sock}`, stop: () => stopChild(child) }
+}
+
+async function startNbdkit (image: string, sock: string, dir: string): Promise<Server> {
+  const pidFile = join(dir, 'nbdkit.pid')
+  // -f: foreground (we own the process); -P: written once the socket accepts connections.
+  const child = spawn('nbdkit', ['-f', '-r', '-P', pidFile, '--unix', sock, 'file', image], { stdio: ['ignore', 'inherit', 'inherit'] })
+  const deadline = Date.now() + SERVER_START_TIMEOUT_MS
+  while (!existsSync(pidFile)) {
+    if (child.exitCode !== null) throw new Error(`nbdkit exited with ${child.exitCode}`)
+    if (Date.now() > deadline) throw new Error('nbdkit did not start')
+    await new Promise(resolve => setTimeout(resolve, 20))
+  }
+  return { name: 'nbdkit', uri: `nbd+unix:///?socket=${sock}`, stop: () => stopChild(child) }
+}
+
+async function nbdcopyMiBs (server: Server, sizeBytes: number): Promise<number> {
+  const t0 = process.hrtime.bigint()
+  await execFileAsync('nbdcopy', [server.uri, 'null:'])
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9
+  return sizeBytes / 1048576 / seconds
+}
+
+interface FioResult { iops: number, mibs: number, p50us: number, p99us: number }
+
+async function fio (server: Server, dir: string, rw: string, bs: string, iodepth: number, sizeBytes: number): Promise<FioResult> {
+  const out = join(dir, 'fio.json')
+  await execFileAsync('fio', [
+    '--name=bench', '--ioengine=nbd', `--uri=${server.uri}`, `--rw=${rw}`, `--bs=${bs}`, `--iodepth=${iodepth}`,
+    `--size=${sizeBytes}`, `--runtime=${runtimeS}`, '--time_based', '--ramp_time=1', '--output-format=json', `--output=${out}`
+  ], { timeout: (runtimeS + 60) * 1000 })
+  const job = JSON.parse(await readFile(out, 'utf8')).jobs[0].read
+  const pct = job.clat_ns.percentile as Record<string, number>
+  return { iops: job.iops, mibs: job.bw / 1024, p50us: pct['50.000000'] / 1000, p99us: pct['99.000000'] / 1000 }
+}
+
+function median (xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b)
+  const mid = Math.floor(s.length / 2)
+  return s.length % 2 === 1 ? s[mid] : (s[mid - 1] + s[mid]) / 2
+}
+
+async function main (): Promise<void> {
+  const dir = args.dir ?? await mkdtemp(join(tmpdir(), 'bench-nbd-'))
+  const ownDir = args.dir === undefined
+  const image = args.image ?? join(dir, 'image.raw')
+  const servers: Server[] = []
+  try {
+    if (args.image === undefined) await buildImage(image, Number(args['size-mib']) * 1048576)
+    const sizeBytes = (await stat(image)).size
+    // Warm the page cache so both servers read from memory.
+    await execFileAsync('dd', [`if=${image}`, 'of=/dev/null', 'bs=4M'])
+    servers.push(await startOurs(image, join(dir, 'ours.sock')))
+    servers.push(await startNbdkit(image, join(dir, 'nbdkit.sock'), dir))
+
+    const tests: Array<{ test: string, unit: string, run: (s: Server) => Promise<{ value: number, extra?: Record<string, number> }> }> = [
+      { test: 'nbdcopy whole export -> null:', unit: 'MiB/s', run: async s => ({ value: await nbdcopyMiBs(s, sizeBytes) }) },
+      {
+        test: 'fio seq read 1 MiB QD16',
+        unit: 'MiB/s',
+        run: async s => { const r = await fio(s, dir, 'read', '1m', 16, sizeBytes); return { value: r.mibs, extra: { p50us: r.p50us } } }
+      },
+      {
+        test: 'fio rand read 4 KiB QD32',
+        unit: 'IOPS',
+        run: async s => { const r = await fio(s, dir, 'randread', '4k', 32, sizeBytes); return { value: r.iops, extra: { p50us: r.p50us, p99us: r.p99us } } }
+      },
+      {
+        test: 'fio rand read 4 KiB QD1',
+        unit: 'IOPS',
+        run: async s => { const r = await fio(s, dir, 'randread', '4k', 1, sizeBytes); return { value: r.iops, extra: { p50us: r.p50us, p99us: r.p99us } } }
+      }
+    ]
+
+    const results: Measure[] = []
+    for (const t of tests) {
+      const samples: Record<string, number[]> = {}
+      const extras: Record<string, Record<string, number[]>> = {}
+      for (let rep = 0; rep < reps; rep++) {
+        // Alternate the order so neither server always runs on a warmer/colder machine.
+        const order = rep % 2 === 0 ? servers : [...servers].reverse()
+        for (const s of order) {
+          log(`${t.test}: ${s.name} (rep ${rep + 1}/${reps})`)
+          const r = await t.run(s)
+          ;(samples[s.name] ??= []).push(r.value)
+          for (const [k, v] of Object.entries(r.extra ?? {})) ((extras[s.name] ??= {})[k] ??= []).push(v)
+        }
+      }
+      const values: Record<string, number> = {}
+      const extra: Record<string, Record<string, number>> = {}
+      for (const s of servers) {
+        values[s.name] = median(samples[s.name])
+        for (const [k, v] of Object.entries(extras[s.name] ?? {})) (extra[s.name] ??= {})[k] = median(v)
+      }
+      results.push({ test: t.test, unit: t.unit, values, extra })
+    }
+
+    if (args.json) {
+      process.stdout.write(JSON.stringify({
+        sizeBytes, runtimeS, reps, export: args['export-module'] ?? 'file',
+        results: results.map(r => ({ ...r, ratio: r.values.ours / r.values.nbdkit }))
+      }, null, 2) + '\n')
+    } else {
+      const rows = results.map(r => {
+        const lat = (name: string): string => r.extra?.[name]?.p50us !== undefined ? ` (p50 ${r.extra[name].p50us.toFixed(0)} us)` : ''
+        return [r.test, r.unit, `${r.values.ours.toFixed(0)}${lat('ours')}`, `${r.values.nbdkit.toFixed(0)}${lat('nbdkit')}`, (r.values.ours / r.values.nbdkit).toFixed(2)]
+      })
+      const header = ['test', 'unit', 'ours', 'nbdkit file', 'ours/nbdkit']
+      const widths = header.map((h, i) => Math.max(h.length, ...rows.map(r => r[i].length)))
+      const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i])).join('  ')
+      process.stdout.write(`image ${sizeBytes / 1048576} MiB, export ${args['export-module'] ?? 'file'}, fio runtime ${runtimeS} s, median of ${reps}\n`)
+      process.stdout.write(line(header) + '\n' + widths.map(w => '-'.repeat(w)).join('  ') + '\n')
+      for (const r of rows) process.stdout.write(line(r) + '\n')
+    }
+  } finally {
+    for (const s of servers) await s.stop()
+    if (ownDir) await rm(dir, { recursive: true, force: true })
+  }
+}
+
+await main()

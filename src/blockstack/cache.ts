@@ -1,0 +1,428 @@
+// The block cache of one image on one host.
+//
+// Data lives in a sparse file the size of the image; which blocks are present lives in a PresenceStore
+// (level). The order of events for a fetched block is: verify its hash against the signed manifest ->
+// write it to the file -> fdatasync -> mark it present. So after a crash (kill -9 or power loss) every block
+// marked present verifies; a block written but not yet marked is simply fetched again.
+//
+// A verified block that waits for its group commit is kept in memory and may be handed to the local reader
+// that asked for it (the bytes are verified), but peers are only ever served blocks marked present (has()).
+// Concurrent reads of the same missing block share one fetch. Zero blocks of the manifest are present from
+// the start: they are holes in the file and are never fetched.
+
+import { open, type FileHandle } from 'node:fs/promises'
+import { blockLength, isZeroBlock, verifyBlock, type Manifest } from './manifest.js'
+import { BlockNotPresentError, BlockVerificationError, CacheClosedError, FetchTimeoutError, ReadRangeError } from './errors.js'
+import type { BlockSource, BlockStore, FetchPriority } from './types.js'
+import type { PresenceStore } from './presence.js'
+import { Bitmap } from './bitmap.js'
+
+export const DEFAULT_FETCH_TIMEOUT_MS = 60_000
+export const DEFAULT_MAX_FETCH_ATTEMPTS = 4
+/** Blocks asked of a source in one call: large enough to amortise a round trip, small enough to stripe. */
+export const DEFAULT_MAX_BLOCKS_PER_FETCH = 32
+/** Verified blocks waiting for their group commit; fetches wait when more than this is buffered. */
+export const DEFAULT_MAX_PENDING_WRITE_BYTES = 64 * 1024 * 1024
+/** Blocks written per fdatasync. */
+export const MAX_BLOCKS_PER_COMMIT = 256
+
+export interface Logger {
+  info: (message: string, fields?: Record<string, unknown>) => void
+  warn: (message: string, fields?: Record<string, unknown>) => void
+  error: (message: string, fields?: Record<string, unknown>) => void
+}
+
+export const silentLogger: Logger = { info () {}, warn () {}, error () {} }
+
+export interface BlockCacheInit {
+  manifest: Manifest
+  /** Path of the sparse data file. Created (at the image's size) when missing. */
+  path: string
+  presence: PresenceStore
+  source: BlockSource
+  logger?: Logger
+  fetchTimeoutMs?: number
+  maxFetchAttempts?: number
+  maxBlocksPerFetch?: number
+  maxPendingWriteBytes?: number
+}
+
+export interface CacheStats {
+  sizeBytes: number
+  blockCount: number
+  presentBlocks: number
+  presentBytes: number
+  /** Blocks a read found present (or in flight to disk). */
+  hitBlocks: number
+  /** Blocks a read had to wait for. */
+  missBlocks: number
+  fetchedBlocks: number
+  fetchedBytes: number
+  corruptBlocks: number
+  readRequests: number
+  readBytes: number
+}
+
+interface Waiter {
+  promise: Promise<void>
+  resolve: () => void
+  reject: (err: Error) => void
+}
+
+export type BlocksAddedListener = (blockIndexes: readonly number[]) => void
+
+export class BlockCache implements BlockStore {
+  readonly manifest: Manifest
+  private readonly path: string
+  private readonly presence: PresenceStore
+  private readonly source: BlockSource
+  private readonly logger: Logger
+  private readonly fetchTimeoutMs: number
+  private readonly maxFetchAttempts: number
+  private readonly maxBlocksPerFetch: number
+  private readonly maxPendingWriteBytes: number
+  private handle!: FileHandle
+  /** Durable, verified blocks (zero blocks included). */
+  private readonly present: Bitmap
+  /** Verified blocks not yet durable. */
+  private readonly pending = new Map<number, Uint8Array>()
+  private pendingBytes = 0
+  private writeQueue: number[] = []
+  private writer: Promise<void> | undefined
+  private readonly inflight = new Map<number, Waiter>()
+  private readonly listeners = new Set<BlocksAddedListener>()
+  private readonly closeController = new AbortController()
+  private closed = false
+  private readonly counters = { hitBlocks: 0, missBlocks: 0, fetchedBlocks: 0, fetchedBytes: 0, corruptBlocks: 0, readRequests: 0, readBytes: 0 }
+
+  private constructor (init: BlockCacheInit) {
+    this.manifest = init.manifest
+    this.path = init.path
+    this.presence = init.presence
+    this.source = init.source
+    this.logger = init.logger ?? silentLogger
+    this.fetchTimeoutMs = init.fetchTimeoutMs ?? DEFAULT_FETCH_TIMEOUT_MS
+    this.maxFetchAttempts = init.maxFetchAttempts ?? DEFAULT_MAX_FETCH_ATTEMPTS
+    this.maxBlocksPerFetch = init.maxBlocksPerFetch ?? DEFAULT_MAX_BLOCKS_PER_FETCH
+    this.maxPendingWriteBytes = init.maxPendingWriteBytes ?? DEFAULT_MAX_PENDING_WRITE_BYTES
+    this.present = new Bitmap(init.manifest.blockCount)
+  }
+
+  static async open (init: BlockCacheInit): Promise<BlockCache> {
+    const cache = new BlockCache(init)
+    await cache.load()
+    return cache
+  }
+
+  private async load (): Promise<void> {
+    let handle: FileHandle
+    try {
+      handle = await open(this.path, 'r+')
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+      handle = await open(this.path, 'w+', 0o640)
+    }
+    this.handle = handle
+    const { size } = await handle.stat()
+    const stored = await this.presence.load(this.manifest.blockCount)
+    if (size !== this.manifest.sizeBytes) {
+      // A new file, or one from something else: nothing in it can be trusted.
+      await handle.truncate(0)
+      await handle.truncate(this.manifest.sizeBytes)
+      await this.presence.clear()
+    } else {
+      this.present.or(stored)
+    }
+    this.present.or(this.manifest.zeroBlocks)
+  }
+
+  // ---- BlockStore: what peers may be served ----
+
+  has (blockIndex: number): boolean {
+    return this.present.get(blockIndex)
+  }
+
+  presentCount (): number {
+    return this.present.count()
+  }
+
+  presentBitmap (): Uint8Array {
+    return this.present.toBytes()
+  }
+
+  isComplete (): boolean {
+    return this.present.count() === this.manifest.blockCount
+  }
+
+  async readBlock (blockIndex: number, options: { signal?: AbortSignal } = {}): Promise<Uint8Array> {
+    this.assertOpen()
+    options.signal?.throwIfAborted()
+    if (!this.present.get(blockIndex)) throw new BlockNotPresentError(`block ${blockIndex} of ${this.manifest.imageId} is not present`)
+    const length = blockLength(this.manifest, blockIndex)
+    if (isZeroBlock(this.manifest, blockIndex)) return new Uint8Array(length)
+    const data = Buffer.allocUnsafe(length)
+    await this.readFully(data, blockIndex * this.manifest.blockSizeBytes)
+    return data
+  }
+
+  onBlocksAdded (listener: BlocksAddedListener): () => void {
+    this.listeners.add(listener)
+    return () => { this.listeners.delete(listener) }
+  }
+
+  // ---- reads for the local hypervisor ----
+
+  /** True when the block can be read without waiting for a source. */
+  hasLocal (blockIndex: number): boolean {
+    return this.present.get(blockIndex) || this.pending.has(blockIndex)
+  }
+
+  /** Reads `length` bytes at `offset`, fetching missing blocks first. */
+  async read (offset: number, length: number, signal: AbortSignal): Promise<Uint8Array> {
+    this.assertOpen()
+    const { sizeBytes, blockSizeBytes } = this.manifest
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length <= 0 || offset + length > sizeBytes) {
+      throw new ReadRangeError(`read of ${length} bytes at ${offset} is outside the image (${sizeBytes} bytes)`)
+    }
+    this.counters.readRequests++
+    this.counters.readBytes += length
+    const first = Math.floor(offset / blockSizeBytes)
+    const last = Math.floor((offset + length - 1) / blockSizeBytes)
+    let allPresent = true
+    for (let i = first; i <= last; i++) {
+      if (!this.present.get(i)) { allPresent = false; break }
+    }
+    if (allPresent) {
+      this.counters.hitBlocks += last - first + 1
+      const out = Buffer.allocUnsafe(length)
+      await this.readFully(out, offset)
+      return out
+    }
+    const indexes: number[] = []
+    for (let i = first; i <= last; i++) indexes.push(i)
+    await this.ensure(indexes, { signal, priority: 'demand' })
+    const out = Buffer.allocUnsafe(length)
+    // Assemble: runs of durable blocks come from the file in one read each; blocks still waiting for their
+    // commit come from memory.
+    let runStart = -1
+    const flushRun = async (end: number): Promise<void> => {
+      if (runStart < 0) return
+      const from = Math.max(offset, runStart * blockSizeBytes)
+      const to = Math.min(offset + length, end * blockSizeBytes)
+      await this.readFully(out.subarray(from - offset, to - offset), from)
+      runStart = -1
+    }
+    for (let i = first; i <= last; i++) {
+      const data = this.pending.get(i)
+      if (data === undefined) {
+        if (!this.present.get(i)) throw new BlockNotPresentError(`block ${i} of ${this.manifest.imageId} vanished while read`)
+        if (runStart < 0) runStart = i
+        continue
+      }
+      await flushRun(i)
+      const blockStart = i * blockSizeBytes
+      const from = Math.max(offset, blockStart)
+      const to = Math.min(offset + length, blockStart + data.byteLength)
+      out.set(data.subarray(from - blockStart, to - blockStart), from - offset)
+    }
+    await flushRun(last + 1)
+    return out
+  }
+
+  /**
+   * Makes the given blocks local, fetching the missing ones from the source (one fetch per block, however
+   * many callers ask). Resolves when every block is verified; rejects when one cannot be had.
+   */
+  async ensure (blockIndexes: readonly number[], options: { signal: AbortSignal, priority?: FetchPriority }): Promise<void> {
+    this.assertOpen()
+    options.signal.throwIfAborted()
+    const waits: Array<Promise<void>> = []
+    const toFetch: number[] = []
+    for (const index of blockIndexes) {
+      if (!Number.isInteger(index) || index < 0 || index >= this.manifest.blockCount) throw new ReadRangeError(`no block ${index} in ${this.manifest.imageId}`)
+      if (this.hasLocal(index)) {
+        if (options.priority !== 'prefetch') this.counters.hitBlocks++
+        continue
+      }
+      if (options.priority !== 'prefetch') this.counters.missBlocks++
+      let waiter = this.inflight.get(index)
+      if (waiter === undefined) {
+        waiter = makeWaiter()
+        this.inflight.set(index, waiter)
+        toFetch.push(index)
+      }
+      waits.push(waiter.promise)
+    }
+    for (let i = 0; i < toFetch.length; i += this.maxBlocksPerFetch) {
+      void this.fetchBatch(toFetch.slice(i, i + this.maxBlocksPerFetch), options.priority ?? 'demand')
+    }
+    if (waits.length === 0) return
+    await raceAbort(Promise.all(waits), options.signal)
+  }
+
+  private async fetchBatch (indexes: number[], priority: FetchPriority): Promise<void> {
+    // The fetch is shared by every reader of these blocks, so it is bounded by the cache's own lifetime and a
+    // timeout, not by any one reader's signal.
+    const signal = AbortSignal.any([this.closeController.signal, AbortSignal.timeout(this.fetchTimeoutMs)])
+    let remaining = indexes
+    let lastError: Error | undefined
+    for (let attempt = 0; attempt < this.maxFetchAttempts && remaining.length > 0 && !signal.aborted; attempt++) {
+      const wanted = new Set(remaining)
+      try {
+        const blocks = await this.source.fetch(this.manifest, remaining, { signal, priority })
+        for (const block of blocks) {
+          if (!wanted.has(block.index)) continue
+          if (!verifyBlock(this.manifest, block.index, block.data)) {
+            this.counters.corruptBlocks++
+            lastError = new BlockVerificationError(`block ${block.index} of ${this.manifest.imageId} from ${block.peer ?? 'source'} does not match the manifest`, block.index)
+            this.logger.warn('corrupt block', { image: this.manifest.imageId, block: block.index, peer: block.peer })
+            this.source.reportCorrupt?.(this.manifest, block.index, block.peer)
+            continue
+          }
+          wanted.delete(block.index)
+          await this.accept(block.index, block.data)
+        }
+      } catch (err) {
+        lastError = err as Error
+        if (signal.aborted) break
+        this.logger.warn('fetch failed', { image: this.manifest.imageId, blocks: remaining.length, attempt, error: lastError.message })
+      }
+      remaining = [...wanted]
+    }
+    if (remaining.length === 0) return
+    const error = this.closed
+      ? new CacheClosedError('cache closed')
+      : signal.aborted
+        ? new FetchTimeoutError(`fetching ${remaining.length} blocks of ${this.manifest.imageId} timed out after ${this.fetchTimeoutMs} ms`)
+        : (lastError ?? new Error('source returned no data'))
+    for (const index of remaining) {
+      const waiter = this.inflight.get(index)
+      this.inflight.delete(index)
+      waiter?.reject(error)
+    }
+  }
+
+  /** Stores a verified block: in memory at once, durable at the next group commit. */
+  private async accept (index: number, data: Uint8Array): Promise<void> {
+    if (this.present.get(index) || this.pending.has(index)) return
+    this.pending.set(index, data)
+    this.pendingBytes += data.byteLength
+    this.counters.fetchedBlocks++
+    this.counters.fetchedBytes += data.byteLength
+    const waiter = this.inflight.get(index)
+    this.inflight.delete(index)
+    waiter?.resolve()
+    this.writeQueue.push(index)
+    this.startWriter()
+    if (this.pendingBytes > this.maxPendingWriteBytes) await this.writer
+  }
+
+  /** Stores a block already known to be good (the origin's own image file, read at registration). */
+  async putVerified (index: number, data: Uint8Array): Promise<void> {
+    if (!verifyBlock(this.manifest, index, data)) throw new BlockVerificationError(`block ${index} does not match the manifest`, index)
+    await this.accept(index, data)
+  }
+
+  private startWriter (): void {
+    if (this.writer !== undefined) return
+    this.writer = this.runWriter().finally(() => { this.writer = undefined })
+  }
+
+  private async runWriter (): Promise<void> {
+    while (this.writeQueue.length > 0 && !this.closed) {
+      const batch = this.writeQueue.splice(0, MAX_BLOCKS_PER_COMMIT).sort((a, b) => a - b)
+      try {
+        for (const index of batch) {
+          const data = this.pending.get(index)
+          if (data !== undefined) await this.writeFully(data, index * this.manifest.blockSizeBytes)
+        }
+        await this.handle.datasync()
+        for (const index of batch) this.present.set(index)
+        await this.presence.save(this.present, batch)
+      } catch (err) {
+        // Nothing is marked present that was not flushed. The blocks are dropped (a later read fetches them
+        // again) rather than retried here, so a failing disk cannot make the writer loop.
+        this.logger.error('cache write failed', { image: this.manifest.imageId, error: (err as Error).message })
+        for (const index of batch) this.present.clear(index)
+        for (const index of batch) this.dropPending(index)
+        continue
+      }
+      for (const index of batch) this.dropPending(index)
+      if (batch.length > 0) for (const listener of this.listeners) listener(batch)
+    }
+  }
+
+  private dropPending (index: number): void {
+    const data = this.pending.get(index)
+    if (data === undefined) return
+    this.pending.delete(index)
+    this.pendingBytes -= data.byteLength
+  }
+
+  /** Waits until every verified block is durable. */
+  async flush (): Promise<void> {
+    while (this.writer !== undefined) await this.writer
+  }
+
+  stats (): CacheStats {
+    const presentBlocks = this.present.count()
+    let presentBytes = presentBlocks * this.manifest.blockSizeBytes
+    const lastIndex = this.manifest.blockCount - 1
+    if (this.present.get(lastIndex)) presentBytes -= this.manifest.blockSizeBytes - blockLength(this.manifest, lastIndex)
+    return { sizeBytes: this.manifest.sizeBytes, blockCount: this.manifest.blockCount, presentBlocks, presentBytes, ...this.counters }
+  }
+
+  async close (): Promise<void> {
+    if (this.closed) return
+    await this.flush()
+    this.closed = true
+    this.closeController.abort(new CacheClosedError('cache closed'))
+    for (const [, waiter] of this.inflight) waiter.reject(new CacheClosedError('cache closed'))
+    this.inflight.clear()
+    await this.handle.close()
+  }
+
+  private assertOpen (): void {
+    if (this.closed) throw new CacheClosedError(`cache of ${this.manifest.imageId} is closed`)
+  }
+
+  private async readFully (into: Uint8Array, position: number): Promise<void> {
+    let done = 0
+    while (done < into.byteLength) {
+      const { bytesRead } = await this.handle.read(into, done, into.byteLength - done, position + done)
+      if (bytesRead === 0) throw new ReadRangeError(`cache file ${this.path} is shorter than the image`)
+      done += bytesRead
+    }
+  }
+
+  private async writeFully (data: Uint8Array, position: number): Promise<void> {
+    let done = 0
+    while (done < data.byteLength) {
+      const { bytesWritten } = await this.handle.write(data, done, data.byteLength - done, position + done)
+      done += bytesWritten
+    }
+  }
+}
+
+function makeWaiter (): Waiter {
+  let resolve!: () => void
+  let reject!: (err: Error) => void
+  const promise = new Promise<void>((res, rej) => { resolve = res; reject = rej })
+  promise.catch(() => {}) // a waiter nobody awaits any more must not become an unhandled rejection
+  return { promise, resolve, reject }
+}
+
+/** Resolves or rejects with `promise`, or rejects as soon as `signal` aborts. */
+export async function raceAbort<T> (promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  signal.throwIfAborted()
+  let onAbort!: () => void
+  const aborted = new Promise<never>((_resolve, reject) => {
+    onAbort = () => { reject(signal.reason) }
+    signal.addEventListener('abort', onAbort, { once: true })
+  })
+  try {
+    return await Promise.race([promise, aborted])
+  } finally {
+    signal.removeEventListener('abort', onAbort)
+  }
+}

@@ -1,0 +1,248 @@
+// The images a host knows: their manifests and block caches, kept across restarts.
+//
+// On disk: DATA_DIR/images/<imageId>/manifest (the signed manifest as received) and cache.raw (the sparse
+// block cache); in level: one record per image (the commit point of a registration) and the presence bitmap
+// of each cache. A directory without a record is an interrupted registration and is removed at start.
+
+import { mkdir, rm, readdir, readFile, writeFile, rename, stat } from 'node:fs/promises'
+import { join } from 'node:path'
+import { BlockCache, silentLogger, type Logger } from './cache.js'
+import { decodeManifest, manifestFromFile, validateImageId, type Manifest } from './manifest.js'
+import { levelPresenceStore, type ChunkDb } from './presence.js'
+import { ImageExistsError, ImageFileError, ImageNotFoundError, ImageInUseError } from './errors.js'
+import type { SigningKey } from './signing.js'
+import type { BlockSource } from './types.js'
+
+export interface ImageRecord {
+  imageId: string
+  rootHex: string
+  sizeBytes: number
+  blockSizeBytes: number
+  /** True when this host registered the image from a file (it is the image's origin). */
+  origin: boolean
+  sourcePath?: string
+  addedAtMs: number
+}
+
+export interface Image {
+  record: ImageRecord
+  manifest: Manifest
+  cache: BlockCache
+}
+
+/** The part of a level database the registry uses. */
+export interface RegistryDb {
+  sublevel: (name: string, options: { valueEncoding: 'json' | 'view' }) => any
+}
+
+export interface ImageRegistryInit {
+  dataDir: string
+  db: RegistryDb
+  key: SigningKey
+  /** Chooses where the blocks of an image come from (the origin's file, peers, or both). */
+  sourceFor: (record: ImageRecord) => BlockSource
+  logger?: Logger
+  now?: () => number
+  fetchTimeoutMs?: number
+}
+
+export interface RegisterOptions {
+  blockSizeBytes: number
+  signal?: AbortSignal
+}
+
+/** Blocks the origin copies from its file per ensure() call at registration. */
+const REGISTER_BATCH_BLOCKS = 512
+
+export class ImageRegistry {
+  private readonly images = new Map<string, Image>()
+  /** Image ids with a registration or removal under way. */
+  private readonly busy = new Set<string>()
+  private readonly records: any
+  private readonly logger: Logger
+  private readonly now: () => number
+
+  private constructor (private readonly init: ImageRegistryInit) {
+    this.records = init.db.sublevel('images', { valueEncoding: 'json' })
+    this.logger = init.logger ?? silentLogger
+    this.now = init.now ?? Date.now
+  }
+
+  static async open (init: ImageRegistryInit): Promise<ImageRegistry> {
+    const registry = new ImageRegistry(init)
+    await registry.load()
+    return registry
+  }
+
+  private imageDir (imageId: string): string {
+    return join(this.init.dataDir, 'images', imageId)
+  }
+
+  private presenceDb (rootHex: string): ChunkDb {
+    return this.init.db.sublevel(`present-${rootHex}`, { valueEncoding: 'view' })
+  }
+
+  private async load (): Promise<void> {
+    await mkdir(join(this.init.dataDir, 'images'), { recursive: true })
+    for await (const [imageId, record] of this.records.iterator() as AsyncIterable<[string, ImageRecord]>) {
+      try {
+        const manifest = decodeManifest(await readFile(join(this.imageDir(imageId), 'manifest')))
+        if (manifest.rootHex !== record.rootHex) throw new Error('manifest on disk does not match the record')
+        this.images.set(imageId, { record, manifest, cache: await this.openCache(record, manifest) })
+      } catch (err) {
+        this.logger.error('dropping an image that cannot be loaded', { imageId, error: (err as Error).message })
+        await this.records.del(imageId)
+      }
+    }
+    for (const entry of await readdir(join(this.init.dataDir, 'images'))) {
+      if (!this.images.has(entry)) {
+        this.logger.warn('removing an interrupted registration', { imageId: entry })
+        await rm(this.imageDir(entry), { recursive: true, force: true })
+      }
+    }
+  }
+
+  private async openCache (record: ImageRecord, manifest: Manifest): Promise<BlockCache> {
+    return await BlockCache.open({
+      manifest,
+      path: join(this.imageDir(record.imageId), 'cache.raw'),
+      presence: levelPresenceStore(this.presenceDb(record.rootHex)),
+      source: this.init.sourceFor(record),
+      logger: this.logger,
+      fetchTimeoutMs: this.init.fetchTimeoutMs
+    })
+  }
+
+  list (): Image[] {
+    return [...this.images.values()]
+  }
+
+  get (imageId: string): Image | undefined {
+    return this.images.get(imageId)
+  }
+
+  require (imageId: string): Image {
+    const image = this.images.get(imageId)
+    if (image === undefined) throw new ImageNotFoundError(`no image '${imageId}'`)
+    return image
+  }
+
+  /**
+   * Registers a raw image file: hashes it into a manifest signed by this host, then copies its blocks into the
+   * cache through the same verified path peers' blocks take. The host is the image's origin and a seed.
+   */
+  async register (imageId: string, path: string, options: RegisterOptions): Promise<Image> {
+    validateImageId(imageId)
+    let info
+    try {
+      info = await stat(path)
+    } catch (err) {
+      throw new ImageFileError(`cannot read image file '${path}': ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+    }
+    if (!info.isFile()) throw new ImageFileError(`'${path}' is not a regular file`)
+    if (info.size === 0) throw new ImageFileError(`'${path}' is empty`)
+    return await this.exclusive(imageId, async () => {
+      this.assertAbsent(imageId)
+      let manifest: Manifest
+      try {
+        manifest = await manifestFromFile({ imageId, path, blockSizeBytes: options.blockSizeBytes, key: this.init.key, signal: options.signal, nowMs: this.now() })
+      } catch (err) {
+        if ((err as Error).name === 'AbortError' || (err as Error).name === 'InvalidImageIdError') throw err
+        throw new ImageFileError(`cannot read image file '${path}': ${(err as Error).message}`)
+      }
+      const record: ImageRecord = {
+        imageId,
+        rootHex: manifest.rootHex,
+        sizeBytes: manifest.sizeBytes,
+        blockSizeBytes: manifest.blockSizeBytes,
+        origin: true,
+        sourcePath: path,
+        addedAtMs: this.now()
+      }
+      return await this.install(record, manifest, async cache => {
+        const signal = options.signal ?? AbortSignal.timeout(3_600_000)
+        const missing: number[] = []
+        for (let i = 0; i < manifest.blockCount; i++) if (!cache.has(i)) missing.push(i)
+        for (let i = 0; i < missing.length; i += REGISTER_BATCH_BLOCKS) {
+          await cache.ensure(missing.slice(i, i + REGISTER_BATCH_BLOCKS), { signal, priority: 'prefetch' })
+        }
+        await cache.flush()
+      })
+    })
+  }
+
+  /** Adds an image known from its (already verified and trusted) manifest; blocks come from peers. */
+  async adopt (manifest: Manifest): Promise<Image> {
+    const existing = this.images.get(manifest.imageId)
+    if (existing !== undefined && existing.manifest.rootHex === manifest.rootHex) return existing
+    return await this.exclusive(manifest.imageId, async () => {
+      this.assertAbsent(manifest.imageId)
+      const record: ImageRecord = {
+        imageId: manifest.imageId,
+        rootHex: manifest.rootHex,
+        sizeBytes: manifest.sizeBytes,
+        blockSizeBytes: manifest.blockSizeBytes,
+        origin: false,
+        addedAtMs: this.now()
+      }
+      return await this.install(record, manifest, async () => {})
+    })
+  }
+
+  private async install (record: ImageRecord, manifest: Manifest, fill: (cache: BlockCache) => Promise<void>): Promise<Image> {
+    const dir = this.imageDir(record.imageId)
+    await rm(dir, { recursive: true, force: true })
+    await mkdir(dir, { recursive: true })
+    await this.presenceDb(record.rootHex).clear()
+    let cache: BlockCache | undefined
+    try {
+      await writeFile(join(dir, 'manifest.tmp'), manifest.encoded)
+      await rename(join(dir, 'manifest.tmp'), join(dir, 'manifest'))
+      cache = await this.openCache(record, manifest)
+      await fill(cache)
+      await this.records.put(record.imageId, record)
+    } catch (err) {
+      await cache?.close().catch(() => {})
+      await rm(dir, { recursive: true, force: true })
+      await this.presenceDb(record.rootHex).clear().catch(() => {})
+      throw err
+    }
+    const image = { record, manifest, cache }
+    this.images.set(record.imageId, image)
+    return image
+  }
+
+  /** Removes an image and its cache. `inUse` is asked first, inside the image's lock. */
+  async remove (imageId: string, inUse: (imageId: string) => string[]): Promise<void> {
+    const image = this.require(imageId)
+    await this.exclusive(imageId, async () => {
+      const users = inUse(imageId)
+      if (users.length > 0) throw new ImageInUseError(`image '${imageId}' is used by instance(s) ${users.join(', ')}`)
+      this.images.delete(imageId)
+      await this.records.del(imageId)
+      await image.cache.close()
+      await this.presenceDb(image.record.rootHex).clear()
+      await rm(this.imageDir(imageId), { recursive: true, force: true })
+    })
+  }
+
+  private async exclusive<T> (imageId: string, fn: () => Promise<T>): Promise<T> {
+    if (this.busy.has(imageId)) throw new ImageExistsError(`image '${imageId}' is being changed by another request`)
+    this.busy.add(imageId)
+    try {
+      return await fn()
+    } finally {
+      this.busy.delete(imageId)
+    }
+  }
+
+  /** Throws ImageExistsError when an image of that id is registered. */
+  assertAbsent (imageId: string): void {
+    if (this.images.has(imageId)) throw new ImageExistsError(`image '${imageId}' is already registered`)
+  }
+
+  async close (): Promise<void> {
+    for (const image of this.images.values()) await image.cache.close()
+    this.images.clear()
+  }
+}

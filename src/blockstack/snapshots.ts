@@ -1,0 +1,118 @@
+// Per-VM copy-on-write snapshots: a qcow2 overlay per instance whose backing file is the image's NBD export
+// (nbd+unix:///IMAGE?socket=SOCK). VM writes land only in the overlay; reads of untouched clusters go to the
+// export, i.e. to the block cache. qcow2 stores the backing URI, so the NBD socket path must stay stable.
+
+import { mkdir, rm, stat } from 'node:fs/promises'
+import { join } from 'node:path'
+import { execa } from 'execa'
+import { InstanceExistsError, InstanceNotFoundError, InvalidNameError, SnapshotToolError } from './errors.js'
+
+export interface InstanceRecord {
+  name: string
+  imageId: string
+  path: string
+  backing: string
+  createdAtMs: number
+}
+
+export interface SnapshotStoreInit {
+  instancesDir: string
+  /** level sublevel (json values) holding the instance records. */
+  db: any
+  /** The NBD URI of an image's export, as qemu will reach it. */
+  backingUri: (imageId: string) => string
+  now?: () => number
+  qemuImg?: string
+  toolTimeoutMs?: number
+}
+
+const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
+
+export function validateInstanceName (name: unknown): string {
+  if (typeof name !== 'string' || !NAME_PATTERN.test(name)) {
+    throw new InvalidNameError(`instance name must match ${NAME_PATTERN.source} (letters, digits, '.', '_', '-'; at most 64; no path separators)`)
+  }
+  return name
+}
+
+export class SnapshotStore {
+  private readonly instances = new Map<string, InstanceRecord>()
+  private readonly busy = new Set<string>()
+
+  private constructor (private readonly init: SnapshotStoreInit) {}
+
+  static async open (init: SnapshotStoreInit): Promise<SnapshotStore> {
+    const store = new SnapshotStore(init)
+    await mkdir(init.instancesDir, { recursive: true })
+    for await (const [name, record] of init.db.iterator() as AsyncIterable<[string, InstanceRecord]>) {
+      store.instances.set(name, record)
+    }
+    return store
+  }
+
+  list (): InstanceRecord[] {
+    return [...this.instances.values()].sort((a, b) => a.name.localeCompare(b.name))
+  }
+
+  get (name: string): InstanceRecord | undefined {
+    return this.instances.get(name)
+  }
+
+  usersOf (imageId: string): string[] {
+    return this.list().filter(i => i.imageId === imageId).map(i => i.name)
+  }
+
+  async create (name: string, imageId: string, sizeBytes: number, options: { signal?: AbortSignal } = {}): Promise<InstanceRecord> {
+    validateInstanceName(name)
+    if (this.instances.has(name) || this.busy.has(name)) throw new InstanceExistsError(`instance '${name}' already exists`)
+    this.busy.add(name)
+    const path = join(this.init.instancesDir, `${name}.qcow2`)
+    const backing = this.init.backingUri(imageId)
+    try {
+      await rm(path, { force: true })
+      try {
+        await execa(this.init.qemuImg ?? 'qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', backing, path, String(sizeBytes)], {
+          cancelSignal: options.signal,
+          timeout: this.init.toolTimeoutMs ?? 60_000,
+          stdin: 'ignore'
+        })
+      } catch (err) {
+        await rm(path, { force: true })
+        const e = err as { stderr?: string, shortMessage?: string, message: string }
+        throw new SnapshotToolError(`qemu-img create failed: ${(e.stderr ?? '').trim() || e.shortMessage || e.message}`)
+      }
+      const record: InstanceRecord = { name, imageId, path, backing, createdAtMs: (this.init.now ?? Date.now)() }
+      await this.init.db.put(name, record)
+      this.instances.set(name, record)
+      return record
+    } finally {
+      this.busy.delete(name)
+    }
+  }
+
+  async destroy (name: string): Promise<InstanceRecord> {
+    validateInstanceName(name)
+    const record = this.instances.get(name)
+    if (record === undefined || this.busy.has(name)) throw new InstanceNotFoundError(`no instance '${name}'`)
+    this.busy.add(name)
+    try {
+      await this.init.db.del(name)
+      this.instances.delete(name)
+      await rm(record.path, { force: true })
+      return record
+    } finally {
+      this.busy.delete(name)
+    }
+  }
+
+  /** Overlay size on disk (what the VM wrote), for status. */
+  async overlayBytes (name: string): Promise<number | undefined> {
+    const record = this.instances.get(name)
+    if (record === undefined) return undefined
+    try {
+      return (await stat(record.path)).blocks * 512
+    } catch {
+      return undefined
+    }
+  }
+}

@@ -1,0 +1,187 @@
+// vmthunderctl: the daemon's JSON-RPC methods from the shell. Tables for people, --json for scripts.
+// Exit codes: 0 ok, 1 the daemon refused (error printed), 2 usage error, 3 cannot reach the daemon.
+
+import { parseArgs } from 'node:util'
+import { readFile, writeFile } from 'node:fs/promises'
+import { resolve } from 'node:path'
+import { callRpc, RpcConnectError, RpcTimeoutError } from '../rpc/client.js'
+import { RpcError } from '../rpc/errors.js'
+import { formatBytes, table } from './format.js'
+
+export const EXIT_OK = 0
+export const EXIT_REFUSED = 1
+export const EXIT_USAGE = 2
+export const EXIT_UNREACHABLE = 3
+
+const USAGE = `usage: vmthunderctl [--socket PATH] [--json] COMMAND
+commands:
+  image register ID FILE [--block-size BYTES]   register a raw image file; this host becomes its origin
+  image list                                    images with their NBD URIs
+  image remove ID                               refused while instances use it
+  image profile export ID FILE                  write the image's learned boot profile (JSON)
+  image profile import ID FILE                  merge a boot profile into the image's
+  instance create NAME --image ID               make a copy-on-write overlay; prints its path
+  instance destroy NAME
+  instance list
+  status                                        this agent: peer id, images, parents, prefetch`
+
+class UsageError extends Error {
+  override name = 'UsageError'
+}
+
+const DEFAULT_SOCKET = process.env.VMTHUNDER_SOCKET ?? '/run/vmthunder/vmthunderd.sock'
+
+export async function run (argv: string[], out: (text: string) => void, err: (text: string) => void): Promise<number> {
+  let parsed
+  try {
+    parsed = parseArgs({
+      args: argv,
+      options: {
+        socket: { type: 'string' },
+        json: { type: 'boolean' },
+        image: { type: 'string' },
+        'block-size': { type: 'string' },
+        help: { type: 'boolean', short: 'h' }
+      },
+      allowPositionals: true,
+      strict: true
+    })
+  } catch (e) {
+    err(`vmthunderctl: ${(e as Error).message}\n${USAGE}\n`)
+    return EXIT_USAGE
+  }
+  const { values, positionals } = parsed
+  if (values.help === true || positionals.length === 0) {
+    (values.help === true ? out : err)(USAGE + '\n')
+    return values.help === true ? EXIT_OK : EXIT_USAGE
+  }
+  const socket = values.socket ?? DEFAULT_SOCKET
+  const json = values.json === true
+  const call = async (method: string, params: Record<string, unknown> = {}): Promise<any> => await callRpc(socket, method, params)
+  const print = (value: unknown, human: () => string): void => { out(json ? JSON.stringify(value, null, 2) + '\n' : human()) }
+  try {
+    const [noun, verb, ...rest] = positionals
+    const need = (count: number, usage: string): string[] => {
+      if (rest.length !== count) throw new UsageError(`usage: vmthunderctl ${usage}`)
+      return rest
+    }
+    switch (`${noun} ${verb ?? ''}`.trim()) {
+      case 'image register': {
+        const [id, file] = need(2, 'image register ID FILE [--block-size BYTES]')
+        const params: Record<string, unknown> = { id, path: resolve(file) }
+        if (values['block-size'] !== undefined) {
+          const size = Number(values['block-size'])
+          if (!Number.isInteger(size)) throw new UsageError('--block-size takes a whole number of bytes')
+          params.blockSizeBytes = size
+        }
+        const image = await call('image.register', params)
+        print(image, () => `registered ${image.id}: ${formatBytes(image.sizeBytes)}, ${image.cache.blockCount} blocks of ${formatBytes(image.blockSizeBytes)}\nroot ${image.root}\nnbd  ${image.nbd}\n`)
+        return EXIT_OK
+      }
+      case 'image list': {
+        need(0, 'image list')
+        const images = await call('image.list')
+        print(images, () => table(['ID', 'SIZE', 'HELD', 'ORIGIN', 'INSTANCES', 'NBD'], images.map((i: any) => [
+          i.id, formatBytes(i.sizeBytes), `${(i.heldFraction * 100).toFixed(1)}%`, i.origin ? 'yes' : 'no', String(i.instances.length), i.nbd
+        ])))
+        return EXIT_OK
+      }
+      case 'image remove': {
+        const [id] = need(1, 'image remove ID')
+        const result = await call('image.remove', { id })
+        print(result, () => `removed ${id}\n`)
+        return EXIT_OK
+      }
+      case 'image profile': {
+        const [action, id, file] = rest
+        if (rest.length !== 3 || (action !== 'export' && action !== 'import')) throw new UsageError('usage: vmthunderctl image profile export|import ID FILE')
+        if (action === 'export') {
+          const profile = await call('image.profile.export', { id })
+          await writeFile(file, JSON.stringify(profile, null, 2) + '\n')
+          print({ id, file, entries: profile.entries?.length ?? 0 }, () => `wrote the boot profile of ${id} to ${file} (${profile.entries?.length ?? 0} blocks)\n`)
+        } else {
+          let profile: unknown
+          try {
+            profile = JSON.parse(await readFile(file, 'utf8'))
+          } catch (e) {
+            throw new UsageError(`cannot read profile ${file}: ${(e as Error).message}`)
+          }
+          const result = await call('image.profile.import', { id, profile })
+          print(result, () => `imported the profile into ${id}: ${result.entries} blocks from ${result.boots} boot(s)\n`)
+        }
+        return EXIT_OK
+      }
+      case 'instance create': {
+        const [instance] = need(1, 'instance create NAME --image ID')
+        if (values.image === undefined) throw new UsageError('usage: vmthunderctl instance create NAME --image ID')
+        const result = await call('instance.create', { name: instance, image: values.image })
+        print(result, () => `${result.path}\n`)
+        return EXIT_OK
+      }
+      case 'instance destroy': {
+        const [instance] = need(1, 'instance destroy NAME')
+        const result = await call('instance.destroy', { name: instance })
+        print(result, () => `destroyed ${instance}\n`)
+        return EXIT_OK
+      }
+      case 'instance list': {
+        need(0, 'instance list')
+        const list = await call('instance.list')
+        print(list, () => table(['NAME', 'IMAGE', 'WRITTEN', 'PATH'], list.map((i: any) => [i.name, i.image, formatBytes(i.overlayBytes ?? 0), i.path])))
+        return EXIT_OK
+      }
+      case 'status': {
+        if (verb !== undefined) throw new UsageError('usage: vmthunderctl status')
+        const status = await call('node.status')
+        print(status, () => formatStatus(status))
+        return EXIT_OK
+      }
+      default:
+        throw new UsageError(`unknown command '${positionals.join(' ')}'\n${USAGE}`)
+    }
+  } catch (e) {
+    if (e instanceof UsageError) {
+      err(`vmthunderctl: ${e.message}\n`)
+      return EXIT_USAGE
+    }
+    if (e instanceof RpcConnectError || e instanceof RpcTimeoutError) {
+      err(`vmthunderctl: ${e.message}\n`)
+      return EXIT_UNREACHABLE
+    }
+    if (e instanceof RpcError) {
+      if (json) out(JSON.stringify({ error: { code: e.code, message: e.message, data: e.data } }, null, 2) + '\n')
+      err(`vmthunderctl: ${e.message} (code ${e.code})\n`)
+      return EXIT_REFUSED
+    }
+    err(`vmthunderctl: ${(e as Error).message}\n`)
+    return EXIT_REFUSED
+  }
+}
+
+function formatStatus (s: any): string {
+  const lines = [
+    `peer id     ${s.peerId}`,
+    `public key  ${s.publicKey}`,
+    `uptime      ${(s.uptimeMs / 1000).toFixed(0)} s`,
+    `rpc socket  ${s.socket}`,
+    `nbd socket  ${s.nbdSocket}`,
+    `listen      ${(s.listenAddrs ?? []).join(' ') || '-'}`,
+    `peers       ${s.p2p?.enabled === true ? (s.p2p.peers ?? 0) : 'p2p off'}`,
+    `instances   ${s.instances}`,
+    ''
+  ]
+  const rows = Object.values(s.images ?? {}).map((i: any) => [
+    i.id,
+    `${(i.heldFraction * 100).toFixed(1)}%`,
+    i.depth === undefined || i.depth === null ? (i.seed === true ? '0' : '-') : String(i.depth),
+    (i.parents ?? []).map((p: any) => typeof p === 'string' ? p.slice(-8) : String(p.peerId ?? '').slice(-8)).join(',') || '-',
+    String(Array.isArray(i.children) ? i.children.length : (i.children ?? 0)),
+    formatBytes(i.bytesReceived ?? i.cache?.fetchedBytes ?? 0),
+    formatBytes(i.bytesSent ?? 0),
+    i.prefetch === undefined ? '-' : `${formatBytes(i.prefetch.bytesFetched ?? 0)}${i.prefetch.etaMs === undefined || i.prefetch.etaMs === null ? '' : ` eta ${(i.prefetch.etaMs / 1000).toFixed(0)}s`}`
+  ])
+  return lines.join('\n') + table(['IMAGE', 'HELD', 'DEPTH', 'PARENTS', 'CHILDREN', 'RECEIVED', 'SENT', 'PREFETCH'], rows)
+}
+
+const code = await run(process.argv.slice(2), t => process.stdout.write(t), t => process.stderr.write(t))
+process.exitCode = code

@@ -1,0 +1,221 @@
+// The one place that wires everything: identity, metadata (level), image registry and block caches, the NBD
+// server, per-VM snapshots, the peer layer and the JSON-RPC socket. Layers below know nothing of each other
+// beyond the interfaces in src/blockstack/types.ts.
+
+import { mkdir } from 'node:fs/promises'
+import { dirname, join } from 'node:path'
+import { Level } from 'level'
+import type { Config } from '../../config/defaults.js'
+import { loadOrCreateIdentity, parsePublicKey, type Identity } from '../identity/key.js'
+import { ImageRegistry, type Image, type ImageRecord } from '../blockstack/images.js'
+import { SnapshotStore } from '../blockstack/snapshots.js'
+import { fileBlockSource } from '../blockstack/file-source.js'
+import { createNbdServer, type NbdServer } from '../blockstack/nbd/index.js'
+import type { BlockSource, ExportProvider, NbdExport } from '../blockstack/types.js'
+import type { Manifest } from '../blockstack/manifest.js'
+import type { BlockCache } from '../blockstack/cache.js'
+import { RpcServer } from '../rpc/server.js'
+import { createMethods } from './methods.js'
+import type { DaemonLogger } from './logger.js'
+
+export class ManifestUnavailableError extends Error {
+  override name = 'ManifestUnavailableError'
+}
+
+export class DataDirLockedError extends Error {
+  override name = 'DataDirLockedError'
+}
+
+/** What the daemon needs of the peer layer (src/p2p implements it). */
+export interface PeerLayer {
+  readonly blockSource: BlockSource
+  start: () => Promise<void>
+  stop: () => Promise<void>
+  addImage: (cache: BlockCache) => void
+  removeImage: (imageId: string) => void
+  fetchManifest: (imageId: string, options: { signal: AbortSignal }) => Promise<Manifest>
+  status: () => Record<string, any>
+}
+
+export interface PeerLayerFactory {
+  (args: { config: Config, identity: Identity, trustedKeys: Uint8Array[], logger: DaemonLogger }): Promise<PeerLayer>
+}
+
+/** A source with no peers: the image is on this host only. */
+const NO_PEERS_SOURCE: BlockSource = {
+  async fetch (manifest) {
+    throw new ManifestUnavailableError(`no peer can supply blocks of ${manifest.imageId}: the peer layer is off`)
+  }
+}
+
+/** Tries `first`; blocks it cannot supply come from `second`. */
+function fallbackSource (first: BlockSource, second: BlockSource): BlockSource {
+  return {
+    async fetch (manifest, indexes, options) {
+      try {
+        return await first.fetch(manifest, indexes, options)
+      } catch (err) {
+        options.signal.throwIfAborted()
+        return await second.fetch(manifest, indexes, options)
+      }
+    },
+    reportCorrupt (manifest, index, peer) {
+      if (peer === 'file') return
+      second.reportCorrupt?.(manifest, index, peer)
+    }
+  }
+}
+
+export interface DaemonOptions {
+  logger: DaemonLogger
+  peerLayer?: PeerLayerFactory
+}
+
+export class Daemon {
+  readonly startedAtMs = Date.now()
+  /** Hooks for the prefetcher: a VM is about to boot from an image / has gone. */
+  onInstanceCreated?: (name: string, image: Image) => void
+  onInstanceDestroyed?: (name: string, imageId: string) => void
+  private readonly fileSources: Array<{ close: () => Promise<void> }> = []
+  private constructor (
+    readonly config: Config,
+    readonly identity: Identity,
+    readonly db: Level<string, any>,
+    readonly images: ImageRegistry,
+    readonly snapshots: SnapshotStore,
+    readonly nbd: NbdServer,
+    readonly rpc: RpcServer,
+    readonly peers: PeerLayer | undefined,
+    readonly trustedKeys: Uint8Array[],
+    readonly logger: DaemonLogger
+  ) {}
+
+  nbdUri (imageId: string): string {
+    return `nbd+unix:///${imageId}?socket=${this.config.nbd.socket}`
+  }
+
+  static async start (config: Config, options: DaemonOptions): Promise<Daemon> {
+    const logger = options.logger
+    await mkdir(config.dataDir, { recursive: true, mode: 0o700 })
+    await mkdir(dirname(config.socket), { recursive: true })
+    await mkdir(dirname(config.nbd.socket), { recursive: true })
+    const identity = await loadOrCreateIdentity(config.dataDir)
+    const trustedKeys = [identity.publicKey, ...config.p2p.trust.map(parsePublicKey)]
+    const db = new Level<string, any>(join(config.dataDir, 'meta'), { valueEncoding: 'json' })
+    try {
+      await db.open()
+    } catch (err) {
+      const cause = (err as { cause?: { code?: string } }).cause
+      if (cause?.code === 'LEVEL_LOCKED' || (err as { code?: string }).code === 'LEVEL_LOCKED') {
+        throw new DataDirLockedError(`${config.dataDir} is in use by another vmthunderd`)
+      }
+      throw err
+    }
+    const cleanups: Array<() => Promise<void>> = [async () => { await db.close() }]
+    try {
+      const peers = config.p2p.enabled && options.peerLayer !== undefined
+        ? await options.peerLayer({ config, identity, trustedKeys, logger: logger.child('p2p') })
+        : undefined
+      const peerSource = peers?.blockSource ?? NO_PEERS_SOURCE
+      const fileSources: Array<{ close: () => Promise<void> }> = []
+      const sourceFor = (record: ImageRecord): BlockSource => {
+        if (!record.origin || record.sourcePath === undefined) return peerSource
+        const file = fileBlockSource(record.sourcePath)
+        fileSources.push(file)
+        return fallbackSource(file, peerSource)
+      }
+      const images = await ImageRegistry.open({
+        dataDir: config.dataDir,
+        db,
+        key: identity,
+        sourceFor,
+        logger: logger.child('cache'),
+        fetchTimeoutMs: config.cache.fetchTimeoutMs
+      })
+      cleanups.unshift(async () => { await images.close() })
+      const snapshots = await SnapshotStore.open({
+        instancesDir: config.instancesDir,
+        db: db.sublevel('instances', { valueEncoding: 'json' }),
+        backingUri: imageId => `nbd+unix:///${imageId}?socket=${config.nbd.socket}`
+      })
+      const nbd = createNbdServer({ provider: exportProvider(images), logger: logger.child('nbd'), maxConnections: config.nbd.maxConnections })
+      cleanups.unshift(async () => { await nbd.close() })
+      await nbd.listenUnix(config.nbd.socket)
+      if (config.nbd.tcp !== null) {
+        const at = config.nbd.tcp.lastIndexOf(':')
+        await nbd.listenTcp(config.nbd.tcp.slice(0, at).replace(/^\[|\]$/g, ''), Number(config.nbd.tcp.slice(at + 1)))
+      }
+      const holder: { daemon?: Daemon } = {}
+      const rpc = new RpcServer({
+        methods: createMethods(() => {
+          if (holder.daemon === undefined) throw new Error('daemon is starting')
+          return holder.daemon
+        }),
+        maxRequestBytes: config.rpc.maxRequestBytes,
+        maxConnections: config.rpc.maxConnections,
+        maxBatchLength: config.rpc.maxBatchLength,
+        onError: (message, fields) => logger.error(message, fields)
+      })
+      const daemon = new Daemon(config, identity, db, images, snapshots, nbd, rpc, peers, trustedKeys, logger)
+      daemon.fileSources.push(...fileSources)
+      holder.daemon = daemon
+      if (peers !== undefined) {
+        cleanups.unshift(async () => { await peers.stop() })
+        await peers.start()
+        for (const image of images.list()) peers.addImage(image.cache)
+      }
+      await rpc.listen(config.socket)
+      logger.info('vmthunderd started', {
+        peerId: identity.peerId,
+        socket: config.socket,
+        nbdSocket: config.nbd.socket,
+        images: images.list().length,
+        instances: snapshots.list().length
+      })
+      return daemon
+    } catch (err) {
+      for (const cleanup of cleanups) await cleanup().catch(() => {})
+      throw err
+    }
+  }
+
+  /** The image, fetching its manifest from peers when this host does not know it yet. */
+  async acquireImage (imageId: string, signal: AbortSignal): Promise<Image> {
+    const known = this.images.get(imageId)
+    if (known !== undefined) return known
+    if (this.peers === undefined) throw new ManifestUnavailableError(`no image '${imageId}' here, and the peer layer is off`)
+    const manifest = await this.peers.fetchManifest(imageId, { signal })
+    const image = await this.images.adopt(manifest)
+    this.peers.addImage(image.cache)
+    return image
+  }
+
+  async stop (): Promise<void> {
+    this.logger.info('vmthunderd stopping')
+    await this.rpc.close()
+    await this.nbd.close()
+    if (this.peers !== undefined) await this.peers.stop().catch(err => this.logger.warn('peer layer stop failed', { error: err }))
+    await this.images.close()
+    for (const file of this.fileSources) await file.close().catch(() => {})
+    await this.db.close()
+    this.logger.info('vmthunderd stopped')
+  }
+}
+
+/** One read-only NBD export per image, reading through its block cache. */
+function exportProvider (images: ImageRegistry): ExportProvider {
+  return {
+    list: () => images.list().map(image => image.record.imageId),
+    get: (name: string): NbdExport | undefined => {
+      const image = images.get(name)
+      if (image === undefined) return undefined
+      const cache = image.cache
+      return {
+        name,
+        description: `vmthunder image ${name} (root ${image.manifest.rootHex.slice(0, 16)})`,
+        sizeBytes: image.manifest.sizeBytes,
+        read: async (offset, length, signal) => await cache.read(offset, length, signal)
+      }
+    }
+  }
+}

@@ -1,0 +1,85 @@
+// vmthunderd: the agent. `vmthunderd [--config FILE] [--data-dir DIR] [--socket PATH] [--nbd-socket PATH]
+// [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--trust PUBKEY]... [--psk FILE]`. SIGTERM/SIGINT stop it.
+
+import '../polyfill.js'
+import { parseArgs } from 'node:util'
+import { loadConfig, ConfigError } from '../config.js'
+import { Daemon } from './daemon.js'
+import { createLogger } from './logger.js'
+import { peerLayerFactory } from './peers.js'
+
+const USAGE = `usage: vmthunderd [--config FILE] [--data-dir DIR] [--socket PATH] [--nbd-socket PATH]
+                  [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--trust PUBKEY]... [--psk FILE] [--no-p2p]`
+
+async function main (): Promise<number> {
+  let args
+  try {
+    args = parseArgs({
+      options: {
+        config: { type: 'string' },
+        'data-dir': { type: 'string' },
+        socket: { type: 'string' },
+        'nbd-socket': { type: 'string' },
+        listen: { type: 'string', multiple: true },
+        bootstrap: { type: 'string', multiple: true },
+        trust: { type: 'string', multiple: true },
+        psk: { type: 'string' },
+        'no-p2p': { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' }
+      },
+      strict: true,
+      allowPositionals: false
+    }).values
+  } catch (err) {
+    process.stderr.write(`vmthunderd: ${(err as Error).message}\n${USAGE}\n`)
+    return 2
+  }
+  if (args.help === true) {
+    process.stdout.write(USAGE + '\n')
+    return 0
+  }
+  let config
+  try {
+    config = await loadConfig(args.config, {
+      dataDir: args['data-dir'],
+      socket: args.socket,
+      nbdSocket: args['nbd-socket'],
+      listen: args.listen,
+      bootstrap: args.bootstrap,
+      trust: args.trust,
+      psk: args.psk
+    })
+    if (args['no-p2p'] === true) config.p2p.enabled = false
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`vmthunderd: ${err.message}\n`)
+      return 2
+    }
+    throw err
+  }
+  const logger = createLogger(config.log.level)
+  let daemon: Daemon
+  try {
+    daemon = await Daemon.start(config, { logger, peerLayer: peerLayerFactory })
+  } catch (err) {
+    logger.error('cannot start', { error: err })
+    process.stderr.write(`vmthunderd: cannot start: ${(err as Error).message}\n`)
+    return 1
+  }
+  // Whatever a client sends, the daemon stays up: an unexpected rejection is logged, not fatal.
+  process.on('unhandledRejection', reason => logger.error('unhandled rejection', { error: reason }))
+  await new Promise<void>(resolve => {
+    const stop = (signal: string): void => {
+      logger.info('signal received', { signal })
+      resolve()
+    }
+    process.once('SIGTERM', () => stop('SIGTERM'))
+    process.once('SIGINT', () => stop('SIGINT'))
+  })
+  const forced = setTimeout(() => { logger.error('stop took too long; exiting'); process.exit(1) }, 20_000)
+  forced.unref()
+  await daemon.stop()
+  return 0
+}
+
+process.exitCode = await main()

@@ -1,0 +1,119 @@
+// The JSON-RPC methods of the daemon. Each validates its params (errors name the field) and returns plain
+// JSON. Documented in README.md; scripts rely on the shapes: add fields, never rename.
+
+import { z } from 'zod'
+import type { RpcMethod } from '../rpc/server.js'
+import { InvalidParamsError } from '../rpc/errors.js'
+import type { Daemon } from './daemon.js'
+import type { Image } from '../blockstack/images.js'
+
+const name = z.string().min(1).max(64)
+
+const schemas = {
+  'image.register': z.object({ id: name, path: z.string().min(1).max(4096), blockSizeBytes: z.number().int().optional() }).strict(),
+  'image.list': z.object({}).strict(),
+  'image.remove': z.object({ id: name }).strict(),
+  'instance.create': z.object({ name, image: name }).strict(),
+  'instance.destroy': z.object({ name }).strict(),
+  'instance.list': z.object({}).strict(),
+  'node.status': z.object({}).strict()
+}
+
+function parse<T extends z.ZodTypeAny> (schema: T, params: unknown): z.infer<T> {
+  const result = schema.safeParse(params ?? {})
+  if (!result.success) {
+    const issue = result.error.issues[0]
+    const field = issue.path.join('.')
+    const keys = issue.code === 'unrecognized_keys' ? `: ${(issue as { keys: string[] }).keys.join(', ')}` : ''
+    throw new InvalidParamsError(`invalid params${field === '' ? '' : ` field '${field}'`}: ${issue.message}${keys}`)
+  }
+  return result.data
+}
+
+export function imageSummary (daemon: Daemon, image: Image): Record<string, unknown> {
+  const stats = image.cache.stats()
+  return {
+    id: image.record.imageId,
+    sizeBytes: image.manifest.sizeBytes,
+    blockSizeBytes: image.manifest.blockSizeBytes,
+    root: image.manifest.rootHex,
+    origin: image.record.origin,
+    originKey: Buffer.from(image.manifest.originPublicKey).toString('hex'),
+    nbd: daemon.nbdUri(image.record.imageId),
+    heldFraction: stats.presentBlocks / stats.blockCount,
+    presentBytes: stats.presentBytes,
+    seed: stats.presentBlocks === stats.blockCount,
+    instances: daemon.snapshots.usersOf(image.record.imageId),
+    cache: stats
+  }
+}
+
+export function createMethods (getDaemon: () => Daemon): Record<string, RpcMethod> {
+  return {
+    'image.register': async (params, { signal }) => {
+      const p = parse(schemas['image.register'], params)
+      const daemon = getDaemon()
+      const image = await daemon.images.register(p.id, p.path, { blockSizeBytes: p.blockSizeBytes ?? daemon.config.blockSizeBytes, signal })
+      daemon.peers?.addImage(image.cache)
+      return imageSummary(daemon, image)
+    },
+    'image.list': async (params) => {
+      parse(schemas['image.list'], params)
+      const daemon = getDaemon()
+      return daemon.images.list().map(image => imageSummary(daemon, image)).sort((a, b) => String(a.id).localeCompare(String(b.id)))
+    },
+    'image.remove': async (params) => {
+      const p = parse(schemas['image.remove'], params)
+      const daemon = getDaemon()
+      await daemon.images.remove(p.id, imageId => daemon.snapshots.usersOf(imageId))
+      daemon.peers?.removeImage(p.id)
+      return { id: p.id, removed: true }
+    },
+    'instance.create': async (params, { signal }) => {
+      const p = parse(schemas['instance.create'], params)
+      const daemon = getDaemon()
+      const image = await daemon.acquireImage(p.image, signal)
+      const record = await daemon.snapshots.create(p.name, image.record.imageId, image.manifest.sizeBytes, { signal })
+      daemon.onInstanceCreated?.(record.name, image)
+      return { name: record.name, image: record.imageId, path: record.path, backing: record.backing, createdAtMs: record.createdAtMs }
+    },
+    'instance.destroy': async (params) => {
+      const p = parse(schemas['instance.destroy'], params)
+      const daemon = getDaemon()
+      const record = await daemon.snapshots.destroy(p.name)
+      daemon.onInstanceDestroyed?.(record.name, record.imageId)
+      return { name: record.name, image: record.imageId, destroyed: true }
+    },
+    'instance.list': async (params) => {
+      parse(schemas['instance.list'], params)
+      const daemon = getDaemon()
+      const out = []
+      for (const record of daemon.snapshots.list()) {
+        out.push({ name: record.name, image: record.imageId, path: record.path, backing: record.backing, createdAtMs: record.createdAtMs, overlayBytes: await daemon.snapshots.overlayBytes(record.name) })
+      }
+      return out
+    },
+    'node.status': async (params) => {
+      parse(schemas['node.status'], params)
+      const daemon = getDaemon()
+      const peer = daemon.peers?.status()
+      const images: Record<string, unknown> = {}
+      for (const image of daemon.images.list()) {
+        images[image.record.imageId] = { ...imageSummary(daemon, image), ...(peer?.images?.[image.record.imageId] ?? {}) }
+      }
+      return {
+        peerId: daemon.identity.peerId,
+        publicKey: daemon.identity.publicKeyHex,
+        version: '0.1.0',
+        uptimeMs: Date.now() - daemon.startedAtMs,
+        socket: daemon.config.socket,
+        nbdSocket: daemon.config.nbd.socket,
+        dataDir: daemon.config.dataDir,
+        p2p: peer === undefined ? { enabled: false } : { enabled: true, ...peer, images: undefined },
+        listenAddrs: peer?.listenAddrs ?? [],
+        instances: daemon.snapshots.list().length,
+        images
+      }
+    }
+  }
+}

@@ -1,0 +1,232 @@
+// Gossip adverts: what an agent says about one image, published on the image's gossipsub topic.
+//
+// Wire form (big-endian), at most MAX_ADVERT_BYTES:
+//   version u8 (1) | flags u8 (bit0: manifest available, bit1: depth known) | seq u64 | imageIdLength u8
+//   | imageId utf-8 | root 32 | totalBlocks u32 | heldBlocks u32 | depth u8 | childCount u16 | childLimit u16
+//   | uploadLoad u16 (1/10000ths) | groupBlocks u32 | summaryLength u16 | summary
+// The summary is 2 bits per group of `groupBlocks` consecutive blocks (at most MAX_SUMMARY_GROUPS groups, so
+// at most 256 bytes): 0 none held, 1 under half, 2 half or more, 3 all. It tells a child whether a parent
+// probably holds a block; exact presence is asked per request. The sender is the gossip message's signed
+// `from` (StrictSign), so it is not repeated here.
+
+import { validateImageId, type Manifest } from '../blockstack/manifest.js'
+import type { Advert } from '../topology/types.js'
+import { AdvertDecodeError } from './errors.js'
+
+export const ADVERT_VERSION = 1
+export const MAX_SUMMARY_GROUPS = 1024
+export const MAX_ADVERT_BYTES = 512
+export const MAX_CHILD_LIMIT = 1024
+const FIXED_BYTES = 1 + 1 + 8 + 1 + 32 + 4 + 4 + 1 + 2 + 2 + 2 + 4 + 2
+const FLAG_MANIFEST = 1
+const FLAG_DEPTH = 2
+export const LEVEL_NONE = 0
+export const LEVEL_SOME = 1
+export const LEVEL_MOST = 2
+export const LEVEL_ALL = 3
+
+export function imageTopic (imageId: string): string {
+  return `/vmthunder/image/${imageId}/1`
+}
+
+/** The image id of an advert topic, or undefined when `topic` is not one. */
+export function imageIdFromTopic (topic: string): string | undefined {
+  const match = /^\/vmthunder\/image\/([^/]+)\/1$/.exec(topic)
+  return match?.[1]
+}
+
+export interface HeldSummary {
+  groupBlocks: number
+  /** 2 bits per group, LSB first. */
+  levels: Uint8Array
+}
+
+export interface AdvertBody {
+  imageId: string
+  rootHex: string
+  seq: number
+  depth: number | null
+  heldBlocks: number
+  totalBlocks: number
+  childCount: number
+  childLimit: number
+  /** 0..1 */
+  uploadLoad: number
+  manifestAvailable: boolean
+  summary: HeldSummary
+}
+
+export function groupBlocksFor (totalBlocks: number): number {
+  return Math.max(1, Math.ceil(totalBlocks / MAX_SUMMARY_GROUPS))
+}
+
+function groupCount (totalBlocks: number, groupBlocks: number): number {
+  return Math.ceil(totalBlocks / groupBlocks)
+}
+
+export function levelOf (summary: HeldSummary, group: number): number {
+  return (summary.levels[group >> 2] >> ((group & 3) * 2)) & 3
+}
+
+/** Builds the summary from a presence bitmap (one bit per block, LSB first). */
+export function summarize (bitmap: Uint8Array, totalBlocks: number): HeldSummary {
+  const groupBlocks = groupBlocksFor(totalBlocks)
+  const groups = groupCount(totalBlocks, groupBlocks)
+  const levels = new Uint8Array(Math.ceil(groups / 4))
+  for (let g = 0; g < groups; g++) {
+    const first = g * groupBlocks
+    const last = Math.min(totalBlocks, first + groupBlocks)
+    let held = 0
+    for (let i = first; i < last; i++) if ((bitmap[i >> 3] & (1 << (i & 7))) !== 0) held++
+    const size = last - first
+    const level = held === 0 ? LEVEL_NONE : held === size ? LEVEL_ALL : held * 2 >= size ? LEVEL_MOST : LEVEL_SOME
+    levels[g >> 2] |= level << ((g & 3) * 2)
+  }
+  return { groupBlocks, levels }
+}
+
+/** How likely the advertiser holds `blockIndex`, from its summary: 1, 0.75, 0.25 or 0. */
+export function holdProbability (advert: Pick<AdvertBody, 'summary' | 'heldBlocks' | 'totalBlocks'>, blockIndex: number): number {
+  if (advert.heldBlocks === advert.totalBlocks) return 1
+  if (blockIndex < 0 || blockIndex >= advert.totalBlocks) return 0
+  const level = levelOf(advert.summary, Math.floor(blockIndex / advert.summary.groupBlocks))
+  return level === LEVEL_ALL ? 1 : level === LEVEL_MOST ? 0.75 : level === LEVEL_SOME ? 0.25 : 0
+}
+
+export function encodeAdvert (advert: AdvertBody): Uint8Array {
+  const id = Buffer.from(advert.imageId, 'utf8')
+  const root = Buffer.from(advert.rootHex, 'hex')
+  if (root.length !== 32) throw new RangeError('advert root must be 32 bytes (64 hex digits)')
+  const out = Buffer.alloc(FIXED_BYTES + id.length + advert.summary.levels.byteLength)
+  if (out.length > MAX_ADVERT_BYTES) throw new RangeError(`advert of ${out.length} bytes exceeds ${MAX_ADVERT_BYTES}`)
+  let at = out.writeUInt8(ADVERT_VERSION, 0)
+  at = out.writeUInt8((advert.manifestAvailable ? FLAG_MANIFEST : 0) | (advert.depth !== null ? FLAG_DEPTH : 0), at)
+  at = out.writeBigUInt64BE(BigInt(advert.seq), at)
+  at = out.writeUInt8(id.length, at)
+  at += id.copy(out, at)
+  at += root.copy(out, at)
+  at = out.writeUInt32BE(advert.totalBlocks, at)
+  at = out.writeUInt32BE(advert.heldBlocks, at)
+  at = out.writeUInt8(advert.depth ?? 0, at)
+  at = out.writeUInt16BE(advert.childCount, at)
+  at = out.writeUInt16BE(advert.childLimit, at)
+  at = out.writeUInt16BE(Math.round(Math.min(1, Math.max(0, advert.uploadLoad)) * 10_000), at)
+  at = out.writeUInt32BE(advert.summary.groupBlocks, at)
+  at = out.writeUInt16BE(advert.summary.levels.byteLength, at)
+  Buffer.from(advert.summary.levels).copy(out, at)
+  return new Uint8Array(out.buffer, out.byteOffset, out.length)
+}
+
+/**
+ * Decodes an advert and checks that it is well formed and consistent in itself (throws AdvertDecodeError).
+ * Whether it fits what this agent knows (the manifest, the sender's last seq) is validateAdvert's job.
+ */
+export function decodeAdvert (bytes: Uint8Array): AdvertBody {
+  const fail = (why: string): never => { throw new AdvertDecodeError(`bad advert: ${why}`) }
+  if (bytes.byteLength > MAX_ADVERT_BYTES) fail(`${bytes.byteLength} bytes, over ${MAX_ADVERT_BYTES}`)
+  if (bytes.byteLength < FIXED_BYTES) fail('truncated')
+  const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+  if (buf.readUInt8(0) !== ADVERT_VERSION) fail(`unsupported version ${buf.readUInt8(0)}`)
+  const flags = buf.readUInt8(1)
+  if ((flags & ~(FLAG_MANIFEST | FLAG_DEPTH)) !== 0) fail('unknown flags')
+  const seqBig = buf.readBigUInt64BE(2)
+  if (seqBig === 0n || seqBig > BigInt(Number.MAX_SAFE_INTEGER)) fail('seq out of range')
+  const idLength = buf.readUInt8(10)
+  if (buf.length < FIXED_BYTES + idLength) fail('truncated image id')
+  const imageId = buf.toString('utf8', 11, 11 + idLength)
+  try { validateImageId(imageId) } catch { fail('bad image id') }
+  let at = 11 + idLength
+  const rootHex = buf.toString('hex', at, at + 32)
+  at += 32
+  const totalBlocks = buf.readUInt32BE(at); at += 4
+  const heldBlocks = buf.readUInt32BE(at); at += 4
+  const depthByte = buf.readUInt8(at); at += 1
+  const childCount = buf.readUInt16BE(at); at += 2
+  const childLimit = buf.readUInt16BE(at); at += 2
+  const load = buf.readUInt16BE(at); at += 2
+  const groupBlocks = buf.readUInt32BE(at); at += 4
+  const summaryLength = buf.readUInt16BE(at); at += 2
+  if (buf.length !== at + summaryLength) fail(`length ${buf.length} does not match its summary (${summaryLength} bytes)`)
+  if (totalBlocks === 0) fail('no blocks')
+  if (heldBlocks > totalBlocks) fail('holds more blocks than the image has')
+  const depth = (flags & FLAG_DEPTH) !== 0 ? depthByte : null
+  if (depth === null && depthByte !== 0) fail('depth byte set without the depth flag')
+  if (depth === 0 && heldBlocks !== totalBlocks) fail('depth 0 (seed) without every block')
+  if (childLimit > MAX_CHILD_LIMIT || childCount > childLimit) fail('child count over the limit')
+  if (load > 10_000) fail('upload load over 1')
+  if (groupBlocks !== groupBlocksFor(totalBlocks)) fail('summary group size does not match the block count')
+  const groups = groupCount(totalBlocks, groupBlocks)
+  if (summaryLength !== Math.ceil(groups / 4)) fail('summary length does not match the block count')
+  const levels = new Uint8Array(buf.subarray(at, at + summaryLength))
+  const summary = { groupBlocks, levels }
+  // The summary must agree with heldBlocks: at least the 'all' groups, at most everything but 'none' groups.
+  let minHeld = 0
+  let maxHeld = 0
+  for (let g = 0; g < groups; g++) {
+    const size = Math.min(totalBlocks, (g + 1) * groupBlocks) - g * groupBlocks
+    const level = levelOf(summary, g)
+    if (level === LEVEL_ALL) { minHeld += size; maxHeld += size } else if (level === LEVEL_MOST) {
+      minHeld += Math.ceil(size / 2); maxHeld += size - 1
+    } else if (level === LEVEL_SOME) { minHeld += 1; maxHeld += Math.ceil(size / 2) - 1 }
+  }
+  const padBits = summaryLength * 4 - groups
+  if (padBits > 0 && (levels[summaryLength - 1] >> ((4 - padBits) * 2)) !== 0) fail('summary padding is not zero')
+  if (heldBlocks < minHeld || heldBlocks > maxHeld) fail(`summary says ${minHeld}..${maxHeld} blocks held, advert says ${heldBlocks}`)
+  return {
+    imageId,
+    rootHex,
+    seq: Number(seqBig),
+    depth,
+    heldBlocks,
+    totalBlocks,
+    childCount,
+    childLimit,
+    uploadLoad: load / 10_000,
+    manifestAvailable: (flags & FLAG_MANIFEST) !== 0,
+    summary
+  }
+}
+
+export type AdvertVerdict = { ok: true, advert: AdvertBody } | { ok: false, reason: string }
+
+export interface AdvertContext {
+  /** The image id of the topic the advert came on. */
+  topicImageId: string
+  /** The manifest this agent has accepted for the image, when it has one. */
+  manifest?: Pick<Manifest, 'rootHex' | 'blockCount'>
+  /** The highest seq seen from this sender for this image. */
+  lastSeq?: number
+}
+
+/** Decodes and checks an advert against what this agent knows: the topic, the manifest, the sender's seq. */
+export function validateAdvert (bytes: Uint8Array, context: AdvertContext): AdvertVerdict {
+  let advert: AdvertBody
+  try {
+    advert = decodeAdvert(bytes)
+  } catch (err) {
+    return { ok: false, reason: (err as Error).message }
+  }
+  if (advert.imageId !== context.topicImageId) return { ok: false, reason: `advert for ${advert.imageId} on the topic of ${context.topicImageId}` }
+  if (context.manifest !== undefined) {
+    if (advert.rootHex !== context.manifest.rootHex) return { ok: false, reason: 'manifest root differs from the known manifest' }
+    if (advert.totalBlocks !== context.manifest.blockCount) return { ok: false, reason: 'block count differs from the known manifest' }
+  }
+  if (context.lastSeq !== undefined && advert.seq <= context.lastSeq) return { ok: false, reason: `stale seq ${advert.seq} <= ${context.lastSeq}` }
+  return { ok: true, advert }
+}
+
+/** The topology module's view of an advert. */
+export function toTopologyAdvert (advert: AdvertBody, peerId: string): Advert {
+  return {
+    peerId,
+    imageId: advert.imageId,
+    rootHex: advert.rootHex,
+    seq: advert.seq,
+    depth: advert.depth,
+    heldBlocks: advert.heldBlocks,
+    totalBlocks: advert.totalBlocks,
+    childCount: advert.childCount,
+    childLimit: advert.childLimit,
+    uploadLoad: advert.uploadLoad
+  }
+}

@@ -1,0 +1,51 @@
+// One error class per condition of the p2p layer, each with a stable `name`.
+
+export class PskFormatError extends Error {
+  override name = 'PskFormatError'
+}
+
+export class AdvertDecodeError extends Error {
+  override name = 'AdvertDecodeError'
+}
+
+export class WireDecodeError extends Error {
+  override name = 'WireDecodeError'
+}
+
+/** A peer could not serve some blocks (not present, unknown image, or busy). */
+export class BlocksUnavailableError extends Error {
+  override name = 'BlocksUnavailableError'
+  constructor (message: string, readonly blockIndexes: readonly number[] = []) { super(message) }
+}
+
+/** No connected peer holds (or advertises) a block that was asked for. */
+export class NoPeerForBlockError extends Error {
+  override name = 'NoPeerForBlockError'
+}
+
+/** A request to a peer took longer than its timeout. */
+export class PeerTimeoutError extends Error {
+  override name = 'PeerTimeoutError'
+}
+
+/** The link (persistent stream) to a peer closed or failed. */
+export class PeerLinkClosedError extends Error {
+  override name = 'PeerLinkClosedError'
+}
+
+/** The peer is over its limits (queued requests or bytes) and refused the request. */
+export class PeerBusyError extends Error {
+  override name = 'PeerBusyError'
+}
+
+export class ManifestUnavailableError extends Error {
+  override name = 'ManifestUnavailableError'
+}
+
+export class ServiceStoppedError extends Error {
+  override name = 'ServiceStoppedError'
+}
+
+export class ImageNotAddedError extends Error {
+  override name = 'ImageNotAddedError'
+}

@@ -1,0 +1,216 @@
+// The libp2p node of an agent: TCP, noise (or plaintext, an operator's explicit choice for trusted networks),
+// yamux, identify, ping, gossipsub (StrictSign), optional private network (pnet PSK), the agent's Ed25519
+// identity as its peer id, and a bootstrap dialer that keeps re-dialing bootstrap peers with backoff.
+//
+// Gossipsub scoring: image topics get topic score params (see imageTopicScoreParams) so that a Reject from
+// the advert validator costs the sender score (P4, invalid message deliveries), and banned peers (corrupt
+// blocks) get a large negative application score (P5) so they are pruned from meshes too.
+
+import '../polyfill.js'
+import { createLibp2p, type Libp2p } from 'libp2p'
+import { tcp } from '@libp2p/tcp'
+import { noise } from '@chainsafe/libp2p-noise'
+import { yamux } from '@chainsafe/libp2p-yamux'
+import { identify } from '@libp2p/identify'
+import { ping } from '@libp2p/ping'
+import { gossipsub, StrictSign, type GossipSub } from '@libp2p/gossipsub'
+import type { TopicScoreParams } from '@libp2p/gossipsub/score'
+import { preSharedKey } from '@libp2p/pnet'
+import { plaintext } from '@libp2p/plaintext'
+import { privateKeyFromRaw } from '@libp2p/crypto/keys'
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
+import type { PeerId, ConnectionEncrypter } from '@libp2p/interface'
+import type { Identify } from '@libp2p/identify'
+import type { Ping } from '@libp2p/ping'
+import type { Identity } from '../identity/key.js'
+import { parsePsk } from './psk.js'
+
+export type Encryption = 'noise' | 'plaintext'
+
+export type NodeServices = {
+  identify: Identify
+  ping: Ping
+  pubsub: GossipSub
+}
+
+export type P2PNode = Libp2p<NodeServices>
+
+export const DEFAULT_MAX_CONNECTIONS = 300
+/** Yamux frame size: larger frames mean fewer per-frame costs for block transfers. */
+export const DEFAULT_YAMUX_MAX_MESSAGE_BYTES = 256 * 1024
+/** Per-stream receive window: lets a 1 MiB batch be in flight without a window stall. */
+export const DEFAULT_YAMUX_WINDOW_BYTES = 4 * 1024 * 1024
+export const DEFAULT_STREAM_INACTIVITY_MS = 120_000
+
+export interface NodeInit {
+  identity: Identity
+  listen: readonly string[]
+  /** PSK file contents (the swarm.key format); nodes with another key cannot connect. */
+  psk?: Uint8Array
+  encryption?: Encryption
+  maxConnections?: number
+  /** Off by default: agents on one host (loopback tests, the demo) share an IP. */
+  ipColocationPenalty?: boolean
+  /** P5 of gossipsub's score: e.g. a large negative value for banned peers. */
+  appSpecificScore?: (peerId: string) => number
+  yamuxMaxMessageBytes?: number
+  yamuxWindowBytes?: number
+}
+
+export async function createNode (init: NodeInit): Promise<P2PNode> {
+  const { identity } = init
+  const raw = new Uint8Array(64)
+  raw.set(identity.seed, 0)
+  raw.set(identity.publicKey, 32)
+  const privateKey = privateKeyFromRaw(raw)
+  const encryption = init.encryption ?? 'noise'
+  const encrypters: Array<(components: any) => ConnectionEncrypter> = encryption === 'plaintext' ? [plaintext()] : [noise()]
+  const maxConnections = init.maxConnections ?? DEFAULT_MAX_CONNECTIONS
+  const windowBytes = init.yamuxWindowBytes ?? DEFAULT_YAMUX_WINDOW_BYTES
+  return await createLibp2p({
+    privateKey,
+    addresses: { listen: [...init.listen] },
+    transports: [tcp()],
+    connectionEncrypters: encrypters,
+    streamMuxers: [yamux({
+      maxMessageSize: init.yamuxMaxMessageBytes ?? DEFAULT_YAMUX_MAX_MESSAGE_BYTES,
+      streamOptions: {
+        initialStreamWindowSize: windowBytes,
+        maxStreamWindowSize: Math.max(windowBytes, 16 * 1024 * 1024),
+        inactivityTimeout: DEFAULT_STREAM_INACTIVITY_MS,
+        maxReadBufferLength: 32 * 1024 * 1024
+      }
+    })],
+    ...(init.psk !== undefined ? { connectionProtector: preSharedKey({ psk: parsePsk(init.psk) }) } : {}),
+    connectionManager: {
+      maxConnections,
+      inboundConnectionThreshold: Math.max(100, maxConnections),
+      maxIncomingPendingConnections: 64,
+      maxParallelDials: 64
+    },
+    services: {
+      identify: identify(),
+      ping: ping(),
+      pubsub: gossipsub({
+        globalSignaturePolicy: StrictSign,
+        allowPublishToZeroTopicPeers: true,
+        emitSelf: false,
+        // Adverts are validated by our topic validator before they are forwarded.
+        asyncValidation: false,
+        scoreParams: {
+          IPColocationFactorWeight: init.ipColocationPenalty === true ? -5 : 0,
+          appSpecificScore: init.appSpecificScore ?? (() => 0),
+          appSpecificWeight: 1,
+          topics: {}
+        }
+      }) as (components: any) => GossipSub
+    }
+  }) as unknown as P2PNode
+}
+
+/**
+ * Score params of an image topic: only P4 (invalid messages, from the validator's Reject) counts, heavily,
+ * so one bad advert drops the sender below gossipsub's gossip threshold (-10) and a few graylist it (-80).
+ * The counter decays by 0.9 per second, so an honest peer that once sent a bad advert recovers in a minute.
+ */
+export function imageTopicScoreParams (): TopicScoreParams {
+  return {
+    topicWeight: 1,
+    timeInMeshWeight: 0,
+    timeInMeshQuantum: 1000,
+    timeInMeshCap: 1,
+    firstMessageDeliveriesWeight: 0,
+    firstMessageDeliveriesDecay: 0.5,
+    firstMessageDeliveriesCap: 1,
+    meshMessageDeliveriesWeight: 0,
+    meshMessageDeliveriesDecay: 0.5,
+    meshMessageDeliveriesCap: 1,
+    meshMessageDeliveriesThreshold: 1,
+    meshMessageDeliveriesWindow: 10,
+    meshMessageDeliveriesActivation: 5000,
+    meshFailurePenaltyWeight: 0,
+    meshFailurePenaltyDecay: 0.5,
+    invalidMessageDeliveriesWeight: -20,
+    invalidMessageDeliveriesDecay: 0.9
+  }
+}
+
+// ---- bootstrap ----
+
+export const BOOTSTRAP_CHECK_MS = 500
+export const BOOTSTRAP_MIN_BACKOFF_MS = 250
+export const BOOTSTRAP_MAX_BACKOFF_MS = 30_000
+export const BOOTSTRAP_DIAL_TIMEOUT_MS = 5_000
+
+export interface BootstrapLogger {
+  info: (message: string, fields?: Record<string, unknown>) => void
+  warn: (message: string, fields?: Record<string, unknown>) => void
+}
+
+interface BootstrapEntry {
+  addr: Multiaddr
+  peerId?: PeerId
+  backoffMs: number
+  nextAttemptMs: number
+  dialing: boolean
+}
+
+/**
+ * Keeps a connection to each bootstrap address: dials at start, and whenever the connection is gone, re-dials
+ * with exponential backoff (250 ms doubling to 30 s, reset once connected). Bounded: one dial per address at a
+ * time, each with a timeout.
+ */
+export class Bootstrapper {
+  private readonly entries: BootstrapEntry[]
+  private timer: NodeJS.Timeout | undefined
+  private readonly controller = new AbortController()
+
+  constructor (private readonly node: P2PNode, addrs: readonly string[], private readonly logger: BootstrapLogger,
+    private readonly now: () => number = Date.now) {
+    this.entries = addrs.map(text => {
+      const addr = multiaddr(text)
+      return { addr, backoffMs: BOOTSTRAP_MIN_BACKOFF_MS, nextAttemptMs: 0, dialing: false }
+    })
+  }
+
+  start (): void {
+    if (this.entries.length === 0) return
+    this.tick()
+    this.timer = setInterval(() => { this.tick() }, BOOTSTRAP_CHECK_MS)
+    this.timer.unref()
+  }
+
+  stop (): void {
+    if (this.timer !== undefined) clearInterval(this.timer)
+    this.timer = undefined
+    this.controller.abort()
+  }
+
+  /** Connected bootstrap peers. */
+  connectedCount (): number {
+    return this.entries.filter(entry => entry.peerId !== undefined && this.node.getConnections(entry.peerId).length > 0).length
+  }
+
+  private tick (): void {
+    const nowMs = this.now()
+    for (const entry of this.entries) {
+      if (entry.dialing) continue
+      if (entry.peerId !== undefined && this.node.getConnections(entry.peerId).length > 0) {
+        entry.backoffMs = BOOTSTRAP_MIN_BACKOFF_MS
+        continue
+      }
+      if (nowMs < entry.nextAttemptMs) continue
+      entry.dialing = true
+      const signal = AbortSignal.any([this.controller.signal, AbortSignal.timeout(BOOTSTRAP_DIAL_TIMEOUT_MS)])
+      this.node.dial(entry.addr, { signal }).then(connection => {
+        entry.peerId = connection.remotePeer
+        entry.backoffMs = BOOTSTRAP_MIN_BACKOFF_MS
+      }, (err: Error) => {
+        if (this.controller.signal.aborted) return
+        entry.nextAttemptMs = this.now() + entry.backoffMs
+        this.logger.warn('bootstrap dial failed', { addr: entry.addr.toString(), retryInMs: entry.backoffMs, error: err.message })
+        entry.backoffMs = Math.min(BOOTSTRAP_MAX_BACKOFF_MS, entry.backoffMs * 2)
+      }).finally(() => { entry.dialing = false })
+    }
+  }
+}

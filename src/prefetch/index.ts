@@ -1,0 +1,11 @@
+// Prefetch: learn the order in which boots read an image's blocks, and fetch ahead of booting VMs and while idle.
+export * from './errors.js'
+export * from './profile.js'
+export * from './profile-json.js'
+export * from './recorder.js'
+export * from './merge.js'
+export * from './planner.js'
+export * from './idle.js'
+export * from './evict.js'
+export * from './prefetcher.js'
+export * from './trace.js'

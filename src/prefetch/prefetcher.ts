@@ -1,0 +1,392 @@
+// The prefetch driver for one image on one agent: decides when to fetch (planner + idle detector + rate
+// limit) and keeps a bounded number of prefetch batches in flight through the injected `fetch`.
+//
+// - Read-ahead runs while instances are booting (profile order ahead of each instance's latest read).
+// - Idle prefetch runs when the link is idle (see idle.ts), token-bucket rate limited: rest of the profile,
+//   then the whole image.
+// - Both pause at once while an on-demand read is pending: no new batch starts until the last one ends
+//   (and with abortInFlightOnDemand the batches in flight are aborted, so a FIFO link serves the demand
+//   read next). The block source also queues 'prefetch' behind 'demand'.
+// Time comes from the injected clock, timers from the injected scheduler; `tick()` may be called by hand
+// (tests, the simulator) instead of start().
+
+import { PrefetcherStoppedError } from './errors.js'
+import { checkProfileFits, type BootProfile } from './profile.js'
+import {
+  indexProfile, newReadAhead, observeRead, planIdle, planReadAhead, readAheadParams, IDLE_START,
+  type IdleCursor, type ProfileIndex, type ReadAheadParams, type ReadAheadState
+} from './planner.js'
+import {
+  idleStep, newTokenBucket, tryTake, DEFAULT_IDLE_PARAMS, IDLE_INITIAL,
+  type IdleParams, type IdleState, type TokenBucket, type TokenBucketParams, type UtilizationSample
+} from './idle.js'
+
+export interface PrefetchStore {
+  has: (block: number) => boolean
+  readonly blockCount: number
+  readonly blockSizeBytes: number
+  /** The image's manifest root: when given, setProfile refuses a profile of other content. */
+  readonly rootHex?: string
+  /** Present blocks, zero blocks included; counted through has() when absent. */
+  presentCount?: () => number
+}
+
+export type PrefetchFetch = (blocks: readonly number[], options: { signal: AbortSignal, priority: 'prefetch' }) => Promise<void>
+
+export interface Clock { nowMs: () => number }
+export interface Scheduler {
+  setTimeout: (fn: () => void, delayMs: number) => unknown
+  clearTimeout: (handle: unknown) => void
+}
+
+export const systemClock: Clock = { nowMs: () => Date.now() }
+export const systemScheduler: Scheduler = {
+  setTimeout: (fn, delayMs) => { const t = setTimeout(fn, delayMs); t.unref?.(); return t },
+  clearTimeout: handle => { clearTimeout(handle as ReturnType<typeof setTimeout>) }
+}
+
+export const PREFETCH_DEFAULTS = {
+  batchBytes: 1024 * 1024,
+  maxInFlightBatches: 2,
+  rateBytesPerSec: 32 * 1024 * 1024,
+  tickMs: 250,
+  stopTimeoutMs: 5000,
+  backoffBaseMs: 500,
+  backoffMaxMs: 30_000,
+  maxUtilizationSamples: 64
+}
+
+export interface PrefetcherInit {
+  store: PrefetchStore
+  fetch: PrefetchFetch
+  clock?: Clock
+  scheduler?: Scheduler
+  profile?: BootProfile
+  /** Aborting it stops the prefetcher. */
+  signal?: AbortSignal
+  /** On-demand reads waiting, if the caller counts them itself (added to onDemandStart/End's count). */
+  pendingOnDemand?: () => number
+  batchBlocks?: number
+  maxInFlightBatches?: number
+  readAhead?: Partial<ReadAheadParams> & { initialWindowBytes?: number, maxWindowBytes?: number }
+  idle?: Partial<IdleParams>
+  /** Idle prefetch off: read-ahead only. */
+  idleEnabled?: boolean
+  rateBytesPerSec?: number
+  burstBytes?: number
+  abortInFlightOnDemand?: boolean
+  tickMs?: number
+  stopTimeoutMs?: number
+  /** Called after each batch settles (for logs and tests). */
+  onBatchSettled?: (event: BatchEvent) => void
+}
+
+export interface BatchEvent {
+  id: number
+  kind: 'readAhead' | 'idle'
+  blocks: readonly number[]
+  outcome: 'ok' | 'aborted' | 'failed'
+  error?: unknown
+}
+
+export type PrefetchMode = 'stopped' | 'paused' | 'readAhead' | 'idle' | 'waiting' | 'done'
+
+export interface TickResult {
+  mode: PrefetchMode
+  batchesStarted: number
+  blocksRequested: number
+}
+
+export interface PrefetchProgress {
+  mode: PrefetchMode
+  bytesFetched: number
+  blocksFetched: number
+  blocksRemaining: number
+  /** At the rate measured while fetching; null until something was fetched. */
+  etaMs: number | null
+  inFlightBatches: number
+  failedBatches: number
+  instances: number
+}
+
+export interface Prefetcher {
+  start: () => void
+  stop: () => Promise<void>
+  tick: () => TickResult
+  setProfile: (profile: BootProfile | undefined) => void
+  instanceStarted: (instanceId: string) => void
+  instanceStopped: (instanceId: string) => void
+  /** A read of an instance: moves its read-ahead position. `hit`: every block was local. */
+  noteRead: (instanceId: string, offset: number, length: number, hit: boolean) => void
+  onDemandStart: () => void
+  onDemandEnd: () => void
+  /** Foreground link utilization (0..1), excluding this prefetcher's own traffic. */
+  noteUtilization: (utilization: number) => void
+  progress: () => PrefetchProgress
+  /** Resolves when no batch is in flight. */
+  settled: () => Promise<void>
+}
+
+const MAX_IDLE_SCANS_PER_TICK = 16
+
+interface Batch { id: number, kind: 'readAhead' | 'idle', blocks: number[], controller: AbortController, done: Promise<void> }
+
+export function createPrefetcher (init: PrefetcherInit): Prefetcher {
+  const { store } = init
+  const clock = init.clock ?? systemClock
+  const scheduler = init.scheduler ?? systemScheduler
+  const blockSizeBytes = store.blockSizeBytes
+  const batchBlocks = Math.max(1, init.batchBlocks ?? Math.floor(PREFETCH_DEFAULTS.batchBytes / blockSizeBytes))
+  const maxInFlight = Math.max(1, init.maxInFlightBatches ?? PREFETCH_DEFAULTS.maxInFlightBatches)
+  const raParams = readAheadParams(blockSizeBytes, init.readAhead)
+  const idleParams: IdleParams = { ...DEFAULT_IDLE_PARAMS, ...init.idle }
+  const rate = init.rateBytesPerSec ?? PREFETCH_DEFAULTS.rateBytesPerSec
+  const bucketParams: TokenBucketParams = { rateBytesPerSec: rate, burstBytes: init.burstBytes ?? Math.max(2 * batchBlocks * blockSizeBytes, rate / 4) }
+  const tickMs = init.tickMs ?? PREFETCH_DEFAULTS.tickMs
+
+  let index: ProfileIndex | undefined
+  const instances = new Map<string, ReadAheadState>()
+  const inFlightBlocks = new Set<number>()
+  const batches = new Map<number, Batch>()
+  let nextBatchId = 1
+  let demandCount = 0
+  let started = false
+  let stopped = false
+  let mode: PrefetchMode = 'waiting'
+  let idleCursor: IdleCursor = IDLE_START
+  let idleState: IdleState = IDLE_INITIAL
+  let bucket: TokenBucket = newTokenBucket(bucketParams, clock.nowMs())
+  const samples: UtilizationSample[] = []
+  let timer: { handle: unknown, dueMs: number } | undefined
+  let bytesFetched = 0
+  let blocksFetched = 0
+  let failedBatches = 0
+  let consecutiveFailures = 0
+  let backoffUntilMs = -Infinity
+  let activeSinceMs: number | undefined
+  let activeMs = 0
+  let waiters: Array<() => void> = []
+
+  const pending = (): number => demandCount + (init.pendingOnDemand?.() ?? 0)
+  const filter = { has: (b: number) => store.has(b), inFlight: (b: number) => inFlightBlocks.has(b) }
+
+  function presentCount (): number {
+    if (store.presentCount !== undefined) return store.presentCount()
+    let n = 0
+    for (let b = 0; b < store.blockCount; b++) if (store.has(b)) n++
+    return n
+  }
+
+  function schedule (delayMs: number): void {
+    if (!started || stopped) return
+    const dueMs = clock.nowMs() + Math.max(0, delayMs)
+    if (timer !== undefined) {
+      if (timer.dueMs <= dueMs) return
+      scheduler.clearTimeout(timer.handle)
+    }
+    const handle = scheduler.setTimeout(() => {
+      timer = undefined
+      tick()
+    }, Math.max(0, delayMs))
+    timer = { handle, dueMs }
+  }
+
+  function launch (kind: Batch['kind'], blocks: number[]): void {
+    const id = nextBatchId++
+    const controller = new AbortController()
+    for (const b of blocks) inFlightBlocks.add(b)
+    if (batches.size === 0) activeSinceMs = clock.nowMs()
+    const settle = (outcome: BatchEvent['outcome'], error?: unknown): void => {
+      batches.delete(id)
+      for (const b of blocks) inFlightBlocks.delete(b)
+      if (batches.size === 0 && activeSinceMs !== undefined) {
+        activeMs += clock.nowMs() - activeSinceMs
+        activeSinceMs = undefined
+      }
+      let got = 0
+      for (const b of blocks) if (store.has(b)) got++
+      blocksFetched += got
+      bytesFetched += got * blockSizeBytes
+      if (outcome === 'failed') {
+        failedBatches++
+        consecutiveFailures++
+        backoffUntilMs = clock.nowMs() + Math.min(PREFETCH_DEFAULTS.backoffMaxMs, PREFETCH_DEFAULTS.backoffBaseMs * 2 ** (consecutiveFailures - 1))
+      } else if (outcome === 'ok') {
+        consecutiveFailures = 0
+      }
+      try { init.onBatchSettled?.({ id, kind, blocks, outcome, error }) } catch { /* a logger must not break prefetch */ }
+      if (batches.size === 0) {
+        const w = waiters
+        waiters = []
+        for (const f of w) f()
+      }
+      schedule(outcome === 'failed' ? backoffUntilMs - clock.nowMs() : 0)
+    }
+    let done: Promise<void>
+    try {
+      done = init.fetch(blocks, { signal: controller.signal, priority: 'prefetch' }).then(
+        () => { settle(controller.signal.aborted ? 'aborted' : 'ok') },
+        (err: unknown) => { settle(controller.signal.aborted ? 'aborted' : 'failed', err) })
+    } catch (err) {
+      done = Promise.resolve().then(() => { settle('failed', err) })
+    }
+    batches.set(id, { id, kind, blocks, controller, done })
+  }
+
+  function tick (): TickResult {
+    const result = (m: PrefetchMode, batchesStarted = 0, blocksRequested = 0): TickResult => {
+      mode = m
+      if (m !== 'stopped' && m !== 'done') schedule(tickMs)
+      return { mode: m, batchesStarted, blocksRequested }
+    }
+    if (stopped) return result('stopped')
+    const nowMs = clock.nowMs()
+    idleState = idleStep(idleState, { nowMs, samples, pendingOnDemand: pending() }, idleParams)
+    if (pending() > 0) return result('paused')
+    if (nowMs < backoffUntilMs) return result('waiting')
+    let slots = maxInFlight - batches.size
+    let launched = 0
+    let requested = 0
+    let kind: PrefetchMode | undefined
+
+    if (index !== undefined && instances.size > 0 && slots > 0) {
+      const blocks = planReadAhead(index, [...instances.values()], filter, raParams, slots * batchBlocks)
+      for (let i = 0; i < blocks.length && slots > 0; i += batchBlocks, slots--) {
+        const batch = blocks.slice(i, i + batchBlocks)
+        launch('readAhead', batch)
+        launched++
+        requested += batch.length
+        kind = 'readAhead'
+      }
+    }
+    if (init.idleEnabled !== false && idleState.idle && slots > 0 && idleCursor.phase !== 'done') {
+      // Each plan scans a bounded stretch; a present stretch longer than this many scans waits for the next tick.
+      for (let scans = 0; slots > 0 && scans < MAX_IDLE_SCANS_PER_TICK; scans++) {
+        const plan = planIdle(index, store.blockCount, idleCursor, filter, batchBlocks)
+        if (plan.blocks.length === 0) {
+          idleCursor = plan.cursor
+          if (plan.cursor.phase === 'done') break
+          continue
+        }
+        const take = tryTake(bucket, bucketParams, nowMs, plan.blocks.length * blockSizeBytes)
+        bucket = take.bucket
+        if (!take.ok) {
+          schedule(take.waitMs)
+          break
+        }
+        idleCursor = plan.cursor
+        launch('idle', plan.blocks)
+        launched++
+        requested += plan.blocks.length
+        slots--
+        kind ??= 'idle'
+      }
+    }
+    if (kind !== undefined) return result(kind, launched, requested)
+    if (batches.size > 0) return result(mode === 'readAhead' || mode === 'idle' ? mode : 'waiting')
+    if (idleCursor.phase === 'done' || presentCount() === store.blockCount) {
+      // A wrap found nothing missing: but a failed batch may have left gaps; re-check on the next event.
+      if (presentCount() === store.blockCount) return result('done')
+      idleCursor = { phase: 'image', position: 0, quietScan: 0 }
+    }
+    return result('waiting')
+  }
+
+  function abortAll (reason: Error): void {
+    for (const b of batches.values()) b.controller.abort(reason)
+  }
+
+  async function stop (): Promise<void> {
+    if (stopped) return
+    stopped = true
+    started = false
+    mode = 'stopped'
+    if (timer !== undefined) scheduler.clearTimeout(timer.handle)
+    timer = undefined
+    abortAll(new PrefetcherStoppedError('prefetcher stopped'))
+    if (batches.size === 0) return
+    // Bounded: a fetch that ignores its signal does not hold stop() forever.
+    await new Promise<void>(resolve => {
+      const handle = scheduler.setTimeout(resolve, init.stopTimeoutMs ?? PREFETCH_DEFAULTS.stopTimeoutMs)
+      waiters.push(() => { scheduler.clearTimeout(handle); resolve() })
+    })
+  }
+
+  init.signal?.addEventListener('abort', () => { void stop() }, { once: true })
+  if (init.profile !== undefined) setProfile(init.profile)
+
+  function setProfile (profile: BootProfile | undefined): void {
+    if (profile !== undefined) {
+      checkProfileFits(profile, { rootHex: store.rootHex ?? profile.rootHex, blockCount: store.blockCount, blockSizeBytes })
+      index = indexProfile(profile)
+    } else {
+      index = undefined
+    }
+    // Positions refer to the old order: start the instances over (their next read finds them again).
+    for (const id of instances.keys()) instances.set(id, newReadAhead(id, raParams))
+    idleCursor = IDLE_START
+    schedule(0)
+  }
+
+  return {
+    start () {
+      if (stopped) throw new PrefetcherStoppedError('prefetcher was stopped')
+      if (init.signal?.aborted === true) { void stop(); return }
+      started = true
+      schedule(0)
+    },
+    stop,
+    tick,
+    setProfile,
+    instanceStarted (instanceId) {
+      instances.set(instanceId, newReadAhead(instanceId, raParams))
+      schedule(0)
+    },
+    instanceStopped (instanceId) {
+      instances.delete(instanceId)
+    },
+    noteRead (instanceId, offset, length, hit) {
+      const state = instances.get(instanceId)
+      if (state === undefined || index === undefined || !(offset >= 0) || !(length > 0)) return
+      const firstBlock = Math.floor(offset / blockSizeBytes)
+      const lastBlock = Math.min(store.blockCount - 1, Math.floor((offset + length - 1) / blockSizeBytes))
+      if (firstBlock >= store.blockCount) return
+      instances.set(instanceId, observeRead(index, state, { firstBlock, lastBlock, hit }, raParams))
+      schedule(0)
+    },
+    onDemandStart () {
+      demandCount++
+      mode = 'paused'
+      if (init.abortInFlightOnDemand === true) abortAll(new Error('prefetch yields to an on-demand read'))
+    },
+    onDemandEnd () {
+      demandCount = Math.max(0, demandCount - 1)
+      if (pending() === 0) schedule(0)
+    },
+    noteUtilization (utilization) {
+      samples.push({ tMs: clock.nowMs(), utilization })
+      if (samples.length > PREFETCH_DEFAULTS.maxUtilizationSamples) samples.shift()
+    },
+    progress () {
+      const remaining = store.blockCount - presentCount()
+      const nowMs = clock.nowMs()
+      const busyMs = activeMs + (activeSinceMs !== undefined ? nowMs - activeSinceMs : 0)
+      const etaMs = remaining === 0 ? 0 : bytesFetched > 0 && busyMs > 0 ? Math.round(remaining * blockSizeBytes / (bytesFetched / busyMs)) : null
+      return {
+        mode: stopped ? 'stopped' : mode,
+        bytesFetched,
+        blocksFetched,
+        blocksRemaining: remaining,
+        etaMs,
+        inFlightBatches: batches.size,
+        failedBatches,
+        instances: instances.size
+      }
+    },
+    settled () {
+      if (batches.size === 0) return Promise.resolve()
+      return new Promise<void>(resolve => { waiters.push(resolve) })
+    }
+  }
+}
+

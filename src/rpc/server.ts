@@ -1,0 +1,207 @@
+// JSON-RPC 2.0 over a unix socket: one JSON value per line, batches allowed. Framing, bounds and error
+// mapping live here; the methods are plain async functions given by the daemon. Whatever a client sends,
+// only that client's connection is affected.
+
+import { createServer, createConnection, type Server, type Socket } from 'node:net'
+import { chmod, rm, stat } from 'node:fs/promises'
+import { JSONRPCServer, JSONRPCErrorException, createJSONRPCErrorResponse, type JSONRPCResponse } from 'json-rpc-2.0'
+import { ERROR_CODES_BY_NAME, RpcErrorCode } from './errors.js'
+
+export type RpcMethod = (params: unknown, context: { signal: AbortSignal }) => Promise<unknown>
+
+export interface RpcServerInit {
+  methods: Record<string, RpcMethod>
+  maxRequestBytes?: number
+  maxConnections?: number
+  maxBatchLength?: number
+  /** Requests processed at once per connection; reading pauses above it. */
+  maxInflightPerConnection?: number
+  idleTimeoutMs?: number
+  socketMode?: number
+  onError?: (message: string, fields: Record<string, unknown>) => void
+}
+
+export const DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
+export const DEFAULT_MAX_RPC_CONNECTIONS = 64
+export const DEFAULT_MAX_BATCH_LENGTH = 100
+export const DEFAULT_MAX_INFLIGHT_PER_CONNECTION = 16
+export const DEFAULT_RPC_IDLE_TIMEOUT_MS = 10 * 60_000
+
+export class SocketInUseError extends Error {
+  override name = 'SocketInUseError'
+}
+
+export class RpcServer {
+  // Errors are mapped and logged below; the library's own console.warn of every refused call is noise.
+  private readonly rpc = new JSONRPCServer<{ signal: AbortSignal }>({ errorListener: () => {} })
+  private server: Server | undefined
+  private readonly sockets = new Set<Socket>()
+  private readonly closing = new AbortController()
+  private readonly maxRequestBytes: number
+  private readonly maxConnections: number
+  private readonly maxBatchLength: number
+  private readonly maxInflight: number
+
+  constructor (private readonly init: RpcServerInit) {
+    this.maxRequestBytes = init.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES
+    this.maxConnections = init.maxConnections ?? DEFAULT_MAX_RPC_CONNECTIONS
+    this.maxBatchLength = init.maxBatchLength ?? DEFAULT_MAX_BATCH_LENGTH
+    this.maxInflight = init.maxInflightPerConnection ?? DEFAULT_MAX_INFLIGHT_PER_CONNECTION
+    for (const [name, method] of Object.entries(init.methods)) {
+      this.rpc.addMethod(name, async (params, context) => await method(params, context))
+    }
+    this.rpc.mapErrorToJSONRPCErrorResponse = (id, error: unknown) => {
+      if (error instanceof JSONRPCErrorException) return createJSONRPCErrorResponse(id, error.code, error.message, error.data)
+      const err = error instanceof Error ? error : new Error(String(error))
+      const code = ERROR_CODES_BY_NAME[err.name]
+      if (code === undefined) {
+        this.init.onError?.('internal error in RPC method', { error: err.stack ?? err.message })
+        return createJSONRPCErrorResponse(id, RpcErrorCode.InternalError, `internal error: ${err.message}`, { name: err.name })
+      }
+      return createJSONRPCErrorResponse(id, code, err.message, { name: err.name })
+    }
+  }
+
+  async listen (path: string): Promise<void> {
+    await removeStaleSocket(path)
+    const server = createServer(socket => { this.accept(socket) })
+    this.server = server
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(path, () => { server.off('error', reject); resolve() })
+    })
+    await chmod(path, this.init.socketMode ?? 0o660)
+  }
+
+  private accept (socket: Socket): void {
+    if (this.sockets.size >= this.maxConnections) {
+      socket.end(JSON.stringify(createJSONRPCErrorResponse(null, RpcErrorCode.TooManyConnections, `too many connections (limit ${this.maxConnections})`)) + '\n')
+      socket.on('error', () => {})
+      return
+    }
+    this.sockets.add(socket)
+    socket.setTimeout(this.init.idleTimeoutMs ?? DEFAULT_RPC_IDLE_TIMEOUT_MS, () => socket.destroy())
+    socket.on('error', () => {})
+    socket.on('close', () => this.sockets.delete(socket))
+    let buffered: Buffer[] = []
+    let bufferedBytes = 0
+    let inflight = 0
+    const send = (response: unknown): void => {
+      if (response !== null && !socket.destroyed && socket.writable) socket.write(JSON.stringify(response) + '\n')
+    }
+    const handleLine = (line: string): void => {
+      if (line.trim() === '') return
+      inflight++
+      if (inflight >= this.maxInflight) socket.pause()
+      this.handle(line).then(send, err => {
+        this.init.onError?.('RPC handler failed', { error: (err as Error).message })
+        send(createJSONRPCErrorResponse(null, RpcErrorCode.InternalError, 'internal error'))
+      }).finally(() => {
+        inflight--
+        if (inflight < this.maxInflight && !socket.destroyed) socket.resume()
+      })
+    }
+    socket.on('data', (chunk: Buffer) => {
+      let start = 0
+      let newline = chunk.indexOf(10)
+      while (newline !== -1) {
+        const piece = chunk.subarray(start, newline)
+        if (bufferedBytes + piece.length > this.maxRequestBytes) return this.tooLarge(socket)
+        buffered.push(piece)
+        const line = Buffer.concat(buffered).toString('utf8')
+        buffered = []
+        bufferedBytes = 0
+        handleLine(line)
+        start = newline + 1
+        newline = chunk.indexOf(10, start)
+      }
+      const rest = chunk.subarray(start)
+      if (rest.length > 0) {
+        bufferedBytes += rest.length
+        if (bufferedBytes > this.maxRequestBytes) return this.tooLarge(socket)
+        buffered.push(rest)
+      }
+    })
+    socket.on('end', () => {
+      // A last request without its newline is still answered.
+      if (bufferedBytes > 0) {
+        handleLine(Buffer.concat(buffered).toString('utf8'))
+        buffered = []
+        bufferedBytes = 0
+      }
+      if (inflight === 0) socket.end()
+      else socket.on('drain', () => {})
+    })
+  }
+
+  private tooLarge (socket: Socket): void {
+    // The stream cannot be resynchronised after an oversized line: answer and close this connection only.
+    const response = createJSONRPCErrorResponse(null, RpcErrorCode.RequestTooLarge, `request larger than ${this.maxRequestBytes} bytes`)
+    socket.removeAllListeners('data')
+    socket.end(JSON.stringify(response) + '\n')
+  }
+
+  /** Handles one line: a request, a notification or a batch. Returns the response (null: nothing to send). */
+  async handle (line: string): Promise<JSONRPCResponse | JSONRPCResponse[] | null> {
+    let request: unknown
+    try {
+      request = JSON.parse(line)
+    } catch {
+      return createJSONRPCErrorResponse(null, RpcErrorCode.ParseError, 'parse error: not valid JSON')
+    }
+    const context = { signal: this.closing.signal }
+    if (Array.isArray(request)) {
+      if (request.length === 0) return createJSONRPCErrorResponse(null, RpcErrorCode.InvalidRequest, 'invalid request: empty batch')
+      if (request.length > this.maxBatchLength) return createJSONRPCErrorResponse(null, RpcErrorCode.InvalidRequest, `invalid request: batch of ${request.length} over the limit of ${this.maxBatchLength}`)
+      const responses = await Promise.all(request.map(async item => await this.single(item, context)))
+      const present = responses.filter((r): r is JSONRPCResponse => r !== null)
+      return present.length === 0 ? null : present
+    }
+    return await this.single(request, context)
+  }
+
+  private async single (request: unknown, context: { signal: AbortSignal }): Promise<JSONRPCResponse | null> {
+    const valid = typeof request === 'object' && request !== null && (request as { jsonrpc?: unknown }).jsonrpc === '2.0' &&
+      typeof (request as { method?: unknown }).method === 'string'
+    if (!valid) {
+      const id = (request as { id?: unknown } | null)?.id
+      return createJSONRPCErrorResponse(typeof id === 'string' || typeof id === 'number' ? id : null, RpcErrorCode.InvalidRequest, 'invalid request: expected {"jsonrpc":"2.0","method":...}')
+    }
+    const params = (request as { params?: unknown }).params
+    if (params !== undefined && (typeof params !== 'object' || params === null)) {
+      const id = (request as { id?: unknown }).id
+      return createJSONRPCErrorResponse(typeof id === 'string' || typeof id === 'number' ? id : null, RpcErrorCode.InvalidRequest, 'invalid request: params must be an object or an array')
+    }
+    return await this.rpc.receive(request as never, context)
+  }
+
+  connectionCount (): number {
+    return this.sockets.size
+  }
+
+  async close (): Promise<void> {
+    this.closing.abort()
+    const server = this.server
+    this.server = undefined
+    for (const socket of this.sockets) socket.destroy()
+    if (server !== undefined) await new Promise<void>(resolve => server.close(() => resolve()))
+  }
+}
+
+/** Removes a socket file left by a dead daemon; refuses when a live one answers on it. */
+export async function removeStaleSocket (path: string): Promise<void> {
+  let info
+  try {
+    info = await stat(path)
+  } catch {
+    return
+  }
+  if (!info.isSocket()) throw new SocketInUseError(`${path} exists and is not a socket`)
+  const alive = await new Promise<boolean>(resolve => {
+    const probe = createConnection(path)
+    probe.once('connect', () => { probe.destroy(); resolve(true) })
+    probe.once('error', () => resolve(false))
+  })
+  if (alive) throw new SocketInUseError(`${path} is in use by a running process`)
+  await rm(path, { force: true })
+}

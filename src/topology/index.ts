@@ -1,0 +1,10 @@
+// Pure topology: parent selection, child admission, depth, block-source scheduling. No I/O, no timers.
+export * from './types.js'
+export * from './errors.js'
+export * from './params.js'
+export * from './score.js'
+export * from './depth.js'
+export * from './admit.js'
+export * from './select.js'
+export * from './scheduler.js'
+export * from './graph.js'

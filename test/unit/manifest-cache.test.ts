@@ -1,0 +1,108 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { mkdtemp, writeFile, rm, readFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { randomBytes, createHash } from 'node:crypto'
+import { manifestFromFile, decodeManifest, acceptManifest, verifyBlock, isZeroBlock } from '../../src/blockstack/manifest.js'
+import { signingKeyFromSeed } from '../../src/blockstack/signing.js'
+import { BlockCache } from '../../src/blockstack/cache.js'
+import { memoryPresenceStore } from '../../src/blockstack/presence.js'
+import { fileBlockSource } from '../../src/blockstack/file-source.js'
+import type { BlockSource } from '../../src/blockstack/types.js'
+
+const BS = 4096
+
+async function fixture (): Promise<{ dir: string, image: string, bytes: Buffer }> {
+  const dir = await mkdtemp(join(tmpdir(), 'vmt-mc-'))
+  const bytes = Buffer.concat([randomBytes(BS * 5), Buffer.alloc(BS * 3), randomBytes(1000)]) // last block short
+  const image = join(dir, 'img.raw')
+  await writeFile(image, bytes)
+  return { dir, image, bytes }
+}
+
+test('manifest: build, encode, decode, verify, trust', { timeout: 10_000 }, async () => {
+  const { dir, image, bytes } = await fixture()
+  try {
+    const key = signingKeyFromSeed(randomBytes(32))
+    const m = await manifestFromFile({ imageId: 'img', path: image, blockSizeBytes: BS, key })
+    assert.equal(m.blockCount, 9)
+    assert.equal(m.sizeBytes, bytes.length)
+    assert.ok(isZeroBlock(m, 5) && isZeroBlock(m, 7) && !isZeroBlock(m, 4) && !isZeroBlock(m, 8))
+    assert.ok(verifyBlock(m, 8, bytes.subarray(8 * BS)))
+    assert.ok(!verifyBlock(m, 8, bytes.subarray(7 * BS, 8 * BS)))
+    const again = acceptManifest(m.encoded, [key.publicKey])
+    assert.equal(again.rootHex, m.rootHex)
+    assert.throws(() => acceptManifest(m.encoded, [signingKeyFromSeed(randomBytes(32)).publicKey]), { name: 'UntrustedOriginError' })
+    const tampered = Buffer.from(m.encoded)
+    tampered[tampered.length - 100] ^= 1 // a block hash
+    assert.throws(() => decodeManifest(tampered), { name: 'ManifestSignatureError' })
+    assert.throws(() => decodeManifest(m.encoded.subarray(0, 50)), { name: 'ManifestDecodeError' })
+    assert.throws(() => decodeManifest(randomBytes(300)), { name: 'ManifestDecodeError' })
+    await assert.rejects(manifestFromFile({ imageId: '../etc', path: image, blockSizeBytes: BS, key }), { name: 'InvalidImageIdError' })
+  } finally { await rm(dir, { recursive: true, force: true }) }
+})
+
+test('cache: reads fetch once, verify, persist; corrupt blocks are refused', { timeout: 10_000 }, async () => {
+  const { dir, image, bytes } = await fixture()
+  try {
+    const key = signingKeyFromSeed(randomBytes(32))
+    const m = await manifestFromFile({ imageId: 'img', path: image, blockSizeBytes: BS, key })
+    const file = fileBlockSource(image)
+    const calls: number[][] = []
+    let corruptNext = 1
+    const reported: number[] = []
+    const source: BlockSource = {
+      async fetch (manifest, indexes, options) {
+        calls.push([...indexes])
+        const blocks = await file.fetch(manifest, indexes, options)
+        if (corruptNext-- > 0) blocks[0] = { ...blocks[0], data: randomBytes(blocks[0].data.byteLength), peer: 'evil' }
+        return blocks
+      },
+      reportCorrupt (_m, index, peer) { reported.push(index); assert.equal(peer, 'evil') }
+    }
+    const presence = memoryPresenceStore()
+    const cache = await BlockCache.open({ manifest: m, path: join(dir, 'cache'), presence, source })
+    const signal = AbortSignal.timeout(5000)
+    // Two concurrent reads over the same missing blocks: one fetch per block.
+    const [a, b] = await Promise.all([cache.read(100, 3 * BS, signal), cache.read(BS + 7, 2 * BS, signal)])
+    assert.deepEqual(Buffer.from(a), bytes.subarray(100, 100 + 3 * BS))
+    assert.deepEqual(Buffer.from(b), bytes.subarray(BS + 7, 3 * BS + 7))
+    const fetched = calls.flat()
+    assert.equal(reported.length, 1)
+    // block 0..3 asked once each, plus one refetch of the corrupted one
+    assert.equal(fetched.length, 5)
+    await cache.flush()
+    assert.ok(cache.has(0) && cache.has(3) && !cache.has(4))
+    assert.ok(cache.has(5), 'zero blocks are present from the start')
+    const whole = await cache.read(0, bytes.length, signal)
+    assert.equal(createHash('sha256').update(whole).digest('hex'), createHash('sha256').update(bytes).digest('hex'))
+    await cache.close()
+    // Reopen: presence is persistent.
+    const reopened = await BlockCache.open({ manifest: m, path: join(dir, 'cache'), presence, source: { async fetch () { throw new Error('no fetch expected') } } })
+    assert.equal(reopened.presentCount(), m.blockCount)
+    assert.deepEqual(Buffer.from(await reopened.readBlock(8)), bytes.subarray(8 * BS))
+    await reopened.close()
+    await file.close()
+    assert.ok((await readFile(join(dir, 'cache'))).length === bytes.length)
+  } finally { await rm(dir, { recursive: true, force: true }) }
+})
+
+test('cache: a source that keeps sending bad data fails the read, stores nothing', { timeout: 10_000 }, async () => {
+  const { dir, image } = await fixture()
+  try {
+    const key = signingKeyFromSeed(randomBytes(32))
+    const m = await manifestFromFile({ imageId: 'img', path: image, blockSizeBytes: BS, key })
+    const cache = await BlockCache.open({
+      manifest: m,
+      path: join(dir, 'cache'),
+      presence: memoryPresenceStore(),
+      source: { async fetch (_m, idx) { return idx.map(index => ({ index, data: randomBytes(BS) })) } }
+    })
+    await assert.rejects(cache.read(0, 10, AbortSignal.timeout(5000)), { name: 'BlockVerificationError' })
+    assert.equal(cache.has(0), false)
+    await assert.rejects(cache.readBlock(0), { name: 'BlockNotPresentError' })
+    await assert.rejects(cache.read(0, m.sizeBytes + 1, AbortSignal.timeout(5000)), { name: 'ReadRangeError' })
+    await cache.close()
+  } finally { await rm(dir, { recursive: true, force: true }) }
+})

@@ -1,0 +1,164 @@
+// A small synchronous-rounds driver of the topology module for property tests: agents publish adverts at
+// the end of each round and select parents from the previous round's adverts (so every decision is made
+// on information one heartbeat stale, as with gossip), parents admit children with admitChild.
+
+import { admitChild, depthFromParents, findCycle, selectParents } from '../../src/topology/index.js'
+import type { Advert, ParentState, SelectionResult, TopologyParams } from '../../src/topology/index.js'
+import { Rng } from '../sim/rng.js'
+
+export interface HarnessAgent {
+  id: string
+  isSeed: boolean
+  alive: boolean
+  parents: ParentState[]
+  depth: number | null
+  children: Set<string>
+  excludedUntilMs: Map<string, number>
+  x: number
+  y: number
+  heldBlocks: number
+  changes: number
+}
+
+export interface HarnessOptions {
+  agents: number
+  seeds: number
+  seed: number
+  params: TopologyParams
+  /** Relative RTT noise per measurement, e.g. 0.1 for ±10 %. */
+  rttNoise: number
+  totalBlocks?: number
+}
+
+export class Harness {
+  readonly rng: Rng
+  readonly agents: HarnessAgent[] = []
+  readonly byId = new Map<string, HarnessAgent>()
+  published = new Map<string, { advert: Advert, atMs: number }>()
+  round = 0
+  readonly totalBlocks: number
+
+  constructor (readonly opts: HarnessOptions) {
+    this.rng = new Rng(opts.seed)
+    this.totalBlocks = opts.totalBlocks ?? 1000
+    for (let i = 0; i < opts.seeds + opts.agents; i++) this.addAgent(i < opts.seeds)
+    this.publish(0)
+  }
+
+  addAgent (isSeed: boolean): HarnessAgent {
+    const id = `${isSeed ? 's' : 'a'}${this.agents.length}`
+    const a: HarnessAgent = {
+      id, isSeed, alive: true, parents: [], depth: isSeed ? 0 : null, children: new Set(), excludedUntilMs: new Map(),
+      x: this.rng.next(), y: this.rng.next(), heldBlocks: isSeed ? this.totalBlocks : 0, changes: 0
+    }
+    this.agents.push(a)
+    this.byId.set(id, a)
+    return a
+  }
+
+  get nowMs (): number { return this.round * this.opts.params.heartbeatMs }
+
+  baseRttMs (a: HarnessAgent, b: HarnessAgent): number {
+    return 0.2 + 10 * Math.hypot(a.x - b.x, a.y - b.y)
+  }
+
+  publish (atMs: number): void {
+    for (const a of this.agents) {
+      if (!a.alive) continue
+      this.published.set(a.id, {
+        atMs,
+        advert: {
+          peerId: a.id, imageId: 'img', rootHex: 'root', seq: this.round, depth: a.depth,
+          heldBlocks: a.heldBlocks, totalBlocks: this.totalBlocks, childCount: a.children.size,
+          childLimit: this.opts.params.childLimit, uploadLoad: Math.min(1, a.children.size / Math.max(1, this.opts.params.childLimit))
+        }
+      })
+    }
+  }
+
+  step (): void {
+    this.round++
+    const nowMs = this.nowMs
+    const adverts = [...this.published.values()]
+    const order = this.rng.shuffle(this.agents.filter(a => a.alive))
+    for (const a of order) {
+      const excluded = new Set<string>()
+      for (const [id, until] of a.excludedUntilMs) if (until > nowMs) excluded.add(id); else a.excludedUntilMs.delete(id)
+      const candidates = []
+      for (const { advert, atMs } of adverts) {
+        if (advert.peerId === a.id) continue
+        const b = this.byId.get(advert.peerId)
+        if (b === undefined) continue
+        const noise = 1 + this.opts.rttNoise * (2 * this.rng.next() - 1)
+        candidates.push({ advert, receivedAtMs: atMs + 1, rttMs: this.baseRttMs(a, b) * noise })
+      }
+      const res = selectParents({
+        nowMs, selfPeerId: a.id, selfIsSeed: a.isSeed, candidates, parents: a.parents, excluded,
+        params: this.opts.params, imageId: 'img', rootHex: 'root', selfDepth: a.depth, childCount: a.children.size
+      })
+      this.apply(a, res, nowMs)
+    }
+    for (const a of this.agents) if (a.alive && !a.isSeed && a.heldBlocks < this.totalBlocks && a.depth !== null) a.heldBlocks++
+    this.publish(nowMs + 5)
+  }
+
+  apply (a: HarnessAgent, res: SelectionResult, nowMs: number): void {
+    for (const d of res.dropped) this.byId.get(d.peerId)?.children.delete(a.id)
+    const old = new Map(a.parents.map(p => [p.peerId, p]))
+    const next: ParentState[] = []
+    for (const id of res.parents) {
+      const prev = old.get(id)
+      if (prev !== undefined) { next.push(prev); continue }
+      const p = this.byId.get(id)
+      const ok = p !== undefined && p.alive && admitChild({
+        childCount: p.children.size, childLimit: this.opts.params.childLimit, isAlreadyChild: p.children.has(a.id), selfDepth: p.depth
+      }).admit
+      if (ok) { p.children.add(a.id); next.push({ peerId: id, sinceMs: nowMs, failed: false }) } else {
+        a.excludedUntilMs.set(id, nowMs + 2 * this.opts.params.heartbeatMs)
+      }
+    }
+    const before = a.parents.map(p => p.peerId).sort().join(',')
+    a.parents = next
+    if (before !== next.map(p => p.peerId).sort().join(',')) a.changes++
+    a.depth = a.isSeed ? 0 : depthFromParents(next.map(p => this.published.get(p.peerId)?.advert.depth ?? null))
+  }
+
+  /** Crash an agent: its children's next call sees it failed (when `reported`) or silent (advert ages out). */
+  crash (a: HarnessAgent, reported: boolean): void {
+    a.alive = false
+    for (const p of a.parents) this.byId.get(p.peerId)?.children.delete(a.id)
+    a.parents = []
+    for (const c of a.children) {
+      const child = this.byId.get(c)
+      if (child === undefined) continue
+      if (reported) for (const p of child.parents) if (p.peerId === a.id) p.failed = true
+    }
+    a.children.clear()
+  }
+
+  parentGraph (): Map<string, string[]> {
+    const g = new Map<string, string[]>()
+    for (const a of this.agents) if (a.alive) g.set(a.id, a.parents.map(p => p.peerId).filter(id => this.byId.get(id)?.alive === true))
+    return g
+  }
+
+  cycle (): string[] | null { return findCycle(this.parentGraph()) }
+
+  /** Live agents that cannot reach a seed through live parent edges. */
+  unreachable (): string[] {
+    const g = this.parentGraph()
+    const ok = new Map<string, boolean>()
+    const reach = (id: string, guard: number): boolean => {
+      const known = ok.get(id)
+      if (known !== undefined) return known
+      const a = this.byId.get(id)
+      if (a === undefined || !a.alive) return false
+      if (a.isSeed) { ok.set(id, true); return true }
+      if (guard > this.agents.length) return false
+      const r = (g.get(id) ?? []).some(p => reach(p, guard + 1))
+      ok.set(id, r)
+      return r
+    }
+    return this.agents.filter(a => a.alive && !reach(a.id, 0)).map(a => a.id)
+  }
+}
