@@ -150,7 +150,7 @@ export function encodeBlocksFrame (reqId: number, final: boolean, entries: reado
     at = header.writeUInt8(entry.status, at)
     const length = entry.data?.byteLength ?? 0
     at = header.writeUInt32BE(entry.status === BlockStatus.Data ? length : 0, at)
-    if (entry.status === BlockStatus.Data && entry.data !== undefined) out.append(entry.data)
+    if (entry.status === BlockStatus.Data && entry.data !== undefined) out.append(entry.data as Uint8Array<ArrayBuffer>)
   }
   return out
 }

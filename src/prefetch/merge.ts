@@ -1,15 +1,18 @@
 // Merges boot profiles into one likely read order.
 //
-// Per block: confidence = boots that touched it / boots merged; its place in the order is the weighted median
-// of its first-touch times across the inputs (weight = how many boots of that input touched it). A median
-// ignores one odd boot (a block read late once because a service started late); with two equal weights it is
-// their mean. Ties go to higher confidence, then lower block index, so the result is deterministic and does
-// not depend on the order of the inputs. Work and output are bounded by the inputs' sizes (each bounded).
+// Per block: confidence = boots that touched it / boots merged. Its place in the order is the weighted median
+// of its normalized rank across the inputs (rank in that input's order / its length, 0..1; entries with the
+// same time share a rank; weight = how many boots of that input touched it). Ranks, not raw times, because
+// one host boots twice as fast as another (KVM vs TCG, load): times scale, ranks do not. A median ignores one
+// odd boot (a block read late once because a service started late); with two equal weights it is their mean.
+// `tMs` of a merged entry is the weighted median of its times: typical, informative, not the sort key.
+// Ties go to earlier time, higher confidence, lower block index, so the result is deterministic and does not
+// depend on the order of the inputs. Work and output are bounded by the inputs' sizes (each bounded).
 
 import { ProfileMismatchError } from './errors.js'
-import { finalizeProfile, checkProfileFits, MAX_PROFILE_BOOTS, MAX_PROFILE_ENTRIES, type BootProfile } from './profile.js'
+import { finalizeProfile, checkProfileFits, quantizeConfidence, MAX_PROFILE_BOOTS, MAX_PROFILE_ENTRIES, type BootProfile } from './profile.js'
 
-interface Touches { times: number[], weights: number[], touches: number }
+interface Touches { times: number[], ranks: number[], weights: number[], touches: number }
 
 /** Merges `a` with every profile in `more` (recordings are one-boot profiles: see createRecorder). */
 export function mergeProfiles (a: BootProfile, ...more: BootProfile[]): BootProfile {
@@ -25,40 +28,57 @@ export function mergeProfiles (a: BootProfile, ...more: BootProfile[]): BootProf
   const perBlock = new Map<number, Touches>()
   for (const p of all) {
     bootsTotal += p.boots
-    for (const e of p.entries) {
+    const ranks = normalizedRanks(p)
+    for (const [i, e] of p.entries.entries()) {
       // Confidences are multiples of 1/255 and boots <= 100, so this recovers the exact touch count.
       const touches = Math.max(1, Math.round(e.confidence * p.boots))
       let t = perBlock.get(e.block)
       if (t === undefined) {
-        t = { times: [], weights: [], touches: 0 }
+        t = { times: [], ranks: [], weights: [], touches: 0 }
         perBlock.set(e.block, t)
       }
       t.times.push(e.tMs)
+      t.ranks.push(ranks[i])
       t.weights.push(touches)
       t.touches += touches
     }
   }
+  const q = (c: number): number => quantizeConfidence(c)
   let merged = [...perBlock].map(([block, t]) => ({
     block,
+    key: weightedMedian(t.ranks, t.weights),
     tMs: Math.round(weightedMedian(t.times, t.weights)),
     confidence: Math.min(1, t.touches / bootsTotal)
   }))
   if (merged.length > MAX_PROFILE_ENTRIES) {
     // Keep the blocks most boots read.
-    merged.sort((x, y) => y.confidence - x.confidence || x.tMs - y.tMs || x.block - y.block)
+    merged.sort((x, y) => q(y.confidence) - q(x.confidence) || x.key - y.key || x.block - y.block)
     merged = merged.slice(0, MAX_PROFILE_ENTRIES)
   }
-  const profile = finalizeProfile({
+  // Compare quantized confidences, as the result carries them.
+  merged.sort((x, y) => x.key - y.key || x.tMs - y.tMs || q(y.confidence) - q(x.confidence) || x.block - y.block)
+  return finalizeProfile({
     imageId: a.imageId,
     rootHex: a.rootHex,
     blockSizeBytes: a.blockSizeBytes,
     blockCount: a.blockCount,
     boots: Math.min(bootsTotal, MAX_PROFILE_BOOTS),
-    entries: merged
+    entries: merged.map(({ block, tMs, confidence }) => ({ block, tMs, confidence }))
   })
-  // Sort after quantizing, so that equal confidences compare equal.
-  profile.entries.sort((x, y) => x.tMs - y.tMs || y.confidence - x.confidence || x.block - y.block)
-  return finalizeProfile(profile)
+}
+
+/** Position in the order scaled to 0..1; a stretch of entries with the same time (one read) shares its middle rank. */
+export function normalizedRanks (p: BootProfile): Float64Array {
+  const n = p.entries.length
+  const ranks = new Float64Array(n)
+  for (let i = 0; i < n;) {
+    let j = i + 1
+    while (j < n && p.entries[j].tMs === p.entries[i].tMs) j++
+    const r = ((i + j - 1) / 2 + 0.5) / n
+    ranks.fill(r, i, j)
+    i = j
+  }
+  return ranks
 }
 
 /** The weighted median; when the cumulative weight hits exactly half, the mean of the two middle values. */

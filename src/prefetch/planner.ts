@@ -160,12 +160,16 @@ export interface IdlePlan { blocks: number[], cursor: IdleCursor }
 export function planIdle (index: ProfileIndex | undefined, blockCount: number, cursor: IdleCursor, filter: BlockFilter,
   maxBlocks: number, maxScan = 65536): IdlePlan {
   const blocks: number[] = []
+  // Blocks planned by this call are neither present nor in flight yet: a wrap or the image phase must not plan them twice.
+  const planned = new Set<number>()
+  const busy = (b: number): boolean => planned.has(b) || filter.inFlight?.(b) === true
+  const add = (b: number): void => { planned.add(b); blocks.push(b) }
   let { phase, position, quietScan } = cursor
   let scanned = 0
   const consider = (b: number): void => {
     if (filter.has(b)) { quietScan++; return }
     quietScan = 0
-    if (filter.inFlight?.(b) !== true) blocks.push(b)
+    if (!busy(b)) add(b)
   }
   while (phase !== 'done' && blocks.length < maxBlocks && scanned < maxScan) {
     if (phase === 'profile') {
@@ -175,7 +179,7 @@ export function planIdle (index: ProfileIndex | undefined, blockCount: number, c
       }
       const b = index.blockAt(position++)
       scanned++
-      if (!filter.has(b) && filter.inFlight?.(b) !== true) blocks.push(b)
+      if (!filter.has(b) && !busy(b)) add(b)
     } else {
       if (position >= blockCount) position = 0
       consider(position++)

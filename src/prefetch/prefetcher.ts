@@ -166,6 +166,8 @@ export function createPrefetcher (init: PrefetcherInit): Prefetcher {
   let activeSinceMs: number | undefined
   let activeMs = 0
   let waiters: Array<() => void> = []
+  // Blocks of idle batches that were aborted or failed: fetched again first (the cursor has moved past them).
+  let retry: number[] = []
 
   const pending = (): number => demandCount + (init.pendingOnDemand?.() ?? 0)
   const filter = { has: (b: number) => store.has(b), inFlight: (b: number) => inFlightBlocks.has(b) }
@@ -207,6 +209,9 @@ export function createPrefetcher (init: PrefetcherInit): Prefetcher {
       for (const b of blocks) if (store.has(b)) got++
       blocksFetched += got
       bytesFetched += got * blockSizeBytes
+      if (outcome !== 'ok' && kind === 'idle') {
+        for (const b of blocks) if (!store.has(b) && retry.length < maxInFlight * batchBlocks * 2) retry.push(b)
+      }
       if (outcome === 'failed') {
         failedBatches++
         consecutiveFailures++
@@ -262,7 +267,9 @@ export function createPrefetcher (init: PrefetcherInit): Prefetcher {
     if (init.idleEnabled !== false && idleState.idle && slots > 0 && idleCursor.phase !== 'done') {
       // Each plan scans a bounded stretch; a present stretch longer than this many scans waits for the next tick.
       for (let scans = 0; slots > 0 && scans < MAX_IDLE_SCANS_PER_TICK; scans++) {
-        const plan = planIdle(index, store.blockCount, idleCursor, filter, batchBlocks)
+        const plan = retry.length > 0
+          ? peekRetry()
+          : planIdle(index, store.blockCount, idleCursor, filter, batchBlocks)
         if (plan.blocks.length === 0) {
           idleCursor = plan.cursor
           if (plan.cursor.phase === 'done') break
@@ -275,7 +282,7 @@ export function createPrefetcher (init: PrefetcherInit): Prefetcher {
           break
         }
         idleCursor = plan.cursor
-        launch('idle', plan.blocks)
+        launch('idle', plan.blocks) // launched blocks are in flight: the next peekRetry drops them
         launched++
         requested += plan.blocks.length
         slots--
@@ -290,6 +297,11 @@ export function createPrefetcher (init: PrefetcherInit): Prefetcher {
       idleCursor = { phase: 'image', position: 0, quietScan: 0 }
     }
     return result('waiting')
+  }
+
+  function peekRetry (): { blocks: number[], cursor: IdleCursor } {
+    retry = retry.filter(b => !store.has(b) && !inFlightBlocks.has(b))
+    return { blocks: retry.slice(0, batchBlocks), cursor: idleCursor }
   }
 
   function abortAll (reason: Error): void {

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The testbed benchmark of issue 6 (see scripts/bench-testbed.ts for what it measures).
+#   npm run bench:testbed -- --hosts N --rate RATE [--origin-rate RATE] [--trace FILE] [--json] [--out DIR]
+#     [--systems nbdkit,http,bittorrent,vmthunderd] [--image FILE] [--prefix P] [--timeout-s S]
+# Installs the Debian packages it needs (idempotent), and always tears the testbed down, even on failure or
+# Ctrl-C (the TypeScript side does it too; this trap is the backstop).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "bench-testbed: must run as root (network namespaces)" >&2; exit 1; }
+
+PREFIX=vmtb
+prev=""
+for a in "$@"; do
+  [ "$prev" = "--prefix" ] && PREFIX="$a"
+  case "$a" in --prefix=*) PREFIX="${a#--prefix=}" ;; esac
+  prev="$a"
+done
+
+missing=()
+for p in nbdkit busybox curl opentracker mktorrent aria2 iproute2 qemu-utils; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bench-testbed: installing ${missing[*]}" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get -qq update >&2
+  DEBIAN_FRONTEND=noninteractive apt-get -qq -y install --no-install-recommends "${missing[@]}" >&2
+fi
+
+trap 'bash scripts/testbed.sh down --prefix "$PREFIX" >/dev/null 2>&1 || true' EXIT
+trap 'exit 130' INT TERM
+node --import tsx scripts/bench-testbed.ts "$@"

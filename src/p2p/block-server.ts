@@ -1,0 +1,209 @@
+// Server side of /vmthunder/blocks/1 (frames in wire.ts): serves present blocks of the images this agent
+// holds, answers child admission and pings.
+//
+// Per stream, requests wait in two FIFO queues, demand before prefetch, and are answered a frame at a time
+// (at most frameBudgetBytes of block data per frame), so a demand request that arrives behind a large prefetch
+// waits for at most one frame. Only blocks for which the store's has() is true are served (verified and
+// durable); anything else is answered 'not present'. Bounds per stream: queued requests and queued bytes
+// (beyond them the request gets ERROR busy); the upload token bucket is charged before every frame.
+
+import '../polyfill.js'
+import { lpStream } from '@libp2p/utils'
+import type { Connection, Stream } from '@libp2p/interface'
+import { blockLength } from '../blockstack/manifest.js'
+import type { BlockStore } from '../blockstack/types.js'
+import type { Logger } from '../blockstack/cache.js'
+import {
+  BlockStatus, ErrorCode, FrameType, MAX_REQUEST_FRAME_BYTES, decodeClientFrame, encodeBlocksFrame, encodeServerFrame,
+  type BlockEntry, type ClientFrame
+} from './wire.js'
+import type { TokenBucket } from './rate-limit.js'
+
+export const DEFAULT_FRAME_BUDGET_BYTES = 1024 * 1024
+export const DEFAULT_MAX_QUEUED_REQUESTS = 64
+export const DEFAULT_MAX_QUEUED_BYTES = 32 * 1024 * 1024
+
+export interface AdmitReply {
+  accepted: boolean
+  childCount: number
+  childLimit: number
+}
+
+export interface BlockServerInit {
+  /** The store of the image with this manifest root, if this agent has it. */
+  resolve: (rootHex: string) => BlockStore | undefined
+  /** Child admission for an image (undefined: unknown image). */
+  admit: (peerId: string, rootHex: string, leave: boolean) => AdmitReply | undefined
+  uploadBucket: TokenBucket
+  onSent?: (rootHex: string, peerId: string, bytes: number) => void
+  /** A request was answered (used to count who is downloading from us). */
+  onRequest?: (rootHex: string, peerId: string) => void
+  isBanned?: (peerId: string) => boolean
+  logger: Logger
+  frameBudgetBytes?: number
+  maxQueuedRequests?: number
+  maxQueuedBytes?: number
+}
+
+interface ServeJob {
+  reqId: number
+  rootHex: string
+  store: BlockStore
+  indexes: number[]
+  next: number
+  bytesLeft: number
+  cancelled: boolean
+}
+
+/** Handles one inbound block stream until it ends. */
+export async function serveBlockStream (init: BlockServerInit, stream: Stream, connection: Connection, stopSignal: AbortSignal): Promise<void> {
+  const peerId = connection.remotePeer.toString()
+  const lp = lpStream(stream, { maxDataLength: MAX_REQUEST_FRAME_BYTES })
+  const frameBudget = init.frameBudgetBytes ?? DEFAULT_FRAME_BUDGET_BYTES
+  const maxQueued = init.maxQueuedRequests ?? DEFAULT_MAX_QUEUED_REQUESTS
+  const maxQueuedBytes = init.maxQueuedBytes ?? DEFAULT_MAX_QUEUED_BYTES
+  const demand: ServeJob[] = []
+  const prefetch: ServeJob[] = []
+  const byId = new Map<number, ServeJob>()
+  let queuedBytes = 0
+  let pumping = false
+  const controller = new AbortController()
+  const signal = AbortSignal.any([controller.signal, stopSignal])
+
+  const writeSmall = (bytes: Uint8Array): void => {
+    lp.write(bytes, { signal }).catch(err => { controller.abort(err) })
+  }
+
+  const nextJob = (): ServeJob | undefined => {
+    while (demand.length > 0 && demand[0].cancelled) demand.shift()
+    if (demand.length > 0) return demand[0]
+    while (prefetch.length > 0 && prefetch[0].cancelled) prefetch.shift()
+    return prefetch[0]
+  }
+
+  const dequeue = (job: ServeJob): void => {
+    if (demand[0] === job) demand.shift()
+    else if (prefetch[0] === job) prefetch.shift()
+  }
+
+  const pump = async (): Promise<void> => {
+    if (pumping) return
+    pumping = true
+    try {
+      for (let job = nextJob(); job !== undefined && !signal.aborted; job = nextJob()) {
+        // One frame of this job: at least one block, then up to the byte budget.
+        const take: number[] = []
+        let bytes = 0
+        while (job.next < job.indexes.length) {
+          const index = job.indexes[job.next]
+          const length = index < job.store.manifest.blockCount ? blockLength(job.store.manifest, index) : 0
+          if (take.length > 0 && bytes + length > frameBudget) break
+          take.push(index)
+          bytes += length
+          job.next++
+        }
+        const entries: BlockEntry[] = await Promise.all(take.map(async index => {
+          if (index >= job.store.manifest.blockCount || !job.store.has(index)) return { index, status: BlockStatus.NotPresent }
+          try {
+            return { index, status: BlockStatus.Data, data: await job.store.readBlock(index, { signal }) }
+          } catch {
+            return { index, status: BlockStatus.NotPresent }
+          }
+        }))
+        const final = job.next >= job.indexes.length
+        let sentBytes = 0
+        for (const entry of entries) sentBytes += entry.data?.byteLength ?? 0
+        if (job.cancelled) {
+          // Its bytes were released by CANCEL; drop it from the queue once nothing of it is left to read.
+          if (final) dequeue(job)
+          continue
+        }
+        queuedBytes -= bytes
+        job.bytesLeft -= bytes
+        if (final) {
+          dequeue(job)
+          byId.delete(job.reqId)
+        }
+        await init.uploadBucket.take(sentBytes, signal)
+        await lp.write(encodeBlocksFrame(job.reqId, final, entries), { signal })
+        if (sentBytes > 0) init.onSent?.(job.rootHex, peerId, sentBytes)
+      }
+    } catch (err) {
+      controller.abort(err)
+    } finally {
+      pumping = false
+    }
+  }
+
+  const onFrame = (frame: ClientFrame): void => {
+    switch (frame.type) {
+      case FrameType.Ping:
+        writeSmall(encodeServerFrame({ type: FrameType.Pong, reqId: frame.reqId }))
+        return
+      case FrameType.Admit: {
+        const rootHex = Buffer.from(frame.root).toString('hex')
+        const reply = init.isBanned?.(peerId) === true
+          ? { accepted: false, childCount: 0, childLimit: 0 }
+          : init.admit(peerId, rootHex, frame.leave)
+        writeSmall(reply === undefined
+          ? encodeServerFrame({ type: FrameType.Error, reqId: frame.reqId, code: ErrorCode.UnknownImage })
+          : encodeServerFrame({ type: FrameType.Admitted, reqId: frame.reqId, ...reply }))
+        return
+      }
+      case FrameType.Cancel: {
+        const job = byId.get(frame.reqId)
+        if (job !== undefined) {
+          job.cancelled = true
+          byId.delete(job.reqId)
+          queuedBytes -= job.bytesLeft
+          job.bytesLeft = 0
+        }
+        return
+      }
+      case FrameType.Get: {
+        const rootHex = Buffer.from(frame.root).toString('hex')
+        const store = init.isBanned?.(peerId) === true ? undefined : init.resolve(rootHex)
+        if (store === undefined) {
+          writeSmall(encodeServerFrame({ type: FrameType.Error, reqId: frame.reqId, code: ErrorCode.UnknownImage }))
+          return
+        }
+        let bytesLeft = 0
+        for (const index of frame.indexes) bytesLeft += index < store.manifest.blockCount ? blockLength(store.manifest, index) : 0
+        if (byId.has(frame.reqId)) {
+          writeSmall(encodeServerFrame({ type: FrameType.Error, reqId: frame.reqId, code: ErrorCode.BadRequest }))
+          return
+        }
+        if (byId.size >= maxQueued || queuedBytes + bytesLeft > maxQueuedBytes) {
+          writeSmall(encodeServerFrame({ type: FrameType.Error, reqId: frame.reqId, code: ErrorCode.Busy }))
+          return
+        }
+        const job: ServeJob = { reqId: frame.reqId, rootHex, store, indexes: frame.indexes, next: 0, bytesLeft, cancelled: false }
+        byId.set(job.reqId, job)
+        queuedBytes += bytesLeft
+        init.onRequest?.(rootHex, peerId)
+        ;(frame.priority === 0 ? demand : prefetch).push(job)
+        void pump()
+      }
+    }
+  }
+
+  try {
+    while (!signal.aborted) {
+      let data
+      try {
+        data = await lp.read({ signal })
+      } catch (err) {
+        if (signal.aborted || (err as Error).name === 'UnexpectedEOFError') break
+        throw err
+      }
+      onFrame(decodeClientFrame(data))
+    }
+    if (controller.signal.aborted) throw controller.signal.reason
+    await stream.close().catch(() => {})
+  } catch (err) {
+    init.logger.warn('block stream closed on error', { peer: peerId, error: (err as Error).message })
+    stream.abort(err as Error)
+  } finally {
+    controller.abort()
+  }
+}

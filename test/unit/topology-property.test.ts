@@ -1,0 +1,66 @@
+// Many agents iterate selectParents over shared, one-round-stale adverts with a seeded PRNG; the parent
+// graph must stay acyclic and within fan-out bounds at every round, through crashes and rejoins.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { DEFAULT_TOPOLOGY_PARAMS } from '../../src/topology/index.js'
+import { Harness } from './topology-harness.js'
+
+const params = { ...DEFAULT_TOPOLOGY_PARAMS }
+
+function checkRound (h: Harness): void {
+  const cycle = h.cycle()
+  assert.equal(cycle, null, `round ${h.round}: cycle ${cycle?.join(' -> ') ?? ''}`)
+  for (const a of h.agents) {
+    if (!a.alive) continue
+    assert.ok(a.children.size <= params.childLimit, `round ${h.round}: ${a.id} has ${a.children.size} children`)
+    assert.ok(a.parents.length <= params.parentCount, `round ${h.round}: ${a.id} has ${a.parents.length} parents`)
+    if (a.isSeed) assert.equal(a.parents.length, 0)
+  }
+}
+
+test('no cycles and bounded fan-out at every round, with crashes and rejoins (several seeds)', { timeout: 60_000 }, () => {
+  for (const seed of [1, 2, 3, 4, 5]) {
+    const h = new Harness({ agents: 120, seeds: seed % 3 === 0 ? 1 : 2, seed, params, rttNoise: 0.3 })
+    for (let r = 0; r < 80; r++) {
+      h.step()
+      checkRound(h)
+      // churn: crash a few (reported or silent), bring back some as fresh agents
+      if (r > 5 && r < 60) {
+        for (const a of h.agents) {
+          if (a.alive && !a.isSeed && h.rng.next() < 0.02) h.crash(a, h.rng.next() < 0.5)
+        }
+        if (h.rng.next() < 0.5) h.addAgent(false)
+      }
+    }
+    // after churn stops, everyone settles under a seed
+    for (let r = 0; r < 20; r++) { h.step(); checkRound(h) }
+    assert.deepEqual(h.unreachable(), [], `seed ${seed}`)
+  }
+})
+
+test('a whole subtree losing its root heals without cycles', { timeout: 30_000 }, () => {
+  const h = new Harness({ agents: 200, seeds: 1, seed: 42, params, rttNoise: 0.1 })
+  for (let r = 0; r < 25; r++) { h.step(); checkRound(h) }
+  assert.deepEqual(h.unreachable(), [])
+  // crash every depth-1 agent at once (the seed's children): every subtree loses its root
+  const victims = h.agents.filter(a => a.alive && a.depth === 1)
+  assert.ok(victims.length > 0)
+  for (const v of victims) h.crash(v, false)
+  let healedAt = -1
+  for (let r = 0; r < 30; r++) {
+    h.step(); checkRound(h)
+    if (healedAt < 0 && h.unreachable().length === 0) healedAt = r
+  }
+  assert.ok(healedAt >= 0, 'healed')
+})
+
+test('no flapping: with ±10 % RTT noise parents do not change once settled', { timeout: 30_000 }, () => {
+  const h = new Harness({ agents: 150, seeds: 2, seed: 7, params, rttNoise: 0.1, totalBlocks: 1 })
+  for (let r = 0; r < 30; r++) h.step()
+  const before = new Map(h.agents.map(a => [a.id, a.parents.map(p => p.peerId).sort().join(',')]))
+  const changes = h.agents.reduce((n, a) => n + a.changes, 0)
+  for (let r = 0; r < 100; r++) { h.step(); checkRound(h) }
+  for (const a of h.agents) assert.equal(a.parents.map(p => p.peerId).sort().join(','), before.get(a.id), `${a.id} changed parents`)
+  assert.equal(h.agents.reduce((n, a) => n + a.changes, 0), changes)
+  assert.deepEqual(h.unreachable(), [])
+})
