@@ -175,7 +175,7 @@ async function runBittorrent (ctx: SystemContext): Promise<SystemRun> {
   execFileSync('mktorrent', ['-a', `http://${origin.ip}:${TRACKER_PORT}/announce`, '-l', '20', '-n', 'guest.raw', '-o', torrent, join(seedDir, 'guest.raw')], { stdio: 'ignore', timeout: 300_000 })
   const trackerDir = join(ctx.workDir, 'origin', 'tracker')
   await mkdir(trackerDir, { recursive: true })
-  const tracker = startIn(origin.ns, 'opentracker', ['-i', origin.ip, '-p', String(TRACKER_PORT), '-P', String(TRACKER_PORT), '-d', trackerDir, '-u', 'root'], { cwd: trackerDir })
+  const tracker = startIn(origin.ns, 'opentracker', ['-i', origin.ip, '-p', String(TRACKER_PORT), '-P', String(TRACKER_PORT), '-d', trackerDir], { cwd: trackerDir })
   await waitListening(origin.ns, origin.ip, TRACKER_PORT, ctx.signal)
   const seed = startIn(origin.ns, 'aria2c', [
     `--dir=${seedDir}`, '--seed-ratio=0.0', '--bt-seed-unverified=true', '--check-integrity=false', '--enable-dht=false',

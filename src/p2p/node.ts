@@ -53,6 +53,8 @@ export interface NodeInit {
   ipColocationPenalty?: boolean
   /** P5 of gossipsub's score: e.g. a large negative value for banned peers. */
   appSpecificScore?: (peerId: string) => number
+  /** Peers refused at the connection level (banned). */
+  isDenied?: (peerId: string) => boolean
   yamuxMaxMessageBytes?: number
   yamuxWindowBytes?: number
 }
@@ -81,6 +83,11 @@ export async function createNode (init: NodeInit): Promise<P2PNode> {
         maxReadBufferLength: 32 * 1024 * 1024
       }
     })],
+    connectionGater: {
+      denyDialPeer: (peerId: PeerId) => init.isDenied?.(peerId.toString()) === true,
+      denyInboundEncryptedConnection: (peerId: PeerId) => init.isDenied?.(peerId.toString()) === true,
+      denyOutboundEncryptedConnection: (peerId: PeerId) => init.isDenied?.(peerId.toString()) === true
+    },
     ...(init.psk !== undefined ? { connectionProtector: preSharedKey({ psk: parsePsk(init.psk) }) } : {}),
     connectionManager: {
       maxConnections,

@@ -206,7 +206,7 @@ export class PeerSource implements BlockSource {
         throughputBytesPerS: link.throughputBytesPerS,
         rttMs: link.rttMs,
         inFlight: queue?.inflightRequests ?? 0,
-        failed: link.closed && false
+        failed: false
       }
     })
   }
@@ -248,7 +248,6 @@ export class PeerSource implements BlockSource {
   /** No peer has the block yet: wait (bounded) for adverts or parents to change, then try again. */
   private async waitAndAssign (job: Job): Promise<void> {
     const signal = AbortSignal.any([job.signal, AbortSignal.timeout(this.noSourceWaitMs)])
-    // Peers tried in an earlier round may have the block by now (they fetch too): forget them once.
     while (!job.done) {
       try {
         await this.directory.waitForSources(signal)
@@ -259,8 +258,14 @@ export class PeerSource implements BlockSource {
         }
         return
       }
-      if (this.pick(job, new Set([...job.tried, ...job.active])) !== null || this.pick(job, job.active) !== null) {
-        if (this.pick(job, new Set([...job.tried, ...job.active])) === null) job.tried.clear()
+      if (job.done) return
+      if (this.pick(job, new Set([...job.tried, ...job.active])) !== null) {
+        this.assign(job)
+        return
+      }
+      // Peers tried in an earlier round may hold the block by now (they fetch too): try them again.
+      if (job.tried.size > 0 && this.pick(job, job.active) !== null) {
+        job.tried.clear()
         this.assign(job)
         return
       }

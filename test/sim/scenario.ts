@@ -1,0 +1,93 @@
+// Scenario files (config/sim/*.json): agents, seeds, link profile, events. Validated with zod; a bad file
+// gets an error naming the field.
+
+import { existsSync, readFileSync } from 'node:fs'
+import { dirname, join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { z } from 'zod'
+
+export class ScenarioError extends Error {
+  override name = 'ScenarioError'
+}
+
+const uniform = z.object({
+  kind: z.literal('uniform'),
+  upMbps: z.number().positive(),
+  downMbps: z.number().positive(),
+  latencyMs: z.number().nonnegative()
+})
+const racks = z.object({
+  kind: z.literal('racks'),
+  hostsPerRack: z.number().int().positive(),
+  hostMbps: z.number().positive(),
+  /** Each rack's uplink to the core (each direction). */
+  rackUplinkMbps: z.number().positive(),
+  intraRackLatencyMs: z.number().nonnegative(),
+  interRackLatencyMs: z.number().nonnegative()
+})
+const heterogeneous = z.object({
+  kind: z.literal('heterogeneous'),
+  classes: z.array(z.object({ fraction: z.number().positive(), upMbps: z.number().positive(), downMbps: z.number().positive() })).min(1),
+  /** Each host gets a latency in this range; a link's one-way latency is the sum of its two hosts'. */
+  hostLatencyMinMs: z.number().nonnegative(),
+  hostLatencyMaxMs: z.number().nonnegative()
+})
+
+const event = z.discriminatedUnion('kind', [
+  /** A random fraction (or count) of booting agents crash at once. */
+  z.object({ kind: z.literal('crash'), atMs: z.number().nonnegative(), fraction: z.number().min(0).max(1).optional(), count: z.number().int().nonnegative().optional() }),
+  /** Whole racks crash at once (racks profile). */
+  z.object({ kind: z.literal('crashRacks'), atMs: z.number().nonnegative(), racks: z.number().int().positive() }),
+  /** The origin (seed 0) crashes; other seeds keep full copies. */
+  z.object({ kind: z.literal('crashOrigin'), atMs: z.number().nonnegative() }),
+  /** More agents join and boot. */
+  z.object({ kind: z.literal('join'), atMs: z.number().nonnegative(), count: z.number().int().positive() }),
+  /** From fromMs to toMs, agents crash and fresh ones join at this rate (each per second). */
+  z.object({ kind: z.literal('churn'), fromMs: z.number().nonnegative(), toMs: z.number().nonnegative(), perSecond: z.number().positive() })
+])
+
+export const scenarioSchema = z.object({
+  name: z.string().min(1),
+  description: z.string().optional(),
+  agents: z.number().int().positive().max(200_000),
+  /** Full copies at start: the origin plus seeds - 1 more. */
+  seeds: z.number().int().positive().max(64).default(1),
+  profile: z.discriminatedUnion('kind', [uniform, racks, heterogeneous]),
+  /** Agents start booting uniformly spread over this window (0: all at once). */
+  startSpreadMs: z.number().nonnegative().default(0),
+  /** Scales the trace's think times (0: reads back to back). */
+  thinkTimeScale: z.number().nonnegative().default(1),
+  events: z.array(event).default([]),
+  /** vmthunderd topology overrides (TopologyParams fields). */
+  topology: z.record(z.string(), z.unknown()).default({}),
+  /** Candidates kept per agent (the bounded candidate table of the p2p layer). */
+  candidateTable: z.number().int().min(4).max(256).default(24),
+  /** Stop a run at this simulated time even if agents have not finished. */
+  maxSimMs: z.number().positive().default(3_600_000)
+})
+
+export type Scenario = z.infer<typeof scenarioSchema>
+export type LinkProfile = Scenario['profile']
+export type ScenarioEvent = Scenario['events'][number]
+
+const here = dirname(fileURLToPath(import.meta.url))
+export const SCENARIO_DIR = resolve(here, '../../config/sim')
+
+export function parseScenario (json: unknown, origin = 'scenario'): Scenario {
+  const r = scenarioSchema.safeParse(json)
+  if (!r.success) {
+    const issue = r.error.issues[0]
+    throw new ScenarioError(`${origin}: ${issue.path.join('.') || '(root)'}: ${issue.message}`)
+  }
+  return r.data
+}
+
+/** A name (config/sim/NAME.json) or a path to a JSON file. */
+export function loadScenario (nameOrFile: string): Scenario {
+  const candidates = [nameOrFile, join(SCENARIO_DIR, `${nameOrFile}.json`), join(SCENARIO_DIR, nameOrFile)]
+  const path = candidates.find(p => /\.json$/.test(p) && existsSync(p))
+  if (path === undefined) throw new ScenarioError(`no scenario named or at ${nameOrFile} (looked in ${SCENARIO_DIR})`)
+  let json: unknown
+  try { json = JSON.parse(readFileSync(path, 'utf8')) } catch (err) { throw new ScenarioError(`${path}: ${(err as Error).message}`) }
+  return parseScenario(json, path)
+}
