@@ -99,7 +99,7 @@ async function main (): Promise<void> {
         `--dir=${dir}`, '--seed-ratio=0.0', '--enable-dht=false', '--enable-dht6=false', '--bt-enable-lpd=false',
         '--enable-peer-exchange=true', '--file-allocation=none', '--check-integrity=false', '--bt-hash-check-seed=false',
         '--bt-tracker-interval=1', '--bt-max-peers=0', '--summary-interval=0', '--console-log-level=warn',
-        '--allow-overwrite=true', '--auto-file-renaming=false', '--listen-port=6881-6889', '--disable-ipv6=true',
+        '--allow-overwrite=true', '--auto-file-renaming=false', '--listen-port=6881', '--disable-ipv6=true',
         `--stop-with-process=${process.pid}`, `--on-bt-download-complete=${hook}`, torrent
       ], { stdio: ['ignore', 'ignore', 'inherit'] })
       children.push(aria)

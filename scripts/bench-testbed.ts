@@ -180,7 +180,7 @@ async function runBittorrent (ctx: SystemContext): Promise<SystemRun> {
   const seed = startIn(origin.ns, 'aria2c', [
     `--dir=${seedDir}`, '--seed-ratio=0.0', '--bt-seed-unverified=true', '--check-integrity=false', '--enable-dht=false',
     '--enable-dht6=false', '--bt-enable-lpd=false', '--file-allocation=none', '--bt-tracker-interval=1', '--bt-max-peers=0',
-    '--summary-interval=0', '--console-log-level=warn', '--listen-port=6881-6889', '--disable-ipv6=true',
+    '--summary-interval=0', '--console-log-level=warn', '--listen-port=6881', '--disable-ipv6=true',
     `--stop-with-process=${process.pid}`, torrent
   ])
   await waitListening(origin.ns, origin.ip, 6881, ctx.signal)

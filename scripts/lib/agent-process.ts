@@ -1,0 +1,77 @@
+// Starts real vmthunderd processes (for the demo, benchmarks and integration tests), each in its own short temp dir (unix socket paths
+// must stay under 108 bytes), and waits for their "started" log line rather than sleeping.
+
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { join, dirname } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { callRpc } from '../../src/rpc/client.js'
+
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
+export const DAEMON_BIN = join(ROOT, 'bin', 'vmthunderd.js')
+export const CTL_BIN = join(ROOT, 'bin', 'vmthunderctl.js')
+
+export interface TestDaemon {
+  dir: string
+  dataDir: string
+  socket: string
+  nbdSocket: string
+  process: ChildProcess
+  log: () => string
+  call: (method: string, params?: Record<string, unknown>) => Promise<any>
+  nbdUri: (imageId: string) => string
+  /** SIGTERM and wait for exit. */
+  stop: () => Promise<number | null>
+  /** SIGKILL and wait for exit. */
+  kill: () => Promise<void>
+  exited: Promise<number | null>
+}
+
+export async function makeTempDir (prefix = 'vmt'): Promise<string> {
+  return await mkdtemp(join('/tmp', `${prefix}-`))
+}
+
+export async function startDaemon (options: { dir?: string, args?: string[], env?: Record<string, string>, timeoutMs?: number } = {}): Promise<TestDaemon> {
+  const dir = options.dir ?? await makeTempDir()
+  const dataDir = join(dir, 'data')
+  const socket = join(dir, 'ctl.sock')
+  const nbdSocket = join(dir, 'nbd.sock')
+  const args = [DAEMON_BIN, '--data-dir', dataDir, '--socket', socket, ...(options.args ?? ['--no-p2p'])]
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env } })
+  let output = ''
+  const exited = new Promise<number | null>(resolve => child.once('exit', code => resolve(code)))
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`daemon did not start in time:\n${output}`)) }, options.timeoutMs ?? 30_000)
+    const onData = (chunk: Buffer): void => {
+      output += chunk.toString()
+      if (output.length > 4_000_000) output = output.slice(-2_000_000)
+      if (output.includes('"message":"vmthunderd started"')) { clearTimeout(timer); resolve() }
+    }
+    child.stderr!.on('data', onData)
+    child.stdout!.on('data', onData)
+    void exited.then(code => { clearTimeout(timer); reject(new Error(`daemon exited with ${code} before starting:\n${output}`)) })
+  })
+  return {
+    dir,
+    dataDir,
+    socket,
+    nbdSocket,
+    process: child,
+    log: () => output,
+    call: async (method, params = {}) => await callRpc(socket, method, params, { timeoutMs: 120_000 }),
+    nbdUri: imageId => `nbd+unix:///${imageId}?socket=${nbdSocket}`,
+    stop: async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM')
+      return await exited
+    },
+    kill: async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+      await exited
+    },
+    exited
+  }
+}
+
+export async function removeDir (dir: string): Promise<void> {
+  await rm(dir, { recursive: true, force: true })
+}
