@@ -39,6 +39,11 @@ export interface BlockServerInit {
   /** A request was answered (used to count who is downloading from us). */
   onRequest?: (rootHex: string, peerId: string) => void
   isBanned?: (peerId: string) => boolean
+  /**
+   * Relay: makes missing blocks present (fetching them from this agent's own parents) for a requester that
+   * may ask it (a child). Resolves when they are present or cannot be had; absent: no relaying.
+   */
+  relay?: (rootHex: string, peerId: string, blockIndexes: number[], priority: 0 | 1, signal: AbortSignal) => Promise<void> | undefined
   logger: Logger
   frameBudgetBytes?: number
   maxQueuedRequests?: number
@@ -53,6 +58,8 @@ interface ServeJob {
   next: number
   bytesLeft: number
   cancelled: boolean
+  /** Missing blocks of this job are being fetched upstream: serve only up to the first missing one. */
+  relaying: boolean
 }
 
 /** Handles one inbound block stream until it ends. */
@@ -74,16 +81,18 @@ export async function serveBlockStream (init: BlockServerInit, stream: Stream, c
     lp.write(bytes, { signal }).catch(err => { controller.abort(err) })
   }
 
+  const ready = (job: ServeJob): boolean => !job.cancelled && (!job.relaying || job.store.has(job.indexes[job.next]))
   const nextJob = (): ServeJob | undefined => {
     while (demand.length > 0 && demand[0].cancelled) demand.shift()
-    if (demand.length > 0) return demand[0]
     while (prefetch.length > 0 && prefetch[0].cancelled) prefetch.shift()
-    return prefetch[0]
+    return demand.find(ready) ?? prefetch.find(ready)
   }
 
   const dequeue = (job: ServeJob): void => {
-    if (demand[0] === job) demand.shift()
-    else if (prefetch[0] === job) prefetch.shift()
+    for (const queue of [demand, prefetch]) {
+      const at = queue.indexOf(job)
+      if (at >= 0) queue.splice(at, 1)
+    }
   }
 
   const pump = async (): Promise<void> => {
@@ -98,6 +107,7 @@ export async function serveBlockStream (init: BlockServerInit, stream: Stream, c
           const index = job.indexes[job.next]
           const length = index < job.store.manifest.blockCount ? blockLength(job.store.manifest, index) : 0
           if (take.length > 0 && bytes + length > frameBudget) break
+          if (take.length > 0 && job.relaying && !job.store.has(index)) break
           take.push(index)
           bytes += length
           job.next++
@@ -177,10 +187,18 @@ export async function serveBlockStream (init: BlockServerInit, stream: Stream, c
           writeSmall(encodeServerFrame({ type: FrameType.Error, reqId: frame.reqId, code: ErrorCode.Busy }))
           return
         }
-        const job: ServeJob = { reqId: frame.reqId, rootHex, store, indexes: frame.indexes, next: 0, bytesLeft, cancelled: false }
+        const job: ServeJob = { reqId: frame.reqId, rootHex, store, indexes: frame.indexes, next: 0, bytesLeft, cancelled: false, relaying: false }
         byId.set(job.reqId, job)
         queuedBytes += bytesLeft
         init.onRequest?.(rootHex, peerId)
+        const missing = frame.indexes.filter(index => index < store.manifest.blockCount && !store.has(index))
+        if (missing.length > 0 && init.relay !== undefined) {
+          const relaying = init.relay(rootHex, peerId, missing, frame.priority, signal)
+          if (relaying !== undefined) {
+            job.relaying = true
+            relaying.catch(() => {}).finally(() => { job.relaying = false; void pump() })
+          }
+        }
         ;(frame.priority === 0 ? demand : prefetch).push(job)
         void pump()
       }

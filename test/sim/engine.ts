@@ -1,0 +1,423 @@
+// The discrete-event engine shared by the three systems: simulated clock and event heap, hosts on the
+// simulated network, each booting agent's VM replaying the boot trace with blocking reads and think time,
+// block fetches with request coalescing and on-demand relaying (a parent that lacks a requested block
+// fetches it first and serves it once it is verified: store-and-forward per block), failure injection,
+// and the checkers. The systems (systems.ts) only decide where an agent's requests go and how the tree
+// is built; vmthunderd's decisions come from the production src/topology code.
+
+import { EventHeap } from './heap.js'
+import { Network } from './network.js'
+import { Rng } from './rng.js'
+import type { Scenario } from './scenario.js'
+import type { Trace } from './trace.js'
+
+export type SystemName = 'central' | 'volt' | 'vmthunderd'
+
+export interface Req {
+  src: number
+  startedAtMs: number
+  expectedMs: number
+  hedged: boolean
+  /** Serial of this request, so that late timers can tell they are stale. */
+  serial: number
+}
+
+export interface SimNode {
+  idx: number
+  id: string
+  isSeed: boolean
+  alive: boolean
+  deathMs: number
+  /** Boots a VM (seeds do not). */
+  boots: boolean
+  startMs: number
+  doneMs: number
+  readIdx: number
+  has: Uint8Array
+  held: number
+  /** Blocks being fetched → callbacks waiting for them. */
+  pending: Map<number, Array<() => void>>
+  /** Blocks being fetched → the request currently in flight for them. */
+  req: Map<number, Req>
+  /** Blocks waiting for a source (detached agent). */
+  stalled: Set<number>
+  children: Set<number>
+}
+
+/** Issue 5 hook: a prefetch model proposes blocks to fetch while the VM thinks (between reads). */
+export interface PrefetchModel {
+  /** Called when an agent's VM starts thinking before read `nextReadIdx`; returns dense block ids to fetch. */
+  onThink: (agent: SimNode, nextReadIdx: number, thinkMs: number, sim: Engine) => readonly number[]
+}
+
+export interface System {
+  readonly name: SystemName
+  /** Children allowed per node (Infinity: no limit, central). */
+  readonly fanoutLimit: number
+  init: () => void
+  onNodeAdded: (n: SimNode) => void
+  onCrash: (n: SimNode) => void
+  /** Where to request block b for node n now (-1: nowhere yet; the block is stalled until retryStalled). */
+  chooseSource: (n: SimNode, b: number) => number
+  /** Live parent edges of n (for checkers). */
+  parentsOf: (n: SimNode) => readonly number[]
+  /** After a request to src was issued. */
+  onRequest?: (n: SimNode, b: number, r: Req) => void
+  /** After block b arrived at n from src. */
+  onDeliver?: (n: SimNode, b: number, src: number, r: Req | undefined) => void
+}
+
+export interface CheckStats {
+  checks: number
+  cycleChecksFailed: number
+  firstCycle: number[] | null
+  fanoutViolations: number
+  absentReads: number
+  maxDepth: number
+  maxFanout: number
+  /** (timeMs, live agents that reach no seed) at each check. */
+  unreachable: Array<[number, number]>
+  depthHistogram: number[]
+}
+
+export interface EngineOptions {
+  scenario: Scenario
+  trace: Trace
+  seed: number
+  agents: number
+  prefetch?: PrefetchModel
+  /** Checker period (ms). */
+  checkIntervalMs?: number
+}
+
+export class Engine {
+  readonly heap = new EventHeap()
+  nowMs = 0
+  readonly net: Network
+  readonly nodes: SimNode[] = []
+  readonly seeds: number[] = []
+  /** Randomness of the scenario (hosts, victims, joins): identical for every system. */
+  readonly scenarioRng: Rng
+  /** Randomness of the system (RTT noise, heartbeat phases, candidate sampling). */
+  readonly sysRng: Rng
+  system!: System
+  readonly blockSizeBytes: number
+  readonly blockCount: number
+  originEgressBytes = 0
+  /** Origin egress per second of simulated time. */
+  readonly originEgressPerS: number[] = []
+  seedEgressBytes = 0
+  wastedBytes = 0
+  /** Failure injections: time and the heal time found by the checker (-1 until healed). */
+  readonly failures: Array<{ atMs: number, kind: string, healedAtMs: number }> = []
+  readonly check: CheckStats = {
+    checks: 0, cycleChecksFailed: 0, firstCycle: null, fanoutViolations: 0, absentReads: 0, maxDepth: 0, maxFanout: 0,
+    unreachable: [], depthHistogram: []
+  }
+
+  private reqSerial = 0
+  private booting = 0
+  private pendingScenarioEvents = 0
+  private stopped = false
+  readonly checkIntervalMs: number
+  eventsRun = 0
+
+  constructor (readonly opts: EngineOptions) {
+    this.scenarioRng = new Rng(opts.seed ^ 0x5eed)
+    this.sysRng = new Rng(opts.seed ^ 0x51a7)
+    this.net = new Network(opts.scenario.profile, this.scenarioRng.fork())
+    this.blockSizeBytes = opts.trace.blockSizeBytes
+    this.blockCount = opts.trace.blockCount
+    this.checkIntervalMs = opts.checkIntervalMs ?? 1000
+  }
+
+  at (t: number, fn: () => void): void { this.heap.push(t < this.nowMs ? this.nowMs : t, fn) }
+
+  addNode (isSeed: boolean, boots: boolean, startMs: number): SimNode {
+    const idx = this.net.addHost()
+    const n: SimNode = {
+      idx, id: `n${idx}`, isSeed, alive: true, deathMs: Infinity, boots, startMs, doneMs: -1, readIdx: 0,
+      has: new Uint8Array(this.blockCount), held: 0, pending: new Map(), req: new Map(), stalled: new Set(), children: new Set()
+    }
+    if (isSeed) { n.has.fill(1); n.held = this.blockCount; this.seeds.push(idx) }
+    this.nodes.push(n)
+    if (boots) {
+      this.booting++
+      this.at(startMs, () => { if (n.alive) this.nextRead(n, true) })
+    }
+    return n
+  }
+
+  /** Builds the cluster, runs to completion (or maxSimMs) and returns. */
+  run (system: System): void {
+    this.system = system
+    const sc = this.opts.scenario
+    for (let i = 0; i < sc.seeds; i++) this.addNode(true, false, 0)
+    for (let i = 0; i < this.opts.agents; i++) this.addNode(false, true, sc.startSpreadMs > 0 ? this.scenarioRng.range(0, sc.startSpreadMs) : 0)
+    system.init()
+    for (const n of this.nodes) system.onNodeAdded(n)
+    this.scheduleScenario()
+    this.at(0, () => this.runCheck('periodic'))
+    const maxMs = sc.maxSimMs
+    for (;;) {
+      const e = this.heap.pop()
+      if (e === undefined) break
+      if (e.t > maxMs) { this.nowMs = maxMs; break }
+      this.nowMs = e.t
+      this.eventsRun++
+      e.fn()
+      if (this.booting === 0 && this.pendingScenarioEvents === 0) break
+    }
+    this.stopped = true
+    this.runCheck('once')
+  }
+
+  // ---- workload ----
+
+  private nextRead (n: SimNode, first = false): void {
+    const reads = this.opts.trace.reads
+    if (!first) n.readIdx++
+    if (n.readIdx >= reads.length) {
+      n.doneMs = this.nowMs
+      this.booting--
+      return
+    }
+    const thinkMs = reads[n.readIdx].thinkMs * this.opts.scenario.thinkTimeScale
+    if (this.opts.prefetch !== undefined) {
+      for (const b of this.opts.prefetch.onThink(n, n.readIdx, thinkMs, this)) if (b >= 0 && b < this.blockCount) this.need(n, b, noop)
+    }
+    this.at(this.nowMs + thinkMs, () => { if (n.alive) this.doRead(n) })
+  }
+
+  private doRead (n: SimNode): void {
+    const blocks = this.opts.trace.reads[n.readIdx].blocks
+    let missing = 0
+    const done = (): void => {
+      if (!n.alive) return
+      for (const b of blocks) if (n.has[b] !== 1) this.check.absentReads++
+      this.nextRead(n)
+    }
+    const one = (): void => { if (--missing === 0) done() }
+    for (const b of blocks) if (n.has[b] !== 1) missing++
+    if (missing === 0) { done(); return }
+    for (const b of blocks) if (n.has[b] !== 1) this.need(n, b, one)
+  }
+
+  // ---- blocks ----
+
+  /** Calls cb once block b is present at n (at once if it is). */
+  need (n: SimNode, b: number, cb: () => void): void {
+    if (n.has[b] === 1) { cb(); return }
+    const waiting = n.pending.get(b)
+    if (waiting !== undefined) { waiting.push(cb); return }
+    n.pending.set(b, [cb])
+    this.issue(n, b)
+  }
+
+  /** Sends (or re-sends) the request for pending block b of n to the system's choice of source. */
+  issue (n: SimNode, b: number, hedge = false): void {
+    if (!n.alive || n.has[b] === 1 || !n.pending.has(b)) return
+    const src = this.system.chooseSource(n, b)
+    if (src < 0) { n.stalled.add(b); return }
+    n.stalled.delete(b)
+    this.sendRequest(n, b, src, hedge)
+  }
+
+  sendRequest (n: SimNode, b: number, src: number, hedge: boolean, expectedMs = 0): Req {
+    const r: Req = { src, startedAtMs: this.nowMs, expectedMs, hedged: hedge, serial: ++this.reqSerial }
+    if (!hedge) n.req.set(b, r)
+    const s = this.nodes[src]
+    this.at(this.nowMs + this.net.latencyMs(n.idx, src), () => this.serve(s, n, b, r))
+    this.system.onRequest?.(n, b, r)
+    return r
+  }
+
+  /** Re-issues every stalled block of n (after it got a parent). */
+  retryStalled (n: SimNode): void {
+    if (n.stalled.size === 0) return
+    const blocks = [...n.stalled]
+    n.stalled.clear()
+    for (const b of blocks) this.issue(n, b)
+  }
+
+  private serve (s: SimNode, to: SimNode, b: number, r: Req): void {
+    if (!s.alive) return // lost: the requester finds out by timeout, failure detection or its master
+    if (s.has[b] !== 1) {
+      // relay: fetch it first (coalesced with any fetch already under way), then serve
+      this.need(s, b, () => this.serve(s, to, b, r))
+      return
+    }
+    const size = this.blockSizeBytes
+    const arrival = this.net.transfer(s.idx, to.idx, size, this.nowMs)
+    if (s.isSeed) {
+      this.seedEgressBytes += size
+      if (s.idx === this.seeds[0]) {
+        this.originEgressBytes += size
+        const sec = Math.floor(this.nowMs / 1000)
+        while (this.originEgressPerS.length <= sec) this.originEgressPerS.push(0)
+        this.originEgressPerS[sec] += size
+      }
+    }
+    this.at(arrival, () => this.deliver(to, b, s, r))
+  }
+
+  private deliver (n: SimNode, b: number, s: SimNode, r: Req): void {
+    if (!n.alive) return
+    if (!s.alive && s.deathMs < this.nowMs - this.net.latencyMs(s.idx, n.idx)) return // sender died mid-transfer
+    if (n.has[b] === 1) { this.wastedBytes += this.blockSizeBytes; return }
+    n.has[b] = 1
+    n.held++
+    const cur = n.req.get(b)
+    n.req.delete(b)
+    n.stalled.delete(b)
+    this.system.onDeliver?.(n, b, s.idx, cur?.serial === r.serial ? cur : r)
+    const waiting = n.pending.get(b)
+    n.pending.delete(b)
+    if (waiting !== undefined) for (const cb of waiting) cb()
+  }
+
+  // ---- failures and joins ----
+
+  crash (n: SimNode): void {
+    if (!n.alive) return
+    n.alive = false
+    n.deathMs = this.nowMs
+    if (n.boots && n.doneMs < 0) this.booting--
+    n.pending.clear()
+    n.req.clear()
+    n.stalled.clear()
+    this.system.onCrash(n)
+  }
+
+  private liveBooting (): SimNode[] { return this.nodes.filter(n => n.alive && n.boots) }
+
+  private scheduleScenario (): void {
+    const sc = this.opts.scenario
+    const injectFailure = (kind: string): void => {
+      this.failures.push({ atMs: this.nowMs, kind, healedAtMs: -1 })
+      const healing = this.healChainRunning
+      this.runCheck('once')
+      if (!healing && this.failures.some(f => f.healedAtMs < 0)) { this.healChainRunning = true; this.at(this.nowMs + 100, () => this.runCheck('heal')) }
+    }
+    for (const ev of sc.events) {
+      if (ev.kind === 'churn') {
+        const stepMs = 1000 / ev.perSecond
+        for (let t = ev.fromMs; t < ev.toMs; t += stepMs) {
+          this.pendingScenarioEvents++
+          this.at(t, () => {
+            this.pendingScenarioEvents--
+            const live = this.liveBooting()
+            if (live.length > 0) this.crash(this.scenarioRng.pick(live))
+            this.system.onNodeAdded(this.addNode(false, true, this.nowMs))
+            injectFailure('churn')
+          })
+        }
+        continue
+      }
+      this.pendingScenarioEvents++
+      this.at(ev.atMs, () => {
+        this.pendingScenarioEvents--
+        if (ev.kind === 'crash') {
+          const live = this.liveBooting()
+          const count = ev.count ?? Math.round((ev.fraction ?? 0) * live.length)
+          for (const n of this.scenarioRng.shuffle(live).slice(0, count)) this.crash(n)
+          injectFailure(`crash ${count}`)
+        } else if (ev.kind === 'crashRacks') {
+          const seedRacks = new Set(this.seeds.map(s => this.net.hosts[s].rack))
+          const racks = [...new Set(this.nodes.filter(n => n.alive).map(n => this.net.hosts[n.idx].rack))].filter(r => !seedRacks.has(r)).sort((a, b) => a - b)
+          const victims = new Set(this.scenarioRng.shuffle(racks).slice(0, ev.racks))
+          for (const n of this.nodes) if (n.alive && !n.isSeed && victims.has(this.net.hosts[n.idx].rack)) this.crash(n)
+          injectFailure(`crash ${victims.size} racks`)
+        } else if (ev.kind === 'crashOrigin') {
+          this.crash(this.nodes[this.seeds[0]])
+          injectFailure('crash origin')
+        } else if (ev.kind === 'join') {
+          for (let i = 0; i < ev.count; i++) this.system.onNodeAdded(this.addNode(false, true, this.nowMs))
+        }
+      })
+    }
+  }
+
+  // ---- checkers ----
+
+  private healChainRunning = false
+
+  /** Runs the checkers now; 'periodic' schedules the next run, 'heal' re-runs every 100 ms until healed. */
+  runCheck (mode: 'periodic' | 'once' | 'heal'): void {
+    const c = this.check
+    c.checks++
+    const nodes = this.nodes
+    const N = nodes.length
+    const limit = this.system.fanoutLimit
+    // parent lists of live nodes, live parents only
+    const parents: Array<readonly number[]> = new Array(N)
+    const fan = new Int32Array(N)
+    for (let i = 0; i < N; i++) {
+      const n = nodes[i]
+      if (!n.alive) { parents[i] = []; continue }
+      const ps = this.system.parentsOf(n).filter(p => nodes[p].alive)
+      parents[i] = ps
+      for (const p of ps) fan[p]++
+    }
+    for (let i = 0; i < N; i++) {
+      if (!nodes[i].alive) continue
+      if (fan[i] > c.maxFanout) c.maxFanout = fan[i]
+      if (fan[i] > limit) c.fanoutViolations++
+    }
+    // cycles (iterative DFS, colours) and depth = 1 + min parent depth (seeds 0), unreachable = no depth
+    const colour = new Uint8Array(N)
+    for (let s = 0; s < N; s++) {
+      if (colour[s] !== 0 || !nodes[s].alive) continue
+      const stack: number[] = [s]; const pos: number[] = [0]
+      colour[s] = 1
+      while (stack.length > 0) {
+        const top = stack[stack.length - 1]
+        const ps = parents[top]
+        const i = pos[pos.length - 1]
+        if (i >= ps.length) { colour[top] = 2; stack.pop(); pos.pop(); continue }
+        pos[pos.length - 1]++
+        const p = ps[i]
+        if (colour[p] === 1) {
+          c.cycleChecksFailed++
+          if (c.firstCycle === null) c.firstCycle = [...stack.slice(stack.indexOf(p)), p]
+          continue
+        }
+        if (colour[p] === 0) { colour[p] = 1; stack.push(p); pos.push(0) }
+      }
+    }
+    // depth by BFS from live seeds over child edges
+    const depth = new Int32Array(N).fill(-1)
+    const childrenOf: number[][] = Array.from({ length: N }, () => [])
+    for (let i = 0; i < N; i++) for (const p of parents[i]) childrenOf[p].push(i)
+    let frontier = this.seeds.filter(s => nodes[s].alive)
+    for (const s of frontier) depth[s] = 0
+    let d = 0
+    while (frontier.length > 0) {
+      const next: number[] = []
+      for (const x of frontier) for (const ch of childrenOf[x]) if (depth[ch] < 0) { depth[ch] = d + 1; next.push(ch) }
+      frontier = next
+      d++
+    }
+    let unreachable = 0
+    const hist: number[] = []
+    for (let i = 0; i < N; i++) {
+      const n = nodes[i]
+      if (!n.alive || n.isSeed) continue
+      if (n.boots && n.startMs > this.nowMs) continue
+      if (depth[i] < 0) { unreachable++; continue }
+      if (depth[i] > c.maxDepth) c.maxDepth = depth[i]
+      hist[depth[i]] = (hist[depth[i]] ?? 0) + 1
+    }
+    c.unreachable.push([this.nowMs, unreachable])
+    c.depthHistogram = Array.from(hist, x => x ?? 0)
+    for (const f of this.failures) if (f.healedAtMs < 0 && unreachable === 0) f.healedAtMs = this.nowMs
+    if (this.stopped) return
+    if (mode === 'periodic') this.at(this.nowMs + this.checkIntervalMs, () => this.runCheck('periodic'))
+    if (mode === 'heal') {
+      if (this.failures.some(f => f.healedAtMs < 0)) this.at(this.nowMs + 100, () => this.runCheck('heal'))
+      else this.healChainRunning = false
+    }
+  }
+}
+
+function noop (): void {}
