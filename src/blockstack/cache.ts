@@ -58,6 +58,8 @@ export interface CacheStats {
   missBlocks: number
   fetchedBlocks: number
   fetchedBytes: number
+  /** Of fetchedBytes, what prefetch asked for (the rest a reader waited for). */
+  prefetchedBytes: number
   corruptBlocks: number
   readRequests: number
   readBytes: number
@@ -93,7 +95,9 @@ export class BlockCache implements BlockStore {
   private readonly listeners = new Set<BlocksAddedListener>()
   private readonly closeController = new AbortController()
   private closed = false
-  private readonly counters = { hitBlocks: 0, missBlocks: 0, fetchedBlocks: 0, fetchedBytes: 0, corruptBlocks: 0, readRequests: 0, readBytes: 0 }
+  /** Reads (not prefetch) waiting for a source right now. */
+  private demandWaiting = 0
+  private readonly counters = { hitBlocks: 0, missBlocks: 0, fetchedBlocks: 0, fetchedBytes: 0, prefetchedBytes: 0, corruptBlocks: 0, readRequests: 0, readBytes: 0 }
 
   private constructor (init: BlockCacheInit) {
     this.manifest = init.manifest
@@ -257,7 +261,18 @@ export class BlockCache implements BlockStore {
       void this.fetchBatch(toFetch.slice(i, i + this.maxBlocksPerFetch), options.priority ?? 'demand')
     }
     if (waits.length === 0) return
-    await raceAbort(Promise.all(waits), options.signal)
+    const demand = options.priority !== 'prefetch'
+    if (demand) this.demandWaiting++
+    try {
+      await raceAbort(Promise.all(waits), options.signal)
+    } finally {
+      if (demand) this.demandWaiting--
+    }
+  }
+
+  /** Reads waiting for blocks from a source: prefetch holds back while this is above zero. */
+  pendingDemandReads (): number {
+    return this.demandWaiting
   }
 
   private async fetchBatch (indexes: number[], priority: FetchPriority): Promise<void> {
@@ -280,7 +295,7 @@ export class BlockCache implements BlockStore {
             continue
           }
           wanted.delete(block.index)
-          await this.accept(block.index, block.data)
+          await this.accept(block.index, block.data, priority)
         }
       } catch (err) {
         lastError = err as Error
@@ -303,12 +318,13 @@ export class BlockCache implements BlockStore {
   }
 
   /** Stores a verified block: in memory at once, durable at the next group commit. */
-  private async accept (index: number, data: Uint8Array): Promise<void> {
+  private async accept (index: number, data: Uint8Array, priority: FetchPriority = 'demand'): Promise<void> {
     if (this.present.get(index) || this.pending.has(index)) return
     this.pending.set(index, data)
     this.pendingBytes += data.byteLength
     this.counters.fetchedBlocks++
     this.counters.fetchedBytes += data.byteLength
+    if (priority === 'prefetch') this.counters.prefetchedBytes += data.byteLength
     const waiter = this.inflight.get(index)
     this.inflight.delete(index)
     waiter?.resolve()

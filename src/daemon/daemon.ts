@@ -17,6 +17,7 @@ import type { BlockCache } from '../blockstack/cache.js'
 import { RpcServer } from '../rpc/server.js'
 import { createMethods } from './methods.js'
 import type { DaemonLogger } from './logger.js'
+import { PrefetchManager } from './prefetch-manager.js'
 
 export class ManifestUnavailableError extends Error {
   override name = 'ManifestUnavailableError'
@@ -73,9 +74,7 @@ export interface DaemonOptions {
 
 export class Daemon {
   readonly startedAtMs = Date.now()
-  /** Hooks for the prefetcher: a VM is about to boot from an image / has gone. */
-  onInstanceCreated?: (name: string, image: Image) => void
-  onInstanceDestroyed?: (name: string, imageId: string) => void
+  private heartbeatTimer: NodeJS.Timeout | undefined
   private readonly fileSources: Array<{ close: () => Promise<void> }> = []
   private constructor (
     readonly config: Config,
@@ -86,6 +85,7 @@ export class Daemon {
     readonly nbd: NbdServer,
     readonly rpc: RpcServer,
     readonly peers: PeerLayer | undefined,
+    readonly prefetch: PrefetchManager,
     readonly trustedKeys: Uint8Array[],
     readonly logger: DaemonLogger
   ) {}
@@ -138,7 +138,17 @@ export class Daemon {
         db: db.sublevel('instances', { valueEncoding: 'json' }),
         backingUri: imageId => `nbd+unix:///${imageId}?socket=${config.nbd.socket}`
       })
-      const nbd = createNbdServer({ provider: exportProvider(images), logger: logger.child('nbd'), maxConnections: config.nbd.maxConnections })
+      const prefetch = new PrefetchManager({
+        db: db.sublevel('profiles', { valueEncoding: 'view' }) as any,
+        logger: logger.child('prefetch'),
+        enabled: config.prefetch.enabled,
+        rateBytesPerSec: config.prefetch.rateLimitBytesPerSec,
+        idleLinkFraction: config.prefetch.idleLinkFraction,
+        linkBytesPerSec: config.p2p.downloadLimitBytesPerSec ?? 125_000_000
+      })
+      cleanups.unshift(async () => { await prefetch.stop() })
+      for (const image of images.list()) await prefetch.attach(image)
+      const nbd = createNbdServer({ provider: exportProvider(images, prefetch), logger: logger.child('nbd'), maxConnections: config.nbd.maxConnections })
       cleanups.unshift(async () => { await nbd.close() })
       await nbd.listenUnix(config.nbd.socket)
       if (config.nbd.tcp !== null) {
@@ -156,7 +166,7 @@ export class Daemon {
         maxBatchLength: config.rpc.maxBatchLength,
         onError: (message, fields) => logger.error(message, fields)
       })
-      const daemon = new Daemon(config, identity, db, images, snapshots, nbd, rpc, peers, trustedKeys, logger)
+      const daemon = new Daemon(config, identity, db, images, snapshots, nbd, rpc, peers, prefetch, trustedKeys, logger)
       daemon.fileSources.push(...fileSources)
       holder.daemon = daemon
       if (peers !== undefined) {
@@ -165,6 +175,10 @@ export class Daemon {
         for (const image of images.list()) peers.addImage(image.cache)
       }
       await rpc.listen(config.socket)
+      daemon.heartbeatTimer = setInterval(() => {
+        prefetch.heartbeat().catch(err => logger.warn('prefetch heartbeat failed', { error: err }))
+      }, 1000)
+      daemon.heartbeatTimer.unref()
       logger.info('vmthunderd started', {
         peerId: identity.peerId,
         socket: config.socket,
@@ -186,14 +200,27 @@ export class Daemon {
     if (this.peers === undefined) throw new ManifestUnavailableError(`no image '${imageId}' here, and the peer layer is off`)
     const manifest = await this.peers.fetchManifest(imageId, { signal })
     const image = await this.images.adopt(manifest)
-    this.peers.addImage(image.cache)
+    await this.attachImage(image)
     return image
+  }
+
+  /** A new image on this host: serve it to peers, prefetch it, learn its boots. */
+  async attachImage (image: Image): Promise<void> {
+    this.peers?.addImage(image.cache)
+    await this.prefetch.attach(image)
+  }
+
+  async detachImage (imageId: string): Promise<void> {
+    this.peers?.removeImage(imageId)
+    await this.prefetch.detach(imageId)
   }
 
   async stop (): Promise<void> {
     this.logger.info('vmthunderd stopping')
+    clearInterval(this.heartbeatTimer)
     await this.rpc.close()
     await this.nbd.close()
+    await this.prefetch.stop().catch(err => this.logger.warn('prefetch stop failed', { error: err }))
     if (this.peers !== undefined) await this.peers.stop().catch(err => this.logger.warn('peer layer stop failed', { error: err }))
     await this.images.close()
     for (const file of this.fileSources) await file.close().catch(() => {})
@@ -202,20 +229,23 @@ export class Daemon {
   }
 }
 
-/** One read-only NBD export per image, reading through its block cache. */
-function exportProvider (images: ImageRegistry): ExportProvider {
+/**
+ * One read-only NBD export per image, reading through its block cache. get() runs once per connection, so
+ * the prefetcher can tell one VM's reads from another's.
+ */
+function exportProvider (images: ImageRegistry, prefetch: PrefetchManager): ExportProvider {
   return {
     list: () => images.list().map(image => image.record.imageId),
     get: (name: string): NbdExport | undefined => {
       const image = images.get(name)
       if (image === undefined) return undefined
       const cache = image.cache
-      return {
+      return prefetch.wrapExport(name, {
         name,
         description: `vmthunder image ${name} (root ${image.manifest.rootHex.slice(0, 16)})`,
         sizeBytes: image.manifest.sizeBytes,
         read: async (offset, length, signal) => await cache.read(offset, length, signal)
-      }
+      })
     }
   }
 }

@@ -4,6 +4,10 @@
 import { z } from 'zod'
 import type { RpcMethod } from '../rpc/server.js'
 import { InvalidParamsError } from '../rpc/errors.js'
+
+export class ProfileUnavailableError extends Error {
+  override name = 'ProfileUnavailableError'
+}
 import type { Daemon } from './daemon.js'
 import type { Image } from '../blockstack/images.js'
 
@@ -16,7 +20,9 @@ const schemas = {
   'instance.create': z.object({ name, image: name }).strict(),
   'instance.destroy': z.object({ name }).strict(),
   'instance.list': z.object({}).strict(),
-  'node.status': z.object({}).strict()
+  'node.status': z.object({}).strict(),
+  'image.profile.export': z.object({ id: name }).strict(),
+  'image.profile.import': z.object({ id: name, profile: z.record(z.string(), z.unknown()) }).strict()
 }
 
 function parse<T extends z.ZodTypeAny> (schema: T, params: unknown): z.infer<T> {
@@ -54,7 +60,7 @@ export function createMethods (getDaemon: () => Daemon): Record<string, RpcMetho
       const p = parse(schemas['image.register'], params)
       const daemon = getDaemon()
       const image = await daemon.images.register(p.id, p.path, { blockSizeBytes: p.blockSizeBytes ?? daemon.config.blockSizeBytes, signal })
-      daemon.peers?.addImage(image.cache)
+      await daemon.attachImage(image)
       return imageSummary(daemon, image)
     },
     'image.list': async (params) => {
@@ -66,22 +72,37 @@ export function createMethods (getDaemon: () => Daemon): Record<string, RpcMetho
       const p = parse(schemas['image.remove'], params)
       const daemon = getDaemon()
       await daemon.images.remove(p.id, imageId => daemon.snapshots.usersOf(imageId))
-      daemon.peers?.removeImage(p.id)
+      await daemon.detachImage(p.id)
       return { id: p.id, removed: true }
+    },
+    'image.profile.export': async (params) => {
+      const p = parse(schemas['image.profile.export'], params)
+      const daemon = getDaemon()
+      daemon.images.require(p.id)
+      const profile = daemon.prefetch.exportProfile(p.id)
+      if (profile === undefined) throw new ProfileUnavailableError(`image '${p.id}' has no boot profile yet: boot a VM from it first, or import one`)
+      return profile
+    },
+    'image.profile.import': async (params) => {
+      const p = parse(schemas['image.profile.import'], params)
+      const daemon = getDaemon()
+      daemon.images.require(p.id)
+      const merged = await daemon.prefetch.importProfile(p.id, p.profile)
+      return { id: p.id, entries: merged.entries.length, boots: merged.boots, version: merged.version }
     },
     'instance.create': async (params, { signal }) => {
       const p = parse(schemas['instance.create'], params)
       const daemon = getDaemon()
       const image = await daemon.acquireImage(p.image, signal)
       const record = await daemon.snapshots.create(p.name, image.record.imageId, image.manifest.sizeBytes, { signal })
-      daemon.onInstanceCreated?.(record.name, image)
+      daemon.prefetch.instanceCreated(record.name, image.record.imageId)
       return { name: record.name, image: record.imageId, path: record.path, backing: record.backing, createdAtMs: record.createdAtMs }
     },
     'instance.destroy': async (params) => {
       const p = parse(schemas['instance.destroy'], params)
       const daemon = getDaemon()
       const record = await daemon.snapshots.destroy(p.name)
-      daemon.onInstanceDestroyed?.(record.name, record.imageId)
+      daemon.prefetch.instanceDestroyed(record.name, record.imageId)
       return { name: record.name, image: record.imageId, destroyed: true }
     },
     'instance.list': async (params) => {
@@ -99,7 +120,11 @@ export function createMethods (getDaemon: () => Daemon): Record<string, RpcMetho
       const peer = daemon.peers?.status()
       const images: Record<string, unknown> = {}
       for (const image of daemon.images.list()) {
-        images[image.record.imageId] = { ...imageSummary(daemon, image), ...(peer?.images?.[image.record.imageId] ?? {}) }
+        images[image.record.imageId] = {
+          ...imageSummary(daemon, image),
+          ...(peer?.images?.[image.record.imageId] ?? {}),
+          prefetch: daemon.prefetch.progress(image.record.imageId)
+        }
       }
       return {
         peerId: daemon.identity.peerId,

@@ -38,11 +38,15 @@ export interface SourceInfo {
   isParent: boolean
   /** Probability, from its advert's summary, that the peer holds the block (1 for a seed). */
   holdProbability: (blockIndex: number) => number
+  /** Its child slots are all taken: asked only when no other peer has the block (bounded fan-out). */
+  full: boolean
 }
 
 /** What the peer source needs from the service: who can serve an image, links, and where to report. */
 export interface PeerDirectory {
   sources: (manifest: Manifest) => SourceInfo[]
+  /** True while the agent is still choosing its first parents: blocks wait for them rather than fall back. */
+  attaching: (manifest: Manifest) => boolean
   link: (peerId: string) => PeerLink
   isBanned: (peerId: string) => boolean
   /** A request to this peer failed (stream error, timeout): the parent is replaced at the next heartbeat. */
@@ -213,10 +217,14 @@ export class PeerSource implements BlockSource {
 
   /** Picks a peer for the job: parents that probably hold it first, then any peer that advertises it. */
   private pick (job: Job, exclude: ReadonlySet<string>): string | null {
-    const all = this.directory.sources(job.manifest).filter(info => !this.directory.isBanned(info.peerId) && !exclude.has(info.peerId) &&
-      info.holdProbability(job.index) > 0)
-    const parents = all.filter(info => info.isParent)
-    for (const group of [parents, all]) {
+    const usable = this.directory.sources(job.manifest).filter(info => !this.directory.isBanned(info.peerId) && !exclude.has(info.peerId))
+    // Parents relay blocks they lack (they fetch them from their own parents), at the scheduler's relay
+    // penalty; other peers are asked only for blocks they advertise.
+    const parents = usable.filter(info => info.isParent)
+    if (parents.length === 0 && this.directory.attaching(job.manifest)) return null
+    const all = usable.filter(info => info.holdProbability(job.index) > 0)
+    const notFull = all.filter(info => !info.full)
+    for (const group of [parents, notFull, all]) {
       if (group.length === 0) continue
       const choice = chooseSource({ blockIndex: job.index, sizeBytes: job.bytes }, this.sourceStates(job, group), this.params)
       if (choice !== null) return choice.peerId
@@ -314,7 +322,7 @@ export class PeerSource implements BlockSource {
     const link = this.directory.link(peer)
     this.stats.requests++
     const startedAtMs = this.clock.nowMs()
-    const state = this.sourceStates(batch[0], [{ peerId: peer, isParent: true, holdProbability: () => 1 }])[0]
+    const state = this.sourceStates(batch[0], [{ peerId: peer, isParent: true, holdProbability: () => 1, full: false }])[0]
     const expectedMs = (state.rttMs ?? this.params.defaultRttMs) + bytes * 1000 / (state.throughputBytesPerS ?? this.params.defaultThroughputBytesPerS)
     const controller = new AbortController()
     const timeout = setTimeout(() => { controller.abort(new PeerTimeoutError(`${peer} did not answer ${batch.length} blocks in ${this.requestTimeoutMs} ms`)) }, this.requestTimeoutMs)

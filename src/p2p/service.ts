@@ -19,7 +19,7 @@ import type { PeerId } from '@libp2p/interface'
 import type { Identity } from '../identity/key.js'
 import type { Manifest } from '../blockstack/manifest.js'
 import type { BlockSource, BlockStore } from '../blockstack/types.js'
-import { silentLogger, type Logger } from '../blockstack/cache.js'
+import { silentLogger, type Logger, type BlockCache } from '../blockstack/cache.js'
 import {
   DEFAULT_TOPOLOGY_PARAMS, admitChild, depthFromParents, selectParents,
   type Candidate, type ParentState, type TopologyParams
@@ -51,6 +51,10 @@ const MAX_PROBES_PER_HEARTBEAT = 8
 /** A child's lease lasts this many heartbeats without renewal. */
 const CHILD_LEASE_HEARTBEATS = 3
 const MAX_MANIFEST_PEERS_TRIED = 16
+/** A relayed fetch (for a child) that takes longer is abandoned: the child's request gets 'not present'. */
+const RELAY_TIMEOUT_MS = 20_000
+/** After an image is added, blocks wait this many heartbeats for the first parents before other peers are asked. */
+const ATTACH_GRACE_HEARTBEATS = 3
 
 /** The stores the service can serve; BlockCache fits (onBlocksAdded makes adverts follow new blocks). */
 export type ServedStore = BlockStore & {
@@ -160,6 +164,7 @@ interface ImageState {
   /** A heartbeat asked for while one ran: run again after. */
   heartbeatAgain: boolean
   interestOnly: boolean
+  addedAtMs: number
 }
 
 /** Gossipsub's live topic score params (the GossipSub interface does not expose the score). */
@@ -336,7 +341,8 @@ export function createP2PService (init: P2PServiceInit): P2PService {
         lastPublishMs: -Infinity,
         heartbeatRunning: false,
         heartbeatAgain: false,
-        interestOnly: true
+        interestOnly: true,
+        addedAtMs: clock.nowMs()
       }
       images.set(imageId, state)
       if (node !== undefined) subscribe(state)
@@ -373,6 +379,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     state.manifest = manifest
     state.store = store
     state.interestOnly = false
+    state.addedAtMs = clock.nowMs()
     byRoot.set(manifest.rootHex, state)
     for (const [peer, entry] of state.candidates) {
       if (entry.advert.rootHex !== manifest.rootHex || entry.advert.totalBlocks !== manifest.blockCount) state.candidates.delete(peer)
@@ -428,6 +435,20 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       if (!isAlreadyChild) publishSoon(state)
     }
     return { accepted: result.admit, childCount: liveChildren(state).length, childLimit: params.childLimit }
+  }
+
+  /** A child asked for blocks we lack: fetch them through our cache (from our parents), then serve them. */
+  const relay = (rootHex: string, peerId: string, indexes: number[], priority: 0 | 1, signal: AbortSignal): Promise<void> | undefined => {
+    const state = byRoot.get(rootHex)
+    const store = state?.store as (ServedStore & Partial<Pick<BlockCache, 'ensure'>>) | undefined
+    if (state === undefined || store === undefined || typeof store.ensure !== 'function' || !state.children.has(peerId)) return undefined
+    const ensure = store.ensure.bind(store)
+    return (async () => {
+      const bounded = AbortSignal.any([signal, AbortSignal.timeout(RELAY_TIMEOUT_MS)])
+      await ensure(indexes, { signal: bounded, priority: priority === 0 ? 'demand' : 'prefetch' })
+      // Served only once durable (has()): the cache marks blocks present after its group commit.
+      await waitFor(() => indexes.every(index => store.has(index)), bounded)
+    })()
   }
 
   // ---- parents (child side) ----
@@ -552,9 +573,19 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       for (const [peerId, entry] of state.candidates) {
         if (entry.advert.rootHex !== manifest.rootHex || !connected.has(peerId)) continue
         const advert = entry.advert
-        out.push({ peerId, isParent: parentIds.has(peerId), holdProbability: index => holdProbability(advert, index) })
+        out.push({
+          peerId,
+          isParent: parentIds.has(peerId),
+          holdProbability: index => holdProbability(advert, index),
+          full: advert.childCount >= advert.childLimit
+        })
       }
       return out
+    },
+    attaching (manifest) {
+      const state = byRoot.get(manifest.rootHex)
+      if (state === undefined || isSeed(state) || state.parents.some(p => !p.failed)) return false
+      return clock.nowMs() - state.addedAtMs < ATTACH_GRACE_HEARTBEATS * params.heartbeatMs
     },
     link: linkTo,
     isBanned,
@@ -672,6 +703,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       uploadBucket,
       isBanned,
       logger,
+      relay,
       frameBudgetBytes: init.frameBudgetBytes,
       onSent: (rootHex: string, _peer: string, bytes: number) => {
         uploadMeter.add(bytes)

@@ -18,6 +18,7 @@ export const RpcErrorCode = {
   UntrustedOrigin: 1040,
   ManifestUnavailable: 1041,
   BlockFetch: 1050,
+  ProfileUnavailable: 1060,
   RequestTooLarge: 1090,
   TooManyConnections: 1091,
   ShuttingDown: 1092
@@ -42,6 +43,8 @@ export const ERROR_CODES_BY_NAME: Record<string, number> = {
   FetchTimeoutError: RpcErrorCode.BlockFetch,
   InvalidParamsError: RpcErrorCode.InvalidParams,
   ProfileDecodeError: RpcErrorCode.InvalidParams,
+  ProfileMismatchError: RpcErrorCode.InvalidParams,
+  ProfileUnavailableError: RpcErrorCode.ProfileUnavailable,
   ShuttingDownError: RpcErrorCode.ShuttingDown
 }
 

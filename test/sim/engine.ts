@@ -63,7 +63,9 @@ export interface System {
   parentsOf: (n: SimNode) => readonly number[]
   /** After a request to src was issued. */
   onRequest?: (n: SimNode, b: number, r: Req) => void
-  /** After block b arrived at n from src. */
+  /** Every arrival of block b at n from src, duplicates included (for per-source accounting). */
+  onArrive?: (n: SimNode, b: number, src: number, r: Req) => void
+  /** After block b arrived at n from src for the first time. */
   onDeliver?: (n: SimNode, b: number, src: number, r: Req | undefined) => void
 }
 
@@ -263,6 +265,7 @@ export class Engine {
 
   private deliver (n: SimNode, b: number, s: SimNode, r: Req): void {
     if (!n.alive) return
+    this.system.onArrive?.(n, b, s.idx, r)
     if (!s.alive && s.deathMs < this.nowMs - this.net.latencyMs(s.idx, n.idx)) return // sender died mid-transfer
     if (n.has[b] === 1) { this.wastedBytes += this.blockSizeBytes; return }
     n.has[b] = 1

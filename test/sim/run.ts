@@ -1,0 +1,138 @@
+// Runs one scenario under the three systems and gathers the result JSON.
+
+import { Engine } from './engine.js'
+import type { PrefetchModel, SystemName } from './engine.js'
+import type { Scenario } from './scenario.js'
+import { makeSystem } from './systems.js'
+import type { Trace } from './trace.js'
+
+export const SYSTEMS: readonly SystemName[] = ['central', 'volt', 'vmthunderd']
+
+export interface SystemResult {
+  completionMaxMs: number | null
+  completionMedianMs: number | null
+  completionP90Ms: number | null
+  originEgressBytes: number
+  seedEgressBytes: number
+  maxDepth: number
+  maxFanout: number
+  /** Per injected failure: time until every live agent reached a seed again (null: never). Max of them. */
+  healMs: number | null
+  heals: Array<{ atMs: number, kind: string, healMs: number | null }>
+  finished: number
+  unfinished: number
+  crashed: number
+  wastedBytes: number
+  crossRackBytes: number
+  checks: { runs: number, cycles: number, firstCycle: number[] | null, fanoutViolations: number, absentReads: number, unreachableAtEnd: number }
+  simEndMs: number
+  events: number
+  wallMs: number
+  /** For the plots. */
+  series: { completionsMs: number[], originEgressPerS: number[], depthHistogram: number[], unreachable: Array<[number, number]> }
+}
+
+export interface RunResult {
+  scenario: string
+  agents: number
+  seed: number
+  trace: { reads: number, blocks: number, blockSizeBytes: number, distinctBytes: number, thinkTotalMs: number }
+  /** max(F/u_s, F/d_min, N·F/(u_s + Σu_i)), F the distinct bytes of the trace. */
+  boundMs: number
+  /** The same with F rounded to whole blocks (what block-granular systems must move). */
+  boundBlocksMs: number
+  systems: Record<SystemName, SystemResult>
+}
+
+export interface RunOptions {
+  scenario: Scenario
+  trace: Trace
+  agents: number
+  seed: number
+  systems?: readonly SystemName[]
+  prefetch?: PrefetchModel
+}
+
+function quantile (sorted: number[], q: number): number | null {
+  if (sorted.length === 0) return null
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]
+}
+
+export function runSystem (name: SystemName, o: RunOptions): { result: SystemResult, engine: Engine } {
+  const t0 = performance.now()
+  const e = new Engine({ scenario: o.scenario, trace: o.trace, seed: o.seed, agents: o.agents, prefetch: o.prefetch })
+  e.run(makeSystem(name, e))
+  const completions: number[] = []
+  let unfinished = 0; let crashed = 0
+  for (const n of e.nodes) {
+    if (!n.boots) continue
+    if (!n.alive) { crashed++; continue }
+    if (n.doneMs >= 0) completions.push(n.doneMs - n.startMs); else unfinished++
+  }
+  completions.sort((a, b) => a - b)
+  const heals = e.failures.map(f => ({ atMs: f.atMs, kind: f.kind, healMs: f.healedAtMs >= 0 ? f.healedAtMs - f.atMs : null }))
+  const last = e.check.unreachable[e.check.unreachable.length - 1]
+  const result: SystemResult = {
+    completionMaxMs: completions.length > 0 ? completions[completions.length - 1] : null,
+    completionMedianMs: quantile(completions, 0.5),
+    completionP90Ms: quantile(completions, 0.9),
+    originEgressBytes: e.originEgressBytes,
+    seedEgressBytes: e.seedEgressBytes,
+    maxDepth: e.check.maxDepth,
+    maxFanout: e.check.maxFanout,
+    healMs: heals.length === 0 ? null : heals.some(h => h.healMs === null) ? null : Math.max(...heals.map(h => h.healMs as number)),
+    heals,
+    finished: completions.length,
+    unfinished,
+    crashed,
+    wastedBytes: e.wastedBytes,
+    crossRackBytes: e.net.crossRackBytes,
+    checks: {
+      runs: e.check.checks, cycles: e.check.cycleChecksFailed, firstCycle: e.check.firstCycle, fanoutViolations: e.check.fanoutViolations,
+      absentReads: e.check.absentReads, unreachableAtEnd: last === undefined ? 0 : last[1]
+    },
+    simEndMs: e.nowMs,
+    events: e.eventsRun,
+    wallMs: Math.round(performance.now() - t0),
+    series: { completionsMs: completions, originEgressPerS: e.originEgressPerS, depthHistogram: e.check.depthHistogram, unreachable: e.check.unreachable }
+  }
+  return { result, engine: e }
+}
+
+export function lowerBoundMs (e: Engine, F: number): number {
+  // u_s: upload of the seeds; d_min and u_i over the booting agents (bytes per ms)
+  let us = 0; let sumU = 0; let dMin = Infinity; let N = 0
+  for (const n of e.nodes) {
+    const h = e.net.hosts[n.idx]
+    if (n.isSeed) { us += h.up.capBytesPerMs; continue }
+    if (!n.boots) continue
+    N++
+    sumU += h.up.capBytesPerMs
+    dMin = Math.min(dMin, h.down.capBytesPerMs)
+  }
+  if (N === 0) return 0
+  return Math.max(F / us, F / dMin, N * F / (us + sumU))
+}
+
+export function runScenario (o: RunOptions): RunResult {
+  const systems = {} as Record<SystemName, SystemResult>
+  let bound = 0; let boundBlocks = 0
+  for (const name of o.systems ?? SYSTEMS) {
+    const { result, engine } = runSystem(name, o)
+    systems[name] = result
+    if (bound === 0) {
+      // hosts are the same in every system (scenario randomness); agents added by joins count too
+      bound = lowerBoundMs(engine, o.trace.distinctBytes)
+      boundBlocks = lowerBoundMs(engine, o.trace.blockCount * o.trace.blockSizeBytes)
+    }
+  }
+  return {
+    scenario: o.scenario.name,
+    agents: o.agents,
+    seed: o.seed,
+    trace: { reads: o.trace.reads.length, blocks: o.trace.blockCount, blockSizeBytes: o.trace.blockSizeBytes, distinctBytes: o.trace.distinctBytes, thinkTotalMs: o.trace.thinkTotalMs },
+    boundMs: bound,
+    boundBlocksMs: boundBlocks,
+    systems
+  }
+}
