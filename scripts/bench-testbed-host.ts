@@ -5,7 +5,7 @@
 //
 //   nbd   --trace F (--socket PATH | --host IP --port P) [--export NAME]   replay over NBD
 //   http  --trace F --url URL --dest FILE                                   curl the whole image, replay locally
-//   bt    --trace F --torrent FILE --dir DIR                                aria2c (seed on), replay locally
+//   bt    --trace F --torrent FILE --dir DIR --dest DIR/NAME                aria2c (seed on), replay locally
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { writeFile, watch } from 'node:fs/promises'
@@ -83,6 +83,7 @@ async function main (): Promise<void> {
   } else if (mode === 'bt') {
     const torrent = need('torrent')
     const dir = need('dir')
+    const dest = need('dest') // where the torrent's single file lands (DIR/NAME)
     const hook = join(dir, '.on-complete.sh')
     const marker = join(dir, '.complete')
     prepare = async () => {
@@ -108,8 +109,7 @@ async function main (): Promise<void> {
       if (!existsSync(marker)) await Promise.race([seen, exited])
       ac.abort()
       const fetchMs = performance.now() - t0
-      const file = (await import('node:fs/promises')).readFile(marker, 'utf8')
-      return { replay: await replayFile(trace, (await file).trim()), fetchMs }
+      return { replay: await replayFile(trace, dest), fetchMs }
     }
   } else {
     console.error(`bench-host: unknown mode ${String(mode)}`)

@@ -175,7 +175,11 @@ async function runBittorrent (ctx: SystemContext): Promise<SystemRun> {
   execFileSync('mktorrent', ['-a', `http://${origin.ip}:${TRACKER_PORT}/announce`, '-l', '20', '-n', 'guest.raw', '-o', torrent, join(seedDir, 'guest.raw')], { stdio: 'ignore', timeout: 300_000 })
   const trackerDir = join(ctx.workDir, 'origin', 'tracker')
   await mkdir(trackerDir, { recursive: true })
-  const tracker = startIn(origin.ns, 'opentracker', ['-i', origin.ip, '-p', String(TRACKER_PORT), '-P', String(TRACKER_PORT), '-d', trackerDir], { cwd: trackerDir })
+  // Debian's opentracker is built in whitelist mode: it tracks only the info hashes listed in -w FILE.
+  const infoHash = /Info Hash: ([0-9a-f]{40})/i.exec(execFileSync('aria2c', ['-S', torrent], { timeout: 60_000 }).toString())?.[1]
+  if (infoHash === undefined) throw new BenchError('aria2c -S printed no info hash')
+  await writeFile(join(trackerDir, 'whitelist'), infoHash + '\n')
+  const tracker = startIn(origin.ns, 'opentracker', ['-i', origin.ip, '-p', String(TRACKER_PORT), '-P', String(TRACKER_PORT), '-d', trackerDir, '-w', 'whitelist'], { cwd: trackerDir })
   await waitListening(origin.ns, origin.ip, TRACKER_PORT, ctx.signal)
   const seed = startIn(origin.ns, 'aria2c', [
     `--dir=${seedDir}`, '--seed-ratio=0.0', '--bt-seed-unverified=true', '--check-integrity=false', '--enable-dht=false',
@@ -185,7 +189,7 @@ async function runBittorrent (ctx: SystemContext): Promise<SystemRun> {
   ])
   await waitListening(origin.ns, origin.ip, 6881, ctx.signal)
   return {
-    hostArgs: (i) => ['bt', '--torrent', torrent, '--dir', ctx.hostDir(i)],
+    hostArgs: (i) => ['bt', '--torrent', torrent, '--dir', ctx.hostDir(i), '--dest', join(ctx.hostDir(i), 'guest.raw')],
     stop: async () => { await stopProc(seed); await stopProc(tracker) }
   }
 }

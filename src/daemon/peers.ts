@@ -1,5 +1,34 @@
-// Builds the peer layer (src/p2p) for the daemon. Kept apart so that the daemon can run without it.
+// Builds the peer layer (src/p2p) from the daemon's config. Kept apart so that the daemon runs without it.
 
+import '../polyfill.js'
+import { createP2PService } from '../p2p/service.js'
 import type { PeerLayerFactory } from './daemon.js'
 
-export const peerLayerFactory: PeerLayerFactory | undefined = undefined
+export const peerLayerFactory: PeerLayerFactory = async ({ config, identity, trustedKeys, logger }) => {
+  const p2p = config.p2p
+  const service = createP2PService({
+    identity,
+    listen: p2p.listen,
+    bootstrap: p2p.bootstrap,
+    pskFile: p2p.psk ?? undefined,
+    encryption: p2p.encryption,
+    trustedKeys,
+    heartbeatMs: p2p.heartbeatMs,
+    topologyParams: { parentCount: p2p.parents, childLimit: p2p.childLimit, heartbeatMs: p2p.heartbeatMs },
+    childLimit: p2p.childLimit,
+    uploadLimitBytesPerSec: p2p.uploadLimitBytesPerSec ?? undefined,
+    downloadLimitBytesPerSec: p2p.downloadLimitBytesPerSec ?? undefined,
+    // Many agents share one address in tests and on one host; gossipsub's colocation penalty would starve them.
+    ipColocationPenalty: false,
+    logger
+  })
+  return {
+    blockSource: service.blockSource,
+    start: async () => { await service.start() },
+    stop: async () => { await service.stop() },
+    addImage: cache => { service.addImage(cache) },
+    removeImage: imageId => { service.removeImage(imageId) },
+    fetchManifest: async (imageId, options) => await service.fetchManifest(imageId, options),
+    status: () => ({ ...service.status(), peers: service.status().peers.length })
+  }
+}

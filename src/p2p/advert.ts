@@ -4,20 +4,25 @@
 //   version u8 (1) | flags u8 (bit0: manifest available, bit1: depth known) | seq u64 | imageIdLength u8
 //   | imageId utf-8 | root 32 | totalBlocks u32 | heldBlocks u32 | depth u8 | childCount u16 | childLimit u16
 //   | uploadLoad u16 (1/10000ths) | groupBlocks u32 | summaryLength u16 | summary
+//   | addrCount u8 | addrCount x (length u8 | multiaddr bytes)
 // The summary is 2 bits per group of `groupBlocks` consecutive blocks (at most MAX_SUMMARY_GROUPS groups, so
 // at most 256 bytes): 0 none held, 1 under half, 2 half or more, 3 all. It tells a child whether a parent
 // probably holds a block; exact presence is asked per request. The sender is the gossip message's signed
-// `from` (StrictSign), so it is not repeated here.
+// `from` (StrictSign), so it is not repeated here. The addresses (at most MAX_ADVERT_ADDRS) let agents that
+// only share a bootstrap peer dial each other: identify tells addresses of connected peers only.
 
 import { validateImageId, type Manifest } from '../blockstack/manifest.js'
 import type { Advert } from '../topology/types.js'
 import { AdvertDecodeError } from './errors.js'
+import { multiaddr } from '@multiformats/multiaddr'
 
 export const ADVERT_VERSION = 1
 export const MAX_SUMMARY_GROUPS = 1024
-export const MAX_ADVERT_BYTES = 512
+export const MAX_ADVERT_BYTES = 768
+export const MAX_ADVERT_ADDRS = 4
+export const MAX_ADDR_BYTES = 64
 export const MAX_CHILD_LIMIT = 1024
-const FIXED_BYTES = 1 + 1 + 8 + 1 + 32 + 4 + 4 + 1 + 2 + 2 + 2 + 4 + 2
+const FIXED_BYTES = 1 + 1 + 8 + 1 + 32 + 4 + 4 + 1 + 2 + 2 + 2 + 4 + 2 + 1
 const FLAG_MANIFEST = 1
 const FLAG_DEPTH = 2
 export const LEVEL_NONE = 0
@@ -54,6 +59,8 @@ export interface AdvertBody {
   uploadLoad: number
   manifestAvailable: boolean
   summary: HeldSummary
+  /** The sender's listen addresses (binary multiaddrs, without /p2p). */
+  addrs: Uint8Array[]
 }
 
 export function groupBlocksFor (totalBlocks: number): number {
@@ -97,7 +104,10 @@ export function encodeAdvert (advert: AdvertBody): Uint8Array {
   const id = Buffer.from(advert.imageId, 'utf8')
   const root = Buffer.from(advert.rootHex, 'hex')
   if (root.length !== 32) throw new RangeError('advert root must be 32 bytes (64 hex digits)')
-  const out = Buffer.alloc(FIXED_BYTES + id.length + advert.summary.levels.byteLength)
+  const addrs = advert.addrs.slice(0, MAX_ADVERT_ADDRS).filter(addr => addr.byteLength > 0 && addr.byteLength <= MAX_ADDR_BYTES)
+  let addrBytes = 0
+  for (const addr of addrs) addrBytes += 1 + addr.byteLength
+  const out = Buffer.alloc(FIXED_BYTES + id.length + advert.summary.levels.byteLength + addrBytes)
   if (out.length > MAX_ADVERT_BYTES) throw new RangeError(`advert of ${out.length} bytes exceeds ${MAX_ADVERT_BYTES}`)
   let at = out.writeUInt8(ADVERT_VERSION, 0)
   at = out.writeUInt8((advert.manifestAvailable ? FLAG_MANIFEST : 0) | (advert.depth !== null ? FLAG_DEPTH : 0), at)
@@ -113,7 +123,12 @@ export function encodeAdvert (advert: AdvertBody): Uint8Array {
   at = out.writeUInt16BE(Math.round(Math.min(1, Math.max(0, advert.uploadLoad)) * 10_000), at)
   at = out.writeUInt32BE(advert.summary.groupBlocks, at)
   at = out.writeUInt16BE(advert.summary.levels.byteLength, at)
-  Buffer.from(advert.summary.levels).copy(out, at)
+  at += Buffer.from(advert.summary.levels).copy(out, at)
+  at = out.writeUInt8(addrs.length, at)
+  for (const addr of addrs) {
+    at = out.writeUInt8(addr.byteLength, at)
+    at += Buffer.from(addr).copy(out, at)
+  }
   return new Uint8Array(out.buffer, out.byteOffset, out.length)
 }
 
@@ -146,7 +161,22 @@ export function decodeAdvert (bytes: Uint8Array): AdvertBody {
   const load = buf.readUInt16BE(at); at += 2
   const groupBlocks = buf.readUInt32BE(at); at += 4
   const summaryLength = buf.readUInt16BE(at); at += 2
-  if (buf.length !== at + summaryLength) fail(`length ${buf.length} does not match its summary (${summaryLength} bytes)`)
+  if (buf.length < at + summaryLength + 1) fail(`truncated summary (${summaryLength} bytes)`)
+  const summaryAt = at
+  at += summaryLength
+  const addrCount = buf.readUInt8(at); at += 1
+  if (addrCount > MAX_ADVERT_ADDRS) fail(`${addrCount} addresses, over ${MAX_ADVERT_ADDRS}`)
+  const addrs: Uint8Array[] = []
+  for (let i = 0; i < addrCount; i++) {
+    if (at >= buf.length) fail('truncated addresses')
+    const length = buf.readUInt8(at); at += 1
+    if (length === 0 || length > MAX_ADDR_BYTES || at + length > buf.length) fail('bad address length')
+    const addr = new Uint8Array(buf.subarray(at, at + length))
+    try { multiaddr(addr) } catch { fail('address is not a multiaddr') }
+    addrs.push(addr)
+    at += length
+  }
+  if (at !== buf.length) fail('trailing bytes')
   if (totalBlocks === 0) fail('no blocks')
   if (heldBlocks > totalBlocks) fail('holds more blocks than the image has')
   const depth = (flags & FLAG_DEPTH) !== 0 ? depthByte : null
@@ -157,7 +187,7 @@ export function decodeAdvert (bytes: Uint8Array): AdvertBody {
   if (groupBlocks !== groupBlocksFor(totalBlocks)) fail('summary group size does not match the block count')
   const groups = groupCount(totalBlocks, groupBlocks)
   if (summaryLength !== Math.ceil(groups / 4)) fail('summary length does not match the block count')
-  const levels = new Uint8Array(buf.subarray(at, at + summaryLength))
+  const levels = new Uint8Array(buf.subarray(summaryAt, summaryAt + summaryLength))
   const summary = { groupBlocks, levels }
   // The summary must agree with heldBlocks: at least the 'all' groups, at most everything but 'none' groups.
   let minHeld = 0
@@ -183,11 +213,17 @@ export function decodeAdvert (bytes: Uint8Array): AdvertBody {
     childLimit,
     uploadLoad: load / 10_000,
     manifestAvailable: (flags & FLAG_MANIFEST) !== 0,
-    summary
+    summary,
+    addrs
   }
 }
 
-export type AdvertVerdict = { ok: true, advert: AdvertBody } | { ok: false, reason: string }
+/**
+ * 'reject': malformed or inconsistent (the sender's gossipsub score pays). 'stale': an older or equal seq than
+ * one already seen from the sender; ignored without penalty, because gossipsub's lazy gossip (IHAVE/IWANT)
+ * legitimately delivers older messages after newer ones, and the forwarder did nothing wrong.
+ */
+export type AdvertVerdict = { ok: true, advert: AdvertBody } | { ok: false, reason: string, stale?: boolean }
 
 export interface AdvertContext {
   /** The image id of the topic the advert came on. */
@@ -211,7 +247,7 @@ export function validateAdvert (bytes: Uint8Array, context: AdvertContext): Adve
     if (advert.rootHex !== context.manifest.rootHex) return { ok: false, reason: 'manifest root differs from the known manifest' }
     if (advert.totalBlocks !== context.manifest.blockCount) return { ok: false, reason: 'block count differs from the known manifest' }
   }
-  if (context.lastSeq !== undefined && advert.seq <= context.lastSeq) return { ok: false, reason: `stale seq ${advert.seq} <= ${context.lastSeq}` }
+  if (context.lastSeq !== undefined && advert.seq <= context.lastSeq) return { ok: false, stale: true, reason: `stale seq ${advert.seq} <= ${context.lastSeq}` }
   return { ok: true, advert }
 }
 

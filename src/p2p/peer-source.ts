@@ -10,6 +10,7 @@
 // answer moves the job at once to the next peer; the peer is reported failed so the parent is replaced.
 // reportCorrupt (from the cache, which verifies every block) bans the sender through the directory.
 
+import { setMaxListeners } from 'node:events'
 import type { Manifest } from '../blockstack/manifest.js'
 import { blockLength } from '../blockstack/manifest.js'
 import type { BlockSource, FetchedBlock, FetchOptions, FetchPriority } from '../blockstack/types.js'
@@ -38,7 +39,10 @@ export interface SourceInfo {
   isParent: boolean
   /** Probability, from its advert's summary, that the peer holds the block (1 for a seed). */
   holdProbability: (blockIndex: number) => number
-  /** Its child slots are all taken: asked only when no other peer has the block (bounded fan-out). */
+  /**
+   * Asked only when no parent and no other peer can serve the block (bounded fan-out): its child slots are all
+   * taken, or it is a seed that is not our parent (a seed's upload is for its children).
+   */
   full: boolean
 }
 
@@ -134,23 +138,24 @@ export class PeerSource implements BlockSource {
   async fetch (manifest: Manifest, blockIndexes: readonly number[], options: FetchOptions): Promise<FetchedBlock[]> {
     const signal = AbortSignal.any([options.signal, this.stopController.signal])
     signal.throwIfAborted()
+    // Many jobs wait on this one signal (bounded by the blocks of one fetch).
+    setMaxListeners(MAX_INDEXES_PER_GET * 4, signal)
     const priority = options.priority ?? 'demand'
+    const jobs: Job[] = []
     const promises = blockIndexes.map(async index => {
       const { promise, resolve, reject } = Promise.withResolvers<FetchedBlock>()
       const job: Job = {
         manifest, index, bytes: blockLength(manifest, index), priority, tried: new Set(), active: new Set(), assignments: 0,
         hedged: false, done: false, signal, resolve, reject
       }
-      const onAbort = (): void => { this.fail(job, signal.reason as Error) }
-      signal.addEventListener('abort', onAbort, { once: true })
-      this.assign(job)
-      try {
-        return await promise
-      } finally {
-        signal.removeEventListener('abort', onAbort)
-      }
+      jobs.push(job)
+      return await promise
     })
+    const onAbort = (): void => { for (const job of jobs) this.fail(job, signal.reason as Error) }
+    signal.addEventListener('abort', onAbort, { once: true })
+    for (const job of jobs) this.assign(job)
     const settled = await Promise.allSettled(promises)
+    signal.removeEventListener('abort', onAbort)
     const blocks: FetchedBlock[] = []
     let firstError: Error | undefined
     for (const result of settled) {
@@ -216,15 +221,17 @@ export class PeerSource implements BlockSource {
   }
 
   /** Picks a peer for the job: parents that probably hold it first, then any peer that advertises it. */
-  private pick (job: Job, exclude: ReadonlySet<string>): string | null {
+  private pick (job: Job, exclude: ReadonlySet<string>, hedge = false): string | null {
     const usable = this.directory.sources(job.manifest).filter(info => !this.directory.isBanned(info.peerId) && !exclude.has(info.peerId))
     // Parents relay blocks they lack (they fetch them from their own parents), at the scheduler's relay
     // penalty; other peers are asked only for blocks they advertise.
     const parents = usable.filter(info => info.isParent)
-    if (parents.length === 0 && this.directory.attaching(job.manifest)) return null
     const all = usable.filter(info => info.holdProbability(job.index) > 0)
     const notFull = all.filter(info => !info.full)
-    for (const group of [parents, notFull, all]) {
+    // A peer whose child slots are all taken (typically a busy seed) is asked only as a last resort: never for
+    // a hedge (an extra copy), and not while we are still attaching (our parents will relay it).
+    const lastResort = hedge || (parents.length === 0 && this.directory.attaching(job.manifest)) ? [] : all
+    for (const group of [parents, notFull, lastResort]) {
       if (group.length === 0) continue
       const choice = chooseSource({ blockIndex: job.index, sizeBytes: job.bytes }, this.sourceStates(job, group), this.params)
       if (choice !== null) return choice.peerId
@@ -373,7 +380,7 @@ export class PeerSource implements BlockSource {
     for (const job of batch) {
       if (job.done || job.hedged) continue
       job.hedged = true
-      const peer = this.pick(job, new Set([...job.active, ...job.tried, slowPeer]))
+      const peer = this.pick(job, new Set([...job.active, ...job.tried, slowPeer]), true)
       if (peer === null) continue
       this.stats.hedges++
       job.assignments++

@@ -16,6 +16,7 @@ import '../polyfill.js'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { TopicValidatorResult } from '@libp2p/gossipsub'
 import type { PeerId } from '@libp2p/interface'
+import { multiaddr } from '@multiformats/multiaddr'
 import type { Identity } from '../identity/key.js'
 import type { Manifest } from '../blockstack/manifest.js'
 import type { BlockSource, BlockStore } from '../blockstack/types.js'
@@ -55,6 +56,9 @@ const MAX_MANIFEST_PEERS_TRIED = 16
 const RELAY_TIMEOUT_MS = 20_000
 /** After an image is added, blocks wait this many heartbeats for the first parents before other peers are asked. */
 const ATTACH_GRACE_HEARTBEATS = 3
+const MIN_ATTACH_GRACE_MS = 5000
+/** Admission and probes may need a new connection (handshake) on a busy host: not bounded by a short heartbeat. */
+const MIN_EXCHANGE_TIMEOUT_MS = 2000
 
 /** The stores the service can serve; BlockCache fits (onBlocksAdded makes adverts follow new blocks). */
 export type ServedStore = BlockStore & {
@@ -251,6 +255,15 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     return [...state.children.keys()]
   }
 
+  /** Our listen addresses for adverts, without the /p2p suffix; loopback last. */
+  const advertAddrs = (): Uint8Array[] => {
+    if (node === undefined) return []
+    const addrs = node.getMultiaddrs().map(a => a.decapsulateCode(421))
+    addrs.sort((a, b) => Number(a.toString().includes('/127.0.0.1/')) - Number(b.toString().includes('/127.0.0.1/')))
+    const seen = new Set<string>()
+    return addrs.filter(a => { const k = a.toString(); if (seen.has(k)) return false; seen.add(k); return true }).map(a => a.bytes)
+  }
+
   const uploadLoad = (): number => Math.min(1, uploadMeter.bytesPerSec() / uploadCapacity)
 
   // ---- adverts ----
@@ -271,7 +284,8 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       childLimit: params.childLimit,
       uploadLoad: uploadLoad(),
       manifestAvailable: true,
-      summary: summarize(state.store.presentBitmap(), total)
+      summary: summarize(state.store.presentBitmap(), total),
+      addrs: advertAddrs()
     }
   }
 
@@ -308,14 +322,21 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       lastSeq: state.lastSeq.get(sender)
     })
     if (!verdict.ok) {
+      if (verdict.stale === true) return TopicValidatorResult.Ignore
       logger.warn('advert rejected', { image: state.imageId, sender, via: from.toString(), reason: verdict.reason })
       return TopicValidatorResult.Reject
     }
     state.lastSeq.set(sender, verdict.advert.seq)
-    const known = state.candidates.has(sender)
+    if (verdict.advert.addrs.length > 0 && node !== undefined && node.getConnections(message.from).length === 0) {
+      // Learn how to dial the sender (we may only share a bootstrap peer with it).
+      node.peerStore.merge(message.from, { multiaddrs: verdict.advert.addrs.map(addr => multiaddr(addr)) }).catch(() => {})
+    }
+    const previous = state.candidates.get(sender)
     state.candidates.set(sender, { advert: verdict.advert, receivedAtMs: clock.nowMs() })
-    // The first adverts of an image: attach now rather than at the next heartbeat.
-    if (!known && state.parents.length === 0 && state.store !== undefined && !isSeed(state)) scheduleHeartbeat(state)
+    // A candidate that just became eligible (new, or attached: depth known) while we lack parents: select now
+    // rather than at the next heartbeat.
+    const newlyEligible = verdict.advert.depth !== null && (previous === undefined || previous.advert.depth === null)
+    if (newlyEligible && state.parents.length < params.parentCount && state.store !== undefined && !isSeed(state)) scheduleHeartbeat(state)
     notify()
     return TopicValidatorResult.Accept
   }
@@ -496,14 +517,16 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     for (const [peer, entry] of state.candidates) if (nowMs - entry.receivedAtMs > 10 * params.advertTimeoutMs) state.candidates.delete(peer)
     for (const [peer, until] of state.refused) if (until <= nowMs) state.refused.delete(peer)
     if (manifest === undefined || state.store === undefined) return
-    const signal = AbortSignal.any([stopController.signal, AbortSignal.timeout(params.heartbeatMs)])
+    const signal = AbortSignal.any([stopController.signal, AbortSignal.timeout(Math.max(params.heartbeatMs, MIN_EXCHANGE_TIMEOUT_MS))])
 
     // 1. RTT probes: candidates without a measurement first, then the least recently probed (bounded).
     const probes = [...state.candidates.keys()]
       .filter(peer => !isBanned(peer) && !state.parents.some(p => p.peerId === peer))
       .sort((a, b) => Number(links.get(a)?.rttMs !== undefined) - Number(links.get(b)?.rttMs !== undefined) || random() - 0.5)
       .slice(0, MAX_PROBES_PER_HEARTBEAT)
-    await Promise.allSettled(probes.map(async peer => await linkTo(peer).ping(signal)))
+    // Bounded: a probe that needs a new connection on a busy host finishes in the background and counts next time.
+    const probeSignal = AbortSignal.any([signal, AbortSignal.timeout(Math.max(params.heartbeatMs / 2, 300))])
+    await Promise.allSettled(probes.map(async peer => await linkTo(peer).ping(probeSignal)))
 
     // 2. Selection.
     const excluded = new Set<string>([...state.refused.keys()])
@@ -553,7 +576,11 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       ? 0
       : depthFromParents(working.map(p => state.candidates.get(p.peerId)?.advert.depth ?? null))
     const changed = state.parents.length !== before.size || state.parents.some(p => !before.has(p.peerId))
-    if (changed) logger.info('parents changed', { image: state.imageId, parents: state.parents.map(p => p.peerId), depth: state.depth })
+    if (changed) {
+      logger.info('parents changed', {
+        image: state.imageId, parents: state.parents.map(p => p.peerId), depth: state.depth, dropped: result.dropped, refused: result.parents.filter(p => !state.parents.some(q => q.peerId === p))
+      })
+    }
     // A failed parent is replaced now, not a heartbeat later.
     if (state.parents.some(p => p.failed)) state.heartbeatAgain = true
 
@@ -577,7 +604,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
           peerId,
           isParent: parentIds.has(peerId),
           holdProbability: index => holdProbability(advert, index),
-          full: advert.childCount >= advert.childLimit
+          full: advert.childCount >= advert.childLimit || (advert.depth === 0 && !parentIds.has(peerId))
         })
       }
       return out
@@ -585,7 +612,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     attaching (manifest) {
       const state = byRoot.get(manifest.rootHex)
       if (state === undefined || isSeed(state) || state.parents.some(p => !p.failed)) return false
-      return clock.nowMs() - state.addedAtMs < ATTACH_GRACE_HEARTBEATS * params.heartbeatMs
+      return clock.nowMs() - state.addedAtMs < Math.max(ATTACH_GRACE_HEARTBEATS * params.heartbeatMs, MIN_ATTACH_GRACE_MS)
     },
     link: linkTo,
     isBanned,
@@ -728,6 +755,13 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       notify()
     })
     node.addEventListener('peer:connect', () => { notify() })
+    // A peer subscribed to one of our image topics: tell it about us now, not at the next heartbeat.
+    node.services.pubsub.addEventListener('subscription-change', event => {
+      for (const sub of event.detail.subscriptions) {
+        const state = sub.subscribe ? images.get(imageIdFromTopic(sub.topic) ?? '') : undefined
+        if (state !== undefined) publishSoon(state)
+      }
+    })
     for (const state of images.values()) subscribe(state)
     bootstrapper = new Bootstrapper(node, init.bootstrap ?? [], logger)
     bootstrapper.start()

@@ -2,6 +2,8 @@
 //   recv PORT CONNS         listen, print LISTENING, take CONNS connections, print {"bytes","elapsedMs"}
 //                           counted from the first byte received to the last, then exit
 //   send HOST PORT BYTES    connect, send BYTES as fast as TCP allows, print {"bytes","elapsedMs"}, exit
+//   echo PORT               listen, print LISTENING, echo every connection's bytes back (until killed)
+//   rtt HOST PORT N         connect, do N one-byte round trips, print {"medianMs","minMs","maxMs"}, exit
 // Bounded: either side exits with code 3 after 60 s.
 import { createServer, connect } from 'node:net'
 
@@ -52,7 +54,31 @@ if (mode === 'recv') {
   })
   sock.on('error', (err) => { console.error(`probe: ${err.message}`); process.exit(2) })
   sock.on('close', () => { process.exit(0) })
+} else if (mode === 'echo') {
+  createServer((sock) => { sock.setNoDelay(true); sock.pipe(sock); sock.on('error', () => {}) })
+    .listen(Number(a), '0.0.0.0', () => { console.log('LISTENING') })
+} else if (mode === 'rtt') {
+  const n = Number(c)
+  const rtts: number[] = []
+  const sock = connect({ host: a, port: Number(b) }, () => {
+    sock.setNoDelay(true)
+    let t0 = performance.now()
+    sock.on('data', () => {
+      rtts.push(performance.now() - t0)
+      if (rtts.length === n) {
+        rtts.sort((x, y) => x - y)
+        console.log(JSON.stringify({ medianMs: rtts[Math.floor(n / 2)], minMs: rtts[0], maxMs: rtts[n - 1] }))
+        sock.end()
+        return
+      }
+      t0 = performance.now()
+      sock.write('x')
+    })
+    sock.write('x')
+  })
+  sock.on('error', (err) => { console.error(`probe: ${err.message}`); process.exit(2) })
+  sock.on('close', () => { process.exit(0) })
 } else {
-  console.error('usage: testbed-probe.ts recv PORT CONNS | send HOST PORT BYTES')
+  console.error('usage: testbed-probe.ts recv PORT CONNS | send HOST PORT BYTES | echo PORT | rtt HOST PORT N')
   process.exit(2)
 }

@@ -173,10 +173,10 @@ function collect (child: ChildProcess, timeoutMs: number, signal?: AbortSignal):
 export interface ThroughputResult { bytes: number, elapsedMs: number, bytesPerSec: number }
 
 /**
- * Sends `bytesPerSender` over TCP from each of `from` to `to` at once and returns what `to` received, timed
- * from its first byte to its last.
+ * Sends `bytesPerSender` over TCP from each of `from` to `to` at once (or to `via`, a forwarder in front of
+ * `to`'s port) and returns what `to` received, timed from its first byte to its last.
  */
-export async function measureThroughput (opts: { from: TestbedNode[], to: TestbedNode, bytesPerSender: number, port?: number, signal?: AbortSignal }): Promise<ThroughputResult> {
+export async function measureThroughput (opts: { from: TestbedNode[], to: TestbedNode, bytesPerSender: number, port?: number, via?: { ip: string, port: number }, signal?: AbortSignal }): Promise<ThroughputResult> {
   const port = String(opts.port ?? 5201)
   const recv = nsNode(opts.to.ns, PROBE, ['recv', port, String(opts.from.length)])
   const r = collect(recv, PROBE_TIMEOUT_MS, opts.signal)
@@ -184,7 +184,8 @@ export async function measureThroughput (opts: { from: TestbedNode[], to: Testbe
     let listening = false
     for await (const line of r.lines) { if (line === 'LISTENING') { listening = true; break } }
     if (!listening) { await r.done; throw new NsCommandError('receiver exited before listening') }
-    const senders = opts.from.map((n) => collect(nsNode(n.ns, PROBE, ['send', opts.to.ip, port, String(opts.bytesPerSender)]), PROBE_TIMEOUT_MS, opts.signal).done)
+    const dest = opts.via !== undefined ? [opts.via.ip, String(opts.via.port)] : [opts.to.ip, port]
+    const senders = opts.from.map((n) => collect(nsNode(n.ns, PROBE, ['send', ...dest, String(opts.bytesPerSender)]), PROBE_TIMEOUT_MS, opts.signal).done)
     await Promise.all(senders)
     const out = await r.done
     const res = JSON.parse(out.trim().split('\n').pop() ?? '{}') as { bytes: number, elapsedMs: number }
@@ -192,4 +193,45 @@ export async function measureThroughput (opts: { from: TestbedNode[], to: Testbe
   } finally {
     if (recv.exitCode === null && recv.signalCode === null) recv.kill('SIGKILL')
   }
+}
+
+export const DELAY_FORWARDER = join(REPO_ROOT, 'scripts', 'testbed', 'delay-forwarder.ts')
+
+export interface NsService { child: ChildProcess, stop: () => Promise<void> }
+
+/** Starts a node script in `ns` that prints LISTENING once ready; resolves then. */
+export async function startNsListener (ns: string, script: string, args: string[], opts: { signal?: AbortSignal, timeoutMs?: number } = {}): Promise<NsService> {
+  const child = nsNode(ns, script, args)
+  const r = collect(child, opts.timeoutMs ?? 3_600_000, opts.signal)
+  let listening = false
+  for await (const line of r.lines) { if (line === 'LISTENING') { listening = true; break } }
+  if (!listening) { await r.done; throw new NsCommandError(`${script} exited before listening`) }
+  return {
+    child,
+    stop: async () => {
+      if (child.exitCode !== null || child.signalCode !== null) return
+      child.kill('SIGTERM')
+      await r.done.catch(() => {})
+    }
+  }
+}
+
+/**
+ * Starts scripts/testbed/delay-forwarder.ts in `ns`: connections to `listen` (ip:port) are forwarded to `to`
+ * (ip:port) with `delayMs` added in each direction (a round trip gains 2 x delayMs).
+ */
+export async function startDelayForwarder (opts: { ns: string, listen: string, to: string, delayMs: number, signal?: AbortSignal }): Promise<NsService> {
+  return await startNsListener(opts.ns, DELAY_FORWARDER, ['--listen', opts.listen, '--to', opts.to, '--delay-ms', String(opts.delayMs)], { signal: opts.signal })
+}
+
+/** Starts a TCP echo server on port in `ns`. */
+export async function startEcho (ns: string, port: number, opts: { signal?: AbortSignal } = {}): Promise<NsService> {
+  return await startNsListener(ns, PROBE, ['echo', String(port)], { ...opts, timeoutMs: PROBE_TIMEOUT_MS })
+}
+
+/** Median/min/max round trip of one byte from `from` to ip:port (an echo server), over `count` trips. */
+export async function measureRtt (opts: { from: TestbedNode, ip: string, port: number, count?: number, signal?: AbortSignal }): Promise<{ medianMs: number, minMs: number, maxMs: number }> {
+  const child = nsNode(opts.from.ns, PROBE, ['rtt', opts.ip, String(opts.port), String(opts.count ?? 20)])
+  const out = await collect(child, PROBE_TIMEOUT_MS, opts.signal).done
+  return JSON.parse(out.trim().split('\n').pop() ?? '{}') as { medianMs: number, minMs: number, maxMs: number }
 }

@@ -19,8 +19,10 @@ import { generatePsk } from '../../src/p2p/psk.js'
 import { encodeAdvert, imageTopic, summarize } from '../../src/p2p/advert.js'
 
 const BLOCK = 64 * 1024
+
+type GossipSubScores = ReturnType<P2PService['node']>['services']['pubsub'] & { getScore: (peerId: string) => number }
 const IMAGE_ID = 'img'
-const HEARTBEAT_MS = 200
+const HEARTBEAT_MS = 500
 
 interface Agent {
   identity: Identity
@@ -58,7 +60,7 @@ function agentInit (identity: Identity, extra: Partial<P2PServiceInit>): P2PServ
     listen: ['/ip4/127.0.0.1/tcp/0'],
     heartbeatMs: HEARTBEAT_MS,
     ...(process.env.P2P_DEBUG !== undefined ? { logger: debugLogger(identity.peerId.slice(-4)) } : {}),
-    topologyParams: { advertTimeoutMs: 3 * HEARTBEAT_MS, minParentHoldMs: 5 * HEARTBEAT_MS },
+    topologyParams: { advertTimeoutMs: 4 * HEARTBEAT_MS, minParentHoldMs: 5 * HEARTBEAT_MS },
     ...extra
   }
 }
@@ -235,7 +237,7 @@ test('p2p: a garbage or inconsistent advert is rejected and costs the sender gos
     await evil.start()
     const pubsub = evil.node().services.pubsub
     pubsub.subscribe(imageTopic(IMAGE_ID))
-    const originPubsub = c.origin.service.node().services.pubsub
+    const originPubsub = c.origin.service.node().services.pubsub as unknown as GossipSubScores
     await waitUntil('evil is in the topic', () => originPubsub.getSubscribers(imageTopic(IMAGE_ID)).some(p => p.toString() === evilId.peerId) &&
       pubsub.getSubscribers(imageTopic(IMAGE_ID)).length > 0)
     const scoreBefore = originPubsub.getScore(evilId.peerId)
@@ -243,7 +245,8 @@ test('p2p: a garbage or inconsistent advert is rejected and costs the sender gos
     const liar = encodeAdvert({
       imageId: IMAGE_ID, rootHex: c.manifest.rootHex, seq: 5, depth: 0, heldBlocks: 1, totalBlocks: c.manifest.blockCount,
       childCount: 0, childLimit: 8, uploadLoad: 0, manifestAvailable: true,
-      summary: summarize(Uint8Array.of(1), c.manifest.blockCount)
+      summary: summarize(Uint8Array.of(1), c.manifest.blockCount),
+      addrs: []
     })
     await pubsub.publish(imageTopic(IMAGE_ID), randomBytes(200))
     await pubsub.publish(imageTopic(IMAGE_ID), liar)

@@ -1,10 +1,10 @@
 // The multi-host testbed (scripts/testbed.sh) with 3 hosts: the tbf caps hold (upload, download and the
 // origin's own cap, measured with real TCP flows between namespaces) and teardown leaves nothing behind.
-import { test, before, after } from 'node:test'
+import { test, before, after, type TestContext } from 'node:test'
 import assert from 'node:assert/strict'
 import { existsSync } from 'node:fs'
 import { execFileSync } from 'node:child_process'
-import { testbedUp, testbedDown, testbedStatus, listNamespaces, linkCounters, measureThroughput, TestbedError, type Testbed } from '../helpers/testbed.js'
+import { testbedUp, testbedDown, testbedStatus, listNamespaces, linkCounters, measureThroughput, measureRtt, startEcho, startDelayForwarder, TestbedError, type Testbed } from '../helpers/testbed.js'
 
 const PREFIX = 'vmtbt' // not the default, so a benchmark testbed on the same machine is left alone
 const RATE_BPS = 12_500_000 // 100mbit
@@ -26,8 +26,9 @@ after(async () => {
   await testbedDown(PREFIX)
 })
 
-function assertNear (what: string, bytesPerSec: number, cap: number): void {
+function assertNear (t: TestContext, what: string, bytesPerSec: number, cap: number): void {
   const ratio = bytesPerSec / cap
+  t.diagnostic(`${what}: ${(bytesPerSec * 8 / 1e6).toFixed(1)} Mbit/s (${(ratio * 100).toFixed(0)} % of the cap)`)
   assert.ok(ratio >= LOW && ratio <= HIGH, `${what}: ${(bytesPerSec * 8 / 1e6).toFixed(1)} Mbit/s is ${(ratio * 100).toFixed(0)} % of the cap`)
 }
 
@@ -41,27 +42,55 @@ test('testbed comes up with 3 hosts and an origin, each in its own namespace', {
   assert.ok(TestbedError)
 })
 
-test('a host-to-host flow runs near the 100 Mbit cap', { timeout: 90_000 }, async () => {
+test('a host-to-host flow runs near the 100 Mbit cap', { timeout: 90_000 }, async (t) => {
   assert.ok(tb !== undefined)
   const r = await measureThroughput({ from: [tb.hosts[0]], to: tb.hosts[1], bytesPerSender: 2.5 * RATE_BPS })
   assert.equal(r.bytes, 2.5 * RATE_BPS)
-  assertNear('h1 -> h2', r.bytesPerSec, RATE_BPS)
+  assertNear(t, 'h1 -> h2', r.bytesPerSec, RATE_BPS)
 })
 
-test('the origin has its own cap (50 Mbit) and its counters see the bytes', { timeout: 90_000 }, async () => {
+test('the origin has its own cap (50 Mbit) and its counters see the bytes', { timeout: 90_000 }, async (t) => {
   assert.ok(tb !== undefined)
   const before = await linkCounters(tb.origin.ns)
   const r = await measureThroughput({ from: [tb.origin], to: tb.hosts[2], bytesPerSender: 2 * ORIGIN_RATE_BPS })
   const afterC = await linkCounters(tb.origin.ns)
-  assertNear('origin -> h3', r.bytesPerSec, ORIGIN_RATE_BPS)
+  assertNear(t, 'origin -> h3', r.bytesPerSec, ORIGIN_RATE_BPS)
   assert.ok(afterC.txBytes - before.txBytes >= r.bytes, 'origin eth0 tx counts at least the payload')
 })
 
-test('a host\'s download is capped: two senders into one host share its 100 Mbit', { timeout: 90_000 }, async () => {
+test('a host\'s download is capped: two senders into one host share its 100 Mbit', { timeout: 90_000 }, async (t) => {
   assert.ok(tb !== undefined)
   const r = await measureThroughput({ from: [tb.hosts[0], tb.hosts[2]], to: tb.hosts[1], bytesPerSender: 1.5 * RATE_BPS })
   assert.equal(r.bytes, 3 * RATE_BPS)
-  assertNear('h1 + h3 -> h2', r.bytesPerSec, RATE_BPS)
+  assertNear(t, 'h1 + h3 -> h2', r.bytesPerSec, RATE_BPS)
+})
+
+test('the delay forwarder adds its delay to each direction and passes data through intact', { timeout: 90_000 }, async (t) => {
+  assert.ok(tb !== undefined)
+  const DELAY_MS = 20
+  const echo = await startEcho(tb.hosts[1].ns, 7000)
+  // The forwarder runs in h1, listening on h1's own address: h1 -> fwd (+20 ms) -> h2 echo (+20 ms) -> h1.
+  const fwd = await startDelayForwarder({ ns: tb.hosts[0].ns, listen: `${tb.hosts[0].ip}:7001`, to: `${tb.hosts[1].ip}:7000`, delayMs: DELAY_MS })
+  try {
+    const direct = await measureRtt({ from: tb.hosts[0], ip: tb.hosts[1].ip, port: 7000, count: 10 })
+    const delayed = await measureRtt({ from: tb.hosts[0], ip: tb.hosts[0].ip, port: 7001, count: 10 })
+    // Timers never fire early: every delayed round trip takes at least two delays. The upper bound only
+    // catches a forwarder that piles delays up; it is loose because the machine is noisy.
+    t.diagnostic(`RTT direct median ${direct.medianMs.toFixed(2)} ms, through the ${DELAY_MS} ms forwarder median ${delayed.medianMs.toFixed(2)} ms`)
+    assert.ok(delayed.minMs >= 2 * DELAY_MS, `min delayed RTT ${delayed.minMs} ms`)
+    assert.ok(delayed.medianMs < 2 * DELAY_MS + direct.medianMs + 200, `median delayed RTT ${delayed.medianMs} ms`)
+    // Bulk data through a forwarder arrives whole (the receiver counts every byte).
+    const bulk = await startDelayForwarder({ ns: tb.hosts[2].ns, listen: `${tb.hosts[2].ip}:7003`, to: `${tb.hosts[1].ip}:7002`, delayMs: 5 })
+    try {
+      const r = await measureThroughput({ from: [tb.hosts[2]], to: tb.hosts[1], bytesPerSender: 5_000_000, port: 7002, via: { ip: tb.hosts[2].ip, port: 7003 } })
+      assert.equal(r.bytes, 5_000_000)
+    } finally {
+      await bulk.stop()
+    }
+  } finally {
+    await fwd.stop()
+    await echo.stop()
+  }
 })
 
 test('teardown leaves no namespace, veth or state behind, and is safe to repeat', { timeout: 60_000 }, async () => {

@@ -110,6 +110,7 @@ export function createNbdServer (init: NbdServerInit): NbdServer {
     socket.once('close', () => {
       conn.controller.abort(new NbdServerClosedError('connection closed'))
       open.delete(id)
+      logger.debug('nbd connection gone', { connection: id, open: open.size })
       if (open.size === 0) for (const w of closedWaiters) w()
     })
     void runConnection(conn)

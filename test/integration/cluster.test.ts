@@ -1,0 +1,92 @@
+// A cluster of real vmthunderd processes on loopback: an origin and 8 agents that know only the origin's
+// address and key. Every agent reads the whole image through its own NBD export; then a relay is killed in
+// the middle of reads and every read still completes with correct data.
+
+import { test, before, after } from 'node:test'
+import assert from 'node:assert/strict'
+import { join } from 'node:path'
+import { execa } from 'execa'
+import { startDaemon, makeTempDir, removeDir, type TestDaemon } from '../helpers/daemon.js'
+import { makeImage, sha256File } from '../helpers/images.js'
+
+const MiB = 1024 * 1024
+const IMAGE_BYTES = 32 * MiB
+let dir: string
+let image: string
+let imageSha: string
+let origin: TestDaemon
+let agents: TestDaemon[] = []
+let peerArgs: string[]
+
+before(async () => {
+  dir = await makeTempDir('vmt-cluster')
+  image = join(dir, 'image.raw')
+  await makeImage(image, IMAGE_BYTES, [[0, IMAGE_BYTES]])
+  imageSha = await sha256File(image)
+  const config = join(dir, 'agent.json')
+  await (await import('node:fs/promises')).writeFile(config, JSON.stringify({ prefetch: { enabled: false }, p2p: { heartbeatMs: 500 } }))
+  origin = await startDaemon({ dir: join(dir, 'origin'), args: ['--listen', '/ip4/127.0.0.1/tcp/0', '--config', config] })
+  await origin.call('image.register', { id: 'img', path: image })
+  const status = await origin.call('node.status')
+  peerArgs = ['--listen', '/ip4/127.0.0.1/tcp/0', '--bootstrap', status.listenAddrs[0], '--trust', status.peerId, '--config', config]
+  agents = await Promise.all(Array.from({ length: 8 }, async (_, i) => await startDaemon({ dir: join(dir, `a${i}`), args: peerArgs })))
+}, { timeout: 120_000 })
+
+after(async () => {
+  await Promise.all([origin, ...agents].map(async d => await d?.stop()))
+  await removeDir(dir)
+}, { timeout: 60_000 })
+
+test('8 agents read the whole image from each other; the origin sends under 2x the image', { timeout: 300_000 }, async () => {
+  await Promise.all(agents.map(async (agent, i) => {
+    await agent.call('instance.create', { name: `vm${i}`, image: 'img' })
+    const out = join(agent.dir, 'copy.raw')
+    await execa('nbdcopy', ['--requests=4', agent.nbdUri('img'), out], { timeout: 240_000 })
+    assert.equal(await sha256File(out), imageSha, `agent ${i} read wrong data`)
+  }))
+  const originImage = (await origin.call('node.status')).images.img
+  assert.ok(originImage.bytesSent < 2 * IMAGE_BYTES, `origin sent ${originImage.bytesSent} bytes for a ${IMAGE_BYTES}-byte image`)
+  const statuses = await Promise.all(agents.map(async a => await a.call('node.status')))
+  for (const s of statuses) {
+    assert.equal(s.images.img.heldFraction, 1)
+    assert.ok(s.images.img.parents.length <= 3)
+  }
+  const originId = (await origin.call('node.status')).peerId
+  const fromPeers = statuses.reduce((sum, s) => sum + Object.entries(s.images.img.bytesReceivedByPeer as Record<string, number>)
+    .filter(([peer]) => peer !== originId).reduce((a, [, n]) => a + n, 0), 0)
+  assert.ok(fromPeers > 0, 'agents served each other')
+})
+
+test('killing a relay in the middle of reads: every read completes with correct data', { timeout: 300_000 }, async () => {
+  // A second image, so that nobody holds it yet.
+  const image2 = join(dir, 'image2.raw')
+  await makeImage(image2, IMAGE_BYTES, [[0, IMAGE_BYTES]])
+  const sha2 = await sha256File(image2)
+  await origin.call('image.register', { id: 'img2', path: image2 })
+  // The first agent reads a third of the image, so it becomes a useful relay for the others.
+  await agents[0].call('instance.create', { name: 'relay-vm', image: 'img2' })
+  await execa('nbdcopy', ['--requests=4', `${agents[0].nbdUri('img2')}`, join(agents[0].dir, 'warm.raw')], { timeout: 240_000 })
+  const relayId = (await agents[0].call('node.status')).peerId
+  const readers = agents.slice(1, 5)
+  await Promise.all(readers.map(async (a, i) => await a.call('instance.create', { name: `r${i}`, image: 'img2' })))
+  const copies = readers.map(async (a) => {
+    const out = join(a.dir, 'copy2.raw')
+    await execa('nbdcopy', ['--requests=1', a.nbdUri('img2'), out], { timeout: 240_000 })
+    return await sha256File(out)
+  })
+  // Kill the relay as soon as one reader has received something from it.
+  const deadline = Date.now() + 120_000
+  let killed = false
+  while (!killed && Date.now() < deadline) {
+    const statuses = await Promise.all(readers.map(async a => await a.call('node.status').catch(() => undefined)))
+    if (statuses.some(s => (s?.images?.img2?.bytesReceivedByPeer?.[relayId] ?? 0) > 0)) {
+      await agents[0].kill()
+      killed = true
+    } else {
+      await new Promise(resolve => setImmediate(resolve))
+    }
+  }
+  assert.ok(killed, 'no reader used the relay')
+  const shas = await Promise.all(copies)
+  for (const sha of shas) assert.equal(sha, sha2)
+})
