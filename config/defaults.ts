@@ -21,6 +21,7 @@ export interface Config {
     heartbeatMs: number
     parents: number
     childLimit: number
+    originChildLimit: number
     uploadLimitBytesPerSec: number | null
     downloadLimitBytesPerSec: number | null
   }
@@ -50,6 +51,9 @@ export function defaultConfig (): Config {
       heartbeatMs: 1000,
       parents: 3,
       childLimit: 8,
+      // One child per image at the origin: it sends each block about once and the agents relay the rest
+      // (with 8, every agent attaches to the origin and it uploads N times the image).
+      originChildLimit: 1,
       uploadLimitBytesPerSec: null,
       downloadLimitBytesPerSec: null
     },

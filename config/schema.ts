@@ -44,6 +44,8 @@ export const configFileSchema = z.object({
     heartbeatMs: duration.min(50),
     parents: z.number().int().min(1).max(16),
     childLimit: z.number().int().min(0).max(1024),
+    /** Children of the images this agent originates: small, so the image server sends each block about once. */
+    originChildLimit: z.number().int().min(1).max(1024),
     uploadLimitBytesPerSec: byteCount.nullable(),
     downloadLimitBytesPerSec: byteCount.nullable()
   }).partial().strict(),

@@ -3,7 +3,7 @@
 //  2. round trip of one on-demand 64 KiB block on a reused stream vs raw TCP;
 //  3. the Debian boot trace replayed through a cold agent's BlockCache whose parent is a warm agent, vs the
 //     same replay on a local file; as fast as possible and with the trace's think times.
-// Run: node --import tsx scripts/bench-p2p.ts [--json] [--quick]
+// Run: node --import tsx scripts/bench-p2p.ts [--json] [--quick] [--throughput-only]   (BENCH_CONFIG=plaintext: one variant)
 
 import '../src/polyfill.js'
 import { createServer, connect, type Socket } from 'node:net'
@@ -25,6 +25,7 @@ import { peerIdFromString } from '@libp2p/peer-id'
 const args = new Set(process.argv.slice(2))
 const JSON_OUT = args.has('--json')
 const QUICK = args.has('--quick')
+const ONLY_THROUGHPUT = args.has('--throughput-only')
 const BLOCK = 64 * 1024
 const THROUGHPUT_BYTES = (QUICK ? 32 : 128) * 1024 * 1024
 const RTT_SAMPLES = QUICK ? 100 : 400
@@ -297,13 +298,14 @@ async function main (): Promise<void> {
     say(`# p2p benchmark (loopback, ${mib(THROUGHPUT_BYTES)} MiB transfers, ${BLOCK / 1024} KiB blocks)`)
     const raw = await rawTcpThroughput(data)
     say(`raw TCP                                   ${mib(raw).padStart(8)} MiB/s   1.00x`)
-    const configs: Array<{ label: string, extra: Partial<P2PServiceInit> }> = [
+    const allConfigs: Array<{ label: string, extra: Partial<P2PServiceInit> }> = [
       { label: 'noise, 1 MiB frames, yamux 256 KiB', extra: { encryption: 'noise' } },
       { label: 'noise, 256 KiB frames, yamux 64 KiB', extra: { encryption: 'noise', frameBudgetBytes: 256 * 1024, maxRequestBytes: 256 * 1024, yamuxMaxMessageBytes: 64 * 1024 } },
       { label: 'plaintext, 1 MiB frames, yamux 256 KiB', extra: { encryption: 'plaintext' } },
       { label: 'plaintext, 1 MiB frames, yamux 1 MiB', extra: { encryption: 'plaintext', yamuxMaxMessageBytes: 1024 * 1024 } },
       { label: 'plaintext, 256 KiB frames, yamux 64 KiB', extra: { encryption: 'plaintext', frameBudgetBytes: 256 * 1024, maxRequestBytes: 256 * 1024, yamuxMaxMessageBytes: 64 * 1024 } }
     ]
+    const configs = process.env.BENCH_CONFIG !== undefined ? allConfigs.filter(c => c.label.startsWith(process.env.BENCH_CONFIG as string)) : allConfigs
     const throughput: Record<string, { bytesPerSec: number, ratioToRaw: number }> = {}
     for (const config of configs) {
       const rate = await libp2pThroughput(data, config.extra, config.label)
@@ -311,6 +313,7 @@ async function main (): Promise<void> {
       say(`libp2p ${config.label.padEnd(36)} ${mib(rate).padStart(8)} MiB/s   ${(rate / raw).toFixed(2)}x raw`)
     }
     results.throughput = { rawBytesPerSec: raw, libp2p: throughput }
+    if (ONLY_THROUGHPUT) return
 
     say('# round trip of one on-demand 64 KiB block (reused stream)')
     const rawRtt = await rawTcpRtt(randomBytes(BLOCK))

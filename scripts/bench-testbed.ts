@@ -59,6 +59,11 @@ export interface SystemRun {
   hostArgs: (i: number, host: TestbedNode) => string[]
   /** Stops the origin-side services (the orchestrator stops the host drivers). */
   stop: () => Promise<void>
+  /**
+   * Called right after GO was sent to every host, not awaited by the timing: the place for failure
+   * injection (issue 6's failure run kills one relay host's agent mid-run). Errors fail the run.
+   */
+  afterGo?: (signal: AbortSignal) => Promise<void>
 }
 
 export interface SystemContext {
@@ -84,6 +89,8 @@ function startIn (ns: string, cmd: string, args: string[], opts: { cwd?: string,
   const c = nsSpawn(ns, cmd, args, { cwd: opts.cwd, stdio: [opts.stdin === true ? 'pipe' : 'ignore', 'pipe', 'pipe'] })
   started.add(c)
   c.once('close', () => started.delete(c))
+  // A driver that died (Ctrl-C reaches the whole process group) must not crash us when we write STOP.
+  c.stdin?.on('error', () => {})
   let err = ''
   c.stderr?.on('data', (b: Buffer) => { err = (err + b.toString()).slice(-3000) });
   (c as ChildProcess & { errTail: () => string }).errTail = () => err
@@ -238,7 +245,8 @@ async function runSystem (name: SystemName, ctx: SystemContext, trace: string, r
     dones.forEach((p) => p.catch(() => {}))
     for (const d of drivers) d.stdin?.write('GO\n')
     log(`${name}: ${tb.hosts.length} hosts started`)
-    const results = await Promise.all(dones)
+    const injected = sys.afterGo?.(ctx.signal) ?? Promise.resolve()
+    const [results] = await Promise.all([Promise.all(dones), injected])
     const originAfter = await linkCounters(tb.origin.ns)
     const hostsAfter = await Promise.all(tb.hosts.map((h) => linkCounters(h.ns)))
     const perHostMs = results.map((r) => Math.round(r.doneMs))
@@ -343,10 +351,14 @@ async function main (): Promise<void> {
   const ac = new AbortController()
   let tb: Testbed | undefined
   let workDir: string | undefined
+  let tornDown: Promise<void> | undefined
   const teardown = async (): Promise<void> => {
-    await Promise.all([...started].map(async (c) => { await stopProc(c, 2000) }))
-    if (tb !== undefined) await testbedDown(prefix).catch(() => {})
-    if (workDir !== undefined) await rm(workDir, { recursive: true, force: true }).catch(() => {})
+    tornDown ??= (async () => {
+      await Promise.all([...started].map(async (c) => { await stopProc(c, 2000) }))
+      if (tb !== undefined) await testbedDown(prefix).catch(() => {})
+      if (workDir !== undefined) await rm(workDir, { recursive: true, force: true }).catch(() => {})
+    })()
+    await tornDown
   }
   const onSignal = (sig: string): void => {
     log(`${sig}: tearing down`)

@@ -102,8 +102,10 @@ add_node() {  # name addr rate
 up() {
   [ -z "$(list_ns)" ] || die "a testbed with prefix '$PREFIX' is up already (scripts/testbed.sh down --prefix $PREFIX)"
   rate_bytes "$RATE" >/dev/null; rate_bytes "$ORIGIN_RATE" >/dev/null
-  trap 'echo "testbed: up failed; tearing down" >&2; down' ERR
-  trap 'echo "testbed: interrupted; tearing down" >&2; down; exit 130' INT TERM
+  # Whatever stops `up` half-way (a failed command under set -e, Ctrl-C, kill) tears down what it built.
+  UP_OK=0
+  trap '[ "$UP_OK" = 1 ] || { echo "testbed: up did not finish; tearing down" >&2; down; }' EXIT
+  trap 'exit 130' INT TERM
   BR_NS="$PREFIX-br"
   ip netns add "$BR_NS"
   ip -n "$BR_NS" link set lo up
@@ -120,7 +122,8 @@ up() {
   printf '{"prefix":"%s","rate":"%s","originRate":"%s","rateBytesPerSec":%s,"originRateBytesPerSec":%s,"bridgeNs":"%s","origin":{"ns":"%s","ip":"%s","brDev":"origin"},"hosts":[%s]}\n' \
     "$PREFIX" "$RATE" "$ORIGIN_RATE" "$(rate_bytes "$RATE")" "$(rate_bytes "$ORIGIN_RATE")" "$BR_NS" \
     "$PREFIX-origin" "$SUBNET.1" "$hosts_json" >"$STATE"
-  trap - ERR INT TERM
+  UP_OK=1
+  trap - INT TERM
   echo "testbed: up: $PREFIX-origin ($SUBNET.1, $ORIGIN_RATE) + $HOSTS hosts ($RATE each way) on bridge $BR_NS/br0" >&2
   [ "$JSON" = 1 ] && cat "$STATE"
   return 0

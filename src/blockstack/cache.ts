@@ -5,8 +5,11 @@
 // write it to the file -> fdatasync -> mark it present. So after a crash (kill -9 or power loss) every block
 // marked present verifies; a block written but not yet marked is simply fetched again.
 //
-// A verified block that waits for its group commit is kept in memory and may be handed to the local reader
-// that asked for it (the bytes are verified), but peers are only ever served blocks marked present (has()).
+// Two sets of blocks: `verified` (hash checked against the manifest: may be served, to the local hypervisor
+// and to peers) and `durable` (also flushed to disk and recorded in level: what survives a crash). A block
+// is verified before anything else happens to it; it waits in memory for its group commit, and is served
+// from memory meanwhile, so a relay does not hold a child's read behind an fdatasync. Only durable blocks
+// are recorded as present, so after a crash every block recorded present verifies.
 // Concurrent reads of the same missing block share one fetch. Zero blocks of the manifest are present from
 // the start: they are holes in the file and are never fetched.
 
@@ -84,8 +87,10 @@ export class BlockCache implements BlockStore {
   private readonly maxBlocksPerFetch: number
   private readonly maxPendingWriteBytes: number
   private handle!: FileHandle
-  /** Durable, verified blocks (zero blocks included). */
-  private readonly present: Bitmap
+  /** Verified blocks: durable ones, the ones waiting for their commit, and zero blocks. */
+  private readonly verified: Bitmap
+  /** Verified, flushed and recorded blocks (zero blocks included). */
+  private readonly durable: Bitmap
   /** Verified blocks not yet durable. */
   private readonly pending = new Map<number, Uint8Array>()
   private pendingBytes = 0
@@ -109,7 +114,8 @@ export class BlockCache implements BlockStore {
     this.maxFetchAttempts = init.maxFetchAttempts ?? DEFAULT_MAX_FETCH_ATTEMPTS
     this.maxBlocksPerFetch = init.maxBlocksPerFetch ?? DEFAULT_MAX_BLOCKS_PER_FETCH
     this.maxPendingWriteBytes = init.maxPendingWriteBytes ?? DEFAULT_MAX_PENDING_WRITE_BYTES
-    this.present = new Bitmap(init.manifest.blockCount)
+    this.verified = new Bitmap(init.manifest.blockCount)
+    this.durable = new Bitmap(init.manifest.blockCount)
   }
 
   static async open (init: BlockCacheInit): Promise<BlockCache> {
@@ -135,35 +141,43 @@ export class BlockCache implements BlockStore {
       await handle.truncate(this.manifest.sizeBytes)
       await this.presence.clear()
     } else {
-      this.present.or(stored)
+      this.durable.or(stored)
     }
-    this.present.or(this.manifest.zeroBlocks)
+    this.durable.or(this.manifest.zeroBlocks)
+    this.verified.or(this.durable.bits)
   }
 
   // ---- BlockStore: what peers may be served ----
 
   has (blockIndex: number): boolean {
-    return this.present.get(blockIndex)
+    return this.verified.get(blockIndex)
   }
 
   presentCount (): number {
-    return this.present.count()
+    return this.verified.count()
   }
 
   presentBitmap (): Uint8Array {
-    return this.present.toBytes()
+    return this.verified.toBytes()
   }
 
   isComplete (): boolean {
-    return this.present.count() === this.manifest.blockCount
+    return this.verified.count() === this.manifest.blockCount
+  }
+
+  /** True when the block is on disk and recorded: it survives a crash. */
+  isDurable (blockIndex: number): boolean {
+    return this.durable.get(blockIndex)
   }
 
   async readBlock (blockIndex: number, options: { signal?: AbortSignal } = {}): Promise<Uint8Array> {
     this.assertOpen()
     options.signal?.throwIfAborted()
-    if (!this.present.get(blockIndex)) throw new BlockNotPresentError(`block ${blockIndex} of ${this.manifest.imageId} is not present`)
+    if (!this.verified.get(blockIndex)) throw new BlockNotPresentError(`block ${blockIndex} of ${this.manifest.imageId} is not present`)
     const length = blockLength(this.manifest, blockIndex)
     if (isZeroBlock(this.manifest, blockIndex)) return new Uint8Array(length)
+    const waiting = this.pending.get(blockIndex)
+    if (waiting !== undefined) return waiting
     const data = Buffer.allocUnsafe(length)
     await this.readFully(data, blockIndex * this.manifest.blockSizeBytes)
     return data
@@ -176,9 +190,9 @@ export class BlockCache implements BlockStore {
 
   // ---- reads for the local hypervisor ----
 
-  /** True when the block can be read without waiting for a source. */
+  /** True when the block can be read without waiting for a source (the same as has()). */
   hasLocal (blockIndex: number): boolean {
-    return this.present.get(blockIndex) || this.pending.has(blockIndex)
+    return this.verified.get(blockIndex)
   }
 
   /** Reads `length` bytes at `offset`, fetching missing blocks first. */
@@ -194,7 +208,7 @@ export class BlockCache implements BlockStore {
     const last = Math.floor((offset + length - 1) / blockSizeBytes)
     let allPresent = true
     for (let i = first; i <= last; i++) {
-      if (!this.present.get(i)) { allPresent = false; break }
+      if (!this.durable.get(i)) { allPresent = false; break }
     }
     if (allPresent) {
       this.counters.hitBlocks += last - first + 1
@@ -219,7 +233,7 @@ export class BlockCache implements BlockStore {
     for (let i = first; i <= last; i++) {
       const data = this.pending.get(i)
       if (data === undefined) {
-        if (!this.present.get(i)) throw new BlockNotPresentError(`block ${i} of ${this.manifest.imageId} vanished while read`)
+        if (!this.durable.get(i)) throw new BlockNotPresentError(`block ${i} of ${this.manifest.imageId} vanished while read`)
         if (runStart < 0) runStart = i
         continue
       }
@@ -285,6 +299,7 @@ export class BlockCache implements BlockStore {
       const wanted = new Set(remaining)
       try {
         const blocks = await this.source.fetch(this.manifest, remaining, { signal, priority })
+        const added: number[] = []
         for (const block of blocks) {
           if (!wanted.has(block.index)) continue
           if (!verifyBlock(this.manifest, block.index, block.data)) {
@@ -295,8 +310,9 @@ export class BlockCache implements BlockStore {
             continue
           }
           wanted.delete(block.index)
-          await this.accept(block.index, block.data, priority)
+          if (await this.accept(block.index, block.data, priority)) added.push(block.index)
         }
+        this.announce(added)
       } catch (err) {
         lastError = err as Error
         if (signal.aborted) break
@@ -317,9 +333,10 @@ export class BlockCache implements BlockStore {
     }
   }
 
-  /** Stores a verified block: in memory at once, durable at the next group commit. */
-  private async accept (index: number, data: Uint8Array, priority: FetchPriority = 'demand'): Promise<void> {
-    if (this.present.get(index) || this.pending.has(index)) return
+  /** Stores a verified block: servable at once, durable at the next group commit. False if it was known. */
+  private async accept (index: number, data: Uint8Array, priority: FetchPriority = 'demand'): Promise<boolean> {
+    if (this.verified.get(index)) return false
+    this.verified.set(index)
     this.pending.set(index, data)
     this.pendingBytes += data.byteLength
     this.counters.fetchedBlocks++
@@ -331,12 +348,24 @@ export class BlockCache implements BlockStore {
     this.writeQueue.push(index)
     this.startWriter()
     if (this.pendingBytes > this.maxPendingWriteBytes) await this.writer
+    return true
+  }
+
+  private announce (blocks: number[]): void {
+    if (blocks.length === 0) return
+    for (const listener of this.listeners) {
+      try {
+        listener(blocks)
+      } catch (err) {
+        this.logger.warn('blocks-added listener failed', { error: (err as Error).message })
+      }
+    }
   }
 
   /** Stores a block already known to be good (the origin's own image file, read at registration). */
   async putVerified (index: number, data: Uint8Array): Promise<void> {
     if (!verifyBlock(this.manifest, index, data)) throw new BlockVerificationError(`block ${index} does not match the manifest`, index)
-    await this.accept(index, data)
+    if (await this.accept(index, data)) this.announce([index])
   }
 
   private startWriter (): void {
@@ -353,18 +382,20 @@ export class BlockCache implements BlockStore {
           if (data !== undefined) await this.writeFully(data, index * this.manifest.blockSizeBytes)
         }
         await this.handle.datasync()
-        for (const index of batch) this.present.set(index)
-        await this.presence.save(this.present, batch)
+        for (const index of batch) this.durable.set(index)
+        await this.presence.save(this.durable, batch)
       } catch (err) {
         // Nothing is marked present that was not flushed. The blocks are dropped (a later read fetches them
         // again) rather than retried here, so a failing disk cannot make the writer loop.
         this.logger.error('cache write failed', { image: this.manifest.imageId, error: (err as Error).message })
-        for (const index of batch) this.present.clear(index)
-        for (const index of batch) this.dropPending(index)
+        for (const index of batch) {
+          this.durable.clear(index)
+          this.verified.clear(index)
+          this.dropPending(index)
+        }
         continue
       }
       for (const index of batch) this.dropPending(index)
-      if (batch.length > 0) for (const listener of this.listeners) listener(batch)
     }
   }
 
@@ -381,10 +412,10 @@ export class BlockCache implements BlockStore {
   }
 
   stats (): CacheStats {
-    const presentBlocks = this.present.count()
+    const presentBlocks = this.verified.count()
     let presentBytes = presentBlocks * this.manifest.blockSizeBytes
     const lastIndex = this.manifest.blockCount - 1
-    if (this.present.get(lastIndex)) presentBytes -= this.manifest.blockSizeBytes - blockLength(this.manifest, lastIndex)
+    if (this.verified.get(lastIndex)) presentBytes -= this.manifest.blockSizeBytes - blockLength(this.manifest, lastIndex)
     return { sizeBytes: this.manifest.sizeBytes, blockCount: this.manifest.blockCount, presentBlocks, presentBytes, ...this.counters }
   }
 

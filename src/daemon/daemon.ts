@@ -32,7 +32,7 @@ export interface PeerLayer {
   readonly blockSource: BlockSource
   start: () => Promise<void>
   stop: () => Promise<void>
-  addImage: (cache: BlockCache) => void
+  addImage: (cache: BlockCache, options?: { childLimit?: number }) => void
   removeImage: (imageId: string) => void
   fetchManifest: (imageId: string, options: { signal: AbortSignal }) => Promise<Manifest>
   status: () => Record<string, any>
@@ -172,7 +172,7 @@ export class Daemon {
       if (peers !== undefined) {
         cleanups.unshift(async () => { await peers.stop() })
         await peers.start()
-        for (const image of images.list()) peers.addImage(image.cache)
+        for (const image of images.list()) peers.addImage(image.cache, image.record.origin ? { childLimit: config.p2p.originChildLimit } : {})
       }
       await rpc.listen(config.socket)
       daemon.heartbeatTimer = setInterval(() => {
@@ -206,7 +206,7 @@ export class Daemon {
 
   /** A new image on this host: serve it to peers, prefetch it, learn its boots. */
   async attachImage (image: Image): Promise<void> {
-    this.peers?.addImage(image.cache)
+    this.peers?.addImage(image.cache, image.record.origin ? { childLimit: this.config.p2p.originChildLimit } : {})
     await this.prefetch.attach(image)
   }
 

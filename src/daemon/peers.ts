@@ -26,7 +26,7 @@ export const peerLayerFactory: PeerLayerFactory = async ({ config, identity, tru
     blockSource: service.blockSource,
     start: async () => { await service.start() },
     stop: async () => { await service.stop() },
-    addImage: cache => { service.addImage(cache) },
+    addImage: (cache, options) => { service.addImage(cache, options) },
     removeImage: imageId => { service.removeImage(imageId) },
     fetchManifest: async (imageId, options) => await service.fetchManifest(imageId, options),
     status: () => ({ ...service.status(), peers: service.status().peers.length })

@@ -8,6 +8,7 @@
 // (beyond them the request gets ERROR busy); the upload token bucket is charged before every frame.
 
 import '../polyfill.js'
+import { setMaxListeners } from 'node:events'
 import { lpStream } from '@libp2p/utils'
 import type { Connection, Stream } from '@libp2p/interface'
 import { blockLength } from '../blockstack/manifest.js'
@@ -76,6 +77,7 @@ export async function serveBlockStream (init: BlockServerInit, stream: Stream, c
   let pumping = false
   const controller = new AbortController()
   const signal = AbortSignal.any([controller.signal, stopSignal])
+  setMaxListeners(Infinity, signal)
 
   const writeSmall = (bytes: Uint8Array): void => {
     lp.write(bytes, { signal }).catch(err => { controller.abort(err) })

@@ -5,6 +5,7 @@
 // frames).
 
 import '../polyfill.js'
+import { setMaxListeners } from 'node:events'
 import { lpStream, type LengthPrefixedStream } from '@libp2p/utils'
 import type { PeerId, Stream } from '@libp2p/interface'
 import { MAX_BLOCK_SIZE_BYTES } from '../blockstack/manifest.js'
@@ -52,6 +53,8 @@ export class PeerLink {
   constructor (private readonly node: P2PNode, private readonly remote: PeerId, private readonly logger: Logger,
     private readonly clock: Clock = systemClock) {
     this.peerId = remote.toString()
+    // Each write waiting for the stream to drain listens on it (bounded by the requests in flight).
+    setMaxListeners(Infinity, this.controller.signal)
   }
 
   /** Requests in flight. */

@@ -23,8 +23,8 @@ import { PRIORITY_DEMAND, PRIORITY_PREFETCH, MAX_INDEXES_PER_GET } from './wire.
 import type { TokenBucket } from './rate-limit.js'
 import { systemClock, type Clock } from './clock.js'
 
-export const DEFAULT_MAX_INFLIGHT_BYTES_PER_PEER = 8 * 1024 * 1024
-export const DEFAULT_MAX_PREFETCH_INFLIGHT_BYTES_PER_PEER = 4 * 1024 * 1024
+export const DEFAULT_MAX_INFLIGHT_BYTES_PER_PEER = 16 * 1024 * 1024
+export const DEFAULT_MAX_PREFETCH_INFLIGHT_BYTES_PER_PEER = 8 * 1024 * 1024
 export const DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
 /** A request that has not completed in this time fails (and its peer is reported failed). */
 export const DEFAULT_REQUEST_TIMEOUT_MS = 15_000
@@ -133,6 +133,8 @@ export class PeerSource implements BlockSource {
     this.maxAssignments = init.maxAssignments ?? DEFAULT_MAX_ASSIGNMENTS
     this.noSourceWaitMs = init.noSourceWaitMs ?? DEFAULT_NO_SOURCE_WAIT_MS
     this.clock = init.clock ?? systemClock
+    // Every fetch in flight listens on it (bounded by the cache's fetch concurrency).
+    setMaxListeners(Infinity, this.stopController.signal)
   }
 
   async fetch (manifest: Manifest, blockIndexes: readonly number[], options: FetchOptions): Promise<FetchedBlock[]> {

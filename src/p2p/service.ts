@@ -13,6 +13,7 @@
 // parent, disconnected, refused at the connection gater, and given a large negative gossipsub app score.
 
 import '../polyfill.js'
+import { setMaxListeners } from 'node:events'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { TopicValidatorResult } from '@libp2p/gossipsub'
 import type { PeerId } from '@libp2p/interface'
@@ -124,7 +125,8 @@ export interface P2PService {
   start: () => Promise<void>
   stop: () => Promise<void>
   readonly blockSource: BlockSource
-  addImage: (store: ServedStore) => void
+  /** `childLimit` overrides the service's limit for this image (the origin keeps its fan-out small). */
+  addImage: (store: ServedStore, options?: { childLimit?: number }) => void
   removeImage: (imageId: string) => void
   fetchManifest: (imageId: string, options: { signal: AbortSignal }) => Promise<Manifest>
   status: () => P2PStatus
@@ -169,6 +171,8 @@ interface ImageState {
   heartbeatAgain: boolean
   interestOnly: boolean
   addedAtMs: number
+  /** This image's child limit when it differs from the service's. */
+  childLimit?: number
 }
 
 /** Gossipsub's live topic score params (the GossipSub interface does not expose the score). */
@@ -200,6 +204,8 @@ export function createP2PService (init: P2PServiceInit): P2PService {
   const bans = new Map<string, number>()
   const waiters = new Set<() => void>()
   const stopController = new AbortController()
+  // Every stream, heartbeat and relay listens on it: one listener each, released when they end.
+  setMaxListeners(Infinity, stopController.signal)
   let node: P2PNode | undefined
   let bootstrapper: Bootstrapper | undefined
   let heartbeatTimer: NodeJS.Timeout | undefined
@@ -268,6 +274,8 @@ export function createP2PService (init: P2PServiceInit): P2PService {
 
   // ---- adverts ----
 
+  const childLimitOf = (state: ImageState): number => state.childLimit ?? params.childLimit
+
   const buildAdvert = (state: ImageState): AdvertBody | undefined => {
     if (state.manifest === undefined || state.store === undefined) return undefined
     const total = state.manifest.blockCount
@@ -280,8 +288,8 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       depth: isSeed(state) ? 0 : state.depth,
       heldBlocks: held,
       totalBlocks: total,
-      childCount: Math.min(liveChildren(state).length, params.childLimit),
-      childLimit: params.childLimit,
+      childCount: Math.min(liveChildren(state).length, childLimitOf(state)),
+      childLimit: childLimitOf(state),
       uploadLoad: uploadLoad(),
       manifestAvailable: true,
       summary: summarize(state.store.presentBitmap(), total),
@@ -386,10 +394,11 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     delete scoreTopics(pubsub)[state.topic]
   }
 
-  const addImage = (store: ServedStore): void => {
+  const addImage = (store: ServedStore, options: { childLimit?: number } = {}): void => {
     if (stopped) throw new ServiceStoppedError('p2p service is stopped')
     const manifest = store.manifest
     const state = ensureState(manifest.imageId)
+    state.childLimit = options.childLimit
     if (state.store !== undefined && state.manifest?.rootHex !== manifest.rootHex) {
       throw new RangeError(`image ${manifest.imageId} is already served with another manifest`)
     }
@@ -440,13 +449,13 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     if (leave) {
       state.children.delete(peerId)
       publishSoon(state)
-      return { accepted: false, childCount: liveChildren(state).length, childLimit: params.childLimit }
+      return { accepted: false, childCount: liveChildren(state).length, childLimit: childLimitOf(state) }
     }
     const children = liveChildren(state)
     const isAlreadyChild = state.children.has(peerId)
     const result = admitChild({
       childCount: children.length,
-      childLimit: params.childLimit,
+      childLimit: childLimitOf(state),
       isAlreadyChild,
       isExcluded: isBanned(peerId),
       selfDepth: isSeed(state) ? 0 : state.depth
@@ -455,7 +464,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       state.children.set(peerId, clock.nowMs() + CHILD_LEASE_HEARTBEATS * params.heartbeatMs)
       if (!isAlreadyChild) publishSoon(state)
     }
-    return { accepted: result.admit, childCount: liveChildren(state).length, childLimit: params.childLimit }
+    return { accepted: result.admit, childCount: liveChildren(state).length, childLimit: childLimitOf(state) }
   }
 
   /** A child asked for blocks we lack: fetch them through our cache (from our parents), then serve them. */

@@ -93,6 +93,12 @@ test('the delay forwarder adds its delay to each direction and passes data throu
   }
 })
 
+test('an up that fails half-way tears down what it built', { timeout: 60_000 }, async () => {
+  // An address the kernel refuses fails `up` after the bridge and origin namespaces exist.
+  await assert.rejects(testbedUp({ hosts: 2, prefix: 'vmtbf', subnet: '999.1.1' }), { name: 'TestbedError' })
+  assert.deepEqual(await listNamespaces('vmtbf'), [])
+})
+
 test('teardown leaves no namespace, veth or state behind, and is safe to repeat', { timeout: 60_000 }, async () => {
   assert.ok(tb !== undefined)
   await tb.down()

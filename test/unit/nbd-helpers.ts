@@ -32,8 +32,9 @@ export class RawClient {
     socket.on('end', () => { this.ended = true; this.wake() })
   }
 
-  static async connect (path: string): Promise<RawClient> {
-    const socket = connect(path)
+  /** Connects to a unix socket path, or to TCP when given a port. */
+  static async connect (path: string, port?: number): Promise<RawClient> {
+    const socket = port === undefined ? connect(path) : connect(port, path)
     await new Promise<void>((resolve, reject) => {
       socket.once('connect', resolve)
       socket.once('error', reject)

@@ -3,10 +3,12 @@
 
 import { test, type TestContext } from 'node:test'
 import assert from 'node:assert/strict'
+import { execFile } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { lstat, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { promisify } from 'node:util'
 import { createNbdServer, staticExportProvider, type NbdServerInit } from '../../src/blockstack/nbd/index.js'
 import type { NbdExport } from '../../src/blockstack/types.js'
 import { controlledExport, errorName, memoryExport, patternBytes, RawClient, recordingLogger } from './nbd-helpers.js'
@@ -271,7 +273,8 @@ for (const bound of ['requests', 'bytes'] as const) {
 
 test('a client vanishing mid-read aborts its reads and leaves others served', T, async (t) => {
   const exp = controlledExport('slow', SIZE)
-  const { connect, logger } = await startServer(t, [exp, memoryExport('disk', DATA)])
+  // A vanished client looks like EOF; its reads are aborted once the (here short) grace ends.
+  const { connect, logger } = await startServer(t, [exp, memoryExport('disk', DATA)], { halfCloseGraceMs: 20 })
   const gone = await connect()
   await gone.open('slow')
   gone.sendRequest(READ, 1, 0, 4096)
@@ -375,6 +378,93 @@ test('close() aborts in-flight reads and closes connections and the socket file'
     assert.equal(server.connections(), 0)
     await assert.rejects(RawClient.connect(path))
   } finally {
+    await rm(dir, { recursive: true, force: true })
+  }
+})
+
+test('listenUnix replaces a stale socket file, refuses a live one and a non-socket path', T, async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'nbd-listen-'))
+  try {
+    const path = join(dir, 'nbd.sock')
+    // A process that bound the path and died leaves the file behind (python does not unlink on exit).
+    await promisify(execFile)('python3', ['-c', `import socket; socket.socket(socket.AF_UNIX).bind(${JSON.stringify(path)})`])
+    assert.ok((await lstat(path)).isSocket())
+    const first = createNbdServer({ provider: staticExportProvider([memoryExport('disk', DATA)]), logger: recordingLogger() })
+    await first.listenUnix(path)
+    assert.equal((await lstat(path)).mode & 0o777, 0o660)
+    const second = createNbdServer({ provider: staticExportProvider([memoryExport('disk', DATA)]), logger: recordingLogger() })
+    await assert.rejects(second.listenUnix(path), { name: 'NbdSocketPathInUseError' })
+    const c = await RawClient.connect(path)
+    await c.open('disk')
+    await checkRead(c, 1, 0, 100)
+    c.destroy()
+    await first.close()
+    const plain = join(dir, 'plain')
+    await writeFile(plain, 'not a socket')
+    await assert.rejects(second.listenUnix(plain), { name: 'NbdSocketPathInUseError' })
+    assert.equal(await readFile(plain, 'utf8'), 'not a socket')
+    await second.close()
+  } finally {
+    await rm(dir, { recursive: true, force: true })
+  }
+})
+
+test('requests split into small writes and a write payload across chunks are parsed correctly', T, async (t) => {
+  const { connect } = await startServer(t, [memoryExport('disk', DATA)])
+  const c = await connect()
+  await c.open('disk')
+  const req = (type: number, handle: number, offset: number, length: number): Buffer => {
+    const b = Buffer.alloc(28)
+    b.writeUInt32BE(0x25609513, 0)
+    b.writeUInt16BE(type, 6)
+    b.writeUInt32BE(handle, 12)
+    b.writeUInt32BE(offset, 20)
+    b.writeUInt32BE(length, 24)
+    return b
+  }
+  const stream = Buffer.concat([
+    req(READ, 1, 10, 20), req(WRITE, 2, 0, 50), Buffer.alloc(50, 0x25), req(READ, 3, 999, 1), req(FLUSH, 4, 0, 0)
+  ])
+  // Each piece is flushed to the kernel before the next, so the server usually sees many small chunks.
+  for (let at = 0; at < stream.length; at += 5) {
+    await new Promise<void>(resolve => { c.socket.write(stream.subarray(at, at + 5), () => { resolve() }) })
+  }
+  const lengths: Record<number, number> = { 1: 20, 3: 1 }
+  const replies = new Map<number, { error: number, data: Buffer }>()
+  for (let i = 0; i < 4; i++) {
+    const r = await c.reply(h => lengths[h] ?? 0)
+    replies.set(r.handle, r)
+  }
+  assert.ok(replies.get(1)?.data.equals(DATA.subarray(10, 30)))
+  assert.equal(replies.get(2)?.error, EPERM)
+  assert.ok(replies.get(3)?.data.equals(DATA.subarray(999, 1000)))
+  assert.equal(replies.get(4)?.error, 0)
+})
+
+test('listenTcp serves on loopback; a listen signal closes that listener only', T, async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'nbd-tcp-'))
+  const server = createNbdServer({ provider: staticExportProvider([memoryExport('disk', DATA)]), logger: recordingLogger() })
+  try {
+    const { host, port } = await server.listenTcp('127.0.0.1', 0)
+    assert.equal(host, '127.0.0.1')
+    assert.ok(port > 0)
+    const c = await RawClient.connect(host, port)
+    await c.open('disk')
+    await checkRead(c, 1, 4096, 8192)
+
+    const path = join(dir, 'nbd.sock')
+    const controller = new AbortController()
+    await server.listenUnix(path, { signal: controller.signal })
+    const u = await RawClient.connect(path)
+    await u.open('disk')
+    controller.abort()
+    await assert.rejects(RawClient.connect(path), 'the unix listener is closed')
+    await checkRead(u, 2, 0, 10) // open connections stay
+    await checkRead(c, 3, 0, 10)
+    c.destroy()
+    u.destroy()
+  } finally {
+    await server.close()
     await rm(dir, { recursive: true, force: true })
   }
 })

@@ -37,7 +37,9 @@ export class ByteQueue {
       } else {
         chunk.copy(merged, filled, this.headOffset, this.headOffset + want)
         filled += want
-        this.headOffset += want
+        // The rest of this chunk follows `merged`, so it must start at offset 0 of its own entry.
+        this.chunks[0] = chunk.subarray(this.headOffset + want)
+        this.headOffset = 0
       }
     }
     this.chunks.unshift(merged)

@@ -49,12 +49,14 @@ export function encodeErrorReply (option: number, replyType: number, message: st
   return encodeOptionReply(option, replyType, Buffer.from(message, 'utf8'))
 }
 
-/** NBD_REP_SERVER payload: name length, name. */
-export function encodeServerEntry (option: number, name: string): Buffer {
+/** NBD_REP_SERVER payload: name length, name, then an optional human-readable description. */
+export function encodeServerEntry (option: number, name: string, description?: string): Buffer {
   const nameBytes = Buffer.from(name, 'utf8')
-  const data = Buffer.allocUnsafe(4 + nameBytes.length)
+  const descBytes = Buffer.from(description ?? '', 'utf8')
+  const data = Buffer.allocUnsafe(4 + nameBytes.length + descBytes.length)
   data.writeUInt32BE(nameBytes.length, 0)
   nameBytes.copy(data, 4)
+  descBytes.copy(data, 4 + nameBytes.length)
   return encodeOptionReply(option, NBD_REP_SERVER, data)
 }
 

@@ -89,6 +89,8 @@ export const DEFAULT_PREFERRED_BLOCK_BYTES = 4096
 /** Requests being served per connection (read issued, reply not yet flushed) before the socket is paused. */
 export const DEFAULT_MAX_IN_FLIGHT_REQUESTS = 64
 export const DEFAULT_MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024
+/** After a client's EOF, requests still in flight may finish for this long; then they are aborted. */
+export const DEFAULT_HALF_CLOSE_GRACE_MS = 5_000
 /** Bytes of unparsed negotiation input buffered before the socket is paused. */
 export const HANDSHAKE_BUFFER_MAX_BYTES = 128 * 1024
 /** NBD strings (export names, descriptions) must be at most 4096 bytes. */

@@ -38,6 +38,11 @@ export class NbdSocketPathInUseError extends Error {
   constructor (message: string, readonly path: string) { super(message) }
 }
 
+/** The client's connection closed: the reason its in-flight reads are aborted with. */
+export class NbdConnectionClosedError extends Error {
+  override name = 'NbdConnectionClosedError'
+}
+
 /** The server was closed. */
 export class NbdServerClosedError extends Error {
   override name = 'NbdServerClosedError'

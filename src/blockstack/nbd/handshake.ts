@@ -94,7 +94,10 @@ async function runNegotiation (input: NegotiationInput, config: NegotiationConfi
           await input.write(encodeErrorReply(option, NBD_REP_ERR_INVALID, 'NBD_OPT_LIST takes no data'))
           break
         }
-        for (const name of config.provider.list()) await input.write(encodeServerEntry(option, name))
+        for (const name of config.provider.list()) {
+          const description = config.provider.get(name)?.description
+          await input.write(encodeServerEntry(option, name, description === undefined ? undefined : truncate(description)))
+        }
         await input.write(encodeOptionReply(option, NBD_REP_ACK))
         break
       case NBD_OPT_INFO:

@@ -9,11 +9,11 @@ import type { ExportProvider } from '../types.js'
 import { ByteQueue } from './byte-queue.js'
 import {
   DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT_BYTES, DEFAULT_MAX_IN_FLIGHT_REQUESTS, DEFAULT_MAX_OPTION_BYTES,
-  DEFAULT_MAX_OPTIONS, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_NEGOTIATION_TIMEOUT_MS, DEFAULT_PREFERRED_BLOCK_BYTES,
+  DEFAULT_HALF_CLOSE_GRACE_MS, DEFAULT_MAX_OPTIONS, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_NEGOTIATION_TIMEOUT_MS, DEFAULT_PREFERRED_BLOCK_BYTES,
   READ_ONLY_TRANSMISSION_FLAGS
 } from './constants.js'
 import {
-  NbdNegotiationTimeoutError, NbdNegotiationTruncatedError, NbdServerClosedError, NbdSocketPathInUseError
+  NbdConnectionClosedError, NbdNegotiationTimeoutError, NbdNegotiationTruncatedError, NbdServerClosedError, NbdSocketPathInUseError
 } from './errors.js'
 import { negotiate } from './handshake.js'
 import { type NbdLogger, stderrLogger } from './logger.js'
@@ -41,6 +41,8 @@ export interface NbdServerInit {
   maxInFlightRequests?: number
   /** Per-connection bound on bytes of reads in flight (issued, reply not flushed). Default 64 MiB. */
   maxInFlightBytes?: number
+  /** After a client's EOF, how long requests in flight may still be answered before they are aborted. Default 5 s. */
+  halfCloseGraceMs?: number
 }
 
 export interface ListenOptions {
@@ -83,6 +85,7 @@ export function createNbdServer (init: NbdServerInit): NbdServer {
     maxPayloadBytes,
     maxInFlightRequests: init.maxInFlightRequests ?? DEFAULT_MAX_IN_FLIGHT_REQUESTS,
     maxInFlightBytes: init.maxInFlightBytes ?? DEFAULT_MAX_IN_FLIGHT_BYTES,
+    halfCloseGraceMs: init.halfCloseGraceMs ?? DEFAULT_HALF_CLOSE_GRACE_MS,
     logger
   }
 
@@ -108,7 +111,7 @@ export function createNbdServer (init: NbdServerInit): NbdServer {
     const conn: Connection = { id, socket, controller: new AbortController() }
     open.set(id, conn)
     socket.once('close', () => {
-      conn.controller.abort(new NbdServerClosedError('connection closed'))
+      conn.controller.abort(new NbdConnectionClosedError('connection closed'))
       open.delete(id)
       logger.debug('nbd connection gone', { connection: id, open: open.size })
       if (open.size === 0) for (const w of closedWaiters) w()
@@ -129,7 +132,8 @@ export function createNbdServer (init: NbdServerInit): NbdServer {
     try {
       result = await negotiate(socket, queue, negotiationConfig, negotiation.signal)
     } catch (err) {
-      const quiet = err instanceof NbdNegotiationTruncatedError || err instanceof NbdServerClosedError
+      const quiet = err instanceof NbdNegotiationTruncatedError || err instanceof NbdServerClosedError ||
+        err instanceof NbdConnectionClosedError
       logger[quiet ? 'debug' : 'warn']('nbd negotiation failed, closing connection', { connection: id, error: err })
       socket.destroy()
       return

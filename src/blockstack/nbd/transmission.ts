@@ -25,6 +25,8 @@ export interface TransmissionConfig {
   maxPayloadBytes: number
   maxInFlightRequests: number
   maxInFlightBytes: number
+  /** After the client ends its side, requests still in flight get this long before the connection is dropped. */
+  halfCloseGraceMs: number
   logger: NbdLogger
 }
 
@@ -63,6 +65,7 @@ class Transmission {
   private closed = false
   private ending = false
   private corked = false
+  private graceTimer: NodeJS.Timeout | undefined
   private readonly sizeBytes: number
   private readonly releaseBuffer: ((data: Uint8Array) => void) | undefined
 
@@ -98,12 +101,23 @@ class Transmission {
   private readonly onEnd = (): void => {
     this.inputEnded = true
     this.pump()
+    // EOF usually means the client is gone (NBD clients do not half-close), but a socket cannot tell a
+    // half-close from a vanished peer: answer what completes soon, then drop the rest (aborting its reads).
+    if (!this.ending && !this.closed) {
+      this.graceTimer = setTimeout(() => {
+        this.config.logger.debug('nbd client ended its side; dropping requests still in flight', {
+          connection: this.connectionId, inFlight: this.inFlightRequests
+        })
+        this.socket.destroy()
+      }, this.config.halfCloseGraceMs)
+    }
   }
 
   private readonly onClose = (): void => {
     if (this.closed) return
     this.closed = true
     this.inputDone = true
+    clearTimeout(this.graceTimer)
     this.socket.off('data', this.onData)
     this.socket.off('end', this.onEnd)
     this.queue.drain()
