@@ -63,6 +63,11 @@ async function main (): Promise<number> {
   let origin: TestDaemon | undefined
   const stopAll = async (): Promise<void> => {
     await Promise.all([origin, ...agents.map(a => a.daemon)].map(async d => await d?.stop().catch(() => {})))
+    // Each agent's log (JSON lines) beside the summary, for whoever wants to see what happened.
+    const logDir = join(resolve(opts.out), 'logs')
+    await mkdir(logDir, { recursive: true }).catch(() => {})
+    if (origin !== undefined) await writeFile(join(logDir, 'origin.log'), origin.log()).catch(() => {})
+    for (const a of agents) await writeFile(join(logDir, `${a.name}.log`), a.daemon.log()).catch(() => {})
     if (!opts.keep) await removeDir(work)
   }
   process.once('SIGINT', () => { void stopAll().then(() => process.exit(130)) })

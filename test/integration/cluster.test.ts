@@ -10,7 +10,7 @@ import { startDaemon, makeTempDir, removeDir, type TestDaemon } from '../helpers
 import { makeImage, sha256File } from '../helpers/images.js'
 
 const MiB = 1024 * 1024
-const IMAGE_BYTES = 32 * MiB
+const IMAGE_BYTES = 16 * MiB
 let dir: string
 let image: string
 let imageSha: string

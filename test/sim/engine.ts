@@ -20,6 +20,8 @@ export interface Req {
   hedged: boolean
   /** Serial of this request, so that late timers can tell they are stale. */
   serial: number
+  /** When the block will have arrived, if known when the request was sent (the source held it). */
+  arrivalMs: number
 }
 
 export interface SimNode {
@@ -194,15 +196,17 @@ export class Engine {
   private doRead (n: SimNode): void {
     const blocks = this.opts.trace.reads[n.readIdx].blocks
     let missing = 0
-    const done = (): void => {
-      if (!n.alive) return
-      for (const b of blocks) if (n.has[b] !== 1) this.check.absentReads++
-      this.nextRead(n)
-    }
-    const one = (): void => { if (--missing === 0) done() }
     for (const b of blocks) if (n.has[b] !== 1) missing++
-    if (missing === 0) { done(); return }
-    for (const b of blocks) if (n.has[b] !== 1) this.need(n, b, one)
+    if (missing === 0) { this.readDone(n, blocks); return }
+    const cb = function (this: Engine): void { if (--missing === 0) this.readDone(n, blocks) }.bind(this)
+    for (const b of blocks) if (n.has[b] !== 1) this.need(n, b, cb)
+  }
+
+  private readDone (n: SimNode, blocks: readonly number[]): void {
+    if (!n.alive) return
+    // checker: a read completes only from blocks present (fetched and verified) at this agent
+    for (const b of blocks) if (n.has[b] !== 1) this.check.absentReads++
+    this.nextRead(n)
   }
 
   // ---- blocks ----
@@ -226,10 +230,14 @@ export class Engine {
   }
 
   sendRequest (n: SimNode, b: number, src: number, hedge: boolean, expectedMs = 0): Req {
-    const r: Req = { src, startedAtMs: this.nowMs, expectedMs, hedged: hedge, serial: ++this.reqSerial }
+    const r: Req = { src, startedAtMs: this.nowMs, expectedMs, hedged: hedge, serial: ++this.reqSerial, arrivalMs: -1 }
     if (!hedge) n.req.set(b, r)
     const s = this.nodes[src]
-    this.at(this.nowMs + this.net.latencyMs(n.idx, src), () => this.serve(s, n, b, r))
+    const reachMs = this.nowMs + this.net.latencyMs(n.idx, src)
+    // The source holds the block: queue the transfer now, ready when the request reaches it (saves an
+    // event per block). Otherwise the request is handled when it arrives (relay, or lost if s is dead).
+    if (s.alive && s.has[b] === 1) this.transmit(s, n, b, r, reachMs)
+    else this.at(reachMs, () => this.serve(s, n, b, r))
     this.system.onRequest?.(n, b, r)
     return r
   }
@@ -249,13 +257,18 @@ export class Engine {
       this.need(s, b, () => this.serve(s, to, b, r))
       return
     }
+    this.transmit(s, to, b, r, this.nowMs)
+  }
+
+  private transmit (s: SimNode, to: SimNode, b: number, r: Req, readyMs: number): void {
     const size = this.blockSizeBytes
-    const arrival = this.net.transfer(s.idx, to.idx, size, this.nowMs)
+    const arrival = this.net.transfer(s.idx, to.idx, size, readyMs)
+    r.arrivalMs = arrival
     if (s.isSeed) {
       this.seedEgressBytes += size
       if (s.idx === this.seeds[0]) {
         this.originEgressBytes += size
-        const sec = Math.floor(this.nowMs / 1000)
+        const sec = Math.floor(readyMs / 1000)
         while (this.originEgressPerS.length <= sec) this.originEgressPerS.push(0)
         this.originEgressPerS[sec] += size
       }

@@ -1,5 +1,6 @@
 // Runs one scenario under the three systems and gathers the result JSON.
 
+import { Worker } from 'node:worker_threads'
 import { Engine } from './engine.js'
 import type { PrefetchModel, SystemName } from './engine.js'
 import type { Scenario } from './scenario.js'
@@ -133,6 +134,39 @@ export function runScenario (o: RunOptions): RunResult {
     trace: { reads: o.trace.reads.length, blocks: o.trace.blockCount, blockSizeBytes: o.trace.blockSizeBytes, distinctBytes: o.trace.distinctBytes, thinkTotalMs: o.trace.thinkTotalMs },
     boundMs: bound,
     boundBlocksMs: boundBlocks,
+    systems
+  }
+}
+
+/** Like runScenario, with each system in its own worker thread (about 2x faster on 2 cores). */
+export async function runScenarioParallel (o: RunOptions, maxWorkers = 2): Promise<RunResult> {
+  if (o.prefetch !== undefined) return runScenario(o) // a model (functions) cannot cross into a worker
+  const names = [...(o.systems ?? SYSTEMS)]
+  const out = new Map<SystemName, { result: SystemResult, boundMs: number, boundBlocksMs: number }>()
+  const { prefetch: _p, ...options } = o
+  const queue = [...names]
+  const runOne = async (): Promise<void> => {
+    for (let name = queue.shift(); name !== undefined; name = queue.shift()) {
+      const sys = name
+      out.set(sys, await new Promise((resolve, reject) => {
+        const w = new Worker(new URL('./worker-entry.mjs', import.meta.url), { workerData: { options, system: sys } })
+        w.once('message', resolve)
+        w.once('error', reject)
+        w.once('exit', code => { if (code !== 0) reject(new Error(`sim worker for ${sys} exited with ${code}`)) })
+      }))
+    }
+  }
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(maxWorkers, names.length)) }, runOne))
+  const systems = {} as Record<SystemName, SystemResult>
+  for (const n of names) systems[n] = (out.get(n) as { result: SystemResult }).result
+  const first = out.get(names[0]) as { boundMs: number, boundBlocksMs: number }
+  return {
+    scenario: o.scenario.name,
+    agents: o.agents,
+    seed: o.seed,
+    trace: { reads: o.trace.reads.length, blocks: o.trace.blockCount, blockSizeBytes: o.trace.blockSizeBytes, distinctBytes: o.trace.distinctBytes, thinkTotalMs: o.trace.thinkTotalMs },
+    boundMs: first.boundMs,
+    boundBlocksMs: first.boundBlocksMs,
     systems
   }
 }

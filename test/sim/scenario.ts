@@ -63,7 +63,7 @@ export const scenarioSchema = z.object({
   /** Candidates kept per agent (the bounded candidate table of the p2p layer). */
   candidateTable: z.number().int().min(4).max(256).default(24),
   /** Stop a run at this simulated time even if agents have not finished. */
-  maxSimMs: z.number().positive().default(3_600_000)
+  maxSimMs: z.number().positive().default(7_200_000)
 })
 
 export type Scenario = z.infer<typeof scenarioSchema>

@@ -137,10 +137,10 @@ interface VState {
   seq: number
   lastBusyMs: number
   load: number
-  /** Per-source accounting for the scheduler. */
-  queuedBytes: Map<number, number>
-  inFlight: Map<number, number>
-  tputBytesPerS: Map<number, number>
+  /** Per-source accounting for the scheduler, keyed by node index (kept as SourceState, reused). */
+  src: Map<number, SourceState>
+  /** When this agent's hedge scan is next due (Infinity: none scheduled). */
+  hedgeScanAtMs: number
 }
 
 /** Gossipsub mesh degree: adverts reach N agents in about log_D(N) hops. */
@@ -181,7 +181,7 @@ class VmThunderd implements System {
     this.hops = Math.max(1, Math.ceil(Math.log(this.e.nodes.length) / Math.log(GOSSIP_D)))
     this.st[n.idx] = {
       parents: [], parentIdx: [], depth: n.isSeed ? 0 : null, excludedUntil: new Map(), cur: undefined, prev: undefined, seq: 0,
-      lastBusyMs: 0, load: 0, queuedBytes: new Map(), inFlight: new Map(), tputBytesPerS: new Map()
+      lastBusyMs: 0, load: 0, src: new Map(), hedgeScanAtMs: Infinity
     }
     this.publish(n)
     // the first selection runs when the agent starts, then on a heartbeat with a random phase
@@ -291,7 +291,7 @@ class VmThunderd implements System {
         for (const d of res.dropped) {
           const j = Number(d.peerId.slice(1))
           nodes[j].children.delete(n.idx)
-          s.queuedBytes.delete(j); s.inFlight.delete(j)
+          s.src.delete(j)
         }
         const old = new Map(s.parents.map(p => [p.peerId, p]))
         const next: ParentState[] = []
@@ -327,58 +327,87 @@ class VmThunderd implements System {
     this.publish(n)
   }
 
+  private sourceState (n: SimNode, j: number): SourceState {
+    const s = this.st[n.idx]
+    let st = s.src.get(j)
+    if (st === undefined) {
+      st = {
+        peerId: `n${j}`, holds: false, queuedBytes: 0, throughputBytesPerS: this.e.net.uploadBytesPerMs(j) * 1000,
+        rttMs: 2 * this.e.net.latencyMs(n.idx, j), inFlight: 0, failed: false
+      }
+      s.src.set(j, st)
+    }
+    return st
+  }
+
+  /** The scheduler's view of n's usable parents for block b (SourceState objects reused between calls). */
+  private sources (n: SimNode, b: number, out: SourceState[]): SourceState[] {
+    out.length = 0
+    const s = this.st[n.idx]
+    for (let i = 0; i < s.parents.length; i++) {
+      if (s.parents[i].failed) continue
+      const j = s.parentIdx[i]
+      const st = this.sourceState(n, j)
+      st.holds = this.e.nodes[j].has[b] === 1
+      out.push(st)
+    }
+    return out
+  }
+
+  private readonly scratch: SourceState[] = []
+
   chooseSource (n: SimNode, b: number): number {
     const s = this.st[n.idx]
     if (s.parentIdx.length === 0) return -1
-    const sources: SourceState[] = []
-    for (const p of s.parents) {
-      if (p.failed) continue
-      const j = Number(p.peerId.slice(1))
-      sources.push({
-        peerId: p.peerId, holds: this.e.nodes[j].has[b] === 1, queuedBytes: s.queuedBytes.get(j) ?? 0,
-        throughputBytesPerS: s.tputBytesPerS.get(j) ?? this.e.net.uploadBytesPerMs(j) * 1000,
-        rttMs: 2 * this.e.net.latencyMs(n.idx, j), inFlight: s.inFlight.get(j) ?? 0, failed: false
-      })
-    }
-    const c = chooseSource({ blockIndex: b, sizeBytes: this.e.blockSizeBytes }, sources, this.sched)
+    const c = chooseSource({ blockIndex: b, sizeBytes: this.e.blockSizeBytes }, this.sources(n, b, this.scratch), this.sched)
     if (c === null) return -1
     this.lastExpectedMs = c.expectedMs
     return Number(c.peerId.slice(1))
   }
 
-  onRequest (n: SimNode, b: number, r: Req): void {
+  onRequest (n: SimNode, _b: number, r: Req): void {
     const s = this.st[n.idx]
-    s.queuedBytes.set(r.src, (s.queuedBytes.get(r.src) ?? 0) + this.e.blockSizeBytes)
-    s.inFlight.set(r.src, (s.inFlight.get(r.src) ?? 0) + 1)
-    if (r.hedged || s.parentIdx.length < 2) return
+    const st = this.sourceState(n, r.src)
+    st.queuedBytes += this.e.blockSizeBytes
+    st.inFlight++
+    if (r.hedged) return
     r.expectedMs = this.lastExpectedMs
-    const deadline = hedgeDeadlineMs({ ...r, peerId: `n${r.src}` }, this.sched)
-    this.e.at(deadline, () => {
-      if (!n.alive || n.has[b] === 1 || n.req.get(b)?.serial !== r.serial || r.hedged) return
+    if (s.parentIdx.length < 2) return
+    const deadline = hedgeDeadlineMs(r, this.sched)
+    if (r.arrivalMs >= 0 && r.arrivalMs <= deadline) return // already on its way, in time: no hedge can be needed
+    if (deadline < s.hedgeScanAtMs) {
+      s.hedgeScanAtMs = deadline
+      this.e.at(deadline, () => this.hedgeScan(n))
+    }
+  }
+
+  /** Sends one hedge for every request of n past its deadline; one scan timer per agent. */
+  private hedgeScan (n: SimNode): void {
+    const s = this.st[n.idx]
+    if (!n.alive || this.e.nowMs < s.hedgeScanAtMs) return // superseded by an earlier scan's reschedule
+    s.hedgeScanAtMs = Infinity
+    let next = Infinity
+    for (const [b, r] of n.req) {
+      if (r.hedged || n.has[b] === 1) continue
+      const deadline = hedgeDeadlineMs(r, this.sched)
+      if (r.arrivalMs >= 0 && r.arrivalMs <= deadline) continue
+      if (deadline > this.e.nowMs) { next = Math.min(next, deadline); continue }
       r.hedged = true
-      const sources: SourceState[] = this.st[n.idx].parents.filter(p => !p.failed).map(p => {
-        const j = Number(p.peerId.slice(1))
-        return {
-          peerId: p.peerId, holds: this.e.nodes[j].has[b] === 1, queuedBytes: s.queuedBytes.get(j) ?? 0,
-          throughputBytesPerS: s.tputBytesPerS.get(j), rttMs: 2 * this.e.net.latencyMs(n.idx, j), inFlight: s.inFlight.get(j) ?? 0, failed: false
-        }
-      })
-      const t = chooseHedgeTarget({ blockIndex: b, sizeBytes: this.e.blockSizeBytes }, sources, { ...r, peerId: `n${r.src}` }, this.sched)
+      const t = chooseHedgeTarget({ blockIndex: b, sizeBytes: this.e.blockSizeBytes }, this.sources(n, b, this.scratch), { ...r, peerId: `n${r.src}` }, this.sched)
       if (t !== null) this.e.sendRequest(n, b, Number(t.peerId.slice(1)), true)
-    })
+    }
+    if (next < Infinity) { s.hedgeScanAtMs = next; this.e.at(next, () => this.hedgeScan(n)) }
   }
 
   onArrive (n: SimNode, _b: number, src: number, r: Req): void {
-    const s = this.st[n.idx]
-    const q = s.queuedBytes.get(src)
-    if (q !== undefined) s.queuedBytes.set(src, Math.max(0, q - this.e.blockSizeBytes))
-    const f = s.inFlight.get(src)
-    if (f !== undefined) s.inFlight.set(src, Math.max(0, f - 1))
+    const st = this.st[n.idx].src.get(src)
+    if (st === undefined) return
+    st.queuedBytes = Math.max(0, st.queuedBytes - this.e.blockSizeBytes)
+    st.inFlight = Math.max(0, st.inFlight - 1)
     const elapsedMs = this.e.nowMs - r.startedAtMs
     if (elapsedMs > 0) {
       const observed = this.e.blockSizeBytes / elapsedMs * 1000
-      const prev = s.tputBytesPerS.get(src)
-      s.tputBytesPerS.set(src, prev === undefined ? observed : 0.8 * prev + 0.2 * observed)
+      st.throughputBytesPerS = 0.8 * (st.throughputBytesPerS ?? observed) + 0.2 * observed
     }
   }
 
