@@ -1,7 +1,8 @@
-// NBD server benchmark: our server vs `nbdkit file` on the same image, same clients, same run.
+// NBD benchmark: vmthunderd's NBD export of a fully cached image (the real daemon: NBD server + block cache)
+// and our NBD server alone on the file, against `nbdkit file` on the same image, same clients, same run.
 //
 //   bash scripts/bench-nbd.sh [--json] [--runtime-s 5] [--reps 1] [--size-mib 1024] [--dir DIR] [--image FILE]
-//                             [--export-module M.ts --module-arg X] [--sync-read-max BYTES] [--no-pool]
+//                             [--export-module M.ts --module-arg X] [--server-only] [--sync-read-max BYTES] [--no-pool]
 //
 // Builds a test image (random data, one 4 MiB hole in every 128 MiB: 97 % allocated) unless --image is
 // given, serves it with scripts/bench-nbd-serve.ts and with `nbdkit -r file`, both on unix sockets, warms
@@ -9,11 +10,14 @@
 // in turn: nbdcopy of the whole export to null:, fio (nbd engine) sequential 1 MiB reads QD16, random
 // 4 KiB reads QD32 and QD1. Prints figures and the ratio ours/nbdkit (above 1: we are faster).
 //
-// With the file export two variants of our server run: `ours` (reads up to --sync-read-max, default 64 KiB,
+// `vmthunderd` is a real daemon (--no-p2p) that registered the image: reads go through its block cache (a
+// copy of the image in its data dir). --server-only leaves it out. With the file export two variants of our
+// server run: `ours` (reads up to --sync-read-max, default 64 KiB,
 // done with readSync on the event loop; larger ones on libuv's thread pool) and `ours-async` (every read on
 // the thread pool). With --export-module only `ours` runs, serving that module's export (see
 // bench-nbd-serve.ts): that is how the bench is pointed at the block cache.
 
+import { startDaemon } from './lib/agent-process.js'
 import { spawn, execFile, type ChildProcess } from 'node:child_process'
 import { randomFillSync } from 'node:crypto'
 import { existsSync } from 'node:fs'
@@ -41,6 +45,7 @@ const { values: args } = parseArgs({
     dir: { type: 'string' },
     image: { type: 'string' },
     'export-module': { type: 'string' },
+    'server-only': { type: 'boolean', default: false },
     'module-arg': { type: 'string' },
     'sync-read-max': { type: 'string', default: String(DEFAULT_BENCH_SYNC_READ_MAX_BYTES) },
     'no-pool': { type: 'boolean', default: false }
@@ -110,6 +115,18 @@ async function startOurs (name: string, image: string, sock: string, syncReadMax
   return { name, uri: `nbd+unix:///?socket=${sock}`, stop: () => stopChild(child) }
 }
 
+/** The real daemon with the image registered: its NBD export reads through the fully cached block cache. */
+async function startVmthunderd (image: string, dir: string): Promise<Server> {
+  const daemon = await startDaemon({ dir: join(dir, 'vmthunderd'), args: ['--no-p2p'] })
+  try {
+    await daemon.call('image.register', { id: 'bench', path: image })
+  } catch (err) {
+    await daemon.stop()
+    throw err
+  }
+  return { name: 'vmthunderd', uri: daemon.nbdUri('bench'), stop: async () => { await daemon.stop() } }
+}
+
 async function startNbdkit (image: string, sock: string, dir: string): Promise<Server> {
   const pidFile = join(dir, 'nbdkit.pid')
   // -f: foreground (we own the process); -P: written once the socket accepts connections.
@@ -177,7 +194,7 @@ function printTable (results: Measure[], servers: Server[], ours: string[], size
     }
     return [r.test, r.unit, ...servers.map(x => cell(x.name)), ...ours.map(n => ratio(r, n).toFixed(2))]
   })
-  const header = ['test', 'unit', ...servers.map(x => x.name === BASELINE ? 'nbdkit file' : x.name), ...ours.map(n => `${n}/nbdkit`)]
+  const header = ['test', 'unit', ...servers.map(x => x.name === BASELINE ? 'nbdkit file' : x.name === 'ours' ? 'nbd server on file' : x.name), ...ours.map(n => `${n}/nbdkit`)]
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map(r => r[i].length)))
   const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd()
   const exportDesc = args['export-module'] ??
@@ -197,6 +214,8 @@ async function main (): Promise<void> {
     const sizeBytes = (await stat(image)).size
     // Warm the page cache so every server reads from memory.
     await execFileAsync('dd', [`if=${image}`, 'of=/dev/null', 'bs=4M'])
+    // The daemon itself (NBD server + block cache), then the NBD server alone on the file, then nbdkit.
+    if (args['export-module'] === undefined && !args['server-only']) servers.push(await startVmthunderd(image, dir))
     servers.push(await startOurs('ours', image, join(dir, 'ours.sock'), args['sync-read-max']))
     if (args['export-module'] === undefined && Number(args['sync-read-max']) > 0) {
       servers.push(await startOurs('ours-async', image, join(dir, 'ours-async.sock'), '0'))

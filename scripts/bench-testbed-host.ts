@@ -6,12 +6,18 @@
 //   nbd   --trace F (--socket PATH | --host IP --port P) [--export NAME]   replay over NBD
 //   http  --trace F --url URL --dest FILE                                   curl the whole image, replay locally
 //   bt    --trace F --torrent FILE --dir DIR --dest DIR/NAME                aria2c (seed on), replay locally
+//   vmt   --trace F --rpc PATH --socket PATH --export ID --name VM [--create at-go|before]
+//         vmthunderd: `instance.create {name: VM, image: ID}` on the host's agent (at GO, timed, as a VM boot
+//         would; or before READY), then replay over the agent's NBD export. If the agent dies mid-replay (the
+//         failure run kills it), waits for RESUME on stdin (the orchestrator restarted it), reconnects and
+//         retries the read that failed.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { writeFile, watch } from 'node:fs/promises'
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
-import { loadTrace, nbdConnect, replayNbd, replayFile, type ReplayResult } from './lib/nbd-replay.js'
+import { loadTrace, nbdConnect, replayNbd, replayNbdResumable, replayFile, type ReplayResult } from './lib/nbd-replay.js'
+import { callRpc } from '../src/rpc/client.js'
 
 const LIFETIME_MS = Number(process.env.VMTB_HOST_LIFETIME_MS ?? 3_600_000)
 setTimeout(() => { console.error('bench-host: lifetime exceeded'); process.exit(3) }, LIFETIME_MS).unref()
@@ -19,6 +25,9 @@ setTimeout(() => { console.error('bench-host: lifetime exceeded'); process.exit(
 const [mode, ...rest] = process.argv.slice(2)
 const opt = new Map<string, string>()
 for (let i = 0; i < rest.length; i += 2) opt.set(rest[i].replace(/^--/, ''), rest[i + 1])
+const RPC_TIMEOUT_MS = 120_000
+/** How long a driver whose agent died waits for the orchestrator's RESUME. */
+const RESUME_TIMEOUT_MS = 120_000
 const need = (k: string): string => {
   const v = opt.get(k)
   if (v === undefined) { console.error(`bench-host: --${k} is required for ${mode}`); process.exit(2) }
@@ -60,7 +69,7 @@ function runToEnd (cmd: string, args: string[]): Promise<void> {
 async function main (): Promise<void> {
   const trace = await loadTrace(need('trace'))
   let prepare: () => Promise<void> = async () => {}
-  let run: () => Promise<{ replay: ReplayResult, fetchMs?: number }>
+  let run: () => Promise<{ replay: ReplayResult, fetchMs?: number, reconnects?: number }>
 
   if (mode === 'nbd') {
     run = async () => {
@@ -70,6 +79,29 @@ async function main (): Promise<void> {
       const replay = await replayNbd(trace, conn)
       await conn.close()
       return { replay }
+    }
+  } else if (mode === 'vmt') {
+    const rpc = need('rpc')
+    const socketPath = need('socket')
+    const exportName = need('export')
+    const name = need('name')
+    const create = async (): Promise<void> => { await callRpc(rpc, 'instance.create', { name, image: exportName }, { timeoutMs: RPC_TIMEOUT_MS }) }
+    if (opt.get('create') === 'before') prepare = create
+    run = async () => {
+      const t0 = performance.now()
+      if (opt.get('create') !== 'before') await create()
+      const fetchMs = performance.now() - t0 // here: the time instance.create took
+      const replay = await replayNbdResumable(trace, {
+        connect: async () => await nbdConnect({ socketPath, exportName }),
+        onLost: async (err) => {
+          console.error(`bench-host: agent lost (${err.message}); waiting for RESUME`)
+          const timer = setTimeout(() => { console.error('bench-host: no RESUME in time'); shutdown(1) }, RESUME_TIMEOUT_MS)
+          const ok = await waitLine('RESUME')
+          clearTimeout(timer)
+          if (!ok) throw new Error('stdin closed while waiting for RESUME')
+        }
+      })
+      return { replay, fetchMs, reconnects: replay.reconnects }
     }
   } else if (mode === 'http') {
     const url = need('url')
@@ -120,8 +152,8 @@ async function main (): Promise<void> {
   console.log('READY')
   if (!await waitLine('GO')) shutdown(0)
   const t0 = performance.now()
-  const { replay, fetchMs } = await run()
-  console.log(`DONE ${JSON.stringify({ doneMs: performance.now() - t0, fetchMs, replayMs: replay.elapsedMs, maxReadMs: replay.maxReadMs, bytes: replay.bytes, digest: replay.digest })}`)
+  const { replay, fetchMs, reconnects } = await run()
+  console.log(`DONE ${JSON.stringify({ doneMs: performance.now() - t0, fetchMs, replayMs: replay.elapsedMs, maxReadMs: replay.maxReadMs, bytes: replay.bytes, digest: replay.digest, reconnects })}`)
   // BitTorrent hosts keep seeding for the others until the orchestrator says STOP (or goes away).
   if (mode === 'bt') await waitLine('STOP')
   shutdown(0)

@@ -3,21 +3,30 @@
 //   nbdkit      central NBD server (file plugin) on the origin; hosts read from it directly
 //   http        every host downloads the whole image over HTTP (busybox httpd), then replays locally
 //   bittorrent  opentracker + aria2c seed on the origin, aria2c on every host (seeding on), then local replay
-//   vmthunderd  an agent per host, the origin agent holding the image (hook below: not wired yet)
+//   vmthunderd  an agent per host, the origin agent holding the image; each host creates its instance at GO
+//               (timed, as a VM boot would) and replays over its own agent's NBD export (prefetch off: boot only)
+//   vmthunderd-failure   the same, and one relay host's agent is killed (SIGKILL) once a child has read
+//               through it, then restarted as a service manager would; every host must still read correct data
+//   vmthunderd-prefetch  the same as vmthunderd with the idle prefetcher on (not in the default list)
 // Reports per system the slowest host (maxMs), the median host, the bytes the origin sent (its eth0 tx
 // counter) and the bytes each host received, checks every host read the same data as a local replay, and
 // writes results.json, results.md and results.svg to --out.
 //
 // Usage (root): npm run bench:testbed -- [--hosts 8] [--rate 1gbit] [--origin-rate RATE] [--trace FILE]
-//   [--image FILE] [--systems nbdkit,http,bittorrent,vmthunderd] [--json] [--out DIR] [--prefix vmtb]
+//   [--image trace|guest|FILE] [--systems vmthunderd,nbdkit,http,bittorrent,vmthunderd-failure] [--json] [--out DIR]
+//   [--prefix vmtb] [--vmt-config FILE (merged into the agents' config)] [--vmt-create at-go|before]
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
-import { mkdtemp, mkdir, rm, writeFile, symlink, stat } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { mkdtemp, mkdir, rm, writeFile, symlink, stat, readFile } from 'node:fs/promises'
+import { createWriteStream, type WriteStream } from 'node:fs'
+import { tmpdir, loadavg } from 'node:os'
 import { join, resolve, basename } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { testbedUp, testbedDown, linkCounters, nsSpawn, type Testbed, type TestbedNode } from '../test/helpers/testbed.js'
 import { buildGuest } from '../test/helpers/vm.js'
 import { loadTrace, distinctBytes, replayFile } from './lib/nbd-replay.js'
+import { DAEMON_BIN } from './lib/agent-process.js'
+import { makeTraceImage } from './lib/trace-image.js'
+import { callRpc } from '../src/rpc/client.js'
 
 const REPO_ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '..')
 const HOST_DRIVER = join(REPO_ROOT, 'scripts', 'bench-testbed-host.ts')
@@ -25,8 +34,15 @@ const NBD_PORT = 10809
 const HTTP_PORT = 8080
 const TRACKER_PORT = 6969
 const READY_TIMEOUT_MS = 60_000
-const ALL_SYSTEMS = ['vmthunderd', 'nbdkit', 'http', 'bittorrent'] as const
+const ALL_SYSTEMS = ['vmthunderd', 'nbdkit', 'http', 'bittorrent', 'vmthunderd-failure', 'vmthunderd-prefetch'] as const
+const DEFAULT_SYSTEMS = ['vmthunderd', 'nbdkit', 'http', 'bittorrent', 'vmthunderd-failure']
 type SystemName = typeof ALL_SYSTEMS[number]
+const IMAGE_ID = 'guest'
+const TRACE_IMAGE_BYTES = 1024 ** 3
+const AGENT_START_TIMEOUT_MS = 60_000
+const AGENT_RPC_TIMEOUT_MS = 120_000
+/** Failure run: node.status is polled this often to find a relay to kill. */
+const FAILURE_POLL_MS = 50
 
 export interface SystemResult {
   maxMs: number
@@ -40,6 +56,49 @@ export interface SystemResult {
   /** The longest single read seen by any host (a stall). */
   maxReadMs: number
   dataOk: boolean
+  /** Hosts that did not finish (their driver failed: e.g. a read returned an error); maxMs/medianMs omit them. */
+  failedHosts?: Array<{ host: string, error: string }>
+  /** The machine's 1-minute load average before the system started and after its hosts finished. */
+  loadAvg1?: [number, number]
+  /** Bytes each host's eth0 received during the run, in host order. */
+  perHostRxBytes: number[]
+  /** vmthunderd: each host's agent after the run (node.status). */
+  agents?: AgentReport[]
+  /** vmthunderd: CPU time of the origin agent from GO until every host was done. */
+  originCpuMs?: number
+  /** vmthunderd-failure: what was killed and what it cost. */
+  failure?: FailureReport
+}
+
+export interface AgentReport {
+  host: string
+  /** Parents (host names; 'origin') and depth at the end of the run. */
+  parents: string[]
+  depth: number | null
+  bytesFromOrigin: number
+  bytesFromPeers: number
+  /** Bytes this agent's p2p layer sent to its children. */
+  bytesSent: number
+  /** CPU time the agent process used from GO until every host was done (the last process, if restarted). */
+  cpuMs: number
+  /** Time instance.create took (manifest fetch, cache and overlay), ms. */
+  createMs?: number
+  maxReadMs: number
+}
+
+export interface FailureReport {
+  /** The host whose agent got SIGKILL, or null when no relay was found before every host finished. */
+  killedHost: string | null
+  killedAtMs?: number
+  /** Hosts that had the killed agent as a parent, and had read through it, at the moment of the kill. */
+  childrenAtKill?: string[]
+  /** Time from the kill until the restarted agent logged 'vmthunderd started'. */
+  restartMs?: number
+  /** Longest single read on hosts other than the killed one (the stall their VMs saw). */
+  survivorsMaxReadMs?: number
+  /** Longest single read on the killed host (includes its agent's restart). */
+  killedHostMaxReadMs?: number
+  note?: string
 }
 
 export interface BenchResults {
@@ -49,6 +108,8 @@ export interface BenchResults {
   originRate: string
   trace: string
   imageBytes: number
+  /** 'trace' (generated from the trace), 'guest', or the file given. */
+  image?: string
   systems: Partial<Record<SystemName, SystemResult>>
   skipped: Partial<Record<SystemName, string>>
 }
@@ -63,7 +124,19 @@ export interface SystemRun {
    * Called right after GO was sent to every host, not awaited by the timing: the place for failure
    * injection (issue 6's failure run kills one relay host's agent mid-run). Errors fail the run.
    */
-  afterGo?: (signal: AbortSignal) => Promise<void>
+  afterGo?: (signal: AbortSignal, hosts: HostControl) => Promise<void>
+  /** Called once every host is done, before `stop`: what the system adds to its result. */
+  report?: (done: HostDone[]) => Promise<Partial<SystemResult>>
+}
+
+/** What afterGo may do to the host drivers. */
+export interface HostControl {
+  /** Writes a line to host i's driver (e.g. RESUME after its agent was restarted). */
+  tell: (i: number, line: string) => void
+  /** Resolves when every host printed DONE (or one failed). */
+  allDone: Promise<unknown>
+  /** Indexes of the hosts that printed DONE so far. */
+  doneHosts: ReadonlySet<number>
 }
 
 export interface SystemContext {
@@ -74,6 +147,12 @@ export interface SystemContext {
   workDir: string
   hostDir: (i: number) => string
   signal: AbortSignal
+  /** Where a system may leave logs (agents' JSON lines): `${outDir}/logs`. */
+  logDir: string
+  /** vmthunderd: config merged into the agents' (--vmt-config), and when instances are created. */
+  vmtConfig: Record<string, unknown>
+  vmtCreate: 'at-go' | 'before'
+  log: (s: string) => void
 }
 
 export class BenchError extends Error {
@@ -201,18 +280,223 @@ async function runBittorrent (ctx: SystemContext): Promise<SystemRun> {
   }
 }
 
+// ---- vmthunderd ----
+
+interface Agent {
+  name: string
+  node: TestbedNode
+  dir: string
+  socket: string
+  nbdSocket: string
+  args: string[]
+  proc: ChildProcess
+}
+
+/** Starts vmthunderd in the node's namespace; resolves once it logged 'vmthunderd started'. Logs go to logDir/NAME.log. */
+async function spawnAgent (a: Omit<Agent, 'proc'>, logDir: string, signal: AbortSignal): Promise<ChildProcess> {
+  await mkdir(logDir, { recursive: true })
+  const c = nsSpawn(a.node.ns, process.execPath, [DAEMON_BIN, ...a.args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
+  started.add(c)
+  c.once('close', () => started.delete(c))
+  const log: WriteStream = createWriteStream(join(logDir, `${a.name}.log`), { flags: 'a' })
+  let seen = ''
+  let ok = false
+  return await new Promise<ChildProcess>((resolve, reject) => {
+    const cleanup = (): void => { clearTimeout(timer); signal.removeEventListener('abort', onAbort) }
+    const onData = (b: Buffer): void => {
+      log.write(b)
+      if (ok) return
+      seen = (seen + b.toString()).slice(-20_000)
+      if (seen.includes('"message":"vmthunderd started"')) { ok = true; cleanup(); resolve(c) }
+    }
+    const onAbort = (): void => { cleanup(); c.kill('SIGKILL'); reject(signal.reason) }
+    const timer = setTimeout(() => { cleanup(); c.kill('SIGKILL'); reject(new BenchError(`agent ${a.name} did not start in ${AGENT_START_TIMEOUT_MS} ms: ${seen.slice(-2000)}`)) }, AGENT_START_TIMEOUT_MS)
+    c.stdout?.on('data', onData)
+    c.stderr?.on('data', onData)
+    c.once('close', (code) => {
+      log.end()
+      if (!ok) { cleanup(); reject(new BenchError(`agent ${a.name} exited (${String(code)}) before starting: ${seen.slice(-2000)}`)) }
+    })
+    signal.addEventListener('abort', onAbort, { once: true })
+  })
+}
+
+async function startAgent (name: string, node: TestbedNode, dir: string, extraArgs: string[], ctx: SystemContext, logDir: string): Promise<Agent> {
+  await mkdir(dir, { recursive: true })
+  const socket = join(dir, 'ctl.sock')
+  const a = {
+    name,
+    node,
+    dir,
+    socket,
+    nbdSocket: join(dir, 'nbd.sock'),
+    args: ['--data-dir', join(dir, 'data'), '--socket', socket, '--listen', `/ip4/${node.ip}/tcp/0`, ...extraArgs]
+  }
+  return { ...a, proc: await spawnAgent(a, logDir, ctx.signal) }
+}
+
+/** CPU time (user + system, ms) the process used so far, from /proc; 0 once it is gone. */
+async function cpuMsOf (pid: number | undefined): Promise<number> {
+  if (pid === undefined) return 0
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return (Number(f[11]) + Number(f[12])) * 10 // clock ticks of 10 ms (USER_HZ 100)
+  } catch { return 0 }
+}
+
+const rpc = async (a: Agent, method: string, params: Record<string, unknown> = {}, timeoutMs = AGENT_RPC_TIMEOUT_MS): Promise<any> =>
+  await callRpc(a.socket, method, params, { timeoutMs })
+
+function mergeConfig (base: Record<string, unknown>, over: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...base }
+  for (const [k, v] of Object.entries(over)) {
+    const b = out[k]
+    out[k] = v !== null && typeof v === 'object' && !Array.isArray(v) && b !== null && typeof b === 'object' && !Array.isArray(b)
+      ? mergeConfig(b as Record<string, unknown>, v as Record<string, unknown>)
+      : v
+  }
+  return out
+}
+
 /**
- * HOOK for the lead: vmthunderd. Start the origin agent holding `ctx.image` (origin namespace) and one agent
- * per host (host namespaces, each with its NBD unix socket), then return for each host
- * `['nbd', '--socket', SOCKET_OF_HOST_i, '--export', NAME]` and a `stop` that ends the agents. Return
- * undefined while the daemon is not ready: the system is reported as skipped.
+ * vmthunderd on the testbed: the origin agent (origin namespace) registers the image; one agent per host (its
+ * namespace, listening on the host's address) bootstraps from the origin and trusts its key. All are started,
+ * connected and the image registered before GO; each host's driver creates its instance at GO (--vmt-create
+ * before: while preparing) and replays over its own agent's NBD socket. With `failure`, one relay is killed.
  */
-async function runVmthunderd (_ctx: SystemContext): Promise<SystemRun | undefined> {
-  return undefined
+function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: SystemName }) {
+  return async (ctx: SystemContext): Promise<SystemRun> => {
+    const { tb } = ctx
+    const base = join(ctx.workDir, variant.name)
+    await rm(base, { recursive: true, force: true })
+    const logDir = join(ctx.logDir, variant.name)
+    await rm(logDir, { recursive: true, force: true })
+    const configPath = join(base, 'config.json')
+    await mkdir(base, { recursive: true })
+    await writeFile(configPath, JSON.stringify(mergeConfig({ prefetch: { enabled: variant.prefetch } }, ctx.vmtConfig)) + '\n')
+    const agents: Agent[] = []
+    const stopAll = async (): Promise<void> => { await Promise.all(agents.map(async (a) => { await stopProc(a.proc, 10_000) })) }
+    try {
+      const origin = await startAgent('origin', tb.origin, join(base, 'origin'), ['--config', configPath], ctx, logDir)
+      agents.push(origin)
+      const t0 = performance.now()
+      await rpc(origin, 'image.register', { id: IMAGE_ID, path: ctx.image })
+      ctx.log(`${variant.name}: origin registered the image in ${secs(performance.now() - t0)} s`)
+      const os = await rpc(origin, 'node.status')
+      const originPeer = os.peerId as string
+      const addr = (os.listenAddrs as string[]).find((a) => a.includes(`/ip4/${tb.origin.ip}/tcp/`))
+      if (addr === undefined) throw new BenchError(`origin agent listens on no ${tb.origin.ip} address: ${JSON.stringify(os.listenAddrs)}`)
+      const bootstrap = addr.includes('/p2p/') ? addr : `${addr}/p2p/${originPeer}`
+      const hostArgs = ['--config', configPath, '--bootstrap', bootstrap, '--trust', os.publicKey as string]
+      const hosts = await Promise.all(tb.hosts.map(async (h, i) => await startAgent(`h${i + 1}`, h, join(base, `h${i + 1}`), hostArgs, ctx, logDir)))
+      agents.push(...hosts)
+      // Every host connected to the origin before GO (bounded poll: connection is the agents' business).
+      for (let tries = 0; ; tries++) {
+        const st = await Promise.all(hosts.map(async (h) => await rpc(h, 'node.status')))
+        // p2p.peers is a count; before any image is shared the only peer a host can know is its bootstrap.
+        if (st.every((x) => Number(x.p2p?.peers ?? 0) >= 1)) break
+        if (tries >= 300) throw new BenchError('hosts did not connect to the origin agent within 30 s')
+        await new Promise((resolve) => setTimeout(resolve, 100))
+      }
+      ctx.log(`${variant.name}: origin and ${hosts.length} agents up and connected`)
+
+      const nameOf = async (): Promise<Map<string, string>> => {
+        const m = new Map<string, string>([[originPeer, 'origin']])
+        for (const h of hosts) m.set((await rpc(h, 'node.status')).peerId as string, h.name)
+        return m
+      }
+      const names = await nameOf()
+      let failure: FailureReport | undefined
+      let cpuAtGo = new Map<string, number>()
+      const cpuNow = async (): Promise<Map<string, number>> => new Map(await Promise.all(agents.map(async (a) => [a.name, await cpuMsOf(a.proc.pid)] as const)))
+
+      const afterGo = async (signal: AbortSignal, control: HostControl): Promise<void> => {
+        cpuAtGo = await cpuNow()
+        if (variant.failure) await killRelay(signal, control)
+      }
+      const killRelay = async (signal: AbortSignal, control: HostControl): Promise<void> => {
+          const goMs = performance.now()
+          let finished = false
+          void control.allDone.finally(() => { finished = true }).catch(() => {})
+          failure = { killedHost: null }
+          while (!finished && !signal.aborted) {
+            const st = await Promise.all(hosts.map(async (h) => await rpc(h, 'node.status', {}, 5000).catch(() => undefined)))
+            // relay host index -> its children (not done yet) that have read through it
+            const through = new Map<number, string[]>()
+            st.forEach((x, yi) => {
+              const img = x?.images?.[IMAGE_ID]
+              if (img === undefined || control.doneHosts.has(yi)) return
+              for (const p of (img.parents ?? []) as string[]) {
+                const xi = hosts.findIndex((h) => h.name === names.get(p))
+                if (xi >= 0 && ((img.bytesReceivedByPeer ?? {})[p] ?? 0) > 0) through.set(xi, [...(through.get(xi) ?? []), hosts[yi].name])
+              }
+            })
+            if (through.size > 0) {
+              const [xi, children] = [...through.entries()].sort((a, b) => b[1].length - a[1].length)[0]
+              const victim = hosts[xi]
+              const killedAt = performance.now()
+              const closed = new Promise<void>((resolve) => { victim.proc.once('close', () => { resolve() }) })
+              victim.proc.kill('SIGKILL')
+              await closed
+              failure = { killedHost: victim.name, killedAtMs: Math.round(killedAt - goMs), childrenAtKill: children }
+              ctx.log(`${variant.name}: killed ${victim.name}'s agent (SIGKILL) at ${secs(killedAt - goMs)} s; children that read through it: ${children.join(', ')}`)
+              // Restarted at once, as a service manager would; its host's driver resumes on the same export.
+              victim.proc = await spawnAgent(victim, logDir, signal)
+              failure.restartMs = Math.round(performance.now() - killedAt)
+              ctx.log(`${variant.name}: ${victim.name}'s agent restarted in ${secs(failure.restartMs)} s`)
+              control.tell(xi, 'RESUME')
+              return
+            }
+            await new Promise((resolve) => setTimeout(resolve, FAILURE_POLL_MS))
+          }
+          failure.note = 'no host had read through another host before all finished: nothing was killed'
+        }
+
+      return {
+        hostArgs: (i) => ['vmt', '--rpc', hosts[i].socket, '--socket', hosts[i].nbdSocket, '--export', IMAGE_ID, '--name', `vm-h${i + 1}`, '--create', ctx.vmtCreate],
+        afterGo,
+        report: async (done) => {
+          const cpuEnd = await cpuNow()
+          const cpuOf = (name: string): number => Math.max(0, (cpuEnd.get(name) ?? 0) - (failure?.killedHost === name ? 0 : cpuAtGo.get(name) ?? 0))
+          const names2 = await nameOf()
+          const agentsOut: AgentReport[] = []
+          for (const [i, h] of hosts.entries()) {
+            const img = (await rpc(h, 'node.status')).images?.[IMAGE_ID] ?? {}
+            const byPeer = (img.bytesReceivedByPeer ?? {}) as Record<string, number>
+            const fromOrigin = byPeer[originPeer] ?? 0
+            agentsOut.push({
+              host: h.name,
+              parents: ((img.parents ?? []) as string[]).map((p) => names2.get(p) ?? p.slice(-8)),
+              depth: img.depth ?? null,
+              bytesFromOrigin: fromOrigin,
+              bytesFromPeers: Object.values(byPeer).reduce((a, b) => a + b, 0) - fromOrigin,
+              bytesSent: img.bytesSent ?? 0,
+              cpuMs: cpuOf(h.name),
+              createMs: done[i].fetchMs === undefined ? undefined : Math.round(done[i].fetchMs),
+              maxReadMs: Math.round(done[i].maxReadMs)
+            })
+          }
+          if (failure?.killedHost !== undefined && failure.killedHost !== null) {
+            const ki = hosts.findIndex((h) => h.name === failure?.killedHost)
+            failure.survivorsMaxReadMs = Math.round(Math.max(0, ...done.filter((_, i) => i !== ki).map((d) => d.maxReadMs)))
+            failure.killedHostMaxReadMs = Math.round(done[ki].maxReadMs)
+          }
+          return { agents: agentsOut, originCpuMs: cpuOf('origin'), ...(failure !== undefined ? { failure } : {}) }
+        },
+        stop: stopAll
+      }
+    } catch (err) {
+      await stopAll()
+      throw err
+    }
+  }
 }
 
 const SYSTEMS: Record<SystemName, (ctx: SystemContext) => Promise<SystemRun | undefined>> = {
-  vmthunderd: runVmthunderd,
+  vmthunderd: vmthunderd({ name: 'vmthunderd', prefetch: false, failure: false }),
+  'vmthunderd-failure': vmthunderd({ name: 'vmthunderd-failure', prefetch: false, failure: true }),
+  'vmthunderd-prefetch': vmthunderd({ name: 'vmthunderd-prefetch', prefetch: true, failure: false }),
   nbdkit: runNbdkit,
   http: runHttp,
   bittorrent: runBittorrent
@@ -221,7 +505,7 @@ const SYSTEMS: Record<SystemName, (ctx: SystemContext) => Promise<SystemRun | un
 // ---------------------------------------------------------------------------------------------------------
 // One run of one system
 
-interface HostDone { doneMs: number, fetchMs?: number, replayMs: number, maxReadMs: number, bytes: number, digest: string }
+interface HostDone { doneMs: number, fetchMs?: number, replayMs: number, maxReadMs: number, bytes: number, digest: string, reconnects?: number, error?: string }
 
 const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b)
@@ -241,25 +525,43 @@ async function runSystem (name: SystemName, ctx: SystemContext, trace: string, r
     await Promise.all(drivers.map((d) => waitForLine(d, (l) => l === 'READY', READY_TIMEOUT_MS, ctx.signal)))
     const originBefore = await linkCounters(tb.origin.ns)
     const hostsBefore = await Promise.all(tb.hosts.map((h) => linkCounters(h.ns)))
-    const dones = drivers.map((d) => waitForLine(d, (l) => l.startsWith('DONE '), timeoutMs, ctx.signal).then((l) => JSON.parse(l.slice(5)) as HostDone))
+    const doneHosts = new Set<number>()
+    // A host that fails (e.g. its VM got EIO) is reported, not fatal: the others run to the end.
+    const dones = drivers.map((d, i) => waitForLine(d, (l) => l.startsWith('DONE '), timeoutMs, ctx.signal)
+      .then((l) => JSON.parse(l.slice(5)) as HostDone)
+      .catch((err: Error): HostDone => {
+        if (ctx.signal.aborted) throw err
+        log(`${name}: h${i + 1} FAILED: ${err.message.slice(0, 300)}`)
+        return { doneMs: NaN, replayMs: NaN, maxReadMs: NaN, bytes: 0, digest: '', error: err.message.replace(/\s+/g, ' ').slice(0, 300) }
+      })
+      .finally(() => { doneHosts.add(i) }))
     dones.forEach((p) => p.catch(() => {}))
+    const allDone = Promise.all(dones)
+    allDone.catch(() => {})
     for (const d of drivers) d.stdin?.write('GO\n')
     log(`${name}: ${tb.hosts.length} hosts started`)
-    const injected = sys.afterGo?.(ctx.signal) ?? Promise.resolve()
-    const [results] = await Promise.all([Promise.all(dones), injected])
+    const control: HostControl = { tell: (i, line) => { drivers[i].stdin?.write(line + '\n') }, allDone, doneHosts }
+    const injected = sys.afterGo?.(ctx.signal, control) ?? Promise.resolve()
+    const [results] = await Promise.all([allDone, injected])
     const originAfter = await linkCounters(tb.origin.ns)
     const hostsAfter = await Promise.all(tb.hosts.map((h) => linkCounters(h.ns)))
+    const extra = await sys.report?.(results) ?? {}
     const perHostMs = results.map((r) => Math.round(r.doneMs))
+    const finished = perHostMs.filter((ms) => Number.isFinite(ms))
     const fetches = results.map((r) => r.fetchMs).filter((x): x is number => x !== undefined)
+    const failedHosts = results.flatMap((r, i) => r.error !== undefined ? [{ host: `h${i + 1}`, error: r.error }] : [])
     return {
-      maxMs: Math.max(...perHostMs),
-      medianMs: Math.round(median(perHostMs)),
+      maxMs: Math.max(0, ...finished),
+      medianMs: Math.round(median(finished)),
+      ...(failedHosts.length > 0 ? { failedHosts } : {}),
       originBytes: originAfter.txBytes - originBefore.txBytes,
       hostBytesMedian: median(hostsAfter.map((a, i) => a.rxBytes - hostsBefore[i].rxBytes)),
       perHostMs,
       ...(fetches.length > 0 ? { fetchMedianMs: Math.round(median(fetches)) } : {}),
-      maxReadMs: Math.round(Math.max(...results.map((r) => r.maxReadMs))),
-      dataOk: results.every((r) => r.digest === refDigest)
+      maxReadMs: Math.round(Math.max(0, ...results.map((r) => r.maxReadMs).filter((ms) => Number.isFinite(ms)))),
+      dataOk: results.every((r) => r.digest === refDigest),
+      perHostRxBytes: hostsAfter.map((a, i) => a.rxBytes - hostsBefore[i].rxBytes),
+      ...extra
     }
   } finally {
     for (const d of drivers) { d.stdin?.write('STOP\n'); d.stdin?.end() }
@@ -277,19 +579,40 @@ const secs = (ms: number): string => (ms / 1000).toFixed(2)
 
 export function markdownTable (r: BenchResults, command: string): string {
   const base = r.systems.nbdkit
-  const rows = ALL_SYSTEMS.map((name) => {
+  const ran = ALL_SYSTEMS.filter((n) => r.systems[n] !== undefined || r.skipped[n] !== undefined)
+  const rows = ran.map((name) => {
     const s = r.systems[name]
-    if (s === undefined) return `| ${name} | skipped: ${r.skipped[name] ?? 'not run'} | | | | | |`
+    if (s === undefined) return `| ${name} | ${(r.skipped[name] ?? 'not run').startsWith('FAILED') ? '' : 'skipped: '}${r.skipped[name] ?? 'not run'} | | | | | | | |`
     const vs = base !== undefined ? `${(s.maxMs / base.maxMs).toFixed(2)}x` : 'n/a'
-    return `| ${name} | ${secs(s.maxMs)} | ${secs(s.medianMs)} | ${vs} | ${mib(s.originBytes)} (${(s.originBytes / r.distinctBytes).toFixed(2)}x) | ${mib(s.hostBytesMedian)} | ${s.dataOk ? 'yes' : 'NO'} |`
+    const failed = s.failedHosts === undefined ? '' : ` (${s.failedHosts.length} of ${r.hosts} hosts FAILED)`
+    return `| ${name} | ${secs(s.maxMs)}${failed} | ${secs(s.medianMs)} | ${vs} | ${mib(s.originBytes)} (${(s.originBytes / r.distinctBytes).toFixed(2)}x) | ${mib(s.hostBytesMedian)} | ${s.maxReadMs} | ${s.dataOk ? 'yes' : 'NO'} | ${s.loadAvg1?.map((l) => l.toFixed(1)).join(' / ') ?? ''} |`
   })
+  const details: string[] = []
+  for (const name of ran) {
+    const s = r.systems[name]
+    if (s?.agents === undefined) continue
+    details.push('', `${name}, per host (parents and depth at the end of the run; bytes as the agents counted them):`, '',
+      '| host | done (s) | create (s) | longest read (ms) | eth0 rx MiB | from origin MiB | from peers MiB | sent to children MiB | agent CPU (s) | parents | depth |',
+      '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+      ...s.agents.map((a, i) => `| ${a.host} | ${Number.isFinite(s.perHostMs[i]) ? secs(s.perHostMs[i]) : 'FAILED'} | ${a.createMs === undefined ? '' : secs(a.createMs)} | ${a.maxReadMs} | ${mib(s.perHostRxBytes[i])} | ${mib(a.bytesFromOrigin)} | ${mib(a.bytesFromPeers)} | ${mib(a.bytesSent)} | ${secs(a.cpuMs)} | ${a.parents.join(', ') || '-'} | ${a.depth ?? '-'} |`),
+      `| origin | | | | | | | | ${secs(s.originCpuMs ?? 0)} | | 0 |`)
+    for (const fh of s.failedHosts ?? []) details.push('', `${name}: ${fh.host} failed: ${fh.error}`)
+    const f = s.failure
+    if (f !== undefined) {
+      details.push('', f.killedHost === null
+        ? `${name}: ${f.note ?? 'nothing killed'}.`
+        : `${name}: ${f.killedHost}'s agent was killed (SIGKILL) ${secs(f.killedAtMs ?? 0)} s after GO while ${(f.childrenAtKill ?? []).join(', ')} read through it, and restarted (up again after ${secs(f.restartMs ?? 0)} s). ` +
+          `Longest stall (single read) on the other hosts: ${f.survivorsMaxReadMs ?? '?'} ms; on ${f.killedHost} (its agent restarting): ${f.killedHostMaxReadMs ?? '?'} ms. Data ${s.dataOk ? 'correct on every host' : 'WRONG on some host'}.`)
+    }
+  }
   return [
-    `${r.hosts} hosts at ${r.rate} (origin ${r.originRate}), trace ${basename(r.trace)} (${mib(r.distinctBytes)} MiB distinct), image ${mib(r.imageBytes)} MiB.`,
+    `${r.hosts} hosts at ${r.rate} (origin ${r.originRate}), trace ${basename(r.trace)} (${mib(r.distinctBytes)} MiB distinct), image ${r.image ?? ''} ${mib(r.imageBytes)} MiB.`,
     `Command: \`${command}\``,
     '',
-    '| system | slowest host (s) | median host (s) | slowest vs nbdkit | origin sent MiB (x distinct) | MiB per host | data ok |',
-    '| --- | --- | --- | --- | --- | --- | --- |',
+    '| system | slowest host (s) | median host (s) | slowest vs nbdkit | origin sent MiB (x distinct) | MiB per host | longest read (ms) | data ok | load avg (1 min) before / after |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- |',
     ...rows,
+    ...details,
     ''
   ].join('\n')
 }
@@ -344,7 +667,10 @@ async function main (): Promise<void> {
   const trace = resolve(args.get('trace') ?? join(REPO_ROOT, 'test', 'fixtures', 'debian12-boot.reads.csv'))
   const json = args.get('json') === 'true'
   const outDir = resolve(args.get('out') ?? join(REPO_ROOT, 'results', `testbed-${hosts}h-${rate}`))
-  const systems = (args.get('systems') ?? ALL_SYSTEMS.join(',')).split(',') as SystemName[]
+  const systems = (args.get('systems') ?? DEFAULT_SYSTEMS.join(',')).split(',') as SystemName[]
+  const vmtConfig = args.has('vmt-config') ? JSON.parse(await readFile(resolve(args.get('vmt-config') as string), 'utf8')) as Record<string, unknown> : {}
+  const vmtCreate = args.get('vmt-create') ?? 'at-go'
+  if (vmtCreate !== 'at-go' && vmtCreate !== 'before') throw new BenchError('--vmt-create takes at-go or before')
   for (const s of systems) if (!ALL_SYSTEMS.includes(s)) throw new BenchError(`unknown system ${s} (have ${ALL_SYSTEMS.join(', ')})`)
   const log = (s: string): void => { process.stderr.write(`bench-testbed: ${s}\n`) }
 
@@ -369,25 +695,43 @@ async function main (): Promise<void> {
   process.once('SIGTERM', onSignal)
 
   try {
-    const image = args.get('image') ?? (await buildGuest({ signal: ac.signal })).raw
-    const imageBytes = (await stat(image)).size
+    workDir = await mkdtemp(join(tmpdir(), 'vmtb-bench-'))
+    const wd = workDir
     const reads = await loadTrace(trace)
+    // The image: 'trace' (default) generates a 1 GiB image with data in every block the trace reads (plus
+    // 256 MiB elsewhere), so no read lands on a hole that a block-level system would not move; 'guest' is the
+    // boot-test guest (the trace was not recorded on it: many of its reads fall on holes there); else a file.
+    const imageArg = args.get('image') ?? 'trace'
+    let image: string
+    if (imageArg === 'trace') {
+      image = join(wd, 'trace-image.raw')
+      await makeTraceImage(image, reads, TRACE_IMAGE_BYTES)
+    } else if (imageArg === 'guest') {
+      image = (await buildGuest({ signal: ac.signal })).raw
+    } else image = resolve(imageArg)
+    const imageBytes = (await stat(image)).size
     const maxEnd = Math.max(...reads.map((r) => r.offset + r.length))
     if (maxEnd > imageBytes) throw new BenchError(`trace reads up to ${maxEnd} but the image has ${imageBytes} bytes`)
     const refDigest = (await replayFile(reads, image)).digest
     const distinct = distinctBytes(reads)
-    workDir = await mkdtemp(join(tmpdir(), 'vmtb-bench-'))
-    const wd = workDir
     tb = await testbedUp({ hosts, rate, originRate, prefix, signal: ac.signal })
-    const ctx: SystemContext = { tb, image, imageBytes, workDir: wd, hostDir: (i) => join(wd, `h${i + 1}`), signal: ac.signal }
+    const ctx: SystemContext = { tb, image, imageBytes, workDir: wd, hostDir: (i) => join(wd, `h${i + 1}`), signal: ac.signal, logDir: join(outDir, 'logs'), vmtConfig, vmtCreate, log }
     // Bound per system: a few times the slowest plausible case (every host pulling the whole image from
     // the origin), at least 2 minutes.
     const originBps = tb.originRateBytesPerSec
     const timeoutMs = Number(args.get('timeout-s') ?? 0) * 1000 || Math.max(120_000, 3 * (hosts * imageBytes / originBps) * 1000)
-    const results: BenchResults = { distinctBytes: distinct, hosts, rate, originRate, trace, imageBytes, systems: {}, skipped: {} }
+    const results: BenchResults = { distinctBytes: distinct, hosts, rate, originRate, trace, imageBytes, image: imageArg, systems: {}, skipped: {} }
     for (const name of ALL_SYSTEMS.filter((s) => systems.includes(s))) {
       log(`${name}: starting`)
-      const r = await runSystem(name, ctx, trace, refDigest, timeoutMs, log)
+      const load0 = loadavg()[0]
+      let r: SystemResult | string
+      try {
+        r = await runSystem(name, ctx, trace, refDigest, timeoutMs, log)
+      } catch (err) {
+        if (ac.signal.aborted) throw err
+        r = `FAILED: ${(err as Error).message.replace(/\s+/g, ' ').slice(0, 400)}`
+      }
+      if (typeof r !== 'string') r.loadAvg1 = [load0, loadavg()[0]]
       if (typeof r === 'string') { results.skipped[name] = r; log(`${name}: skipped (${r})`); continue }
       results.systems[name] = r
       log(`${name}: slowest ${secs(r.maxMs)} s, median ${secs(r.medianMs)} s, origin sent ${mib(r.originBytes)} MiB, data ${r.dataOk ? 'ok' : 'WRONG'}`)

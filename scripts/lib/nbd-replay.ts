@@ -231,6 +231,43 @@ export async function replayNbd (reads: TraceRead[], conn: NbdConnection, signal
   return await replayWith(reads, conn.read, signal)
 }
 
+/**
+ * Replays the reads one at a time over NBD, surviving the loss of the server: when a read fails because the
+ * connection broke, `onLost(err)` is awaited (e.g. until the server was restarted), a new connection is made
+ * with `connect()` and the same read is retried, so the digest covers exactly the trace's reads. At most
+ * `maxReconnects` times; any other error, or one more loss, fails the replay. The stall of a retried read
+ * (loss, wait, reconnect, read) counts as one read in maxReadMs.
+ */
+export async function replayNbdResumable (reads: TraceRead[], opts: {
+  connect: () => Promise<NbdConnection>
+  onLost: (err: Error) => Promise<void>
+  maxReconnects?: number
+  signal?: AbortSignal
+}): Promise<ReplayResult & { reconnects: number }> {
+  const maxReconnects = opts.maxReconnects ?? 3
+  let conn = await opts.connect()
+  let reconnects = 0
+  try {
+    const result = await replayWith(reads, async (offset, length) => {
+      while (true) {
+        try {
+          return await conn.read(offset, length)
+        } catch (err) {
+          const lost = err instanceof NbdClientError && /closed|socket/.test(err.message)
+          if (!lost || reconnects >= maxReconnects) throw err
+          reconnects++
+          conn.close().catch(() => {})
+          await opts.onLost(err)
+          conn = await opts.connect()
+        }
+      }
+    }, opts.signal)
+    return { ...result, reconnects }
+  } finally {
+    await conn.close().catch(() => {})
+  }
+}
+
 /** Replays the reads one at a time with pread on a local file (after a full download). */
 export async function replayFile (reads: TraceRead[], path: string, signal?: AbortSignal): Promise<ReplayResult> {
   const fh = await open(path, 'r')

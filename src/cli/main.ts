@@ -178,9 +178,33 @@ function formatStatus (s: any): string {
     String(Array.isArray(i.children) ? i.children.length : (i.children ?? 0)),
     formatBytes(i.bytesReceived ?? i.cache?.fetchedBytes ?? 0),
     formatBytes(i.bytesSent ?? 0),
-    i.prefetch === undefined ? '-' : `${formatBytes(i.prefetch.bytesFetched ?? 0)}${i.prefetch.etaMs === undefined || i.prefetch.etaMs === null ? '' : ` eta ${(i.prefetch.etaMs / 1000).toFixed(0)}s`}`
+    formatPrefetch(i.prefetch),
+    formatProfile(i.prefetch)
   ])
-  return lines.join('\n') + table(['IMAGE', 'HELD', 'DEPTH', 'PARENTS', 'CHILDREN', 'RECEIVED', 'SENT', 'PREFETCH'], rows)
+  return lines.join('\n') + table(['IMAGE', 'HELD', 'DEPTH', 'PARENTS', 'CHILDREN', 'RECEIVED', 'SENT', 'PREFETCH', 'PROFILE'], rows)
+}
+
+/** Prefetch progress: mode, bytes prefetched, blocks still missing, ETA; e.g. "idle 12.0 MiB, 3,200 blocks left, eta 4s". */
+function formatPrefetch (p: any): string {
+  if (p === undefined || p === null) return '-'
+  const bytes = formatBytes(p.prefetchedBytes ?? p.bytesFetched ?? 0)
+  if (p.mode === 'done' || p.blocksRemaining === 0) return `done (${bytes})`
+  const left = `${Number(p.blocksRemaining ?? 0).toLocaleString('en-US')} blocks left`
+  const eta = p.etaMs === undefined || p.etaMs === null ? '' : `, eta ${formatDuration(p.etaMs)}`
+  return `${p.mode ?? '-'} ${bytes}, ${left}${eta}`
+}
+
+/** The boot profile: boots merged, blocks listed, and the share of reads that found their blocks local. */
+function formatProfile (p: any): string {
+  if (p === undefined || p === null) return '-'
+  const reads = (p.readsLocal ?? 0) + (p.readsFetched ?? 0)
+  const local = reads === 0 ? '' : `, ${((p.readsLocal ?? 0) * 100 / reads).toFixed(0)}% reads local`
+  return (p.profileBoots ?? 0) === 0 ? `none${local}` : `${p.profileBoots} boot(s), ${p.profileEntries} blocks${local}`
+}
+
+function formatDuration (ms: number): string {
+  const s = Math.round(ms / 1000)
+  return s < 120 ? `${s}s` : s < 7200 ? `${Math.round(s / 60)}m` : `${(s / 3600).toFixed(1)}h`
 }
 
 const code = await run(process.argv.slice(2), t => process.stdout.write(t), t => process.stderr.write(t))

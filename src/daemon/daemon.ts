@@ -10,8 +10,10 @@ import { loadOrCreateIdentity, parsePublicKey, type Identity } from '../identity
 import { ImageRegistry, type Image, type ImageRecord } from '../blockstack/images.js'
 import { SnapshotStore } from '../blockstack/snapshots.js'
 import { fileBlockSource } from '../blockstack/file-source.js'
-import { createNbdServer, type NbdServer } from '../blockstack/nbd/index.js'
+import { createNbdServer, BufferPool, type NbdServer } from '../blockstack/nbd/index.js'
+import { cacheExport } from '../blockstack/cache-export.js'
 import type { BlockSource, ExportProvider, NbdExport } from '../blockstack/types.js'
+import type { BufferReleasingExport } from '../blockstack/nbd/buffer-pool.js'
 import type { Manifest } from '../blockstack/manifest.js'
 import type { BlockCache } from '../blockstack/cache.js'
 import { RpcServer } from '../rpc/server.js'
@@ -36,10 +38,28 @@ export interface PeerLayer {
   removeImage: (imageId: string) => void
   fetchManifest: (imageId: string, options: { signal: AbortSignal }) => Promise<Manifest>
   status: () => Record<string, any>
+  /** The image's boot profile changed: advertise its new version. */
+  profileChanged?: (imageId: string) => void
+}
+
+/** Boot profiles for the peer layer: advertised, served, and adopted from peers (PrefetchManager). */
+export interface PeerProfiles {
+  local: (imageId: string) => { version: string, boots: number, bytes: Uint8Array } | undefined
+  adopt: (imageId: string, bytes: Uint8Array) => Promise<boolean>
 }
 
 export interface PeerLayerFactory {
-  (args: { config: Config, identity: Identity, trustedKeys: Uint8Array[], logger: DaemonLogger }): Promise<PeerLayer>
+  (args: { config: Config, identity: Identity, trustedKeys: Uint8Array[], logger: DaemonLogger, profiles?: PeerProfiles }): Promise<PeerLayer>
+}
+
+/** Until the config has a field for it: how long a VM's connection is quiet before its boot recording ends. */
+export const RECORDING_QUIET_ENV = 'VMTHUNDER_PREFETCH_RECORDING_QUIET_MS'
+
+function recordingQuietMs (config: Config): number | undefined {
+  const fromConfig = (config.prefetch as { recordingQuietMs?: unknown }).recordingQuietMs
+  if (typeof fromConfig === 'number' && fromConfig > 0) return fromConfig
+  const fromEnv = Number(process.env[RECORDING_QUIET_ENV])
+  return Number.isInteger(fromEnv) && fromEnv > 0 ? fromEnv : undefined
 }
 
 /** A source with no peers: the image is on this host only. */
@@ -113,8 +133,14 @@ export class Daemon {
     }
     const cleanups: Array<() => Promise<void>> = [async () => { await db.close() }]
     try {
+      // The prefetch manager is made after the peer layer, which needs its profiles: late-bound.
+      const prefetchRef: { manager?: PrefetchManager } = {}
+      const profiles: PeerProfiles = {
+        local: imageId => prefetchRef.manager?.localProfile(imageId),
+        adopt: async (imageId, bytes) => await (prefetchRef.manager?.adoptPeerProfile(imageId, bytes) ?? Promise.resolve(false))
+      }
       const peers = config.p2p.enabled && options.peerLayer !== undefined
-        ? await options.peerLayer({ config, identity, trustedKeys, logger: logger.child('p2p') })
+        ? await options.peerLayer({ config, identity, trustedKeys, logger: logger.child('p2p'), profiles })
         : undefined
       const peerSource = peers?.blockSource ?? NO_PEERS_SOURCE
       const fileSources: Array<{ close: () => Promise<void> }> = []
@@ -144,8 +170,13 @@ export class Daemon {
         enabled: config.prefetch.enabled,
         rateBytesPerSec: config.prefetch.rateLimitBytesPerSec,
         idleLinkFraction: config.prefetch.idleLinkFraction,
-        linkBytesPerSec: config.p2p.downloadLimitBytesPerSec ?? 125_000_000
+        linkBytesPerSec: config.p2p.downloadLimitBytesPerSec ?? 125_000_000,
+        recordingQuietMs: recordingQuietMs(config),
+        quotaBytes: config.cache.quotaBytes,
+        openInstances: imageId => snapshots.usersOf(imageId).length,
+        onProfileChanged: imageId => { peers?.profileChanged?.(imageId) }
       })
+      prefetchRef.manager = prefetch
       cleanups.unshift(async () => { await prefetch.stop() })
       for (const image of images.list()) await prefetch.attach(image)
       const nbd = createNbdServer({ provider: exportProvider(images, prefetch), logger: logger.child('nbd'), maxConnections: config.nbd.maxConnections })
@@ -234,18 +265,14 @@ export class Daemon {
  * the prefetcher can tell one VM's reads from another's.
  */
 function exportProvider (images: ImageRegistry, prefetch: PrefetchManager): ExportProvider {
+  const pool = new BufferPool()
   return {
     list: () => images.list().map(image => image.record.imageId),
-    get: (name: string): NbdExport | undefined => {
+    get: (name: string): (NbdExport & BufferReleasingExport) | undefined => {
       const image = images.get(name)
       if (image === undefined) return undefined
-      const cache = image.cache
-      return prefetch.wrapExport(name, {
-        name,
-        description: `vmthunder image ${name} (root ${image.manifest.rootHex.slice(0, 16)})`,
-        sizeBytes: image.manifest.sizeBytes,
-        read: async (offset, length, signal) => await cache.read(offset, length, signal)
-      })
+      const base = cacheExport(name, image.cache, pool)
+      return { ...prefetch.wrapExport(name, base), releaseBuffer: base.releaseBuffer }
     }
   }
 }

@@ -4,7 +4,7 @@ import '../polyfill.js'
 import { createP2PService } from '../p2p/service.js'
 import type { PeerLayerFactory } from './daemon.js'
 
-export const peerLayerFactory: PeerLayerFactory = async ({ config, identity, trustedKeys, logger }) => {
+export const peerLayerFactory: PeerLayerFactory = async ({ config, identity, trustedKeys, logger, profiles }) => {
   const p2p = config.p2p
   const service = createP2PService({
     identity,
@@ -20,7 +20,8 @@ export const peerLayerFactory: PeerLayerFactory = async ({ config, identity, tru
     downloadLimitBytesPerSec: p2p.downloadLimitBytesPerSec ?? undefined,
     // Many agents share one address in tests and on one host; gossipsub's colocation penalty would starve them.
     ipColocationPenalty: false,
-    logger
+    logger,
+    profiles
   })
   return {
     blockSource: service.blockSource,
@@ -29,6 +30,7 @@ export const peerLayerFactory: PeerLayerFactory = async ({ config, identity, tru
     addImage: (cache, options) => { service.addImage(cache, options) },
     removeImage: imageId => { service.removeImage(imageId) },
     fetchManifest: async (imageId, options) => await service.fetchManifest(imageId, options),
-    status: () => ({ ...service.status(), peers: service.status().peers.length })
+    status: () => ({ ...service.status(), peers: service.status().peers.length }),
+    profileChanged: imageId => { service.profileChanged(imageId) }
   }
 }

@@ -1,20 +1,31 @@
 // Wires src/prefetch into the daemon: one prefetcher per image this host does not yet hold whole, one boot
-// recorder per VM connection, and the image's learned boot profile (kept in level, shared with peers).
+// recorder per VM connection, the image's learned boot profile (kept in level, shared with peers), and the
+// cache quota (evicts blocks of images no instance here uses, least recently used first).
 //
 // Attribution: reads arrive on NBD connections, and QEMU opens one connection per drive, so a connection is a
 // VM. `instance.create` queues the instance name on its image; the next new connection of that image that
 // reads takes the oldest queued name. Only such connections are recorded into the profile (an nbdcopy or a
-// qemu-img compare is not a boot). A recording ends when the connection has been quiet for a while.
+// qemu-img compare is not a boot). A recording ends when the connection has been quiet for a while, or when
+// its instance is destroyed.
+//
+// Prefetch: read-ahead starts at instance.create (profile order, before the VM's first read) and follows the
+// VM's reads; idle prefetch pulls the rest when no on-demand read waits (the prefetcher polls the cache's
+// pending demand reads, and is woken when one ends). An image whose blocks were evicted keeps no prefetcher
+// (it would fetch them back) until an instance of it is created again.
 
 import type { NbdExport } from '../blockstack/types.js'
 import type { Image } from '../blockstack/images.js'
+import { isZeroBlock } from '../blockstack/manifest.js'
+import { popcount } from '../blockstack/bitmap.js'
+import type { PunchHole } from '../blockstack/cache.js'
 import {
   createPrefetcher, createRecorder, mergeProfiles, encodeProfile, decodeProfile, profileToJson, profileFromJson,
-  checkProfileFits, type BootProfile, type Prefetcher, type Recorder, type PrefetchProgress
+  checkProfileFits, chooseEvictions, MAX_PROFILE_BYTES,
+  type BootProfile, type Prefetcher, type Recorder, type PrefetchProgress, type EvictionImage, type EvictionPlan
 } from '../prefetch/index.js'
 import type { DaemonLogger } from './logger.js'
 
-/** A recording ends after this long without reads on its connection. */
+/** A recording ends after this long without reads on its connection (default; see PrefetchManagerInit). */
 export const RECORDING_QUIET_MS = 15_000
 /** Recordings with fewer first touches than this are not boots (a VM that died early, a probe). */
 export const MIN_RECORDING_ENTRIES = 32
@@ -23,6 +34,9 @@ export const MAX_RECORDING_SHARE = 0.5
 /** Instances queued for attribution per image, and how long a queued name waits for its VM. */
 const MAX_QUEUED_INSTANCES = 64
 const QUEUED_INSTANCE_TTL_MS = 10 * 60_000
+/** Idle prefetch stops when the caches use this share of the quota, and resumes under the lower mark. */
+const QUOTA_IDLE_STOP = 0.95
+const QUOTA_IDLE_RESUME = 0.9
 
 export interface ProfileDb {
   get: (key: string) => Promise<Uint8Array | undefined>
@@ -42,6 +56,14 @@ export interface PrefetchManagerInit {
   now?: () => number
   /** Told when an image's profile changes (the peer layer advertises its version). */
   onProfileChanged?: (imageId: string, profile: BootProfile) => void
+  /** A recording ends after this long without reads (default RECORDING_QUIET_MS). */
+  recordingQuietMs?: number
+  /** Disk quota of all caches together; null or absent: none. */
+  quotaBytes?: number | null
+  /** Instances on this host that use the image (their blocks are never evicted). */
+  openInstances?: (imageId: string) => number
+  /** Hole punching for eviction (default fallocate). */
+  punchHole?: PunchHole
 }
 
 interface Recording {
@@ -53,31 +75,83 @@ interface Recording {
 interface ImageState {
   image: Image
   profile?: BootProfile
+  /** The profile's binary form (what peers fetch), kept with it. */
+  profileBytes?: Uint8Array
   prefetcher?: Prefetcher
+  /** Progress of the last prefetcher retired (image complete, or stopped for eviction). */
+  lastProgress?: PrefetchProgress
+  /** Blocks were evicted: no prefetcher until an instance of the image is created. */
+  evictedHold: boolean
+  evictedBlocks: number
   queued: Array<{ name: string, atMs: number }>
   recordings: Set<Recording>
   lastDemandBytes: number
   lastSampleMs: number
+  /** Per block: last use (seconds since the manager started, +1; 0 never), for LRU eviction. */
+  lastUse: Uint32Array
+  zeroBlocks: number
+  readsLocal: number
+  readsFetched: number
+  unsubscribe?: () => void
+}
+
+export interface ImagePrefetchStatus extends PrefetchProgress {
+  profileBoots: number
+  profileEntries: number
+  profileVersion: string | null
+  /** Reads of VMs and other NBD clients that found every block local, and those that waited for a fetch. */
+  readsLocal: number
+  readsFetched: number
+  /** Bytes prefetch brought into the cache since the daemon started (all prefetchers of the image). */
+  prefetchedBytes: number
+  evictedBlocks: number
 }
 
 export class PrefetchManager {
   private readonly images = new Map<string, ImageState>()
   private readonly now: () => number
+  private readonly startedMs: number
   private nextConnection = 1
+  private idleAllowed = true
+  private evicting = false
 
   constructor (private readonly init: PrefetchManagerInit) {
     this.now = init.now ?? Date.now
+    this.startedMs = this.now()
+  }
+
+  private useStamp (): number {
+    return Math.max(1, Math.floor((this.now() - this.startedMs) / 1000) + 1)
   }
 
   async attach (image: Image): Promise<void> {
     const imageId = image.record.imageId
     if (this.images.has(imageId)) return
-    const state: ImageState = { image, queued: [], recordings: new Set(), lastDemandBytes: 0, lastSampleMs: this.now() }
+    const manifest = image.manifest
+    const state: ImageState = {
+      image,
+      queued: [],
+      recordings: new Set(),
+      lastDemandBytes: 0,
+      lastSampleMs: this.now(),
+      evictedHold: false,
+      evictedBlocks: 0,
+      lastUse: new Uint32Array(manifest.blockCount),
+      zeroBlocks: popcount(manifest.zeroBlocks),
+      readsLocal: 0,
+      readsFetched: 0
+    }
     this.images.set(imageId, state)
+    // Blocks arriving count as used now: a new block is not the first to go.
+    state.unsubscribe = image.cache.onBlocksAdded(blocks => {
+      const stamp = this.useStamp()
+      for (const b of blocks) state.lastUse[b] = stamp
+    })
     const stored = await this.init.db.get(imageId)
     if (stored !== undefined) {
       try {
-        state.profile = decodeProfile(stored, { expect: image.manifest })
+        state.profile = decodeProfile(stored, { expect: manifest })
+        state.profileBytes = stored
       } catch (err) {
         this.init.logger.warn('dropping a stored profile that does not fit', { imageId, error: err })
         await this.init.db.del(imageId)
@@ -88,7 +162,7 @@ export class PrefetchManager {
 
   private startPrefetcher (state: ImageState): void {
     const cache = state.image.cache
-    if (!this.init.enabled || state.prefetcher !== undefined || cache.isComplete()) return
+    if (!this.init.enabled || state.prefetcher !== undefined || state.evictedHold || cache.isComplete()) return
     const prefetcher = createPrefetcher({
       store: {
         has: i => cache.hasLocal(i),
@@ -101,16 +175,26 @@ export class PrefetchManager {
       profile: state.profile,
       pendingOnDemand: () => cache.pendingDemandReads(),
       rateBytesPerSec: this.init.rateBytesPerSec ?? undefined,
-      idle: { busyAbove: Math.min(1, this.init.idleLinkFraction + 0.1), idleBelow: this.init.idleLinkFraction }
+      idle: { busyAbove: Math.min(1, this.init.idleLinkFraction + 0.1), idleBelow: this.init.idleLinkFraction },
+      idleEnabled: this.idleAllowed
     })
     state.prefetcher = prefetcher
     prefetcher.start()
+  }
+
+  private async retirePrefetcher (state: ImageState): Promise<void> {
+    const prefetcher = state.prefetcher
+    if (prefetcher === undefined) return
+    state.prefetcher = undefined
+    await prefetcher.stop()
+    state.lastProgress = prefetcher.progress()
   }
 
   async detach (imageId: string): Promise<void> {
     const state = this.images.get(imageId)
     if (state === undefined) return
     this.images.delete(imageId)
+    state.unsubscribe?.()
     await state.prefetcher?.stop()
   }
 
@@ -120,6 +204,11 @@ export class PrefetchManager {
     const nowMs = this.now()
     state.queued = state.queued.filter(q => nowMs - q.atMs < QUEUED_INSTANCE_TTL_MS).slice(-(MAX_QUEUED_INSTANCES - 1))
     state.queued.push({ name, atMs: nowMs })
+    // An instance pins the image: a prefetcher held back by eviction may run again.
+    if (state.evictedHold) {
+      state.evictedHold = false
+      this.startPrefetcher(state)
+    }
     // Read-ahead from the start of the profile, before the VM's first read arrives.
     state.prefetcher?.instanceStarted(name)
   }
@@ -129,6 +218,11 @@ export class PrefetchManager {
     if (state === undefined) return
     state.queued = state.queued.filter(q => q.name !== name)
     state.prefetcher?.instanceStopped(name)
+    for (const recording of state.recordings) {
+      if (recording.instance === name) {
+        void this.finishRecording(imageId, state, recording).catch(err => this.init.logger.warn('recording not saved', { imageId, error: err }))
+      }
+    }
   }
 
   /**
@@ -170,26 +264,38 @@ export class PrefetchManager {
       read: async (offset, length, signal) => {
         if (stream === undefined) begin()
         const nowMs = this.now()
+        const stamp = this.useStamp()
         let hit = true
-        for (let b = Math.floor(offset / blockSizeBytes); b <= Math.floor((offset + length - 1) / blockSizeBytes); b++) {
-          if (!cache.hasLocal(b)) { hit = false; break }
+        const first = Math.floor(offset / blockSizeBytes)
+        const last = Math.min(state.lastUse.length - 1, Math.floor((offset + length - 1) / blockSizeBytes))
+        for (let b = first; b <= last; b++) {
+          if (!cache.hasLocal(b)) hit = false
+          state.lastUse[b] = stamp
         }
+        if (hit) state.readsLocal++
+        else state.readsFetched++
         if (recording !== undefined && state.recordings.has(recording)) {
           recording.recorder.noteRead(nowMs, offset, length)
           recording.lastReadMs = nowMs
         }
         state.prefetcher?.noteRead(stream!, offset, length, hit)
-        return await exp.read(offset, length, signal)
+        try {
+          return await exp.read(offset, length, signal)
+        } finally {
+          // The prefetcher held back while this read waited: let it plan again now, not at its next tick.
+          if (!hit) state.prefetcher?.wake()
+        }
       }
     }
   }
 
-  /** Called on the daemon's heartbeat: ends quiet recordings, feeds link use, retires finished prefetchers. */
+  /** Called on the daemon's heartbeat: ends quiet recordings, feeds link use, retires finished prefetchers, keeps the quota. */
   async heartbeat (): Promise<void> {
     const nowMs = this.now()
+    const quietMs = this.init.recordingQuietMs ?? RECORDING_QUIET_MS
     for (const [imageId, state] of this.images) {
       for (const recording of state.recordings) {
-        if (nowMs - recording.lastReadMs >= RECORDING_QUIET_MS) await this.finishRecording(imageId, state, recording)
+        if (nowMs - recording.lastReadMs >= quietMs) await this.finishRecording(imageId, state, recording)
       }
       const stats = state.image.cache.stats()
       const demandBytes = stats.fetchedBytes - stats.prefetchedBytes
@@ -198,16 +304,79 @@ export class PrefetchManager {
       state.lastDemandBytes = demandBytes
       state.lastSampleMs = nowMs
       if (state.prefetcher !== undefined && state.image.cache.isComplete()) {
-        const done = state.prefetcher
-        state.prefetcher = undefined
-        this.init.logger.info('image complete: this agent is now a seed for it', { imageId, bytesPrefetched: done.progress().bytesFetched })
-        void done.stop()
+        const bytesPrefetched = state.prefetcher.progress().bytesFetched
+        await this.retirePrefetcher(state)
+        this.init.logger.info('image complete: this agent is now a seed for it', { imageId, bytesPrefetched })
       }
+    }
+    await this.enforceQuota()
+  }
+
+  /** Bytes the caches hold on disk (present blocks that are not zero blocks). */
+  usedBytes (): number {
+    let used = 0
+    for (const state of this.images.values()) {
+      used += Math.max(0, state.image.cache.presentCount() - state.zeroBlocks) * state.image.manifest.blockSizeBytes
+    }
+    return used
+  }
+
+  /**
+   * Keeps the caches under the quota: idle prefetch stops near it; over it, blocks of images no instance here
+   * uses go, least recently used image first (src/prefetch/evict.ts chooses). Returns the plan when it evicted.
+   */
+  async enforceQuota (): Promise<EvictionPlan | undefined> {
+    const quota = this.init.quotaBytes
+    if (quota === null || quota === undefined || this.evicting) return undefined
+    let used = this.usedBytes()
+    const allowIdle = this.idleAllowed ? used < quota * QUOTA_IDLE_STOP : used < quota * QUOTA_IDLE_RESUME
+    if (allowIdle !== this.idleAllowed) {
+      this.idleAllowed = allowIdle
+      for (const state of this.images.values()) state.prefetcher?.setIdleEnabled(allowIdle)
+      this.init.logger.info(allowIdle ? 'idle prefetch resumes: cache under its quota' : 'idle prefetch stops: cache near its quota', { usedBytes: used, quotaBytes: quota })
+    }
+    if (used <= quota) return undefined
+    this.evicting = true
+    try {
+      const input: EvictionImage[] = []
+      for (const [imageId, state] of this.images) {
+        const cache = state.image.cache
+        const manifest = state.image.manifest
+        const blocks: Array<{ block: number, lastUseMs: number }> = []
+        for (let b = 0; b < manifest.blockCount; b++) {
+          if (cache.isDurable(b) && !isZeroBlock(manifest, b)) blocks.push({ block: b, lastUseMs: state.lastUse[b] })
+        }
+        // The origin's image is its source: never evicted here. An instance pins its image whole.
+        const pinned = (this.init.openInstances?.(imageId) ?? 0) + (state.image.record.origin ? 1 : 0)
+        input.push({ imageId, blockSizeBytes: manifest.blockSizeBytes, blocks, openInstances: pinned })
+      }
+      const plan = chooseEvictions({ images: input, quotaBytes: quota })
+      for (const { imageId, blocks } of plan.evict) {
+        const state = this.images.get(imageId)
+        if (state === undefined || blocks.length === 0) continue
+        // Re-checked now: an instance may have been created while the plan was made.
+        if ((this.init.openInstances?.(imageId) ?? 0) > 0) continue
+        // Stop its prefetcher first, or idle prefetch fetches the blocks back.
+        state.evictedHold = true
+        await this.retirePrefetcher(state)
+        const result = await state.image.cache.evict(blocks, { punchHole: this.init.punchHole })
+        state.evictedBlocks += result.evicted.length
+        this.init.logger.info('evicted blocks to keep the cache quota', {
+          imageId, blocks: result.evicted.length, skipped: result.skipped.length, freedBytes: result.freedBytes, quotaBytes: quota
+        })
+      }
+      used = this.usedBytes()
+      if (plan.shortBytes > 0) {
+        this.init.logger.warn('cache over its quota: the rest is pinned by open instances', { usedBytes: used, quotaBytes: quota, pinnedBytes: plan.pinnedBytes })
+      }
+      return plan
+    } finally {
+      this.evicting = false
     }
   }
 
   private async finishRecording (imageId: string, state: ImageState, recording: Recording): Promise<void> {
-    state.recordings.delete(recording)
+    if (!state.recordings.delete(recording)) return
     const recorded = recording.recorder.toProfile()
     const entries = recorded.entries.length
     if (entries < MIN_RECORDING_ENTRIES || entries > state.image.manifest.blockCount * MAX_RECORDING_SHARE) {
@@ -216,18 +385,27 @@ export class PrefetchManager {
     }
     const profile = state.profile === undefined ? recorded : mergeProfiles(state.profile, recorded)
     await this.setProfile(imageId, state, profile)
-    this.init.logger.info('boot profile updated', { imageId, instance: recording.instance, entries: profile.entries.length, boots: profile.boots })
+    this.init.logger.info('boot profile updated', { imageId, instance: recording.instance, entries: profile.entries.length, boots: profile.boots, version: profile.version })
   }
 
-  private async setProfile (imageId: string, state: ImageState, profile: BootProfile): Promise<void> {
+  private async setProfile (imageId: string, state: ImageState, profile: BootProfile, bytes?: Uint8Array): Promise<void> {
+    const encoded = bytes ?? encodeProfile(profile)
+    await this.init.db.put(imageId, encoded)
     state.profile = profile
-    await this.init.db.put(imageId, encodeProfile(profile))
+    state.profileBytes = encoded
     state.prefetcher?.setProfile(profile)
     this.init.onProfileChanged?.(imageId, profile)
   }
 
   profile (imageId: string): BootProfile | undefined {
     return this.images.get(imageId)?.profile
+  }
+
+  /** The image's profile with its binary form (what adverts announce and peers fetch). */
+  localProfile (imageId: string): { version: string, boots: number, bytes: Uint8Array } | undefined {
+    const state = this.images.get(imageId)
+    if (state?.profile === undefined || state.profileBytes === undefined) return undefined
+    return { version: state.profile.version, boots: state.profile.boots, bytes: state.profileBytes }
   }
 
   exportProfile (imageId: string): ReturnType<typeof profileToJson> | undefined {
@@ -253,31 +431,51 @@ export class PrefetchManager {
   async adoptPeerProfile (imageId: string, bytes: Uint8Array): Promise<boolean> {
     const state = this.images.get(imageId)
     if (state === undefined) return false
-    const incoming = decodeProfile(bytes, { expect: state.image.manifest })
+    const incoming = decodeProfile(bytes, { expect: state.image.manifest, maxBytes: MAX_PROFILE_BYTES })
+    checkProfileFits(incoming, state.image.manifest)
     if (state.profile !== undefined && (incoming.boots <= state.profile.boots || incoming.version === state.profile.version)) return false
-    await this.setProfile(imageId, state, incoming)
+    await this.setProfile(imageId, state, incoming, bytes)
+    this.init.logger.info('boot profile adopted from a peer', { imageId, boots: incoming.boots, entries: incoming.entries.length, version: incoming.version })
     return true
   }
 
-  progress (imageId: string): (PrefetchProgress & { profileBoots: number, profileEntries: number }) | undefined {
+  progress (imageId: string): ImagePrefetchStatus | undefined {
     const state = this.images.get(imageId)
     if (state === undefined) return undefined
-    const base: PrefetchProgress = state.prefetcher?.progress() ?? {
-      mode: state.image.cache.isComplete() ? 'done' : 'stopped',
-      bytesFetched: 0,
-      blocksFetched: 0,
-      blocksRemaining: state.image.manifest.blockCount - state.image.cache.presentCount(),
-      etaMs: null,
-      inFlightBatches: 0,
-      failedBatches: 0,
-      instances: 0
-    } as PrefetchProgress
-    return { ...base, profileBoots: state.profile?.boots ?? 0, profileEntries: state.profile?.entries.length ?? 0 }
+    const cache = state.image.cache
+    const remaining = state.image.manifest.blockCount - cache.presentCount()
+    let base: PrefetchProgress
+    if (state.prefetcher !== undefined) {
+      base = state.prefetcher.progress()
+    } else {
+      const last = state.lastProgress
+      base = {
+        mode: cache.isComplete() ? 'done' : 'stopped',
+        bytesFetched: last?.bytesFetched ?? 0,
+        blocksFetched: last?.blocksFetched ?? 0,
+        blocksRemaining: remaining,
+        etaMs: remaining === 0 ? 0 : null,
+        inFlightBatches: 0,
+        failedBatches: last?.failedBatches ?? 0,
+        instances: 0
+      }
+    }
+    return {
+      ...base,
+      profileBoots: state.profile?.boots ?? 0,
+      profileEntries: state.profile?.entries.length ?? 0,
+      profileVersion: state.profile?.version ?? null,
+      readsLocal: state.readsLocal,
+      readsFetched: state.readsFetched,
+      prefetchedBytes: cache.stats().prefetchedBytes,
+      evictedBlocks: state.evictedBlocks
+    }
   }
 
   async stop (): Promise<void> {
     for (const [imageId, state] of this.images) {
       for (const recording of [...state.recordings]) await this.finishRecording(imageId, state, recording).catch(() => {})
+      state.unsubscribe?.()
       await state.prefetcher?.stop()
     }
     this.images.clear()

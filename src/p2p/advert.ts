@@ -5,11 +5,15 @@
 //   | imageId utf-8 | root 32 | totalBlocks u32 | heldBlocks u32 | depth u8 | childCount u16 | childLimit u16
 //   | uploadLoad u16 (1/10000ths) | groupBlocks u32 | summaryLength u16 | summary
 //   | addrCount u8 | addrCount x (length u8 | multiaddr bytes)
+//   [flag bit2 only: | profileVersion 8 (16 hex digits) | profileBoots u8 | profileBytes u32]
 // The summary is 2 bits per group of `groupBlocks` consecutive blocks (at most MAX_SUMMARY_GROUPS groups, so
 // at most 256 bytes): 0 none held, 1 under half, 2 half or more, 3 all. It tells a child whether a parent
 // probably holds a block; exact presence is asked per request. The sender is the gossip message's signed
 // `from` (StrictSign), so it is not repeated here. The addresses (at most MAX_ADVERT_ADDRS) let agents that
 // only share a bootstrap peer dial each other: identify tells addresses of connected peers only.
+// The profile fields say which boot profile of the image the sender has (src/prefetch: its content version, how
+// many boots it merges, its encoded size), so that an agent with an older or no profile fetches it
+// (/vmthunder/profile/1) and the first boot anywhere teaches every agent.
 
 import { validateImageId, type Manifest } from '../blockstack/manifest.js'
 import type { Advert } from '../topology/types.js'
@@ -25,6 +29,10 @@ export const MAX_CHILD_LIMIT = 1024
 const FIXED_BYTES = 1 + 1 + 8 + 1 + 32 + 4 + 4 + 1 + 2 + 2 + 2 + 4 + 2 + 1
 const FLAG_MANIFEST = 1
 const FLAG_DEPTH = 2
+const FLAG_PROFILE = 4
+const PROFILE_FIELDS_BYTES = 8 + 1 + 4
+/** Largest profile an advert may announce (the profile protocol refuses more too). */
+export const MAX_ADVERTISED_PROFILE_BYTES = 1024 * 1024
 export const LEVEL_NONE = 0
 export const LEVEL_SOME = 1
 export const LEVEL_MOST = 2
@@ -61,6 +69,17 @@ export interface AdvertBody {
   summary: HeldSummary
   /** The sender's listen addresses (binary multiaddrs, without /p2p). */
   addrs: Uint8Array[]
+  /** The sender's boot profile of the image, when it has one. */
+  profile?: AdvertisedProfile
+}
+
+export interface AdvertisedProfile {
+  /** 16 hex digits: the profile's content version. */
+  version: string
+  /** Boots merged into it (1..255). */
+  boots: number
+  /** Size of its binary form. */
+  sizeBytes: number
 }
 
 export function groupBlocksFor (totalBlocks: number): number {
@@ -107,10 +126,15 @@ export function encodeAdvert (advert: AdvertBody): Uint8Array {
   const addrs = advert.addrs.slice(0, MAX_ADVERT_ADDRS).filter(addr => addr.byteLength > 0 && addr.byteLength <= MAX_ADDR_BYTES)
   let addrBytes = 0
   for (const addr of addrs) addrBytes += 1 + addr.byteLength
-  const out = Buffer.alloc(FIXED_BYTES + id.length + advert.summary.levels.byteLength + addrBytes)
+  const profile = advert.profile
+  if (profile !== undefined && (!/^[0-9a-f]{16}$/.test(profile.version) || !Number.isInteger(profile.boots) || profile.boots < 1 ||
+    !Number.isInteger(profile.sizeBytes) || profile.sizeBytes < 1 || profile.sizeBytes > MAX_ADVERTISED_PROFILE_BYTES)) {
+    throw new RangeError('advert profile needs a 16-hex-digit version, boots >= 1 and 1..1 MiB of size')
+  }
+  const out = Buffer.alloc(FIXED_BYTES + id.length + advert.summary.levels.byteLength + addrBytes + (profile !== undefined ? PROFILE_FIELDS_BYTES : 0))
   if (out.length > MAX_ADVERT_BYTES) throw new RangeError(`advert of ${out.length} bytes exceeds ${MAX_ADVERT_BYTES}`)
   let at = out.writeUInt8(ADVERT_VERSION, 0)
-  at = out.writeUInt8((advert.manifestAvailable ? FLAG_MANIFEST : 0) | (advert.depth !== null ? FLAG_DEPTH : 0), at)
+  at = out.writeUInt8((advert.manifestAvailable ? FLAG_MANIFEST : 0) | (advert.depth !== null ? FLAG_DEPTH : 0) | (profile !== undefined ? FLAG_PROFILE : 0), at)
   at = out.writeBigUInt64BE(BigInt(advert.seq), at)
   at = out.writeUInt8(id.length, at)
   at += id.copy(out, at)
@@ -129,6 +153,11 @@ export function encodeAdvert (advert: AdvertBody): Uint8Array {
     at = out.writeUInt8(addr.byteLength, at)
     at += Buffer.from(addr).copy(out, at)
   }
+  if (profile !== undefined) {
+    at += Buffer.from(profile.version, 'hex').copy(out, at)
+    at = out.writeUInt8(Math.min(255, profile.boots), at)
+    at = out.writeUInt32BE(profile.sizeBytes, at)
+  }
   return new Uint8Array(out.buffer, out.byteOffset, out.length)
 }
 
@@ -143,7 +172,7 @@ export function decodeAdvert (bytes: Uint8Array): AdvertBody {
   const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
   if (buf.readUInt8(0) !== ADVERT_VERSION) fail(`unsupported version ${buf.readUInt8(0)}`)
   const flags = buf.readUInt8(1)
-  if ((flags & ~(FLAG_MANIFEST | FLAG_DEPTH)) !== 0) fail('unknown flags')
+  if ((flags & ~(FLAG_MANIFEST | FLAG_DEPTH | FLAG_PROFILE)) !== 0) fail('unknown flags')
   const seqBig = buf.readBigUInt64BE(2)
   if (seqBig === 0n || seqBig > BigInt(Number.MAX_SAFE_INTEGER)) fail('seq out of range')
   const idLength = buf.readUInt8(10)
@@ -175,6 +204,17 @@ export function decodeAdvert (bytes: Uint8Array): AdvertBody {
     try { multiaddr(addr) } catch { fail('address is not a multiaddr') }
     addrs.push(addr)
     at += length
+  }
+  let profile: AdvertisedProfile | undefined
+  if ((flags & FLAG_PROFILE) !== 0) {
+    if (at + PROFILE_FIELDS_BYTES > buf.length) fail('truncated profile fields')
+    const version = buf.toString('hex', at, at + 8)
+    const boots = buf.readUInt8(at + 8)
+    const sizeBytes = buf.readUInt32BE(at + 9)
+    at += PROFILE_FIELDS_BYTES
+    if (boots === 0) fail('profile of no boots')
+    if (sizeBytes === 0 || sizeBytes > MAX_ADVERTISED_PROFILE_BYTES) fail(`profile size ${sizeBytes} out of range`)
+    profile = { version, boots, sizeBytes }
   }
   if (at !== buf.length) fail('trailing bytes')
   if (totalBlocks === 0) fail('no blocks')
@@ -214,7 +254,8 @@ export function decodeAdvert (bytes: Uint8Array): AdvertBody {
     uploadLoad: load / 10_000,
     manifestAvailable: (flags & FLAG_MANIFEST) !== 0,
     summary,
-    addrs
+    addrs,
+    ...(profile !== undefined ? { profile } : {})
   }
 }
 

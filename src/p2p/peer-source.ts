@@ -337,7 +337,7 @@ export class PeerSource implements BlockSource {
     const timeout = setTimeout(() => { controller.abort(new PeerTimeoutError(`${peer} did not answer ${batch.length} blocks in ${this.requestTimeoutMs} ms`)) }, this.requestTimeoutMs)
     let hedgeTimer: NodeJS.Timeout | undefined
     if (isDemand) {
-      const delay = hedgeDeadlineMs({ peerId: peer, startedAtMs, expectedMs, hedged: false }, this.params) - startedAtMs
+      const delay = hedgeDeadlineMs({ startedAtMs, expectedMs }, this.params) - startedAtMs
       hedgeTimer = setTimeout(() => { this.hedge(batch, peer) }, delay)
     }
     // When every job of the batch is settled elsewhere (or aborted), the request is cancelled.

@@ -36,6 +36,9 @@ import { PeerLink } from './peer-link.js'
 import { PeerSource, type PeerDirectory, type SourceInfo } from './peer-source.js'
 import { fetchManifestFrom, serveManifestStream, MANIFEST_PROTOCOL, MANIFEST_FETCH_TIMEOUT_MS } from './manifest-protocol.js'
 import { BLOCKS_PROTOCOL } from './wire.js'
+import {
+  PROFILE_PROTOCOL, PROFILE_FETCH_TIMEOUT_MS, MAX_PROFILE_WIRE_BYTES, createProfileServer, fetchProfileFrom, type ProfileProvider
+} from './profile-protocol.js'
 import { RateMeter, TokenBucket } from './rate-limit.js'
 import { systemClock, type Clock } from './clock.js'
 import { ManifestUnavailableError, ServiceStoppedError } from './errors.js'
@@ -60,6 +63,14 @@ const ATTACH_GRACE_HEARTBEATS = 3
 const MIN_ATTACH_GRACE_MS = 5000
 /** Admission and probes may need a new connection (handshake) on a busy host: not bounded by a short heartbeat. */
 const MIN_EXCHANGE_TIMEOUT_MS = 2000
+/** Profile fetches: at most one in flight per image, one start per image per interval, this many per minute in all. */
+const PROFILE_FETCH_INTERVAL_MS = 2000
+const MAX_PROFILE_FETCHES_PER_MINUTE = 30
+/** A peer whose profile did not decode or fit is not asked again for this long; one that was busy or had none, briefly. */
+const PROFILE_BAD_EXCLUDE_MS = 10 * 60_000
+const PROFILE_FAILED_EXCLUDE_MS = 5000
+/** Profile versions remembered per image as already fetched (adopted or not needed). */
+const MAX_PROFILE_VERSIONS_SEEN = 64
 
 /** The stores the service can serve; BlockCache fits (onBlocksAdded makes adverts follow new blocks). */
 export type ServedStore = BlockStore & {
@@ -96,6 +107,8 @@ export interface P2PServiceInit {
   yamuxMaxMessageBytes?: number
   frameBudgetBytes?: number
   maxRequestBytes?: number
+  /** Boot profiles: advertised, served over /vmthunder/profile/1, and fetched from peers that advertise newer ones. */
+  profiles?: ProfileProvider
 }
 
 export interface ImageStatus {
@@ -110,6 +123,10 @@ export interface ImageStatus {
   bytesReceivedByPeer: Record<string, number>
   /** Peers that advertise the image. */
   candidates: number
+  /** Version of this agent's boot profile of the image (null: none yet). */
+  profileVersion?: string | null
+  /** Profiles fetched from peers for this image. */
+  profilesFetched?: number
 }
 
 export interface P2PStatus {
@@ -139,6 +156,8 @@ export interface P2PService {
   /** Resolves once `predicate` holds, checked on every advert, heartbeat and block event; rejects on abort. */
   waitFor: (predicate: () => boolean, signal: AbortSignal) => Promise<void>
   readonly peerSource: PeerSource
+  /** The agent's profile of an image changed: advertise it now. */
+  profileChanged: (imageId: string) => void
 }
 
 interface CandidateEntry {
@@ -173,6 +192,12 @@ interface ImageState {
   addedAtMs: number
   /** This image's child limit when it differs from the service's. */
   childLimit?: number
+  profileFetching: boolean
+  lastProfileFetchMs: number
+  /** peerId -> not asked for profiles until (ms). */
+  profileExcluded: Map<string, number>
+  profileVersionsSeen: Set<string>
+  profilesFetched: number
 }
 
 /** Gossipsub's live topic score params (the GossipSub interface does not expose the score). */
@@ -211,6 +236,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
   let heartbeatTimer: NodeJS.Timeout | undefined
   let started = false
   let stopped = false
+  const profileFetchStarts: number[] = []
 
   const notify = (): void => {
     for (const wake of [...waiters]) wake()
@@ -293,8 +319,66 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       uploadLoad: uploadLoad(),
       manifestAvailable: true,
       summary: summarize(state.store.presentBitmap(), total),
-      addrs: advertAddrs()
+      addrs: advertAddrs(),
+      ...advertisedProfile(state.imageId)
     }
+  }
+
+  const advertisedProfile = (imageId: string): { profile?: AdvertBody['profile'] } => {
+    const local = init.profiles?.local(imageId)
+    if (local === undefined || local.bytes.byteLength === 0 || local.bytes.byteLength > MAX_PROFILE_WIRE_BYTES) return {}
+    return { profile: { version: local.version, boots: Math.min(255, Math.max(1, local.boots)), sizeBytes: local.bytes.byteLength } }
+  }
+
+  // ---- boot profiles: fetch a newer one from a peer that advertises it (bounded, rate limited) ----
+
+  const maybeFetchProfile = (state: ImageState): void => {
+    const provider = init.profiles
+    if (provider === undefined || node === undefined || stopped || state.store === undefined || state.profileFetching) return
+    const nowMs = clock.nowMs()
+    if (nowMs - state.lastProfileFetchMs < PROFILE_FETCH_INTERVAL_MS) return
+    const local = provider.local(state.imageId)
+    let best: { peer: string, profile: NonNullable<AdvertBody['profile']> } | undefined
+    for (const [peer, entry] of state.candidates) {
+      const p = entry.advert.profile
+      if (p === undefined || isBanned(peer) || (state.profileExcluded.get(peer) ?? 0) > nowMs || state.profileVersionsSeen.has(p.version)) continue
+      if (local !== undefined && (p.version === local.version || p.boots <= Math.min(255, local.boots))) continue
+      if (node.getConnections(peerIdFromString(peer)).length === 0) continue
+      if (best === undefined || p.boots > best.profile.boots) best = { peer, profile: p }
+    }
+    if (best === undefined) return
+    while (profileFetchStarts.length > 0 && profileFetchStarts[0] <= nowMs - 60_000) profileFetchStarts.shift()
+    if (profileFetchStarts.length >= MAX_PROFILE_FETCHES_PER_MINUTE) return
+    profileFetchStarts.push(nowMs)
+    state.profileFetching = true
+    state.lastProfileFetchMs = nowMs
+    const { peer, profile } = best
+    void (async () => {
+      try {
+        const signal = AbortSignal.any([stopController.signal, AbortSignal.timeout(PROFILE_FETCH_TIMEOUT_MS)])
+        const bytes = await fetchProfileFrom(requireNode(), peerIdFromString(peer), state.imageId, { signal, maxBytes: profile.sizeBytes })
+        const adopted = await provider.adopt(state.imageId, bytes)
+        state.profilesFetched++
+        state.profileVersionsSeen.add(profile.version)
+        if (state.profileVersionsSeen.size > MAX_PROFILE_VERSIONS_SEEN) state.profileVersionsSeen.delete(state.profileVersionsSeen.values().next().value as string)
+        logger.info(adopted ? 'boot profile adopted from a peer' : 'peer profile not adopted', { image: state.imageId, peer, version: profile.version, boots: profile.boots })
+      } catch (err) {
+        if (stopped) return
+        const name = (err as Error).name
+        const bad = name === 'ProfileDecodeError' || name === 'ProfileMismatchError' || name === 'InvalidDataLengthError' || name === 'ProfileFetchError'
+        state.profileExcluded.set(peer, clock.nowMs() + (bad ? PROFILE_BAD_EXCLUDE_MS : PROFILE_FAILED_EXCLUDE_MS))
+        logger.warn('profile fetch failed', { image: state.imageId, peer, error: (err as Error).message, excludedMs: bad ? PROFILE_BAD_EXCLUDE_MS : PROFILE_FAILED_EXCLUDE_MS })
+      } finally {
+        state.profileFetching = false
+        notify()
+      }
+    })()
+  }
+
+  const profileChanged = (imageId: string): void => {
+    const state = images.get(imageId)
+    if (state?.store !== undefined) publishSoon(state)
+    notify()
   }
 
   const publish = (state: ImageState): void => {
@@ -345,6 +429,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     // rather than at the next heartbeat.
     const newlyEligible = verdict.advert.depth !== null && (previous === undefined || previous.advert.depth === null)
     if (newlyEligible && state.parents.length < params.parentCount && state.store !== undefined && !isSeed(state)) scheduleHeartbeat(state)
+    if (verdict.advert.profile !== undefined) maybeFetchProfile(state)
     notify()
     return TopicValidatorResult.Accept
   }
@@ -371,7 +456,12 @@ export function createP2PService (init: P2PServiceInit): P2PService {
         heartbeatRunning: false,
         heartbeatAgain: false,
         interestOnly: true,
-        addedAtMs: clock.nowMs()
+        addedAtMs: clock.nowMs(),
+        profileFetching: false,
+        lastProfileFetchMs: -Infinity,
+        profileExcluded: new Map(),
+        profileVersionsSeen: new Set(),
+        profilesFetched: 0
       }
       images.set(imageId, state)
       if (node !== undefined) subscribe(state)
@@ -525,6 +615,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     // Forget adverts long gone (bounded memory); selection itself ignores those older than advertTimeoutMs.
     for (const [peer, entry] of state.candidates) if (nowMs - entry.receivedAtMs > 10 * params.advertTimeoutMs) state.candidates.delete(peer)
     for (const [peer, until] of state.refused) if (until <= nowMs) state.refused.delete(peer)
+    for (const [peer, until] of state.profileExcluded) if (until <= nowMs) state.profileExcluded.delete(peer)
     if (manifest === undefined || state.store === undefined) return
     const signal = AbortSignal.any([stopController.signal, AbortSignal.timeout(Math.max(params.heartbeatMs, MIN_EXCHANGE_TIMEOUT_MS))])
 
@@ -593,8 +684,9 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     // A failed parent is replaced now, not a heartbeat later.
     if (state.parents.some(p => p.failed)) state.heartbeatAgain = true
 
-    // 4. Advert.
+    // 4. Advert; and a newer profile a peer advertised, if an earlier fetch did not get it.
     publish(state)
+    maybeFetchProfile(state)
   }
 
   // ---- the peer source's view ----
@@ -750,6 +842,14 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     await node.handle(BLOCKS_PROTOCOL, (stream, connection) => {
       void serveBlockStream(serverInit, stream, connection, stopController.signal)
     }, { maxInboundStreams: 8, maxOutboundStreams: 8 })
+    const profileServer = createProfileServer({
+      lookup: imageId => images.get(imageId)?.store !== undefined ? init.profiles?.local(imageId)?.bytes : undefined,
+      logger,
+      nowMs: () => clock.nowMs()
+    })
+    await node.handle(PROFILE_PROTOCOL, (stream, connection) => {
+      void profileServer.handle(stream, connection)
+    }, { maxInboundStreams: 2, maxOutboundStreams: 2 })
     await node.handle(MANIFEST_PROTOCOL, (stream, connection) => {
       void serveManifestStream(stream, connection, imageId => images.get(imageId)?.store !== undefined ? images.get(imageId)?.manifest : undefined, logger)
     }, { maxInboundStreams: 4, maxOutboundStreams: 4 })
@@ -820,7 +920,9 @@ export function createP2PService (init: P2PServiceInit): P2PService {
         bytesSent: state.bytesSent,
         bytesReceived: state.bytesReceived,
         bytesReceivedByPeer: Object.fromEntries(state.bytesReceivedByPeer),
-        candidates: state.candidates.size
+        candidates: state.candidates.size,
+        profileVersion: init.profiles?.local(state.imageId)?.version ?? null,
+        profilesFetched: state.profilesFetched
       }
     }
     return out
@@ -839,6 +941,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     multiaddrs: () => requireNode().getMultiaddrs().map(a => a.toString()),
     node: requireNode,
     ban,
-    waitFor
+    waitFor,
+    profileChanged
   }
 }

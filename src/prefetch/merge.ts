@@ -1,8 +1,7 @@
 // Merges boot profiles into one likely read order.
 //
 // Per block: confidence = boots that touched it / boots merged. Its place in the order is the weighted median
-// of its normalized rank across the inputs (rank in that input's order / its length, 0..1; entries with the
-// same time share a rank; weight = how many boots of that input touched it). Ranks, not raw times, because
+// of its normalized rank across the inputs (rank in that input's order / its length, 0..1; weight = how many boots of that input touched it). Ranks, not raw times, because
 // one host boots twice as fast as another (KVM vs TCG, load): times scale, ranks do not. A median ignores one
 // odd boot (a block read late once because a service started late); with two equal weights it is their mean.
 // `tMs` of a merged entry is the weighted median of its times: typical, informative, not the sort key.
@@ -67,17 +66,15 @@ export function mergeProfiles (a: BootProfile, ...more: BootProfile[]): BootProf
   })
 }
 
-/** Position in the order scaled to 0..1; a stretch of entries with the same time (one read) shares its middle rank. */
+/**
+ * Position in the order scaled to 0..1. Entries with the same time keep their own positions: within one
+ * millisecond the recorder's order is the order of first touch (reads of a fast boot share milliseconds), so
+ * merging a profile with itself gives the same order back.
+ */
 export function normalizedRanks (p: BootProfile): Float64Array {
   const n = p.entries.length
   const ranks = new Float64Array(n)
-  for (let i = 0; i < n;) {
-    let j = i + 1
-    while (j < n && p.entries[j].tMs === p.entries[i].tMs) j++
-    const r = ((i + j - 1) / 2 + 0.5) / n
-    ranks.fill(r, i, j)
-    i = j
-  }
+  for (let i = 0; i < n; i++) ranks[i] = (i + 0.5) / n
   return ranks
 }
 

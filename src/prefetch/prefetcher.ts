@@ -125,6 +125,10 @@ export interface Prefetcher {
   progress: () => PrefetchProgress
   /** Resolves when no batch is in flight. */
   settled: () => Promise<void>
+  /** Plans again soon (an on-demand read the caller counts through pendingOnDemand just ended). */
+  wake: () => void
+  /** Idle prefetch on or off (e.g. off while the cache is at its quota); read-ahead is not affected. */
+  setIdleEnabled: (enabled: boolean) => void
 }
 
 const MAX_IDLE_SCANS_PER_TICK = 16
@@ -168,6 +172,7 @@ export function createPrefetcher (init: PrefetcherInit): Prefetcher {
   let waiters: Array<() => void> = []
   // Blocks of idle batches that were aborted or failed: fetched again first (the cursor has moved past them).
   let retry: number[] = []
+  let idleEnabled = init.idleEnabled !== false
 
   const pending = (): number => demandCount + (init.pendingOnDemand?.() ?? 0)
   const filter = { has: (b: number) => store.has(b), inFlight: (b: number) => inFlightBlocks.has(b) }
@@ -264,7 +269,7 @@ export function createPrefetcher (init: PrefetcherInit): Prefetcher {
         kind = 'readAhead'
       }
     }
-    if (init.idleEnabled !== false && idleState.idle && slots > 0 && idleCursor.phase !== 'done') {
+    if (idleEnabled && idleState.idle && slots > 0 && idleCursor.phase !== 'done') {
       // Each plan scans a bounded stretch; a present stretch longer than this many scans waits for the next tick.
       for (let scans = 0; slots > 0 && scans < MAX_IDLE_SCANS_PER_TICK; scans++) {
         const plan = retry.length > 0
@@ -398,6 +403,14 @@ export function createPrefetcher (init: PrefetcherInit): Prefetcher {
     settled () {
       if (batches.size === 0) return Promise.resolve()
       return new Promise<void>(resolve => { waiters.push(resolve) })
+    },
+    wake () {
+      if (pending() === 0) schedule(0)
+    },
+    setIdleEnabled (enabled) {
+      if (enabled === idleEnabled) return
+      idleEnabled = enabled
+      if (enabled) schedule(0)
     }
   }
 }

@@ -170,7 +170,8 @@ export class Engine {
       this.nowMs = e.t
       this.eventsRun++
       e.fn()
-      if (this.booting === 0 && this.pendingScenarioEvents === 0) break
+      // done when every VM finished and, after failures, the systems had time to repair (volt: 30 s)
+      if (this.booting === 0 && this.pendingScenarioEvents === 0 && this.nowMs >= this.lastFailureMs + SETTLE_AFTER_FAILURE_MS) break
     }
     this.stopped = true
     this.runCheck('once')
@@ -311,6 +312,7 @@ export class Engine {
     const sc = this.opts.scenario
     const injectFailure = (kind: string): void => {
       this.failures.push({ atMs: this.nowMs, kind, healedAtMs: -1 })
+      this.lastFailureMs = this.nowMs
       const healing = this.healChainRunning
       this.runCheck('once')
       if (!healing && this.failures.some(f => f.healedAtMs < 0)) { this.healChainRunning = true; this.at(this.nowMs + 100, () => this.runCheck('heal')) }
@@ -357,6 +359,7 @@ export class Engine {
   // ---- checkers ----
 
   private healChainRunning = false
+  private lastFailureMs = -Infinity
 
   /** Runs the checkers now; 'periodic' schedules the next run, 'heal' re-runs every 100 ms until healed. */
   runCheck (mode: 'periodic' | 'once' | 'heal'): void {
@@ -437,3 +440,6 @@ export class Engine {
 }
 
 function noop (): void {}
+
+/** After the last failure, run at least this long so that slow repairs (volt's 30 s detection) show. */
+const SETTLE_AFTER_FAILURE_MS = 35_000

@@ -60,6 +60,11 @@ export const scenarioSchema = z.object({
   events: z.array(event).default([]),
   /** vmthunderd topology overrides (TopologyParams fields). */
   topology: z.record(z.string(), z.unknown()).default({}),
+  /**
+   * vmthunderd: child limit of seeds. The origin sends the whole image once per child (its children have no
+   * other depth-0 parent), so its egress is seedChildLimit × image; 2 keeps it at volt's level.
+   */
+  seedChildLimit: z.number().int().positive().max(4096).default(2),
   /** Candidates kept per agent (the bounded candidate table of the p2p layer). */
   candidateTable: z.number().int().min(4).max(256).default(24),
   /** Stop a run at this simulated time even if agents have not finished. */

@@ -59,6 +59,8 @@ class Volt implements System {
   private root = -1
   private queue: number[] = []
   private qHead = 0
+  /** The master's knowledge: agents it has found dead (30 s after they died). Others it believes alive. */
+  private knownDead = new Set<number>()
   constructor (private readonly e: Engine) {}
 
   init (): void { this.root = this.e.seeds[0]; this.queue = [this.root] }
@@ -73,7 +75,7 @@ class Volt implements System {
     const nodes = this.e.nodes
     while (this.qHead < this.queue.length) {
       const q = nodes[this.queue[this.qHead]]
-      if (q.alive && q.children.size < 2 && (this.parent[q.idx] >= 0 || q.idx === this.root)) break
+      if (!this.knownDead.has(q.idx) && q.children.size < 2 && (this.parent[q.idx] >= 0 || q.idx === this.root)) break
       this.qHead++
     }
     if (this.qHead >= this.queue.length) return // no live tree left (root gone, no seed)
@@ -89,10 +91,10 @@ class Volt implements System {
   private rebuildQueue (): void {
     const nodes = this.e.nodes
     const order: number[] = []
-    if (nodes[this.root]?.alive === true) {
+    if (!this.knownDead.has(this.root)) {
       order.push(this.root)
       for (let i = 0; i < order.length; i++) {
-        const kids = [...nodes[order[i]].children].filter(c => nodes[c].alive).sort((a, b) => a - b)
+        const kids = [...nodes[order[i]].children].filter(c => !this.knownDead.has(c)).sort((a, b) => a - b)
         order.push(...kids)
       }
     }
@@ -103,13 +105,14 @@ class Volt implements System {
   onCrash (n: SimNode): void {
     this.e.at(this.e.nowMs + FAILURE_DETECT_MS, () => {
       const nodes = this.e.nodes
+      this.knownDead.add(n.idx)
       const p = this.parent[n.idx]
       if (p >= 0) nodes[p].children.delete(n.idx)
       this.parent[n.idx] = -1
-      const orphans = [...n.children].filter(c => nodes[c].alive).sort((a, b) => a - b)
+      const orphans = [...n.children].filter(c => !this.knownDead.has(c)).sort((a, b) => a - b)
       n.children.clear()
       if (n.idx === this.root) {
-        const next = this.e.seeds.find(s => nodes[s].alive)
+        const next = this.e.seeds.find(s => !this.knownDead.has(s))
         if (next === undefined) return
         this.root = next
       }
@@ -152,9 +155,13 @@ const PING_TIMEOUT_MS = 500
 /** Selection rounds per tick when joins are refused. */
 const SELECT_ATTEMPTS = 3
 /** A detached agent looks again this soon (adverts are published on change, so new parents show up fast). */
-const DETACHED_RETRY_MS = 100
-/** How often the sim refreshes "who has been heard advertising room" (adverts are published on change). */
-const INDEX_REFRESH_MS = 100
+const DETACHED_RETRY_MS = 25
+/**
+ * The sim's index of "who has been heard advertising room" is rebuilt lazily when older than this (adverts
+ * are published on change and arrive within a few ms; a detached agent looks at a fresher index).
+ */
+const INDEX_MAX_AGE_MS = 100
+const INDEX_MAX_AGE_DETACHED_MS = 10
 
 class VmThunderd implements System {
   readonly name = 'vmthunderd' as const
@@ -172,9 +179,14 @@ class VmThunderd implements System {
     this.fanoutLimit = this.params.childLimit
   }
 
-  init (): void {
-    const index = (): void => { this.rebuildIndex(); this.e.at(this.e.nowMs + INDEX_REFRESH_MS, index) }
-    this.e.at(0, index)
+  private indexAtMs = -Infinity
+
+  init (): void {}
+
+  private ensureIndex (maxAgeMs: number): void {
+    if (this.e.nowMs - this.indexAtMs < maxAgeMs) return
+    this.rebuildIndex()
+    this.indexAtMs = this.e.nowMs
   }
 
   onNodeAdded (n: SimNode): void {
@@ -197,6 +209,10 @@ class VmThunderd implements System {
 
   onCrash (): void {}
 
+  private childLimitOf (n: SimNode): number {
+    return n.isSeed ? this.e.opts.scenario.seedChildLimit : this.params.childLimit
+  }
+
   private publish (n: SimNode): void {
     const s = this.st[n.idx]
     const up = this.e.net.hosts[n.idx].up
@@ -207,7 +223,7 @@ class VmThunderd implements System {
       atMs: this.e.nowMs,
       advert: {
         peerId: n.id, imageId: 'image', rootHex: 'root', seq: ++s.seq, depth: s.depth, heldBlocks: n.held,
-        totalBlocks: this.e.blockCount, childCount: n.children.size, childLimit: this.params.childLimit, uploadLoad: s.load
+        totalBlocks: this.e.blockCount, childCount: n.children.size, childLimit: this.childLimitOf(n), uploadLoad: s.load
       }
     }
   }
@@ -248,6 +264,7 @@ class VmThunderd implements System {
   private candidateTable (n: SimNode): number[] {
     const V = this.e.opts.scenario.candidateTable
     const rng = this.e.sysRng
+    this.ensureIndex(this.st[n.idx].parentIdx.length === 0 ? INDEX_MAX_AGE_DETACHED_MS : INDEX_MAX_AGE_MS)
     const set = new Set<number>(this.st[n.idx].parentIdx)
     for (const s of this.e.seeds) set.add(s)
     const local = this.eligibleByRack.get(this.e.net.hosts[n.idx].rack) ?? []
@@ -302,7 +319,7 @@ class VmThunderd implements System {
           const j = Number(id.slice(1))
           const pm = nodes[j]
           const ok = pm.alive && admitChild({
-            childCount: pm.children.size, childLimit: this.params.childLimit, isAlreadyChild: pm.children.has(n.idx), selfDepth: this.st[j].depth
+            childCount: pm.children.size, childLimit: this.childLimitOf(pm), isAlreadyChild: pm.children.has(n.idx), selfDepth: this.st[j].depth
           }).admit
           if (ok) { pm.children.add(n.idx); next.push({ peerId: id, sinceMs: now, failed: false }) } else {
             refused++
@@ -316,10 +333,12 @@ class VmThunderd implements System {
         if (refused === 0) break
       }
       // fail over what was asked of a parent we no longer have, and ask for what waited for a parent
-      const live = new Set(s.parentIdx)
-      for (const b of [...n.pending.keys()]) {
-        const r = n.req.get(b)
-        if (r !== undefined && !live.has(r.src)) e.issue(n, b)
+      if (n.pending.size > 0) {
+        const live = new Set(s.parentIdx)
+        for (const b of [...n.pending.keys()]) {
+          const r = n.req.get(b)
+          if (r !== undefined && !live.has(r.src)) e.issue(n, b)
+        }
       }
       e.retryStalled(n)
       if (s.parentIdx.length === 0) this.e.at(now + DETACHED_RETRY_MS, () => { if (n.alive && this.st[n.idx].parentIdx.length === 0) this.tick(n) })

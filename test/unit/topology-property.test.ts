@@ -54,13 +54,17 @@ test('a whole subtree losing its root heals without cycles', { timeout: 30_000 }
   assert.ok(healedAt >= 0, 'healed')
 })
 
-test('no flapping: with ±10 % RTT noise parents do not change once settled', { timeout: 30_000 }, () => {
-  const h = new Harness({ agents: 150, seeds: 2, seed: 7, params, rttNoise: 0.1, totalBlocks: 1 })
-  for (let r = 0; r < 30; r++) h.step()
-  const before = new Map(h.agents.map(a => [a.id, a.parents.map(p => p.peerId).sort().join(',')]))
-  const changes = h.agents.reduce((n, a) => n + a.changes, 0)
-  for (let r = 0; r < 100; r++) { h.step(); checkRound(h) }
-  for (const a of h.agents) assert.equal(a.parents.map(p => p.peerId).sort().join(','), before.get(a.id), `${a.id} changed parents`)
-  assert.equal(h.agents.reduce((n, a) => n + a.changes, 0), changes)
-  assert.deepEqual(h.unreachable(), [])
+test('no flapping: with ±10 % RTT noise parents do not change once settled', { timeout: 60_000 }, () => {
+  for (const seed of [7, 8, 9]) {
+    const h = new Harness({ agents: 150, seeds: 2, seed, params, rttNoise: 0.1, totalBlocks: 1 })
+    // settling: joins, refusals and the odd late improvement (a parent freed a slot) happen here
+    for (let r = 0; r < 60; r++) h.step()
+    const before = new Map(h.agents.map(a => [a.id, a.parents.map(p => p.peerId).sort().join(',')]))
+    const changes = h.agents.reduce((n, a) => n + a.changes, 0)
+    for (let r = 0; r < 150; r++) { h.step(); checkRound(h) }
+    for (const a of h.agents) assert.equal(a.parents.map(p => p.peerId).sort().join(','), before.get(a.id), `seed ${seed}: ${a.id} changed parents`)
+    assert.equal(h.agents.reduce((n, a) => n + a.changes, 0), changes)
+    assert.deepEqual(h.unreachable(), [])
+    assert.ok(h.agents.filter(a => a.parents.length > 1).length > h.agents.length / 2, 'most agents hold several parents')
+  }
 })

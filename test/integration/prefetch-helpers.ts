@@ -1,0 +1,99 @@
+// Shared by the prefetch integration tests: a condition wait on real daemons (bounded, polled), the CLI, the
+// boot trace, and a small cluster (an origin and agents on loopback).
+
+import { join } from 'node:path'
+import { writeFile } from 'node:fs/promises'
+import { execa } from 'execa'
+import { startDaemon, CTL_BIN, type TestDaemon } from '../helpers/daemon.js'
+import { loadTrace, type TraceRead } from '../../scripts/lib/nbd-replay.js'
+import { ROOT } from '../../scripts/lib/agent-process.js'
+
+export const MiB = 1024 * 1024
+export const TRACE = join(ROOT, 'test', 'fixtures', 'debian12-boot.reads.csv')
+/** Recordings end after this much quiet in these tests (the default is 15 s). */
+export const TEST_QUIET_MS = 400
+export const DAEMON_ENV = { VMTHUNDER_PREFETCH_RECORDING_QUIET_MS: String(TEST_QUIET_MS) }
+
+/** Polls `probe` until it returns a value other than undefined; fails after `timeoutMs` with the last state. */
+export async function waitUntil<T> (what: string, probe: () => Promise<T | undefined>, timeoutMs = 60_000, pollMs = 50): Promise<T> {
+  const deadline = Date.now() + timeoutMs
+  let last: unknown
+  while (Date.now() < deadline) {
+    try {
+      const value = await probe()
+      if (value !== undefined) return value
+    } catch (err) {
+      last = err
+    }
+    await new Promise(resolve => setTimeout(resolve, pollMs))
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last !== undefined ? ` (last error: ${(last as Error).message})` : ''}`)
+}
+
+export async function ctl (daemon: TestDaemon, args: string[]): Promise<{ exitCode: number, stdout: string, stderr: string }> {
+  const r = await execa(process.execPath, [CTL_BIN, '--socket', daemon.socket, ...args], { reject: false, timeout: 60_000 })
+  return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) }
+}
+
+export async function traceReads (): Promise<TraceRead[]> {
+  return await loadTrace(TRACE)
+}
+
+/** Blocks in the order the reads first touch them. */
+export function firstTouchOrder (reads: readonly TraceRead[], blockSizeBytes: number): number[] {
+  const seen = new Set<number>()
+  const order: number[] = []
+  for (const r of reads) {
+    for (let b = Math.floor(r.offset / blockSizeBytes); b <= Math.floor((r.offset + r.length - 1) / blockSizeBytes); b++) {
+      if (!seen.has(b)) { seen.add(b); order.push(b) }
+    }
+  }
+  return order
+}
+
+export async function writeConfig (dir: string, name: string, config: Record<string, unknown>): Promise<string> {
+  const path = join(dir, `${name}.json`)
+  await writeFile(path, JSON.stringify(config))
+  return path
+}
+
+/** An origin daemon (p2p on loopback) and the arguments an agent needs to join it. */
+export async function startOrigin (dir: string, config: Record<string, unknown>): Promise<{ origin: TestDaemon, joinArgs: string[] }> {
+  const configPath = await writeConfig(dir, 'origin', config)
+  const origin = await startDaemon({ dir: join(dir, 'origin'), args: ['--listen', '/ip4/127.0.0.1/tcp/0', '--config', configPath], env: DAEMON_ENV })
+  const status = await origin.call('node.status')
+  return { origin, joinArgs: ['--listen', '/ip4/127.0.0.1/tcp/0', '--bootstrap', status.listenAddrs[0], '--trust', status.peerId] }
+}
+
+export async function startAgent (dir: string, name: string, joinArgs: string[], config: Record<string, unknown>): Promise<TestDaemon> {
+  const configPath = await writeConfig(dir, name, config)
+  return await startDaemon({ dir: join(dir, name), args: [...joinArgs, '--config', configPath], env: DAEMON_ENV })
+}
+
+export async function imageStatus (daemon: TestDaemon, imageId: string): Promise<any> {
+  return (await daemon.call('node.status')).images[imageId]
+}
+
+/** A deterministic made-up boot: `count` reads of 4..64 KiB at scattered offsets of an image of `sizeBytes`. */
+export function syntheticBoot (seed: number, count: number, sizeBytes: number): TraceRead[] {
+  let x = seed >>> 0 || 1
+  const next = (): number => { x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0; return x / 0x100000000 }
+  const reads: TraceRead[] = []
+  for (let i = 0; i < count; i++) {
+    const length = 4096 * (1 + Math.floor(next() * 16))
+    const offset = Math.floor(next() * (sizeBytes - length) / 4096) * 4096
+    reads.push({ timeMs: i, offset, length })
+  }
+  return reads
+}
+
+/** Replays reads one at a time through a fresh NBD connection to the daemon's export. */
+export async function replay (daemon: TestDaemon, imageId: string, reads: readonly TraceRead[]): Promise<void> {
+  const { nbdConnect } = await import('../../scripts/lib/nbd-replay.js')
+  const conn = await nbdConnect({ socketPath: daemon.nbdSocket, exportName: imageId })
+  try {
+    for (const r of reads) await conn.read(r.offset, r.length)
+  } finally {
+    await conn.close()
+  }
+}

@@ -1,0 +1,67 @@
+// Complete agents become seeds, on real daemons: an origin that takes one child per image, two agents that
+// only read on demand (no prefetch) and one agent that idle-prefetches the whole image. Once it holds every
+// block it advertises depth 0 (a seed), and the other agents take it as a parent at depth 1.
+
+import { test, before, after } from 'node:test'
+import assert from 'node:assert/strict'
+import { join } from 'node:path'
+import { makeTempDir, removeDir, type TestDaemon } from '../helpers/daemon.js'
+import { makeImage } from '../helpers/images.js'
+import { MiB, imageStatus, startAgent, startOrigin, waitUntil } from './prefetch-helpers.js'
+
+const IMAGE_BYTES = 16 * MiB
+let dir: string
+let origin: TestDaemon
+let readers: TestDaemon[] = []
+let prefetcher: TestDaemon
+
+before(async () => {
+  dir = await makeTempDir('vmt-pf-seed')
+  const image = join(dir, 'img.raw')
+  await makeImage(image, IMAGE_BYTES, [[0, IMAGE_BYTES]])
+  // The origin's upload is limited so that the prefetching agent completes the image after the others attached.
+  const started = await startOrigin(dir, { p2p: { heartbeatMs: 300, originChildLimit: 1, uploadLimitBytesPerSec: 4 * MiB }, prefetch: { enabled: false } })
+  origin = started.origin
+  await origin.call('image.register', { id: 'img', path: image })
+  const quiet = { p2p: { heartbeatMs: 300 }, prefetch: { enabled: false } }
+  readers = await Promise.all(['r1', 'r2'].map(async name => await startAgent(dir, name, started.joinArgs, quiet)))
+  prefetcher = await startAgent(dir, 'pf', started.joinArgs, { p2p: { heartbeatMs: 300 }, prefetch: { enabled: true } })
+}, { timeout: 120_000 })
+
+after(async () => {
+  await Promise.all([origin, ...readers, prefetcher].map(async d => await d?.stop()))
+  await removeDir(dir)
+}, { timeout: 60_000 })
+
+test('an agent that completes the image advertises itself as a seed and the others move to it', { timeout: 180_000 }, async () => {
+  for (const [i, r] of readers.entries()) await r.call('instance.create', { name: `r${i}`, image: 'img' })
+  // The readers attach (one to the origin, the other to it) before the prefetcher joins the tree.
+  await waitUntil('the readers to attach', async () => {
+    const s = await Promise.all(readers.map(async r => await imageStatus(r, 'img')))
+    return s.every(x => x.parents.length > 0 && x.depth !== null) ? s : undefined
+  }, 60_000)
+  await prefetcher.call('instance.create', { name: 'p', image: 'img' })
+  const pfId = (await prefetcher.call('node.status')).peerId
+  const partial = await imageStatus(prefetcher, 'img')
+  assert.ok(partial.heldFraction < 1 && partial.seed === false)
+
+  const seed = await waitUntil('the prefetching agent to hold every block', async () => {
+    const s = await imageStatus(prefetcher, 'img')
+    return s.heldFraction === 1 ? s : undefined
+  }, 120_000)
+  assert.equal(seed.seed, true)
+  assert.equal(seed.depth, 0, 'a complete agent is at depth 0')
+  assert.equal(seed.prefetch.mode, 'done')
+  assert.equal(seed.prefetch.blocksRemaining, 0)
+
+  // It drops its parents (a seed needs none) at its next heartbeat.
+  await waitUntil('the seed to drop its parents', async () => {
+    const s = await imageStatus(prefetcher, 'img')
+    return s.parents.length === 0 && s.depth === 0 ? s : undefined
+  }, 30_000)
+  // Every reader takes the new seed as a parent and sits at depth 1.
+  await waitUntil('the readers to move to the seed', async () => {
+    const s = await Promise.all(readers.map(async r => await imageStatus(r, 'img')))
+    return s.every(x => x.parents.includes(pfId) && x.depth === 1) ? s : undefined
+  }, 60_000)
+})
