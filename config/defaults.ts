@@ -25,7 +25,7 @@ export interface Config {
     uploadLimitBytesPerSec: number | null
     downloadLimitBytesPerSec: number | null
   }
-  prefetch: { enabled: boolean, rateLimitBytesPerSec: number | null, idleLinkFraction: number }
+  prefetch: { enabled: boolean, rateLimitBytesPerSec: number | null, idleLinkFraction: number, recordingQuietMs: number }
   log: { level: 'debug' | 'info' | 'warn' | 'error' | 'silent' }
 }
 
@@ -57,7 +57,7 @@ export function defaultConfig (): Config {
       uploadLimitBytesPerSec: null,
       downloadLimitBytesPerSec: null
     },
-    prefetch: { enabled: true, rateLimitBytesPerSec: null, idleLinkFraction: 0.5 },
+    prefetch: { enabled: true, rateLimitBytesPerSec: null, idleLinkFraction: 0.5, recordingQuietMs: 15_000 },
     log: { level: 'info' }
   }
 }

@@ -52,7 +52,9 @@ export const configFileSchema = z.object({
   prefetch: z.object({
     enabled: z.boolean(),
     rateLimitBytesPerSec: byteCount.nullable(),
-    idleLinkFraction: z.number().min(0).max(1)
+    idleLinkFraction: z.number().min(0).max(1),
+    /** A VM's boot recording ends after its NBD connection has been quiet this long. */
+    recordingQuietMs: z.number().int().min(50).max(3_600_000)
   }).partial().strict(),
   log: z.object({
     level: z.enum(['debug', 'info', 'warn', 'error', 'silent'])

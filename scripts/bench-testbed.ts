@@ -15,6 +15,7 @@
 // Usage (root): npm run bench:testbed -- [--hosts 8] [--rate 1gbit] [--origin-rate RATE] [--trace FILE]
 //   [--image trace|guest|FILE] [--systems vmthunderd,nbdkit,http,bittorrent,vmthunderd-failure] [--json] [--out DIR]
 //   [--prefix vmtb] [--vmt-config FILE (merged into the agents' config)] [--vmt-create at-go|before]
+//   [--timeout-s S (per system; default from the full-copy worst case)] [--vmt-timeout-s 600]
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
 import { mkdtemp, mkdir, rm, writeFile, symlink, stat, readFile } from 'node:fs/promises'
 import { createWriteStream, type WriteStream } from 'node:fs'
@@ -295,7 +296,11 @@ interface Agent {
 /** Starts vmthunderd in the node's namespace; resolves once it logged 'vmthunderd started'. Logs go to logDir/NAME.log. */
 async function spawnAgent (a: Omit<Agent, 'proc'>, logDir: string, signal: AbortSignal): Promise<ChildProcess> {
   await mkdir(logDir, { recursive: true })
-  const c = nsSpawn(a.node.ns, process.execPath, [DAEMON_BIN, ...a.args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
+  // VMTB_AGENT_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") goes to every agent's node: for profiling.
+  const nodeArgs = (process.env.VMTB_AGENT_NODE_ARGS ?? '').split(' ').filter((x) => x !== '')
+  // VMTB_DAEMON_BIN runs another build of the daemon (e.g. a patched copy of the tree) for experiments.
+  const bin = process.env.VMTB_DAEMON_BIN ?? DAEMON_BIN
+  const c = nsSpawn(a.node.ns, process.execPath, [...nodeArgs, bin, ...a.args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
   started.add(c)
   c.once('close', () => started.delete(c))
   const log: WriteStream = createWriteStream(join(logDir, `${a.name}.log`), { flags: 'a' })
@@ -479,8 +484,9 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
           }
           if (failure?.killedHost !== undefined && failure.killedHost !== null) {
             const ki = hosts.findIndex((h) => h.name === failure?.killedHost)
-            failure.survivorsMaxReadMs = Math.round(Math.max(0, ...done.filter((_, i) => i !== ki).map((d) => d.maxReadMs)))
-            failure.killedHostMaxReadMs = Math.round(done[ki].maxReadMs)
+            const finiteMax = (xs: number[]): number | undefined => { const f = xs.filter((x) => Number.isFinite(x)); return f.length === 0 ? undefined : Math.round(Math.max(...f)) }
+            failure.survivorsMaxReadMs = finiteMax(done.filter((_, i) => i !== ki).map((d) => d.maxReadMs))
+            failure.killedHostMaxReadMs = finiteMax([done[ki].maxReadMs])
           }
           return { agents: agentsOut, originCpuMs: cpuOf('origin'), ...(failure !== undefined ? { failure } : {}) }
         },
@@ -591,10 +597,11 @@ export function markdownTable (r: BenchResults, command: string): string {
   for (const name of ran) {
     const s = r.systems[name]
     if (s?.agents === undefined) continue
+    const ms = (x: number | undefined): string => x === undefined || !Number.isFinite(x) ? '-' : String(Math.round(x))
     details.push('', `${name}, per host (parents and depth at the end of the run; bytes as the agents counted them):`, '',
       '| host | done (s) | create (s) | longest read (ms) | eth0 rx MiB | from origin MiB | from peers MiB | sent to children MiB | agent CPU (s) | parents | depth |',
       '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
-      ...s.agents.map((a, i) => `| ${a.host} | ${Number.isFinite(s.perHostMs[i]) ? secs(s.perHostMs[i]) : 'FAILED'} | ${a.createMs === undefined ? '' : secs(a.createMs)} | ${a.maxReadMs} | ${mib(s.perHostRxBytes[i])} | ${mib(a.bytesFromOrigin)} | ${mib(a.bytesFromPeers)} | ${mib(a.bytesSent)} | ${secs(a.cpuMs)} | ${a.parents.join(', ') || '-'} | ${a.depth ?? '-'} |`),
+      ...s.agents.map((a, i) => `| ${a.host} | ${Number.isFinite(s.perHostMs[i]) ? secs(s.perHostMs[i]) : 'FAILED'} | ${a.createMs === undefined ? '' : secs(a.createMs)} | ${ms(a.maxReadMs)} | ${mib(s.perHostRxBytes[i])} | ${mib(a.bytesFromOrigin)} | ${mib(a.bytesFromPeers)} | ${mib(a.bytesSent)} | ${secs(a.cpuMs)} | ${a.parents.join(', ') || '-'} | ${a.depth ?? '-'} |`),
       `| origin | | | | | | | | ${secs(s.originCpuMs ?? 0)} | | 0 |`)
     for (const fh of s.failedHosts ?? []) details.push('', `${name}: ${fh.host} failed: ${fh.error}`)
     const f = s.failure
@@ -602,7 +609,7 @@ export function markdownTable (r: BenchResults, command: string): string {
       details.push('', f.killedHost === null
         ? `${name}: ${f.note ?? 'nothing killed'}.`
         : `${name}: ${f.killedHost}'s agent was killed (SIGKILL) ${secs(f.killedAtMs ?? 0)} s after GO while ${(f.childrenAtKill ?? []).join(', ')} read through it, and restarted (up again after ${secs(f.restartMs ?? 0)} s). ` +
-          `Longest stall (single read) on the other hosts: ${f.survivorsMaxReadMs ?? '?'} ms; on ${f.killedHost} (its agent restarting): ${f.killedHostMaxReadMs ?? '?'} ms. Data ${s.dataOk ? 'correct on every host' : 'WRONG on some host'}.`)
+          `Longest stall (single read) on the other hosts that finished: ${ms(f.survivorsMaxReadMs)} ms; on ${f.killedHost} (its agent restarting): ${ms(f.killedHostMaxReadMs)} ms. Data ${s.dataOk ? 'correct on every host' : 'WRONG on some host'}.`)
     }
   }
   return [
@@ -720,13 +727,16 @@ async function main (): Promise<void> {
     // the origin), at least 2 minutes.
     const originBps = tb.originRateBytesPerSec
     const timeoutMs = Number(args.get('timeout-s') ?? 0) * 1000 || Math.max(120_000, 3 * (hosts * imageBytes / originBps) * 1000)
+    // vmthunderd moves about the trace's distinct bytes once per host at most: a run that has not finished in
+    // 10 minutes is stuck (the failure run can be), not slow.
+    const vmtTimeoutMs = Number(args.get('vmt-timeout-s') ?? 600) * 1000
     const results: BenchResults = { distinctBytes: distinct, hosts, rate, originRate, trace, imageBytes, image: imageArg, systems: {}, skipped: {} }
     for (const name of ALL_SYSTEMS.filter((s) => systems.includes(s))) {
       log(`${name}: starting`)
       const load0 = loadavg()[0]
       let r: SystemResult | string
       try {
-        r = await runSystem(name, ctx, trace, refDigest, timeoutMs, log)
+        r = await runSystem(name, ctx, trace, refDigest, name.startsWith('vmthunderd') ? vmtTimeoutMs : timeoutMs, log)
       } catch (err) {
         if (ac.signal.aborted) throw err
         r = `FAILED: ${(err as Error).message.replace(/\s+/g, ' ').slice(0, 400)}`

@@ -52,15 +52,6 @@ export interface PeerLayerFactory {
   (args: { config: Config, identity: Identity, trustedKeys: Uint8Array[], logger: DaemonLogger, profiles?: PeerProfiles }): Promise<PeerLayer>
 }
 
-/** Until the config has a field for it: how long a VM's connection is quiet before its boot recording ends. */
-export const RECORDING_QUIET_ENV = 'VMTHUNDER_PREFETCH_RECORDING_QUIET_MS'
-
-function recordingQuietMs (config: Config): number | undefined {
-  const fromConfig = (config.prefetch as { recordingQuietMs?: unknown }).recordingQuietMs
-  if (typeof fromConfig === 'number' && fromConfig > 0) return fromConfig
-  const fromEnv = Number(process.env[RECORDING_QUIET_ENV])
-  return Number.isInteger(fromEnv) && fromEnv > 0 ? fromEnv : undefined
-}
 
 /** A source with no peers: the image is on this host only. */
 const NO_PEERS_SOURCE: BlockSource = {
@@ -171,7 +162,7 @@ export class Daemon {
         rateBytesPerSec: config.prefetch.rateLimitBytesPerSec,
         idleLinkFraction: config.prefetch.idleLinkFraction,
         linkBytesPerSec: config.p2p.downloadLimitBytesPerSec ?? 125_000_000,
-        recordingQuietMs: recordingQuietMs(config),
+        recordingQuietMs: config.prefetch.recordingQuietMs,
         quotaBytes: config.cache.quotaBytes,
         openInstances: imageId => snapshots.usersOf(imageId).length,
         onProfileChanged: imageId => { peers?.profileChanged?.(imageId) }

@@ -101,7 +101,12 @@ export async function serveBlockStream (init: BlockServerInit, stream: Stream, c
     if (pumping) return
     pumping = true
     try {
-      for (let job = nextJob(); job !== undefined && !signal.aborted; job = nextJob()) {
+      while (!signal.aborted) {
+        // Wait for upload tokens before choosing the next frame, so that a demand request arriving during the
+        // wait goes ahead of prefetch frames (choosing first let one prefetch frame overtake it).
+        await init.uploadBucket.take(0, signal)
+        const job = nextJob()
+        if (job === undefined) break
         // One frame of this job: at least one block, then up to the byte budget.
         const take: number[] = []
         let bytes = 0

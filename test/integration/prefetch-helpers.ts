@@ -12,7 +12,6 @@ export const MiB = 1024 * 1024
 export const TRACE = join(ROOT, 'test', 'fixtures', 'debian12-boot.reads.csv')
 /** Recordings end after this much quiet in these tests (the default is 15 s). */
 export const TEST_QUIET_MS = 400
-export const DAEMON_ENV = { VMTHUNDER_PREFETCH_RECORDING_QUIET_MS: String(TEST_QUIET_MS) }
 
 /** Polls `probe` until it returns a value other than undefined; fails after `timeoutMs` with the last state. */
 export async function waitUntil<T> (what: string, probe: () => Promise<T | undefined>, timeoutMs = 60_000, pollMs = 50): Promise<T> {
@@ -51,6 +50,12 @@ export function firstTouchOrder (reads: readonly TraceRead[], blockSizeBytes: nu
   return order
 }
 
+/** Adds the tests' short recording quiet time to a daemon config. */
+export function withQuiet (config: Record<string, unknown>): Record<string, unknown> {
+  const prefetch = (config.prefetch ?? {}) as Record<string, unknown>
+  return { ...config, prefetch: { recordingQuietMs: TEST_QUIET_MS, ...prefetch } }
+}
+
 export async function writeConfig (dir: string, name: string, config: Record<string, unknown>): Promise<string> {
   const path = join(dir, `${name}.json`)
   await writeFile(path, JSON.stringify(config))
@@ -59,15 +64,15 @@ export async function writeConfig (dir: string, name: string, config: Record<str
 
 /** An origin daemon (p2p on loopback) and the arguments an agent needs to join it. */
 export async function startOrigin (dir: string, config: Record<string, unknown>): Promise<{ origin: TestDaemon, joinArgs: string[] }> {
-  const configPath = await writeConfig(dir, 'origin', config)
-  const origin = await startDaemon({ dir: join(dir, 'origin'), args: ['--listen', '/ip4/127.0.0.1/tcp/0', '--config', configPath], env: DAEMON_ENV })
+  const configPath = await writeConfig(dir, 'origin', withQuiet(config))
+  const origin = await startDaemon({ dir: join(dir, 'origin'), args: ['--listen', '/ip4/127.0.0.1/tcp/0', '--config', configPath] })
   const status = await origin.call('node.status')
   return { origin, joinArgs: ['--listen', '/ip4/127.0.0.1/tcp/0', '--bootstrap', status.listenAddrs[0], '--trust', status.peerId] }
 }
 
 export async function startAgent (dir: string, name: string, joinArgs: string[], config: Record<string, unknown>): Promise<TestDaemon> {
-  const configPath = await writeConfig(dir, name, config)
-  return await startDaemon({ dir: join(dir, name), args: [...joinArgs, '--config', configPath], env: DAEMON_ENV })
+  const configPath = await writeConfig(dir, name, withQuiet(config))
+  return await startDaemon({ dir: join(dir, name), args: [...joinArgs, '--config', configPath] })
 }
 
 export async function imageStatus (daemon: TestDaemon, imageId: string): Promise<any> {

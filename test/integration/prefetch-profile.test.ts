@@ -10,7 +10,7 @@ import { readFile, writeFile } from 'node:fs/promises'
 import { startDaemon, makeTempDir, removeDir, type TestDaemon } from '../helpers/daemon.js'
 import { makeTraceImage } from '../../scripts/lib/trace-image.js'
 import { nbdConnect, type TraceRead } from '../../scripts/lib/nbd-replay.js'
-import { DAEMON_ENV, MiB, ctl, firstTouchOrder, imageStatus, traceReads, waitUntil } from './prefetch-helpers.js'
+import { withQuiet, writeConfig, MiB, ctl, firstTouchOrder, imageStatus, traceReads, waitUntil } from './prefetch-helpers.js'
 
 const IMAGE_BYTES = 1024 * MiB
 const BLOCK = 64 * 1024
@@ -24,7 +24,7 @@ before(async () => {
   reads = (await traceReads()).slice(0, REPLAYED_READS)
   const image = join(dir, 'debian.raw')
   await makeTraceImage(image, reads, IMAGE_BYTES, 0)
-  daemon = await startDaemon({ dir, args: ['--no-p2p'], env: DAEMON_ENV })
+  daemon = await startDaemon({ dir, args: ['--no-p2p', '--config', await writeConfig(dir, 'daemon', withQuiet({}))] })
   await daemon.call('image.register', { id: 'deb', path: image })
 }, { timeout: 120_000 })
 

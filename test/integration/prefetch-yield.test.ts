@@ -37,9 +37,8 @@ after(async () => {
 // The peer layer's block server picks its next frame before it waits for upload tokens, so a prefetch frame
 // chosen while the previous one drains still goes before a demand request that arrives during that wait. With
 // the pump waiting for tokens first (block-server.ts, see the prefetch report) this passes.
-const TODO = process.env.VMTHUNDER_BLOCK_SERVER_WAITS_FIRST === '1' ? undefined : 'block server chooses a frame before waiting for upload tokens'
 
-test('an on-demand read is served before the prefetch batches queued ahead of it', { timeout: 120_000, todo: TODO }, async () => {
+test('an on-demand read is served before the prefetch batches queued ahead of it', { timeout: 120_000 }, async () => {
   await agent.call('instance.create', { name: 'vm', image: 'img' })
   const busy = await waitUntil('idle prefetch with two batches in flight', async () => {
     const s = await imageStatus(agent, 'img')

@@ -11,7 +11,7 @@ import type { Series } from './svg.js'
 export function publicResult (r: RunResult): unknown {
   const systems: Record<string, unknown> = {}
   for (const [name, s] of Object.entries(r.systems) as Array<[string, SystemResult]>) {
-    const { series: _s, wallMs: _w, ...rest } = s
+    const { series: _s, wallMs: _w, cpuMs: _c, ...rest } = s
     systems[name] = rest
   }
   return { ...r, systems }
@@ -22,7 +22,7 @@ export function writeOutputs (dir: string, r: RunResult): string[] {
   const files: string[] = []
   const write = (name: string, text: string): void => { writeFileSync(join(dir, name), text); files.push(join(dir, name)) }
   write('result.json', JSON.stringify(publicResult(r), null, 2) + '\n')
-  write('timing.json', JSON.stringify(Object.fromEntries(Object.entries(r.systems).map(([k, s]) => [k, { wallMs: s.wallMs, events: s.events }])), null, 2) + '\n')
+  write('timing.json', JSON.stringify(Object.fromEntries(Object.entries(r.systems).map(([k, s]) => [k, { wallMs: s.wallMs, cpuMs: s.cpuMs, events: s.events }])), null, 2) + '\n')
   const entries = Object.entries(r.systems) as Array<[string, SystemResult]>
   const color = (k: string): string => COLORS[k] ?? '#555'
 

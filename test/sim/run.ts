@@ -29,6 +29,8 @@ export interface SystemResult {
   simEndMs: number
   events: number
   wallMs: number
+  /** CPU time of the run (user + system), when it ran alone in its process (one worker at a time). */
+  cpuMs?: number
   /** For the plots. */
   series: { completionsMs: number[], originEgressPerS: number[], depthHistogram: number[], unreachable: Array<[number, number]> }
 }
@@ -138,6 +140,8 @@ export function runScenario (o: RunOptions): RunResult {
   }
 }
 
+const YOUNG_GEN_MB = 192
+
 /** Like runScenario, with each system in its own worker thread (about 2x faster on 2 cores). */
 export async function runScenarioParallel (o: RunOptions, maxWorkers = 2): Promise<RunResult> {
   if (o.prefetch !== undefined) return runScenario(o) // a model (functions) cannot cross into a worker
@@ -149,8 +153,16 @@ export async function runScenarioParallel (o: RunOptions, maxWorkers = 2): Promi
     for (let name = queue.shift(); name !== undefined; name = queue.shift()) {
       const sys = name
       out.set(sys, await new Promise((resolve, reject) => {
-        const w = new Worker(new URL('./worker-entry.mjs', import.meta.url), { workerData: { options, system: sys } })
-        w.once('message', resolve)
+        // a large young generation: most simulator garbage (events, closures) then dies young instead of
+        // being promoted and re-marked by every major GC, which made big runs superlinear
+        const cpu0 = process.cpuUsage()
+        const w = new Worker(new URL('./worker-entry.mjs', import.meta.url), {
+          workerData: { options, system: sys }, resourceLimits: { maxYoungGenerationSizeMb: YOUNG_GEN_MB }
+        })
+        w.once('message', (m: { result: SystemResult, boundMs: number, boundBlocksMs: number }) => {
+          if (maxWorkers === 1) { const c = process.cpuUsage(cpu0); m.result.cpuMs = Math.round((c.user + c.system) / 1000) }
+          resolve(m)
+        })
         w.once('error', reject)
         w.once('exit', code => { if (code !== 0) reject(new Error(`sim worker for ${sys} exited with ${code}`)) })
       }))

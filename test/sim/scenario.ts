@@ -66,7 +66,7 @@ export const scenarioSchema = z.object({
    */
   seedChildLimit: z.number().int().positive().max(4096).default(2),
   /** Candidates kept per agent (the bounded candidate table of the p2p layer). */
-  candidateTable: z.number().int().min(4).max(256).default(24),
+  candidateTable: z.number().int().min(4).max(256).default(16),
   /** Stop a run at this simulated time even if agents have not finished. */
   maxSimMs: z.number().positive().default(7_200_000)
 })

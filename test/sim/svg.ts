@@ -71,7 +71,7 @@ export function lineChart (o: LineChartOptions): string {
   for (const v of o.vlines ?? []) {
     if (o.logX === true && v.x <= 0) continue
     parts.push(`<line x1="${X(v.x)}" x2="${X(v.x)}" y1="${MT}" y2="${MT + ph}" stroke="#777" stroke-dasharray="4 3"/>`)
-    parts.push(`<text x="${X(v.x) + 3}" y="${MT + 12}" fill="#555">${esc(v.label)}</text>`)
+    parts.push(`<text x="${X(v.x) + 3}" y="${MT + ph - 6}" fill="#555">${esc(v.label)}</text>`)
   }
   o.series.forEach((s, i) => {
     const p = s.points.filter(q => Number.isFinite(q[0]) && Number.isFinite(q[1]) && (!o.logX || q[0] > 0))

@@ -142,6 +142,8 @@ interface VState {
   load: number
   /** Per-source accounting for the scheduler, keyed by node index (kept as SourceState, reused). */
   src: Map<number, SourceState>
+  /** src entries aligned with parents (a cache of src lookups). */
+  srcArr: Array<SourceState | undefined>
   /** When this agent's hedge scan is next due (Infinity: none scheduled). */
   hedgeScanAtMs: number
 }
@@ -193,7 +195,7 @@ class VmThunderd implements System {
     this.hops = Math.max(1, Math.ceil(Math.log(this.e.nodes.length) / Math.log(GOSSIP_D)))
     this.st[n.idx] = {
       parents: [], parentIdx: [], depth: n.isSeed ? 0 : null, excludedUntil: new Map(), cur: undefined, prev: undefined, seq: 0,
-      lastBusyMs: 0, load: 0, src: new Map(), hedgeScanAtMs: Infinity
+      lastBusyMs: 0, load: 0, src: new Map(), srcArr: [], hedgeScanAtMs: Infinity
     }
     this.publish(n)
     // the first selection runs when the agent starts, then on a heartbeat with a random phase
@@ -329,6 +331,7 @@ class VmThunderd implements System {
         }
         s.parents = next
         s.parentIdx = next.map(p => Number(p.peerId.slice(1)))
+        s.srcArr.length = 0
         s.depth = depthFromParents(next.map(p => depthOf.get(p.peerId) ?? null))
         if (refused === 0) break
       }
@@ -363,11 +366,14 @@ class VmThunderd implements System {
   private sources (n: SimNode, b: number, out: SourceState[]): SourceState[] {
     out.length = 0
     const s = this.st[n.idx]
+    const presence = this.e.presence
+    const B = this.e.blockCount
     for (let i = 0; i < s.parents.length; i++) {
       if (s.parents[i].failed) continue
       const j = s.parentIdx[i]
-      const st = this.sourceState(n, j)
-      st.holds = this.e.nodes[j].has[b] === 1
+      let st = s.srcArr[i]
+      if (st === undefined || st.peerId !== s.parents[i].peerId) { st = this.sourceState(n, j); s.srcArr[i] = st }
+      st.holds = presence[j * B + b] === 1
       out.push(st)
     }
     return out
