@@ -33,13 +33,14 @@ export function renderTreeSvg (nodes: readonly TreeNode[], title: string): strin
   const gapX = 24
   const gapY = 80
   const widest = Math.max(...[...rows.values()].map(r => r.length))
-  const width = Math.max(480, widest * (boxW + gapX) + gapX)
+  const labelW = 70 // the depth labels on the left
+  const width = Math.max(480, labelW + widest * (boxW + gapX) + gapX)
   const height = 60 + depths.length * (boxH + gapY)
   const pos = new Map<string, { x: number, y: number }>()
   depths.forEach((d, row) => {
     const members = rows.get(d)!
     const rowWidth = members.length * (boxW + gapX) - gapX
-    members.forEach((n, i) => pos.set(n.id, { x: (width - rowWidth) / 2 + i * (boxW + gapX), y: 50 + row * (boxH + gapY) }))
+    members.forEach((n, i) => pos.set(n.id, { x: labelW + (width - labelW - rowWidth) / 2 + i * (boxW + gapX), y: 50 + row * (boxH + gapY) }))
   })
   const parts = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="Helvetica, Arial, sans-serif">`,

@@ -55,11 +55,14 @@ export function writeOutputs (dir: string, r: RunResult): string[] {
   const failures = entries.flatMap(([, s]) => s.heals)
   if (failures.length > 0) {
     const t0 = Math.min(...failures.map(f => f.atMs))
+    const lastFailure = Math.max(...failures.map(f => f.atMs))
+    const slowestHeal = Math.max(0, ...failures.map(f => f.healMs ?? 60_000))
+    const t1 = lastFailure + Math.min(120_000, slowestHeal + 10_000)
     write('recovery.svg', lineChart({
       title: 'Recovery after failures: live agents cut off from every seed', xLabel: 'simulated time (s)', yLabel: 'agents without a path to a seed',
       series: entries.map(([k, s]) => ({
         name: `${k} (heal ${s.healMs === null ? 'never' : (s.healMs / 1000).toFixed(1) + ' s'})`, color: color(k), step: true,
-        points: s.series.unreachable.filter(([t]) => t >= t0 - 2000).map(([t, u]) => [t / 1000, u] as [number, number])
+        points: s.series.unreachable.filter(([t]) => t >= t0 - 2000 && t <= t1).map(([t, u]) => [t / 1000, u] as [number, number])
       })),
       vlines: [...new Set(failures.map(f => f.atMs))].slice(0, 10).map(at => ({ x: at / 1000, label: 'failure' }))
     }))
