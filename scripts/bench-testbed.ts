@@ -56,6 +56,9 @@ export interface SystemResult {
   fetchMedianMs?: number
   /** The longest single read seen by any host (a stall). */
   maxReadMs: number
+  /** Median over hosts of each host's median and 90th-percentile single-read time, ms. */
+  readMsP50?: number
+  readMsP90?: number
   dataOk: boolean
   /** Hosts that did not finish (their driver failed: e.g. a read returned an error); maxMs/medianMs omit them. */
   failedHosts?: Array<{ host: string, error: string }>
@@ -109,6 +112,8 @@ export interface BenchResults {
   originRate: string
   trace: string
   imageBytes: number
+  /** The checkout the agents ran from: HEAD and whether src/ had uncommitted changes. */
+  code?: string
   /** 'trace' (generated from the trace), 'guest', or the file given. */
   image?: string
   systems: Partial<Record<SystemName, SystemResult>>
@@ -511,7 +516,7 @@ const SYSTEMS: Record<SystemName, (ctx: SystemContext) => Promise<SystemRun | un
 // ---------------------------------------------------------------------------------------------------------
 // One run of one system
 
-interface HostDone { doneMs: number, fetchMs?: number, replayMs: number, maxReadMs: number, bytes: number, digest: string, reconnects?: number, error?: string }
+interface HostDone { doneMs: number, fetchMs?: number, replayMs: number, maxReadMs: number, readMsP50?: number, readMsP90?: number, bytes: number, digest: string, reconnects?: number, error?: string }
 
 const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b)
@@ -565,6 +570,8 @@ async function runSystem (name: SystemName, ctx: SystemContext, trace: string, r
       perHostMs,
       ...(fetches.length > 0 ? { fetchMedianMs: Math.round(median(fetches)) } : {}),
       maxReadMs: Math.round(Math.max(0, ...results.map((r) => r.maxReadMs).filter((ms) => Number.isFinite(ms)))),
+      readMsP50: Math.round(median(results.map((r) => r.readMsP50 ?? NaN).filter((ms) => Number.isFinite(ms))) * 100) / 100,
+      readMsP90: Math.round(median(results.map((r) => r.readMsP90 ?? NaN).filter((ms) => Number.isFinite(ms))) * 100) / 100,
       dataOk: results.every((r) => r.digest === refDigest),
       perHostRxBytes: hostsAfter.map((a, i) => a.rxBytes - hostsBefore[i].rxBytes),
       ...extra
@@ -591,7 +598,7 @@ export function markdownTable (r: BenchResults, command: string): string {
     if (s === undefined) return `| ${name} | ${(r.skipped[name] ?? 'not run').startsWith('FAILED') ? '' : 'skipped: '}${r.skipped[name] ?? 'not run'} | | | | | | | |`
     const vs = base !== undefined ? `${(s.maxMs / base.maxMs).toFixed(2)}x` : 'n/a'
     const failed = s.failedHosts === undefined ? '' : ` (${s.failedHosts.length} of ${r.hosts} hosts FAILED)`
-    return `| ${name} | ${secs(s.maxMs)}${failed} | ${secs(s.medianMs)} | ${vs} | ${mib(s.originBytes)} (${(s.originBytes / r.distinctBytes).toFixed(2)}x) | ${mib(s.hostBytesMedian)} | ${s.maxReadMs} | ${s.dataOk ? 'yes' : 'NO'} | ${s.loadAvg1?.map((l) => l.toFixed(1)).join(' / ') ?? ''} |`
+    return `| ${name} | ${secs(s.maxMs)}${failed} | ${secs(s.medianMs)} | ${vs} | ${mib(s.originBytes)} (${(s.originBytes / r.distinctBytes).toFixed(2)}x) | ${mib(s.hostBytesMedian)} | ${s.readMsP50 ?? ''} / ${s.readMsP90 ?? ''} / ${s.maxReadMs} | ${s.dataOk ? 'yes' : 'NO'} | ${s.loadAvg1?.map((l) => l.toFixed(1)).join(' / ') ?? ''} |`
   })
   const details: string[] = []
   for (const name of ran) {
@@ -614,9 +621,9 @@ export function markdownTable (r: BenchResults, command: string): string {
   }
   return [
     `${r.hosts} hosts at ${r.rate} (origin ${r.originRate}), trace ${basename(r.trace)} (${mib(r.distinctBytes)} MiB distinct), image ${r.image ?? ''} ${mib(r.imageBytes)} MiB.`,
-    `Command: \`${command}\``,
+    `Command: \`${command}\`${r.code !== undefined ? ` (code ${r.code})` : ''}`,
     '',
-    '| system | slowest host (s) | median host (s) | slowest vs nbdkit | origin sent MiB (x distinct) | MiB per host | longest read (ms) | data ok | load avg (1 min) before / after |',
+    '| system | slowest host (s) | median host (s) | slowest vs nbdkit | origin sent MiB (x distinct) | MiB per host | read ms p50 / p90 / max | data ok | load avg (1 min) before / after |',
     '| --- | --- | --- | --- | --- | --- | --- | --- | --- |',
     ...rows,
     ...details,
@@ -650,6 +657,14 @@ ${bars}
 
 // ---------------------------------------------------------------------------------------------------------
 // Main
+
+function codeVersion (): string {
+  try {
+    const head = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: REPO_ROOT, timeout: 10_000 }).toString().trim()
+    const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src', 'config'], { cwd: REPO_ROOT, timeout: 10_000 }).toString().trim() !== ''
+    return `${head}${dirty ? ' + uncommitted src changes' : ''}${process.env.VMTB_DAEMON_BIN !== undefined ? ` (daemon: ${process.env.VMTB_DAEMON_BIN})` : ''}`
+  } catch { return 'unknown' }
+}
 
 function parseArgs (argv: string[]): Map<string, string> {
   const m = new Map<string, string>()
@@ -730,7 +745,7 @@ async function main (): Promise<void> {
     // vmthunderd moves about the trace's distinct bytes once per host at most: a run that has not finished in
     // 10 minutes is stuck (the failure run can be), not slow.
     const vmtTimeoutMs = Number(args.get('vmt-timeout-s') ?? 600) * 1000
-    const results: BenchResults = { distinctBytes: distinct, hosts, rate, originRate, trace, imageBytes, image: imageArg, systems: {}, skipped: {} }
+    const results: BenchResults = { distinctBytes: distinct, hosts, rate, originRate, trace, imageBytes, image: imageArg, code: codeVersion(), systems: {}, skipped: {} }
     for (const name of ALL_SYSTEMS.filter((s) => systems.includes(s))) {
       log(`${name}: starting`)
       const load0 = loadavg()[0]

@@ -63,6 +63,9 @@ export interface ReplayResult {
   digest: string
   /** The longest single read, in ms (a stall). */
   maxReadMs: number
+  /** Median and 90th percentile of the single reads' times, ms. */
+  readMsP50: number
+  readMsP90: number
 }
 
 // NBD protocol constants (https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md).
@@ -213,17 +216,21 @@ async function replayWith (reads: TraceRead[], read: ReadFn, signal?: AbortSigna
   const hash = createHash('sha256')
   let bytes = 0
   let maxReadMs = 0
+  const times: number[] = []
   const start = performance.now()
   for (const r of reads) {
     signal?.throwIfAborted()
     const t0 = performance.now()
     const data = await read(r.offset, r.length)
     const dt = performance.now() - t0
+    times.push(dt)
     if (dt > maxReadMs) maxReadMs = dt
     hash.update(data)
     bytes += data.length
   }
-  return { reads: reads.length, bytes, elapsedMs: performance.now() - start, digest: hash.digest('hex'), maxReadMs }
+  times.sort((a, b) => a - b)
+  const pct = (q: number): number => times.length === 0 ? 0 : times[Math.min(times.length - 1, Math.floor(q * times.length))]
+  return { reads: reads.length, bytes, elapsedMs: performance.now() - start, digest: hash.digest('hex'), maxReadMs, readMsP50: pct(0.5), readMsP90: pct(0.9) }
 }
 
 /** Replays the reads one at a time over an NBD connection. */

@@ -18,6 +18,8 @@ export interface Req {
   startedAtMs: number
   expectedMs: number
   hedged: boolean
+  /** Sent for prefetch only (no demand read waits for it): not hedged, as in src/p2p/peer-source.ts. */
+  prefetch: boolean
   /** Serial of this request, so that late timers can tell they are stale. */
   serial: number
   /** When the block will have arrived, if known when the request was sent (the source held it). */
@@ -43,13 +45,23 @@ export interface SimNode {
   req: Map<number, Req>
   /** Blocks waiting for a source (detached agent). */
   stalled: Set<number>
+  /** Pending blocks that only prefetch asked for (a demand need removes the block). */
+  prefetchOnly: Set<number>
   children: Set<number>
+  /** The VM waits for a read that missed (prefetch models must not issue transfers then). */
+  demandWaiting: boolean
+  /** The system promoted this agent to a seed once it held every block (issue 5): a root for the checkers. */
+  promoted: boolean
 }
 
 /** Issue 5 hook: a prefetch model proposes blocks to fetch while the VM thinks (between reads). */
 export interface PrefetchModel {
   /** Called when an agent's VM starts thinking before read `nextReadIdx`; returns dense block ids to fetch. */
   onThink: (agent: SimNode, nextReadIdx: number, thinkMs: number, sim: Engine) => readonly number[]
+  /** A read reached the agent; `hit`: every block was present. */
+  onRead?: (agent: SimNode, readIdx: number, hit: boolean, sim: Engine) => void
+  /** The agent's VM finished the trace (idle prefetch may go on). */
+  onBootDone?: (agent: SimNode, sim: Engine) => void
 }
 
 export interface System {
@@ -90,6 +102,8 @@ export interface EngineOptions {
   seed: number
   agents: number
   prefetch?: PrefetchModel
+  /** Agents holding every block become seeds (vmthunderd: depth 0, no parents; issue 5). */
+  promoteComplete?: boolean
   /** Checker period (ms). */
   checkIntervalMs?: number
 }
@@ -159,7 +173,8 @@ export class Engine {
     const idx = this.net.addHost()
     const n: SimNode = {
       idx, id: `n${idx}`, isSeed, alive: true, deathMs: Infinity, boots, startMs, doneMs: -1, readIdx: 0,
-      has: this.presenceFor(idx), held: 0, pending: new Map(), req: new Map(), stalled: new Set(), children: new Set()
+      has: this.presenceFor(idx), held: 0, pending: new Map(), req: new Map(), stalled: new Set(), children: new Set(), prefetchOnly: new Set(),
+      demandWaiting: false, promoted: false
     }
     if (isSeed) { n.has.fill(1); n.held = this.blockCount; this.seeds.push(idx) }
     this.nodes.push(n)
@@ -209,6 +224,7 @@ export class Engine {
     if (n.readIdx >= reads.length) {
       n.doneMs = this.nowMs
       this.booting--
+      this.opts.prefetch?.onBootDone?.(n, this)
       return
     }
     const thinkMs = reads[n.readIdx].thinkMs * this.opts.scenario.thinkTimeScale
@@ -222,12 +238,15 @@ export class Engine {
     const blocks = this.opts.trace.reads[n.readIdx].blocks
     let missing = 0
     for (const b of blocks) if (n.has[b] !== 1) missing++
+    this.opts.prefetch?.onRead?.(n, n.readIdx, missing === 0, this)
     if (missing === 0) { this.readDone(n, blocks); return }
+    n.demandWaiting = true
     const cb = function (this: Engine): void { if (--missing === 0) this.readDone(n, blocks) }.bind(this)
     for (const b of blocks) if (n.has[b] !== 1) this.need(n, b, cb)
   }
 
   private readDone (n: SimNode, blocks: readonly number[]): void {
+    n.demandWaiting = false
     if (!n.alive) return
     // checker: a read completes only from blocks present (fetched and verified) at this agent
     for (const b of blocks) if (n.has[b] !== 1) this.check.absentReads++
@@ -236,12 +255,13 @@ export class Engine {
 
   // ---- blocks ----
 
-  /** Calls cb once block b is present at n (at once if it is). */
-  need (n: SimNode, b: number, cb: () => void): void {
+  /** Calls cb once block b is present at n (at once if it is). `prefetch`: no demand read waits for it. */
+  need (n: SimNode, b: number, cb: () => void, prefetch = false): void {
     if (n.has[b] === 1) { cb(); return }
     const waiting = n.pending.get(b)
-    if (waiting !== undefined) { waiting.push(cb); return }
+    if (waiting !== undefined) { waiting.push(cb); if (!prefetch) n.prefetchOnly.delete(b); return }
     n.pending.set(b, [cb])
+    if (prefetch) n.prefetchOnly.add(b)
     this.issue(n, b)
   }
 
@@ -255,7 +275,7 @@ export class Engine {
   }
 
   sendRequest (n: SimNode, b: number, src: number, hedge: boolean, expectedMs = 0): Req {
-    const r: Req = { src, startedAtMs: this.nowMs, expectedMs, hedged: hedge, serial: ++this.reqSerial, arrivalMs: -1 }
+    const r: Req = { src, startedAtMs: this.nowMs, expectedMs, hedged: hedge, prefetch: n.prefetchOnly.has(b), serial: ++this.reqSerial, arrivalMs: -1 }
     if (!hedge) n.req.set(b, r)
     const s = this.nodes[src]
     const reachMs = this.nowMs + this.net.latencyMs(n.idx, src)
@@ -279,7 +299,7 @@ export class Engine {
     if (!s.alive) return // lost: the requester finds out by timeout, failure detection or its master
     if (s.has[b] !== 1) {
       // relay: fetch it first (coalesced with any fetch already under way), then serve
-      this.need(s, b, () => this.serve(s, to, b, r))
+      this.need(s, b, () => this.serve(s, to, b, r), r.prefetch)
       return
     }
     this.transmit(s, to, b, r, this.nowMs)
@@ -311,6 +331,7 @@ export class Engine {
     const cur = n.req.get(b)
     n.req.delete(b)
     n.stalled.delete(b)
+    n.prefetchOnly.delete(b)
     this.system.onDeliver?.(n, b, s.idx, cur?.serial === r.serial ? cur : r)
     const waiting = n.pending.get(b)
     n.pending.delete(b)
@@ -327,6 +348,7 @@ export class Engine {
     n.pending.clear()
     n.req.clear()
     n.stalled.clear()
+    n.prefetchOnly.clear()
     this.system.onCrash(n)
   }
 
@@ -433,6 +455,7 @@ export class Engine {
     const childrenOf: number[][] = Array.from({ length: N }, () => [])
     for (let i = 0; i < N; i++) for (const p of parents[i]) childrenOf[p].push(i)
     let frontier = this.seeds.filter(s => nodes[s].alive)
+    for (let i = 0; i < N; i++) if (nodes[i].promoted && nodes[i].alive) frontier.push(i)
     for (const s of frontier) depth[s] = 0
     let d = 0
     while (frontier.length > 0) {

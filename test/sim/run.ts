@@ -4,6 +4,8 @@ import { Worker } from 'node:worker_threads'
 import { Engine } from './engine.js'
 import type { PrefetchModel, SystemName } from './engine.js'
 import type { Scenario } from './scenario.js'
+import { makePrefetch, PlannerPrefetch } from './prefetch.js'
+import type { PrefetchConfig } from './prefetch.js'
 import { makeSystem } from './systems.js'
 import type { Trace } from './trace.js'
 
@@ -25,6 +27,10 @@ export interface SystemResult {
   crashed: number
   wastedBytes: number
   crossRackBytes: number
+  /** Prefetch variant: blocks the prefetch model asked for (a demand read may have joined the fetch). */
+  prefetchBlocks: number
+  /** Prefetch variant (vmthunderd): agents promoted to seeds once they held every block. */
+  promotedAgents: number
   checks: { runs: number, cycles: number, firstCycle: number[] | null, fanoutViolations: number, absentReads: number, unreachableAtEnd: number }
   simEndMs: number
   events: number
@@ -44,7 +50,8 @@ export interface RunResult {
   boundMs: number
   /** The same with F rounded to whole blocks (what block-granular systems must move). */
   boundBlocksMs: number
-  systems: Record<SystemName, SystemResult>
+  /** Keyed by system name; with prefetch variants also `NAME+prefetch`. */
+  systems: Record<string, SystemResult>
 }
 
 export interface RunOptions {
@@ -53,7 +60,29 @@ export interface RunOptions {
   agents: number
   seed: number
   systems?: readonly SystemName[]
+  /** A custom model for every system (in process only); see `prefetchVariants` for the planner's. */
   prefetch?: PrefetchModel
+  /**
+   * Issue 5: also run each system with the planner-driven prefetch model (test/sim/prefetch.ts) and, for
+   * vmthunderd, complete agents promoted to seeds; results as `NAME+prefetch`. 'only': just those.
+   */
+  prefetchVariants?: 'off' | 'both' | 'only'
+  prefetchConfig?: PrefetchConfig
+}
+
+/** One system run: a system, with or without the planner's prefetch model. */
+export interface Variant { system: SystemName, prefetch: boolean }
+
+export const variantKey = (v: Variant): string => v.prefetch ? `${v.system}+prefetch` : v.system
+
+export function variantsOf (o: RunOptions): Variant[] {
+  const mode = o.prefetchVariants ?? (o.scenario.prefetch ? 'both' : 'off')
+  const out: Variant[] = []
+  for (const system of o.systems ?? SYSTEMS) {
+    if (mode !== 'only') out.push({ system, prefetch: false })
+    if (mode !== 'off') out.push({ system, prefetch: true })
+  }
+  return out
 }
 
 function quantile (sorted: number[], q: number): number | null {
@@ -61,9 +90,10 @@ function quantile (sorted: number[], q: number): number | null {
   return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]
 }
 
-export function runSystem (name: SystemName, o: RunOptions): { result: SystemResult, engine: Engine } {
+export function runSystem (name: SystemName, o: RunOptions, withPrefetch = false): { result: SystemResult, engine: Engine } {
   const t0 = performance.now()
-  const e = new Engine({ scenario: o.scenario, trace: o.trace, seed: o.seed, agents: o.agents, prefetch: o.prefetch })
+  const prefetch = withPrefetch ? makePrefetch(o.trace, o.prefetchConfig) : o.prefetch
+  const e = new Engine({ scenario: o.scenario, trace: o.trace, seed: o.seed, agents: o.agents, prefetch, promoteComplete: withPrefetch })
   e.run(makeSystem(name, e))
   const completions: number[] = []
   let unfinished = 0; let crashed = 0
@@ -90,6 +120,8 @@ export function runSystem (name: SystemName, o: RunOptions): { result: SystemRes
     crashed,
     wastedBytes: e.wastedBytes,
     crossRackBytes: e.net.crossRackBytes,
+    prefetchBlocks: prefetch instanceof PlannerPrefetch ? prefetch.issuedBlocks : 0,
+    promotedAgents: e.nodes.filter(n => n.promoted).length,
     checks: {
       runs: e.check.checks, cycles: e.check.cycleChecksFailed, firstCycle: e.check.firstCycle, fanoutViolations: e.check.fanoutViolations,
       absentReads: e.check.absentReads, unreachableAtEnd: last === undefined ? 0 : last[1]
@@ -118,11 +150,11 @@ export function lowerBoundMs (e: Engine, F: number): number {
 }
 
 export function runScenario (o: RunOptions): RunResult {
-  const systems = {} as Record<SystemName, SystemResult>
+  const systems: Record<string, SystemResult> = {}
   let bound = 0; let boundBlocks = 0
-  for (const name of o.systems ?? SYSTEMS) {
-    const { result, engine } = runSystem(name, o)
-    systems[name] = result
+  for (const v of variantsOf(o)) {
+    const { result, engine } = runSystem(v.system, o, v.prefetch)
+    systems[variantKey(v)] = result
     if (bound === 0) {
       // hosts are the same in every system (scenario randomness); agents added by joins count too
       bound = lowerBoundMs(engine, o.trace.distinctBytes)
@@ -145,19 +177,20 @@ const YOUNG_GEN_MB = 192
 /** Like runScenario, with each system in its own worker thread (about 2x faster on 2 cores). */
 export async function runScenarioParallel (o: RunOptions, maxWorkers = 2): Promise<RunResult> {
   if (o.prefetch !== undefined) return runScenario(o) // a model (functions) cannot cross into a worker
-  const names = [...(o.systems ?? SYSTEMS)]
-  const out = new Map<SystemName, { result: SystemResult, boundMs: number, boundBlocksMs: number }>()
+  const variants = variantsOf(o)
+  const out = new Map<string, { result: SystemResult, boundMs: number, boundBlocksMs: number }>()
   const { prefetch: _p, ...options } = o
-  const queue = [...names]
+  const queue = [...variants]
   const runOne = async (): Promise<void> => {
-    for (let name = queue.shift(); name !== undefined; name = queue.shift()) {
-      const sys = name
-      out.set(sys, await new Promise((resolve, reject) => {
+    for (let v = queue.shift(); v !== undefined; v = queue.shift()) {
+      const sys = v.system
+      const withPrefetch = v.prefetch
+      out.set(variantKey(v), await new Promise((resolve, reject) => {
         // a large young generation: most simulator garbage (events, closures) then dies young instead of
         // being promoted and re-marked by every major GC, which made big runs superlinear
         const cpu0 = process.cpuUsage()
         const w = new Worker(new URL('./worker-entry.mjs', import.meta.url), {
-          workerData: { options, system: sys }, resourceLimits: { maxYoungGenerationSizeMb: YOUNG_GEN_MB }
+          workerData: { options, system: sys, withPrefetch }, resourceLimits: { maxYoungGenerationSizeMb: YOUNG_GEN_MB }
         })
         w.once('message', (m: { result: SystemResult, boundMs: number, boundBlocksMs: number }) => {
           if (maxWorkers === 1) { const c = process.cpuUsage(cpu0); m.result.cpuMs = Math.round((c.user + c.system) / 1000) }
@@ -168,10 +201,10 @@ export async function runScenarioParallel (o: RunOptions, maxWorkers = 2): Promi
       }))
     }
   }
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(maxWorkers, names.length)) }, runOne))
-  const systems = {} as Record<SystemName, SystemResult>
-  for (const n of names) systems[n] = (out.get(n) as { result: SystemResult }).result
-  const first = out.get(names[0]) as { boundMs: number, boundBlocksMs: number }
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(maxWorkers, variants.length)) }, runOne))
+  const systems: Record<string, SystemResult> = {}
+  for (const v of variants) systems[variantKey(v)] = (out.get(variantKey(v)) as { result: SystemResult }).result
+  const first = out.get(variantKey(variants[0])) as { boundMs: number, boundBlocksMs: number }
   return {
     scenario: o.scenario.name,
     agents: o.agents,

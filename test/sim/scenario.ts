@@ -67,6 +67,11 @@ export const scenarioSchema = z.object({
   seedChildLimit: z.number().int().positive().max(4096).default(2),
   /** Candidates kept per agent (the bounded candidate table of the p2p layer). */
   candidateTable: z.number().int().min(4).max(256).default(16),
+  /**
+   * Issue 5: also run every system with the planner-driven prefetch model (results `NAME+prefetch`; the CLI's
+   * --prefetch does the same).
+   */
+  prefetch: z.boolean().default(false),
   /** Stop a run at this simulated time even if agents have not finished. */
   maxSimMs: z.number().positive().default(7_200_000)
 })

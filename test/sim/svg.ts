@@ -2,7 +2,10 @@
 
 export interface Series { name: string, color: string, points: Array<[number, number]>, step?: boolean }
 
-export const COLORS: Record<string, string> = { central: '#d62728', volt: '#1f77b4', vmthunderd: '#2ca02c' }
+export const COLORS: Record<string, string> = {
+  central: '#d62728', volt: '#1f77b4', vmthunderd: '#2ca02c',
+  'central+prefetch': '#ff9896', 'volt+prefetch': '#aec7e8', 'vmthunderd+prefetch': '#98df8a'
+}
 
 const W = 760; const H = 440; const ML = 70; const MR = 20; const MT = 40; const MB = 60
 

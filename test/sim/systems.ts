@@ -288,7 +288,25 @@ class VmThunderd implements System {
     const s = this.st[n.idx]
     // children that died are noticed by missed pings
     for (const c of n.children) { const m = nodes[c]; if (!m.alive && now >= m.deathMs + PING_TIMEOUT_MS) n.children.delete(c) }
-    if (!n.isSeed) {
+    if (!n.isSeed && !n.promoted && e.opts.promoteComplete === true && n.held === e.blockCount) {
+      // issue 5: an agent holding every block is a seed (as src/p2p/service.ts does): it leaves its
+      // parents, advertises depth 0 and keeps its own child limit
+      const res = selectParents({
+        nowMs: now, selfPeerId: n.id, selfIsSeed: true, candidates: [], parents: s.parents, excluded: new Set(), params: this.params,
+        selfDepth: s.depth, childCount: n.children.size, imageId: 'image', rootHex: 'root'
+      })
+      for (const d of res.dropped) {
+        const j = Number(d.peerId.slice(1))
+        nodes[j].children.delete(n.idx)
+        s.src.delete(j)
+      }
+      s.parents = []
+      s.parentIdx = []
+      s.srcArr.length = 0
+      s.depth = res.depth
+      n.promoted = true
+    }
+    if (!n.isSeed && !n.promoted) {
       for (const p of s.parents) { const m = nodes[Number(p.peerId.slice(1))]; if (!m.alive && now >= m.deathMs + PING_TIMEOUT_MS) p.failed = true }
       const excluded = new Set<string>()
       for (const [id, until] of s.excludedUntil) if (until > now) excluded.add(id); else s.excludedUntil.delete(id)
@@ -397,7 +415,7 @@ class VmThunderd implements System {
     st.inFlight++
     if (r.hedged) return
     r.expectedMs = this.lastExpectedMs
-    if (s.parentIdx.length < 2) return
+    if (r.prefetch || s.parentIdx.length < 2) return // prefetch requests are not hedged (src/p2p/peer-source.ts)
     const deadline = hedgeDeadlineMs(r, this.sched)
     if (r.arrivalMs >= 0 && r.arrivalMs <= deadline) return // already on its way, in time: no hedge can be needed
     if (deadline < s.hedgeScanAtMs) {
@@ -413,7 +431,7 @@ class VmThunderd implements System {
     s.hedgeScanAtMs = Infinity
     let next = Infinity
     for (const [b, r] of n.req) {
-      if (r.hedged || n.has[b] === 1) continue
+      if (r.hedged || r.prefetch || n.has[b] === 1) continue
       const deadline = hedgeDeadlineMs(r, this.sched)
       if (r.arrivalMs >= 0 && r.arrivalMs <= deadline) continue
       if (deadline > this.e.nowMs) { next = Math.min(next, deadline); continue }
@@ -434,6 +452,11 @@ class VmThunderd implements System {
       const observed = this.e.blockSizeBytes / elapsedMs * 1000
       st.throughputBytesPerS = 0.8 * (st.throughputBytesPerS ?? observed) + 0.2 * observed
     }
+  }
+
+  onDeliver (n: SimNode): void {
+    // a complete agent becomes a seed at once (the daemon re-advertises on the last block), not at its next heartbeat
+    if (this.e.opts.promoteComplete === true && !n.isSeed && !n.promoted && n.held === this.e.blockCount) this.e.at(this.e.nowMs, () => { if (n.alive) this.tick(n) })
   }
 
   parentsOf (n: SimNode): readonly number[] { return this.st[n.idx]?.parentIdx ?? [] }

@@ -4,8 +4,8 @@ import { runSystem } from './run.js'
 import type { RunOptions } from './run.js'
 import type { SystemName } from './engine.js'
 
-const { options, system } = workerData as { options: RunOptions, system: SystemName }
-const { result, engine } = runSystem(system, options)
+const { options, system, withPrefetch } = workerData as { options: RunOptions, system: SystemName, withPrefetch?: boolean }
+const { result, engine } = runSystem(system, options, withPrefetch === true)
 const bound = (F: number): number => {
   let us = 0; let sumU = 0; let dMin = Infinity; let N = 0
   for (const n of engine.nodes) {
