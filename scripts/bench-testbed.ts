@@ -635,7 +635,7 @@ export function svgChart (r: BenchResults): string {
   const names = ALL_SYSTEMS.filter((n) => r.systems[n] !== undefined)
   const W = 640
   const rowH = 46
-  const left = 110
+  const left = 150
   const H = 50 + names.length * rowH
   const maxMs = Math.max(1, ...names.map((n) => r.systems[n]?.maxMs ?? 0))
   const scale = (ms: number): number => (ms / maxMs) * (W - left - 90)

@@ -15,6 +15,7 @@
 
 import { open, type FileHandle } from 'node:fs/promises'
 import { readSync } from 'node:fs'
+import { setTimeout as delay } from 'node:timers/promises'
 import { execa } from 'execa'
 import { blockLength, isZeroBlock, verifyBlock, type Manifest } from './manifest.js'
 import { BlockNotPresentError, BlockVerificationError, CacheClosedError, FetchTimeoutError, ReadRangeError } from './errors.js'
@@ -28,6 +29,10 @@ export const DEFAULT_MAX_FETCH_ATTEMPTS = 4
 export const DEFAULT_MAX_BLOCKS_PER_FETCH = 32
 /** Verified blocks waiting for their group commit; fetches wait when more than this is buffered. */
 export const DEFAULT_MAX_PENDING_WRITE_BYTES = 64 * 1024 * 1024
+/** Fetch rounds for one batch at most, and the backoff between rounds that failed outright. */
+const MAX_FETCH_ROUNDS = 64
+const FETCH_RETRY_BASE_MS = 50
+const FETCH_RETRY_MAX_MS = 2000
 /** Blocks written per fdatasync. */
 export const MAX_BLOCKS_PER_COMMIT = 256
 /**
@@ -359,8 +364,15 @@ export class BlockCache implements BlockStore {
     const signal = AbortSignal.any([this.closeController.signal, AbortSignal.timeout(this.fetchTimeoutMs)])
     let remaining = indexes
     let lastError: Error | undefined
-    for (let attempt = 0; attempt < this.maxFetchAttempts && remaining.length > 0 && !signal.aborted; attempt++) {
+    // Two bounds: rounds in which a source sent corrupt data (maxFetchAttempts: a block nobody serves intact
+    // fails the read), and rounds that failed outright (a relay died, no peer holds the block yet), which
+    // are retried with backoff until the fetch timeout: the tree heals within a few heartbeats, and a VM's
+    // read should outlast that rather than see EIO.
+    let corruptRounds = 0
+    let failedRounds = 0
+    for (let attempt = 0; attempt < MAX_FETCH_ROUNDS && corruptRounds < this.maxFetchAttempts && remaining.length > 0 && !signal.aborted; attempt++) {
       const wanted = new Set(remaining)
+      let corrupt = false
       try {
         const blocks = await this.source.fetch(this.manifest, remaining, { signal, priority })
         const added: number[] = []
@@ -371,6 +383,7 @@ export class BlockCache implements BlockStore {
             lastError = new BlockVerificationError(`block ${block.index} of ${this.manifest.imageId} from ${block.peer ?? 'source'} does not match the manifest`, block.index)
             this.logger.warn('corrupt block', { image: this.manifest.imageId, block: block.index, peer: block.peer })
             this.source.reportCorrupt?.(this.manifest, block.index, block.peer)
+            corrupt = true
             continue
           }
           wanted.delete(block.index)
@@ -381,7 +394,10 @@ export class BlockCache implements BlockStore {
         lastError = err as Error
         if (signal.aborted) break
         this.logger.warn('fetch failed', { image: this.manifest.imageId, blocks: remaining.length, attempt, error: lastError.message })
+        failedRounds++
+        await delay(Math.min(FETCH_RETRY_MAX_MS, FETCH_RETRY_BASE_MS * 2 ** Math.min(failedRounds - 1, 10)), undefined, { signal }).catch(() => {})
       }
+      if (corrupt) corruptRounds++
       remaining = [...wanted]
     }
     if (remaining.length === 0) return

@@ -860,6 +860,9 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       for (const state of images.values()) {
         const parent = state.parents.find(p => p.peerId === peerId)
         if (parent !== undefined) { parent.failed = true; scheduleHeartbeat(state) }
+        // A child that is gone frees its slot now, not when its lease runs out: with the origin's single slot,
+        // the orphans need it within the heartbeat.
+        if (state.children.delete(peerId)) publishSoon(state)
       }
       notify()
     })
