@@ -90,3 +90,35 @@ test('killing a relay in the middle of reads: every read completes with correct 
   const shas = await Promise.all(copies)
   for (const sha of shas) assert.equal(sha, sha2)
 })
+
+test('killing the origin\'s only child mid-read: the orphans reattach and every read completes correctly', { timeout: 300_000 }, async () => {
+  const image3 = join(dir, 'image3.raw')
+  await makeImage(image3, IMAGE_BYTES, [[0, IMAGE_BYTES]])
+  const sha3 = await sha256File(image3)
+  await origin.call('image.register', { id: 'img3', path: image3 })
+  const originId = (await origin.call('node.status')).peerId
+  const live = agents.slice(1) // agents[0] was killed above
+  await Promise.all(live.map(async (a, i) => await a.call('instance.create', { name: `o${i}`, image: 'img3' })))
+  const reads = live.map(async (a) => {
+    const out = join(a.dir, 'copy3.raw')
+    const r = await execa('nbdcopy', ['--requests=1', a.nbdUri('img3'), out], { timeout: 240_000, reject: false })
+    return { a, ok: r.exitCode === 0, sha: r.exitCode === 0 ? await sha256File(out) : r.stderr }
+  })
+  // The origin admits one child per image: find it once it relays to someone, and kill it.
+  const deadline = Date.now() + 120_000
+  let victim: TestDaemon | undefined
+  while (victim === undefined && Date.now() < deadline) {
+    const statuses = await Promise.all(live.map(async a => ({ a, s: await a.call('node.status').catch(() => undefined) })))
+    const child = statuses.find(({ s }) => s?.images?.img3?.parents?.includes(originId) === true && (s?.images?.img3?.bytesSent ?? 0) > 0)
+    if (child !== undefined) victim = child.a
+    else await new Promise(resolve => setImmediate(resolve))
+  }
+  assert.ok(victim !== undefined, 'the origin\'s child never relayed')
+  await victim.kill()
+  const results = await Promise.all(reads)
+  for (const r of results) {
+    if (r.a === victim) continue
+    assert.ok(r.ok, `a reader failed: ${r.sha}`)
+    assert.equal(r.sha, sha3)
+  }
+})
