@@ -29,6 +29,7 @@ import { createServer, connect, type Server, type Socket } from 'node:net'
 import { startDaemon, makeTempDir, removeDir, ROOT, type TestDaemon } from './lib/agent-process.js'
 import { loadTrace, nbdConnect, distinctBytes, type TraceRead, type NbdConnection } from './lib/nbd-replay.js'
 import { makeTraceImage } from './lib/trace-image.js'
+import { pipeDelayed } from './lib/delay-pipe.js'
 
 const { values: opts } = parseArgs({
   options: {
@@ -81,33 +82,6 @@ interface Forwarder { port: number, bytes: () => number, close: () => Promise<vo
 async function startForwarder (targetPort: number, delayMs: number): Promise<Forwarder> {
   let bytes = 0
   const sockets = new Set<Socket>()
-  const pipeDelayed = (from: Socket, to: Socket): void => {
-    const queue: Array<{ due: number, data: Buffer }> = []
-    let queued = 0
-    let timer: NodeJS.Timeout | undefined
-    let ended = false
-    const flush = (): void => {
-      timer = undefined
-      const now = performance.now()
-      while (queue.length > 0 && queue[0].due <= now) {
-        const { data } = queue.shift()!
-        queued -= data.length
-        to.write(data)
-      }
-      if (queued <= 4 * 1024 * 1024 && from.isPaused()) from.resume()
-      if (queue.length > 0) timer = setTimeout(flush, Math.max(0, queue[0].due - performance.now()))
-      else if (ended) to.end()
-    }
-    from.on('data', (data: Buffer) => {
-      bytes += data.length
-      if (delayMs === 0) { to.write(data); return }
-      queue.push({ due: performance.now() + delayMs, data })
-      queued += data.length
-      if (queued > 8 * 1024 * 1024) from.pause()
-      timer ??= setTimeout(flush, delayMs)
-    })
-    from.on('end', () => { ended = true; if (queue.length === 0 && timer === undefined) to.end() })
-  }
   const server: Server = createServer(client => {
     const upstream = connect({ host: '127.0.0.1', port: targetPort })
     client.setNoDelay(true)
@@ -119,8 +93,9 @@ async function startForwarder (targetPort: number, delayMs: number): Promise<For
     upstream.on('error', close)
     client.on('close', () => { sockets.delete(client) })
     upstream.on('close', () => { sockets.delete(upstream) })
-    pipeDelayed(client, upstream)
-    pipeDelayed(upstream, client)
+    const count = (n: number): void => { bytes += n }
+    pipeDelayed(client, upstream, delayMs, 8 * 1024 * 1024, count)
+    pipeDelayed(upstream, client, delayMs, 8 * 1024 * 1024, count)
   })
   await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
   const port = (server.address() as { port: number }).port
