@@ -254,6 +254,11 @@ export class PeerSource implements BlockSource {
       void this.waitAndAssign(job)
       return
     }
+    this.enqueue(job, peer)
+  }
+
+  /** Puts the job on the peer's queue (demand or prefetch) and lets that queue dispatch. */
+  private enqueue (job: Job, peer: string): void {
     job.assignments++
     job.active.add(peer)
     const queue = this.queue(peer)
@@ -385,12 +390,7 @@ export class PeerSource implements BlockSource {
       const peer = this.pick(job, new Set([...job.active, ...job.tried, slowPeer]), true)
       if (peer === null) continue
       this.stats.hedges++
-      job.assignments++
-      job.active.add(peer)
-      const queue = this.queue(peer)
-      ;(job.priority === 'demand' ? queue.demand : queue.prefetch).push(job)
-      queue.queuedBytes += job.bytes
-      void this.dispatch(queue)
+      this.enqueue(job, peer)
     }
   }
 
