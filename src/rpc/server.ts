@@ -17,6 +17,10 @@ export interface RpcServerInit {
   /** Requests processed at once per connection; reading pauses above it. */
   maxInflightPerConnection?: number
   idleTimeoutMs?: number
+  /** A connection that has sent no request is closed after this long. */
+  firstRequestTimeoutMs?: number
+  /** Replies waiting for the client to read them; above it the connection is not read. */
+  maxUnsentReplyBytes?: number
   socketMode?: number
   onError?: (message: string, fields: Record<string, unknown>) => void
 }
@@ -26,6 +30,27 @@ export const DEFAULT_MAX_RPC_CONNECTIONS = 64
 export const DEFAULT_MAX_BATCH_LENGTH = 100
 export const DEFAULT_MAX_INFLIGHT_PER_CONNECTION = 16
 export const DEFAULT_RPC_IDLE_TIMEOUT_MS = 10 * 60_000
+export const DEFAULT_FIRST_REQUEST_TIMEOUT_MS = 5_000
+export const DEFAULT_MAX_UNSENT_REPLY_BYTES = 1024 * 1024
+
+const REFUSE_LINGER_MS = 1000
+
+interface Connection {
+  socket: Socket
+  lastActivityMs: number
+  sentRequest: boolean
+  inflight: number
+  /** Complete request lines read but not yet started. */
+  lines: string[]
+  paused: boolean
+}
+
+export interface RpcServerStats {
+  connections: Array<{ inflight: number, queuedLines: number, unsentReplyBytes: number, paused: boolean, sentRequest: boolean }>
+  maxUnsentReplyBytes: number
+  maxConnections: number
+  evictedConnections: number
+}
 
 export class SocketInUseError extends Error {
   override name = 'SocketInUseError'
@@ -36,17 +61,25 @@ export class RpcServer {
   private readonly rpc = new JSONRPCServer<{ signal: AbortSignal }>({ errorListener: () => {} })
   private server: Server | undefined
   private readonly sockets = new Set<Socket>()
+  private readonly connections = new Set<Connection>()
+  private evictedConnections = 0
   private readonly closing = new AbortController()
   private readonly maxRequestBytes: number
   private readonly maxConnections: number
   private readonly maxBatchLength: number
   private readonly maxInflight: number
+  private readonly maxUnsentReplyBytes: number
+  private readonly idleTimeoutMs: number
+  private readonly firstRequestTimeoutMs: number
 
   constructor (private readonly init: RpcServerInit) {
     this.maxRequestBytes = init.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES
     this.maxConnections = init.maxConnections ?? DEFAULT_MAX_RPC_CONNECTIONS
     this.maxBatchLength = init.maxBatchLength ?? DEFAULT_MAX_BATCH_LENGTH
     this.maxInflight = init.maxInflightPerConnection ?? DEFAULT_MAX_INFLIGHT_PER_CONNECTION
+    this.maxUnsentReplyBytes = init.maxUnsentReplyBytes ?? DEFAULT_MAX_UNSENT_REPLY_BYTES
+    this.idleTimeoutMs = init.idleTimeoutMs ?? DEFAULT_RPC_IDLE_TIMEOUT_MS
+    this.firstRequestTimeoutMs = init.firstRequestTimeoutMs ?? DEFAULT_FIRST_REQUEST_TIMEOUT_MS
     for (const [name, method] of Object.entries(init.methods)) {
       this.rpc.addMethod(name, async (params, context) => await method(params, context))
     }
@@ -74,34 +107,61 @@ export class RpcServer {
   }
 
   private accept (socket: Socket): void {
-    if (this.sockets.size >= this.maxConnections) {
-      socket.end(JSON.stringify(createJSONRPCErrorResponse(null, RpcErrorCode.TooManyConnections, `too many connections (limit ${this.maxConnections})`)) + '\n')
-      socket.on('error', () => {})
+    socket.on('error', () => {})
+    this.sockets.add(socket)
+    socket.on('close', () => this.sockets.delete(socket))
+    if (this.connections.size >= this.maxConnections && !this.evictIdle()) {
+      this.refuse(socket, `too many connections (limit ${this.maxConnections}), all busy`)
       return
     }
-    this.sockets.add(socket)
-    socket.setTimeout(this.init.idleTimeoutMs ?? DEFAULT_RPC_IDLE_TIMEOUT_MS, () => socket.destroy())
-    socket.on('error', () => {})
-    socket.on('close', () => this.sockets.delete(socket))
+    const conn: Connection = { socket, lastActivityMs: Date.now(), sentRequest: false, inflight: 0, lines: [], paused: false }
+    this.connections.add(conn)
+    // A connection that has sent nothing yet gets a short timeout: silent connections must not hold slots.
+    socket.setTimeout(this.firstRequestTimeoutMs, () => { if (conn.inflight === 0) socket.destroy() })
+    socket.on('close', () => { this.connections.delete(conn) })
     let buffered: Buffer[] = []
     let bufferedBytes = 0
-    let inflight = 0
+    let ended = false
+    const finishIfDone = (): void => {
+      if (ended && conn.inflight === 0 && conn.lines.length === 0 && !socket.destroyed) socket.end()
+    }
+    // Reading stops while lines wait, requests are at their bound, or replies sit unsent (a client that
+    // does not read its replies): the daemon's memory per connection stays bounded.
+    const updateFlow = (): void => {
+      if (socket.destroyed) return
+      const hold = conn.lines.length > 0 || conn.inflight >= this.maxInflight || socket.writableLength > this.maxUnsentReplyBytes
+      if (hold && !conn.paused) { conn.paused = true; socket.pause() } else if (!hold && conn.paused) { conn.paused = false; socket.resume() }
+    }
     const send = (response: unknown): void => {
       if (response !== null && !socket.destroyed && socket.writable) socket.write(JSON.stringify(response) + '\n')
     }
-    const handleLine = (line: string): void => {
+    const pump = (): void => {
+      while (conn.lines.length > 0 && conn.inflight < this.maxInflight && socket.writableLength <= this.maxUnsentReplyBytes && !socket.destroyed) {
+        const line = conn.lines.shift() as string
+        conn.inflight++
+        this.handle(line).then(send, err => {
+          this.init.onError?.('RPC handler failed', { error: (err as Error).message })
+          send(createJSONRPCErrorResponse(null, RpcErrorCode.InternalError, 'internal error'))
+        }).finally(() => {
+          conn.inflight--
+          conn.lastActivityMs = Date.now()
+          pump()
+        })
+      }
+      updateFlow()
+      finishIfDone()
+    }
+    socket.on('drain', pump)
+    const enqueue = (line: string): void => {
       if (line.trim() === '') return
-      inflight++
-      if (inflight >= this.maxInflight) socket.pause()
-      this.handle(line).then(send, err => {
-        this.init.onError?.('RPC handler failed', { error: (err as Error).message })
-        send(createJSONRPCErrorResponse(null, RpcErrorCode.InternalError, 'internal error'))
-      }).finally(() => {
-        inflight--
-        if (inflight < this.maxInflight && !socket.destroyed) socket.resume()
-      })
+      if (!conn.sentRequest) {
+        conn.sentRequest = true
+        socket.setTimeout(this.idleTimeoutMs)
+      }
+      conn.lines.push(line)
     }
     socket.on('data', (chunk: Buffer) => {
+      conn.lastActivityMs = Date.now()
       let start = 0
       let newline = chunk.indexOf(10)
       while (newline !== -1) {
@@ -111,7 +171,7 @@ export class RpcServer {
         const line = Buffer.concat(buffered).toString('utf8')
         buffered = []
         bufferedBytes = 0
-        handleLine(line)
+        enqueue(line)
         start = newline + 1
         newline = chunk.indexOf(10, start)
       }
@@ -121,23 +181,60 @@ export class RpcServer {
         if (bufferedBytes > this.maxRequestBytes) return this.tooLarge(socket)
         buffered.push(rest)
       }
+      pump()
     })
     socket.on('end', () => {
       // A last request without its newline is still answered.
       if (bufferedBytes > 0) {
-        handleLine(Buffer.concat(buffered).toString('utf8'))
+        enqueue(Buffer.concat(buffered).toString('utf8'))
         buffered = []
         bufferedBytes = 0
       }
-      if (inflight === 0) socket.end()
-      else socket.on('drain', () => {})
+      ended = true
+      pump()
     })
+  }
+
+  /** Makes room for a new connection by closing the least recently active one with nothing in progress. */
+  private evictIdle (): boolean {
+    let oldest: Connection | undefined
+    for (const conn of this.connections) {
+      if (conn.inflight > 0 || conn.lines.length > 0) continue
+      if (oldest === undefined || conn.lastActivityMs < oldest.lastActivityMs) oldest = conn
+    }
+    if (oldest === undefined) return false
+    this.connections.delete(oldest)
+    this.evictedConnections++
+    oldest.socket.removeAllListeners('data')
+    oldest.socket.removeAllListeners('end')
+    this.refuse(oldest.socket, 'connection closed: idle while the daemon is at its connection limit')
+    return true
+  }
+
+  /** Says why with 1091 and closes; a client that reads nothing cannot keep the socket open past a second. */
+  private refuse (socket: Socket, message: string): void {
+    socket.resume()
+    socket.end(JSON.stringify(createJSONRPCErrorResponse(null, RpcErrorCode.TooManyConnections, message)) + '\n', () => socket.destroy())
+    setTimeout(() => socket.destroy(), REFUSE_LINGER_MS).unref()
+  }
+
+  /** Per-connection flow state, for status and tests: unsent reply bytes never exceed the bound by much. */
+  stats (): RpcServerStats {
+    const connections = [...this.connections].map(c => ({
+      inflight: c.inflight,
+      queuedLines: c.lines.length,
+      unsentReplyBytes: c.socket.writableLength,
+      paused: c.paused,
+      sentRequest: c.sentRequest
+    }))
+    return { connections, maxUnsentReplyBytes: this.maxUnsentReplyBytes, maxConnections: this.maxConnections, evictedConnections: this.evictedConnections }
   }
 
   private tooLarge (socket: Socket): void {
     // The stream cannot be resynchronised after an oversized line: answer and close this connection only.
     const response = createJSONRPCErrorResponse(null, RpcErrorCode.RequestTooLarge, `request larger than ${this.maxRequestBytes} bytes`)
     socket.removeAllListeners('data')
+    socket.removeAllListeners('end')
     socket.end(JSON.stringify(response) + '\n')
   }
 
@@ -176,7 +273,7 @@ export class RpcServer {
   }
 
   connectionCount (): number {
-    return this.sockets.size
+    return this.connections.size
   }
 
   async close (): Promise<void> {
