@@ -11,6 +11,8 @@ export interface Config {
   nbd: { socket: string, tcp: string | null, maxConnections: number }
   rpc: { maxRequestBytes: number, maxConnections: number, maxBatchLength: number }
   cache: { fetchTimeoutMs: number, quotaBytes: number | null }
+  /** image.register accepts only files under these directories (absolute, symlinks resolved); none by default. */
+  images: { allowedDirs: string[] }
   p2p: {
     enabled: boolean
     listen: string[]
@@ -41,6 +43,7 @@ export function defaultConfig (): Config {
     nbd: { socket: `${DEFAULT_RUN_DIR}/nbd.sock`, tcp: null, maxConnections: 256 },
     rpc: { maxRequestBytes: 1024 * 1024, maxConnections: 64, maxBatchLength: 100 },
     cache: { fetchTimeoutMs: 60_000, quotaBytes: null },
+    images: { allowedDirs: [] },
     p2p: {
       enabled: true,
       listen: ['/ip4/0.0.0.0/tcp/7400'],

@@ -31,6 +31,10 @@ export const configFileSchema = z.object({
     /** Disk quota for all caches together; null: no quota. */
     quotaBytes: byteCount.nullable()
   }).partial().strict(),
+  images: z.object({
+    /** Directories image.register may export files from; nothing is allowed until the operator sets them. */
+    allowedDirs: z.array(z.string().min(1).refine(p => p.startsWith('/'), 'must be an absolute path')).max(256)
+  }).partial().strict(),
   p2p: z.object({
     enabled: z.boolean(),
     listen: z.array(z.string().min(1)).max(64),

@@ -23,7 +23,7 @@ import { randomFillSync } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { mkdtemp, open, readFile, rm, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
-import { join, resolve } from 'node:path'
+import { dirname, join, resolve } from 'node:path'
 import { parseArgs, promisify } from 'node:util'
 
 const execFileAsync = promisify(execFile)
@@ -117,7 +117,7 @@ async function startOurs (name: string, image: string, sock: string, syncReadMax
 
 /** The real daemon with the image registered: its NBD export reads through the fully cached block cache. */
 async function startVmthunderd (image: string, dir: string): Promise<Server> {
-  const daemon = await startDaemon({ dir: join(dir, 'vmthunderd'), args: ['--no-p2p'] })
+  const daemon = await startDaemon({ dir: join(dir, 'vmthunderd'), args: ['--no-p2p'], allowImageDirs: [dirname(image)] })
   try {
     await daemon.call('image.register', { id: 'bench', path: image })
   } catch (err) {

@@ -168,7 +168,7 @@ async function main (): Promise<number> {
     // The warm parent: the origin holds the image; its upload is the link's rate.
     const originConfig = join(work, 'origin.json')
     await writeFile(originConfig, JSON.stringify({ p2p: { heartbeatMs: 500, uploadLimitBytesPerSec: RATE_BYTES }, prefetch: { enabled: false, recordingQuietMs: 1000 } }))
-    const origin = await startDaemon({ dir: join(work, 'origin'), args: ['--listen', '/ip4/127.0.0.1/tcp/0', '--config', originConfig], timeoutMs: 60_000 })
+    const origin = await startDaemon({ dir: join(work, 'origin'), args: ['--listen', '/ip4/127.0.0.1/tcp/0', '--config', originConfig], timeoutMs: 60_000, allowImageDirs: [work] })
     daemons.push(origin)
     say('registering the 1 GiB image on the parent...\n')
     await origin.call('image.register', { id: IMAGE_ID, path: image })

@@ -20,7 +20,7 @@ import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
 import { mkdtemp, mkdir, rm, writeFile, symlink, stat, readFile } from 'node:fs/promises'
 import { createWriteStream, type WriteStream } from 'node:fs'
 import { tmpdir, loadavg } from 'node:os'
-import { join, resolve, basename } from 'node:path'
+import { dirname, join, resolve, basename } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { testbedUp, testbedDown, linkCounters, nsSpawn, type Testbed, type TestbedNode } from '../test/helpers/testbed.js'
 import { buildGuest } from '../test/helpers/vm.js'
@@ -388,7 +388,7 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
     const agents: Agent[] = []
     const stopAll = async (): Promise<void> => { await Promise.all(agents.map(async (a) => { await stopProc(a.proc, 10_000) })) }
     try {
-      const origin = await startAgent('origin', tb.origin, join(base, 'origin'), ['--config', configPath], ctx, logDir)
+      const origin = await startAgent('origin', tb.origin, join(base, 'origin'), ['--config', configPath, '--allow-image-dir', dirname(ctx.image)], ctx, logDir)
       agents.push(origin)
       const t0 = performance.now()
       await rpc(origin, 'image.register', { id: IMAGE_ID, path: ctx.image })

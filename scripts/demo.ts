@@ -15,7 +15,7 @@
 
 import '../src/polyfill.js'
 import { parseArgs } from 'node:util'
-import { join, resolve } from 'node:path'
+import { dirname, join, resolve } from 'node:path'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { startDaemon, makeTempDir, removeDir, ROOT, type TestDaemon } from './lib/agent-process.js'
 import { loadTrace, nbdConnect, distinctBytes, replayFile, type TraceRead } from './lib/nbd-replay.js'
@@ -96,7 +96,7 @@ async function main (): Promise<number> {
 
     // 2. The origin: an agent that registers the image.
     const listen = ['--listen', '/ip4/127.0.0.1/tcp/0', ...(opts.config === undefined ? [] : ['--config', resolve(opts.config)])]
-    origin = await startDaemon({ dir: join(work, 'origin'), args: listen })
+    origin = await startDaemon({ dir: join(work, 'origin'), args: listen, allowImageDirs: [dirname(imagePath)] })
     const registered = await origin.call('image.register', { id: IMAGE_ID, path: imagePath })
     const originStatus = await origin.call('node.status')
     const bootstrap = originStatus.listenAddrs.find((a: string) => a.includes('/tcp/')) as string

@@ -17,6 +17,8 @@ export interface ConfigOverrides {
   bootstrap?: string[]
   trust?: string[]
   psk?: string
+  /** More image directories (vmthunderd --allow-image-dir). */
+  allowImageDirs?: string[]
 }
 
 /** Validates a parsed config file; throws ConfigError naming the field. */
@@ -63,6 +65,7 @@ export function mergeConfig (fromFile: ConfigFile, overrides: ConfigOverrides = 
   config.nbd.socket = resolve(config.nbd.socket)
   Object.assign(config.rpc, fromFile.rpc)
   Object.assign(config.cache, fromFile.cache)
+  config.images.allowedDirs = [...(fromFile.images?.allowedDirs ?? []), ...(overrides.allowImageDirs ?? [])].map(d => resolve(d))
   Object.assign(config.p2p, fromFile.p2p)
   Object.assign(config.prefetch, fromFile.prefetch)
   Object.assign(config.log, fromFile.log)

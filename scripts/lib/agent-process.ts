@@ -31,12 +31,22 @@ export async function makeTempDir (prefix = 'vmt'): Promise<string> {
   return await mkdtemp(join('/tmp', `${prefix}-`))
 }
 
-export async function startDaemon (options: { dir?: string, args?: string[], env?: Record<string, string>, timeoutMs?: number } = {}): Promise<TestDaemon> {
+export interface StartDaemonOptions {
+  dir?: string
+  args?: string[]
+  env?: Record<string, string>
+  timeoutMs?: number
+  /** Directories image.register may export files from (--allow-image-dir); none by default, as in production. */
+  allowImageDirs?: string[]
+}
+
+export async function startDaemon (options: StartDaemonOptions = {}): Promise<TestDaemon> {
   const dir = options.dir ?? await makeTempDir()
   const dataDir = join(dir, 'data')
   const socket = join(dir, 'ctl.sock')
   const nbdSocket = join(dir, 'nbd.sock')
-  const args = [DAEMON_BIN, '--data-dir', dataDir, '--socket', socket, ...(options.args ?? ['--no-p2p'])]
+  const allow = (options.allowImageDirs ?? []).flatMap(d => ['--allow-image-dir', d])
+  const args = [DAEMON_BIN, '--data-dir', dataDir, '--socket', socket, ...allow, ...(options.args ?? ['--no-p2p'])]
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env } })
   let output = ''
   const exited = new Promise<number | null>(resolve => child.once('exit', code => resolve(code)))

@@ -53,6 +53,11 @@ export class ImageFileError extends Error {
   override name = 'ImageFileError'
 }
 
+/** An image path that is relative, or outside the directories the config allows. */
+export class ImagePathNotAllowedError extends Error {
+  override name = 'ImagePathNotAllowedError'
+}
+
 export class InstanceNotFoundError extends Error {
   override name = 'InstanceNotFoundError'
 }

@@ -4,12 +4,12 @@
 // block cache); in level: one record per image (the commit point of a registration) and the presence bitmap
 // of each cache. A directory without a record is an interrupted registration and is removed at start.
 
-import { mkdir, rm, readdir, readFile, writeFile, rename, stat } from 'node:fs/promises'
-import { join } from 'node:path'
+import { mkdir, rm, readdir, readFile, writeFile, rename, stat, realpath } from 'node:fs/promises'
+import { isAbsolute, join, sep } from 'node:path'
 import { BlockCache, silentLogger, type Logger } from './cache.js'
 import { decodeManifest, manifestFromFile, validateImageId, type Manifest } from './manifest.js'
 import { levelPresenceStore, type ChunkDb } from './presence.js'
-import { ImageExistsError, ImageFileError, ImageNotFoundError, ImageInUseError } from './errors.js'
+import { ImageExistsError, ImageFileError, ImageNotFoundError, ImageInUseError, ImagePathNotAllowedError } from './errors.js'
 import type { SigningKey } from './signing.js'
 import type { BlockSource } from './types.js'
 
@@ -48,11 +48,39 @@ export interface ImageRegistryInit {
 
 export interface RegisterOptions {
   blockSizeBytes: number
+  /** The file must resolve (symlinks followed) to a path under one of these; empty: nothing is allowed. */
+  allowedDirs: readonly string[]
   signal?: AbortSignal
 }
 
 /** Blocks the origin copies from its file per ensure() call at registration. */
 const REGISTER_BATCH_BLOCKS = 512
+
+/**
+ * The real path of an image file the daemon may export: absolute as given, and under an allowed directory
+ * once symlinks are resolved (a link inside an allowed directory cannot point out of it). Anyone who can
+ * reach the RPC socket may register images, so this is what stops them exporting what the daemon can read.
+ */
+export async function allowedImagePath (path: string, allowedDirs: readonly string[]): Promise<string> {
+  if (!isAbsolute(path)) throw new ImagePathNotAllowedError(`image path '${path}' must be absolute`)
+  if (allowedDirs.length === 0) throw new ImagePathNotAllowedError(`no image directories are allowed: set images.allowedDirs in the config (or --allow-image-dir) to register '${path}'`)
+  let real: string
+  try {
+    real = await realpath(path)
+  } catch (err) {
+    throw new ImageFileError(`cannot read image file '${path}': ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+  }
+  for (const dir of allowedDirs) {
+    let realDir: string
+    try {
+      realDir = await realpath(dir)
+    } catch {
+      continue
+    }
+    if (real.startsWith(realDir.endsWith(sep) ? realDir : realDir + sep)) return real
+  }
+  throw new ImagePathNotAllowedError(`image path '${path}'${real === path ? '' : ` (${real})`} is not under an allowed image directory (${allowedDirs.join(', ')})`)
+}
 
 export class ImageRegistry {
   private readonly images = new Map<string, Image>()
@@ -133,14 +161,15 @@ export class ImageRegistry {
    */
   async register (imageId: string, path: string, options: RegisterOptions): Promise<Image> {
     validateImageId(imageId)
+    path = await allowedImagePath(path, options.allowedDirs)
     let info
     try {
       info = await stat(path)
     } catch (err) {
       throw new ImageFileError(`cannot read image file '${path}': ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
     }
-    if (!info.isFile()) throw new ImageFileError(`'${path}' is not a regular file`)
-    if (info.size === 0) throw new ImageFileError(`'${path}' is empty`)
+    if (!info.isFile() && !info.isBlockDevice()) throw new ImageFileError(`'${path}' is not a regular file or a block device`)
+    if (info.isFile() && info.size === 0) throw new ImageFileError(`'${path}' is empty`)
     return await this.exclusive(imageId, async () => {
       this.assertAbsent(imageId)
       let manifest: Manifest

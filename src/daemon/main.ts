@@ -9,7 +9,8 @@ import { createLogger } from './logger.js'
 import { peerLayerFactory } from './peers.js'
 
 const USAGE = `usage: vmthunderd [--config FILE] [--data-dir DIR] [--socket PATH] [--nbd-socket PATH]
-                  [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--trust PUBKEY]... [--psk FILE] [--no-p2p]`
+                  [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--trust PUBKEY]... [--psk FILE] [--no-p2p]
+                  [--allow-image-dir DIR]... (image.register exports files under these only)`
 
 async function main (): Promise<number> {
   let args
@@ -24,6 +25,7 @@ async function main (): Promise<number> {
         bootstrap: { type: 'string', multiple: true },
         trust: { type: 'string', multiple: true },
         psk: { type: 'string' },
+        'allow-image-dir': { type: 'string', multiple: true },
         'no-p2p': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' }
       },
@@ -47,7 +49,8 @@ async function main (): Promise<number> {
       listen: args.listen,
       bootstrap: args.bootstrap,
       trust: args.trust,
-      psk: args.psk
+      psk: args.psk,
+      allowImageDirs: args['allow-image-dir']
     })
     if (args['no-p2p'] === true) config.p2p.enabled = false
   } catch (err) {

@@ -59,7 +59,7 @@ export function createMethods (getDaemon: () => Daemon): Record<string, RpcMetho
     'image.register': async (params, { signal }) => {
       const p = parse(schemas['image.register'], params)
       const daemon = getDaemon()
-      const image = await daemon.images.register(p.id, p.path, { blockSizeBytes: p.blockSizeBytes ?? daemon.config.blockSizeBytes, signal })
+      const image = await daemon.images.register(p.id, p.path, { blockSizeBytes: p.blockSizeBytes ?? daemon.config.blockSizeBytes, allowedDirs: daemon.config.images.allowedDirs, signal })
       await daemon.attachImage(image)
       return imageSummary(daemon, image)
     },

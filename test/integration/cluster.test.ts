@@ -25,7 +25,7 @@ before(async () => {
   imageSha = await sha256File(image)
   const config = join(dir, 'agent.json')
   await (await import('node:fs/promises')).writeFile(config, JSON.stringify({ prefetch: { enabled: false }, p2p: { heartbeatMs: 500 } }))
-  origin = await startDaemon({ dir: join(dir, 'origin'), args: ['--listen', '/ip4/127.0.0.1/tcp/0', '--config', config] })
+  origin = await startDaemon({ dir: join(dir, 'origin'), args: ['--listen', '/ip4/127.0.0.1/tcp/0', '--config', config], allowImageDirs: [dir] })
   await origin.call('image.register', { id: 'img', path: image })
   const status = await origin.call('node.status')
   peerArgs = ['--listen', '/ip4/127.0.0.1/tcp/0', '--bootstrap', status.listenAddrs[0], '--trust', status.peerId, '--config', config]

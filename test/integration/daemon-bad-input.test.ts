@@ -5,11 +5,12 @@ import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { join } from 'node:path'
 import { createConnection, type Socket } from 'node:net'
-import { writeFile } from 'node:fs/promises'
+import { writeFile, mkdir, symlink, realpath } from 'node:fs/promises'
 import { execa } from 'execa'
 import { startDaemon, makeTempDir, removeDir, DAEMON_BIN, CTL_BIN, type TestDaemon } from '../helpers/daemon.js'
 import { makeImage, sha256File } from '../helpers/images.js'
 import { exchange } from '../../src/rpc/client.js'
+import { allowedImagePath } from '../../src/blockstack/images.js'
 import { waitForEvent } from '../helpers/wait.js'
 
 let dir: string
@@ -21,7 +22,7 @@ before(async () => {
   image = join(dir, 'img.raw')
   await makeImage(image, 4 * 1024 * 1024, [[0, 1024 * 1024]])
   await writeFile(join(dir, 'config.json'), JSON.stringify({ rpc: { maxConnections: 4, maxRequestBytes: 65536 } }))
-  daemon = await startDaemon({ dir, args: ['--no-p2p', '--config', join(dir, 'config.json')] })
+  daemon = await startDaemon({ dir, args: ['--no-p2p', '--config', join(dir, 'config.json')], allowImageDirs: [dir] })
   await daemon.call('image.register', { id: 'img', path: image })
 })
 
@@ -69,6 +70,33 @@ test('malformed JSON, unknown methods, invalid requests', { timeout: 30_000 }, a
   await stillServing()
 })
 
+test('image.register exports only absolute paths of regular files under the allowed directories', { timeout: 30_000 }, async () => {
+  const refused = async (path: string, code: number, pattern: RegExp): Promise<void> => {
+    await assert.rejects(daemon.call('image.register', { id: 'p1', path }), (e: any) => {
+      assert.equal(e.code, code, `${path}: ${e.message}`)
+      assert.match(e.message, pattern)
+      return true
+    })
+  }
+  await refused('../../../etc/passwd', 1005, /must be absolute/)
+  await refused('img.raw', 1005, /must be absolute/)
+  await refused('/etc/passwd', 1005, /not under an allowed image directory/)
+  await refused(join(dir, '..', '..', 'etc', 'passwd'), 1005, /not under an allowed image directory/)
+  // A symlink inside the allowed directory that points out of it.
+  await symlink('/etc/passwd', join(dir, 'passwd-link'))
+  await refused(join(dir, 'passwd-link'), 1005, /not under an allowed image directory/)
+  await execa('mkfifo', [join(dir, 'fifo')])
+  await refused(join(dir, 'fifo'), 1004, /not a regular file or a block device/)
+  const list = await daemon.call('image.list')
+  assert.deepEqual(list.map((i: any) => i.id), ['img'])
+  await stillServing()
+})
+
+test('with no allowed directories nothing can be registered', { timeout: 10_000 }, async () => {
+  await assert.rejects(allowedImagePath(image, []), { name: 'ImagePathNotAllowedError', message: /images\.allowedDirs/ })
+  assert.equal(await allowedImagePath(image, [dir]), await realpath(image))
+})
+
 test('bad params name the field; path-like names are refused', { timeout: 30_000 }, async () => {
   await assert.rejects(daemon.call('image.register', { id: 5, path: image }), (e: any) => e.code === -32602 && /'id'/.test(e.message))
   await assert.rejects(daemon.call('image.register', { id: 'x', path: image, evil: true }), (e: any) => e.code === -32602 && /evil/.test(e.message))
@@ -77,7 +105,8 @@ test('bad params name the field; path-like names are refused', { timeout: 30_000
   await assert.rejects(daemon.call('instance.create', { name: '../escape', image: 'img' }), { code: 1020 })
   await assert.rejects(daemon.call('instance.create', { name: '.hidden', image: 'img' }), { code: 1020 })
   await assert.rejects(daemon.call('image.register', { id: 'ghost', path: join(dir, 'missing.raw') }), { code: 1004 })
-  await assert.rejects(daemon.call('image.register', { id: 'adir', path: dir }), { code: 1004 })
+  await mkdir(join(dir, 'adir'), { recursive: true })
+  await assert.rejects(daemon.call('image.register', { id: 'adir', path: join(dir, 'adir') }), { code: 1004 })
   await assert.rejects(daemon.call('image.register', { id: 'img', path: image }), { code: 1002 })
   await assert.rejects(daemon.call('image.register', { id: 'bs', path: image, blockSizeBytes: 1000 }), { code: 1004 })
   await assert.rejects(daemon.call('instance.create', { name: 'vm', image: 'unknown' }), { code: 1041 })

@@ -22,7 +22,7 @@ before(async () => {
   // 48 MiB with data in three regions and holes between (zero blocks are never copied or fetched).
   await makeImage(image, 48 * MiB + 12345, [[0, 3 * MiB], [10 * MiB + 777, 5 * MiB], [40 * MiB, 8 * MiB + 12345]])
   imageSha = await sha256File(image)
-  daemon = await startDaemon({ dir })
+  daemon = await startDaemon({ dir, allowImageDirs: [dir] })
   const registered = await daemon.call('image.register', { id: 'base', path: image })
   assert.equal(registered.sizeBytes, 48 * MiB + 12345)
   assert.equal(registered.heldFraction, 1)
@@ -99,7 +99,7 @@ test('writes are refused on the export and land only in an instance overlay', { 
 test('images and instances survive a restart; the NBD URI stays the same', { timeout: 120_000 }, async () => {
   const before = await daemon.call('image.list')
   assert.equal(await daemon.stop(), 0)
-  daemon = await startDaemon({ dir })
+  daemon = await startDaemon({ dir, allowImageDirs: [dir] })
   const afterList = await daemon.call('image.list')
   assert.deepEqual(afterList.map((i: any) => [i.id, i.root, i.nbd, i.heldFraction]), before.map((i: any) => [i.id, i.root, i.nbd, i.heldFraction]))
   const instances = await daemon.call('instance.list')

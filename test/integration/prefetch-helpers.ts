@@ -65,7 +65,7 @@ export async function writeConfig (dir: string, name: string, config: Record<str
 /** An origin daemon (p2p on loopback) and the arguments an agent needs to join it. */
 export async function startOrigin (dir: string, config: Record<string, unknown>): Promise<{ origin: TestDaemon, joinArgs: string[] }> {
   const configPath = await writeConfig(dir, 'origin', withQuiet(config))
-  const origin = await startDaemon({ dir: join(dir, 'origin'), args: ['--listen', '/ip4/127.0.0.1/tcp/0', '--config', configPath] })
+  const origin = await startDaemon({ dir: join(dir, 'origin'), args: ['--listen', '/ip4/127.0.0.1/tcp/0', '--config', configPath], allowImageDirs: [dir] })
   const status = await origin.call('node.status')
   return { origin, joinArgs: ['--listen', '/ip4/127.0.0.1/tcp/0', '--bootstrap', status.listenAddrs[0], '--trust', status.peerId] }
 }

@@ -24,7 +24,7 @@ before(async () => {
   reads = (await traceReads()).slice(0, REPLAYED_READS)
   const image = join(dir, 'debian.raw')
   await makeTraceImage(image, reads, IMAGE_BYTES, 0)
-  daemon = await startDaemon({ dir, args: ['--no-p2p', '--config', await writeConfig(dir, 'daemon', withQuiet({}))] })
+  daemon = await startDaemon({ dir, args: ['--no-p2p', '--config', await writeConfig(dir, 'daemon', withQuiet({}))], allowImageDirs: [dir] })
   await daemon.call('image.register', { id: 'deb', path: image })
 }, { timeout: 120_000 })
 

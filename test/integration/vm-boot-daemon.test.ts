@@ -5,6 +5,7 @@
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { stat } from 'node:fs/promises'
+import { dirname } from 'node:path'
 import { buildGuest, bootGuest, type GuestPaths } from '../helpers/vm.js'
 import { startDaemon, makeTempDir, removeDir, type TestDaemon } from '../helpers/daemon.js'
 import { sha256File } from '../helpers/images.js'
@@ -26,7 +27,7 @@ after(async () => {
 
 test('a VM boots from an instance snapshot served by vmthunderd', { timeout: BOOT_TIMEOUT_MS + 120_000 }, async () => {
   const rawShaBefore = await sha256File(guest.raw)
-  daemon = await startDaemon({ dir })
+  daemon = await startDaemon({ dir, allowImageDirs: [dirname(guest.raw)] })
   await daemon.call('image.register', { id: 'debian', path: guest.raw })
   const vm = await daemon.call('instance.create', { name: 'vm-boot', image: 'debian' })
   const before = (await daemon.call('node.status')).images.debian.cache
