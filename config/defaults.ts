@@ -21,6 +21,8 @@ export interface Config {
     psk: string | null
     encryption: 'noise' | 'plaintext'
     heartbeatMs: number
+    /** instance.create of an image this host lacks fails (1040/1041, saying why) if no manifest comes in this long. */
+    manifestTimeoutMs: number
     parents: number
     childLimit: number
     originChildLimit: number
@@ -52,6 +54,7 @@ export function defaultConfig (): Config {
       psk: null,
       encryption: 'noise',
       heartbeatMs: 1000,
+      manifestTimeoutMs: 30_000,
       parents: 3,
       childLimit: 8,
       // One child per image at the origin: it sends each block about once and the agents relay the rest

@@ -46,6 +46,7 @@ export const configFileSchema = z.object({
     /** 'plaintext' only on trusted networks: blocks are verified against the signed manifest either way. */
     encryption: z.enum(['noise', 'plaintext']),
     heartbeatMs: duration.min(50),
+    manifestTimeoutMs: duration.min(100).max(3_600_000),
     parents: z.number().int().min(1).max(16),
     childLimit: z.number().int().min(0).max(1024),
     /** Children of the images this agent originates: small, so the image server sends each block about once. */

@@ -20,6 +20,8 @@ import { RpcServer } from '../rpc/server.js'
 import { createMethods } from './methods.js'
 import type { DaemonLogger } from './logger.js'
 import { PrefetchManager } from './prefetch-manager.js'
+import { tapManifestFailures, isTrustFailure, type ManifestFailures } from './manifest-failures.js'
+import { UntrustedOriginError } from '../blockstack/errors.js'
 
 export class ManifestUnavailableError extends Error {
   override name = 'ManifestUnavailableError'
@@ -87,6 +89,7 @@ export class Daemon {
   readonly startedAtMs = Date.now()
   private heartbeatTimer: NodeJS.Timeout | undefined
   private readonly fileSources: Array<{ close: () => Promise<void> }> = []
+  private manifestFailures: ManifestFailures | undefined
   private constructor (
     readonly config: Config,
     readonly identity: Identity,
@@ -130,8 +133,9 @@ export class Daemon {
         local: imageId => prefetchRef.manager?.localProfile(imageId),
         adopt: async (imageId, bytes) => await (prefetchRef.manager?.adoptPeerProfile(imageId, bytes) ?? Promise.resolve(false))
       }
+      const manifestFailures = tapManifestFailures(logger.child('p2p'))
       const peers = config.p2p.enabled && options.peerLayer !== undefined
-        ? await options.peerLayer({ config, identity, trustedKeys, logger: logger.child('p2p'), profiles })
+        ? await options.peerLayer({ config, identity, trustedKeys, logger: manifestFailures.logger, profiles })
         : undefined
       const peerSource = peers?.blockSource ?? NO_PEERS_SOURCE
       const fileSources: Array<{ close: () => Promise<void> }> = []
@@ -190,6 +194,7 @@ export class Daemon {
       })
       const daemon = new Daemon(config, identity, db, images, snapshots, nbd, rpc, peers, prefetch, trustedKeys, logger)
       daemon.fileSources.push(...fileSources)
+      daemon.manifestFailures = manifestFailures
       holder.daemon = daemon
       if (peers !== undefined) {
         cleanups.unshift(async () => { await peers.stop() })
@@ -220,10 +225,40 @@ export class Daemon {
     const known = this.images.get(imageId)
     if (known !== undefined) return known
     if (this.peers === undefined) throw new ManifestUnavailableError(`no image '${imageId}' here, and the peer layer is off`)
-    const manifest = await this.peers.fetchManifest(imageId, { signal })
+    const peers = this.peers
+    const timeoutMs = this.config.p2p.manifestTimeoutMs
+    const deadline = new AbortController()
+    // The reason is read when the deadline passes, before the peer layer drops its interest in the image.
+    let why: Error | undefined
+    const timer = setTimeout(() => { why = this.manifestFailure(imageId, peers, timeoutMs); deadline.abort(why) }, timeoutMs)
+    this.manifestFailures?.forget(imageId)
+    let manifest: Manifest
+    try {
+      manifest = await peers.fetchManifest(imageId, { signal: AbortSignal.any([signal, deadline.signal]) })
+    } catch (err) {
+      if (why !== undefined && !signal.aborted) throw why
+      throw err
+    } finally {
+      clearTimeout(timer)
+    }
     const image = await this.images.adopt(manifest)
     await this.attachImage(image)
     return image
+  }
+
+  /** Why no manifest of `imageId` came in time: untrusted origin (1040), or no peer with it (1041). */
+  private manifestFailure (imageId: string, peers: PeerLayer, timeoutMs: number): Error {
+    const last = this.manifestFailures?.last(imageId)
+    const within = `in ${timeoutMs} ms`
+    if (last !== undefined && isTrustFailure(last)) {
+      return new UntrustedOriginError(`no trusted manifest of '${imageId}' ${within}: ${last} (add the origin's key with --trust or p2p.trust)`)
+    }
+    if (last !== undefined) return new ManifestUnavailableError(`no valid manifest of '${imageId}' ${within}: ${last}`)
+    const connected = (peers.status().peers as unknown[] | undefined)?.length ?? 0
+    if (connected === 0) {
+      return new ManifestUnavailableError(`no manifest of '${imageId}' ${within}: no peer is connected (check --bootstrap, and that --psk holds the network's key)`)
+    }
+    return new ManifestUnavailableError(`no manifest of '${imageId}' ${within}: none of ${connected} connected peer(s) offers it (is it registered on its origin?)`)
   }
 
   /** A new image on this host: serve it to peers, prefetch it, learn its boots. */
