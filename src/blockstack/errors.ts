@@ -66,6 +66,11 @@ export class InstanceExistsError extends Error {
   override name = 'InstanceExistsError'
 }
 
+/** A VM (qemu) still holds the instance's overlay open: destroying it would pull the disk from under it. */
+export class InstanceInUseError extends Error {
+  override name = 'InstanceInUseError'
+}
+
 export class InvalidNameError extends Error {
   override name = 'InvalidNameError'
 }

@@ -5,7 +5,7 @@
 import { mkdir, rm, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { execa } from 'execa'
-import { InstanceExistsError, InstanceNotFoundError, InvalidNameError, SnapshotToolError } from './errors.js'
+import { InstanceExistsError, InstanceInUseError, InstanceNotFoundError, InvalidNameError, SnapshotToolError } from './errors.js'
 
 export interface InstanceRecord {
   name: string
@@ -90,12 +90,14 @@ export class SnapshotStore {
     }
   }
 
-  async destroy (name: string): Promise<InstanceRecord> {
+  /** Removes an instance and its overlay; refused (InstanceInUseError) while a VM holds it, unless `force`. */
+  async destroy (name: string, options: { force?: boolean, signal?: AbortSignal } = {}): Promise<InstanceRecord> {
     validateInstanceName(name)
     const record = this.instances.get(name)
     if (record === undefined || this.busy.has(name)) throw new InstanceNotFoundError(`no instance '${name}'`)
     this.busy.add(name)
     try {
+      if (options.force !== true) await this.assertNotHeld(record, options.signal)
       await this.init.db.del(name)
       this.instances.delete(name)
       await rm(record.path, { force: true })
@@ -103,6 +105,26 @@ export class SnapshotStore {
     } finally {
       this.busy.delete(name)
     }
+  }
+
+  /**
+   * QEMU takes OFD locks on the images it opens; `qemu-img info` without -U needs the shared lock and fails
+   * while a VM holds the overlay for writing. Backing files are not opened, so the NBD export is not touched.
+   */
+  private async assertNotHeld (record: InstanceRecord, signal?: AbortSignal): Promise<void> {
+    const result = await execa(this.init.qemuImg ?? 'qemu-img', ['info', '--output=json', '-f', 'qcow2', record.path], {
+      cancelSignal: signal,
+      timeout: this.init.toolTimeoutMs ?? 60_000,
+      stdin: 'ignore',
+      reject: false
+    })
+    signal?.throwIfAborted()
+    if (result.exitCode === 0) return
+    const stderr = String(result.stderr ?? '').trim()
+    if (/lock/i.test(stderr)) {
+      throw new InstanceInUseError(`instance '${record.name}' is in use: a VM holds ${record.path} open (${stderr.split('\n')[0]}); stop the VM first, or destroy with --force`)
+    }
+    // A missing or damaged overlay is no reason to keep the record: destroy goes on.
   }
 
   /** Overlay size on disk (what the VM wrote), for status. */

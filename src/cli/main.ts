@@ -21,7 +21,7 @@ commands:
   image profile export ID FILE                  write the image's learned boot profile (JSON)
   image profile import ID FILE                  merge a boot profile into the image's
   instance create NAME --image ID               make a copy-on-write overlay; prints its path
-  instance destroy NAME
+  instance destroy NAME [--force]               --force: even while a VM holds the overlay open
   instance list
   status                                        this agent: peer id, images, parents, prefetch`
 
@@ -41,6 +41,7 @@ export async function run (argv: string[], out: (text: string) => void, err: (te
         json: { type: 'boolean' },
         image: { type: 'string' },
         'block-size': { type: 'string' },
+        force: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' }
       },
       allowPositionals: true,
@@ -119,8 +120,8 @@ export async function run (argv: string[], out: (text: string) => void, err: (te
         return EXIT_OK
       }
       case 'instance destroy': {
-        const [instance] = need(1, 'instance destroy NAME')
-        const result = await call('instance.destroy', { name: instance })
+        const [instance] = need(1, 'instance destroy NAME [--force]')
+        const result = await call('instance.destroy', values.force === true ? { name: instance, force: true } : { name: instance })
         print(result, () => `destroyed ${instance}\n`)
         return EXIT_OK
       }

@@ -18,7 +18,7 @@ const schemas = {
   'image.list': z.object({}).strict(),
   'image.remove': z.object({ id: name }).strict(),
   'instance.create': z.object({ name, image: name }).strict(),
-  'instance.destroy': z.object({ name }).strict(),
+  'instance.destroy': z.object({ name, force: z.boolean().optional() }).strict(),
   'instance.list': z.object({}).strict(),
   'node.status': z.object({}).strict(),
   'image.profile.export': z.object({ id: name }).strict(),
@@ -98,10 +98,10 @@ export function createMethods (getDaemon: () => Daemon): Record<string, RpcMetho
       daemon.prefetch.instanceCreated(record.name, image.record.imageId)
       return { name: record.name, image: record.imageId, path: record.path, backing: record.backing, createdAtMs: record.createdAtMs }
     },
-    'instance.destroy': async (params) => {
+    'instance.destroy': async (params, { signal }) => {
       const p = parse(schemas['instance.destroy'], params)
       const daemon = getDaemon()
-      const record = await daemon.snapshots.destroy(p.name)
+      const record = await daemon.snapshots.destroy(p.name, { force: p.force === true, signal })
       daemon.prefetch.instanceDestroyed(record.name, record.imageId)
       return { name: record.name, image: record.imageId, destroyed: true }
     },
