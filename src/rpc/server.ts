@@ -213,8 +213,11 @@ export class RpcServer {
 
   /** Says why with 1091 and closes; a client that reads nothing cannot keep the socket open past a second. */
   private refuse (socket: Socket, message: string): void {
+    // Reading to the client's EOF lets the socket close by itself (destroying it with unread input would reset
+    // the connection and lose the message); a client that never closes is cut off after a second.
+    socket.on('data', () => {})
     socket.resume()
-    socket.end(JSON.stringify(createJSONRPCErrorResponse(null, RpcErrorCode.TooManyConnections, message)) + '\n', () => socket.destroy())
+    socket.end(JSON.stringify(createJSONRPCErrorResponse(null, RpcErrorCode.TooManyConnections, message)) + '\n')
     setTimeout(() => socket.destroy(), REFUSE_LINGER_MS).unref()
   }
 
