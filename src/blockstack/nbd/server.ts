@@ -5,6 +5,7 @@
 
 import { chmod, lstat, unlink } from 'node:fs/promises'
 import { connect, createServer, type Server, type Socket } from 'node:net'
+import { setMaxListeners } from 'node:events'
 import type { ExportProvider } from '../types.js'
 import { ByteQueue } from './byte-queue.js'
 import {
@@ -18,6 +19,9 @@ import {
 import { negotiate } from './handshake.js'
 import { type NbdLogger, stderrLogger } from './logger.js'
 import { serveTransmission } from './transmission.js'
+
+/** Listeners on a connection's signal besides one per read in flight (negotiation, transmission). */
+const CONNECTION_SIGNAL_SPARE_LISTENERS = 8
 
 /** Unix socket files are created with this mode: owner and group (the hypervisor's) may connect. */
 export const DEFAULT_UNIX_SOCKET_MODE = 0o660
@@ -109,6 +113,9 @@ export function createNbdServer (init: NbdServerInit): NbdServer {
     }
     socket.setNoDelay?.(true)
     const conn: Connection = { id, socket, controller: new AbortController() }
+    // Each read in flight waits on this signal (the cache's raceAbort); reads are bounded per connection, so
+    // the listener count is too: a stall (a banned source) must not look like a leak.
+    setMaxListeners(transmissionConfig.maxInFlightRequests + CONNECTION_SIGNAL_SPARE_LISTENERS, conn.controller.signal)
     open.set(id, conn)
     socket.once('close', () => {
       conn.controller.abort(new NbdConnectionClosedError('connection closed'))
