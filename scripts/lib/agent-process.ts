@@ -38,6 +38,8 @@ export interface StartDaemonOptions {
   timeoutMs?: number
   /** Directories image.register may export files from (--allow-image-dir); none by default, as in production. */
   allowImageDirs?: string[]
+  /** A command the daemon runs under, e.g. ['setpriv', '--reuid=65534', ...] to run it as its own user. */
+  wrapper?: string[]
 }
 
 export async function startDaemon (options: StartDaemonOptions = {}): Promise<TestDaemon> {
@@ -47,7 +49,8 @@ export async function startDaemon (options: StartDaemonOptions = {}): Promise<Te
   const nbdSocket = join(dir, 'nbd.sock')
   const allow = (options.allowImageDirs ?? []).flatMap(d => ['--allow-image-dir', d])
   const args = [DAEMON_BIN, '--data-dir', dataDir, '--socket', socket, ...allow, ...(options.args ?? ['--no-p2p'])]
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env } })
+  const [command, ...commandArgs] = [...(options.wrapper ?? []), process.execPath, ...args]
+  const child = spawn(command, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env } })
   let output = ''
   const exited = new Promise<number | null>(resolve => child.once('exit', code => resolve(code)))
   await new Promise<void>((resolve, reject) => {
