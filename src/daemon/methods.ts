@@ -54,6 +54,19 @@ export function imageSummary (daemon: Daemon, image: Image): Record<string, unkn
   }
 }
 
+/** The RPC socket's flow state: clients that do not read their replies show as paused, with bounded bytes. */
+function rpcSummary (daemon: Daemon): Record<string, number> {
+  const stats = daemon.rpc.stats()
+  return {
+    connections: stats.connections.length,
+    maxConnections: stats.maxConnections,
+    pausedConnections: stats.connections.filter(c => c.paused).length,
+    unsentReplyBytes: stats.connections.reduce((sum, c) => sum + c.unsentReplyBytes, 0),
+    maxUnsentReplyBytesPerConnection: stats.maxUnsentReplyBytes,
+    evictedConnections: stats.evictedConnections
+  }
+}
+
 export function createMethods (getDaemon: () => Daemon): Record<string, RpcMethod> {
   return {
     'image.register': async (params, { signal }) => {
@@ -137,6 +150,7 @@ export function createMethods (getDaemon: () => Daemon): Record<string, RpcMetho
         p2p: peer === undefined ? { enabled: false } : { enabled: true, ...peer, images: undefined },
         listenAddrs: peer?.listenAddrs ?? [],
         instances: daemon.snapshots.list().length,
+        rpc: rpcSummary(daemon),
         images
       }
     }

@@ -11,7 +11,7 @@ import { startDaemon, makeTempDir, removeDir, DAEMON_BIN, CTL_BIN, type TestDaem
 import { makeImage, sha256File } from '../helpers/images.js'
 import { exchange } from '../../src/rpc/client.js'
 import { allowedImagePath } from '../../src/blockstack/images.js'
-import { waitForEvent } from '../helpers/wait.js'
+import { waitFor, waitForEvent } from '../helpers/wait.js'
 
 let dir: string
 let daemon: TestDaemon
@@ -173,6 +173,24 @@ test('at the connection limit the oldest idle connection is closed with 1091 and
   assert.match(evicted.join(''), /"code":1091/)
   for (const s of held.slice(1)) assert.equal(s.destroyed, false)
   for (const s of held) s.destroy()
+  await stillServing()
+})
+
+test('a client that never reads its replies is paused by the daemon with bounded unsent bytes', { timeout: 60_000 }, async () => {
+  const hog = createConnection(daemon.socket)
+  hog.on('error', () => {})
+  await waitForEvent('connect', hog, 'connect')
+  hog.pause()
+  const requests = 4000
+  hog.write(Array.from({ length: requests }, (_, i) => JSON.stringify({ jsonrpc: '2.0', id: i, method: 'node.status' })).join('\n') + '\n')
+  const replyBytes = JSON.stringify(await daemon.call('node.status')).length + 64
+  const rpc = await waitFor('the daemon to pause the hog', async () => {
+    const r = (await daemon.call('node.status')).rpc
+    return r.pausedConnections === 1 ? r : undefined
+  }, { timeoutMs: 30_000 })
+  // 16 requests in progress per connection may each add a reply after the pause: that is the bound.
+  assert.ok(rpc.unsentReplyBytes <= rpc.maxUnsentReplyBytesPerConnection + 16 * 2 * replyBytes, JSON.stringify(rpc))
+  hog.destroy()
   await stillServing()
 })
 
