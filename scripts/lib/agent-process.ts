@@ -31,13 +31,15 @@ export async function makeTempDir (prefix = 'vmt'): Promise<string> {
   return await mkdtemp(join('/tmp', `${prefix}-`))
 }
 
-export async function startDaemon (options: { dir?: string, args?: string[], env?: Record<string, string>, timeoutMs?: number } = {}): Promise<TestDaemon> {
+/** `bin`: the vmthunderd executable to run (default: this checkout's bin/vmthunderd.js under this node). */
+export async function startDaemon (options: { dir?: string, args?: string[], env?: Record<string, string>, timeoutMs?: number, bin?: string } = {}): Promise<TestDaemon> {
   const dir = options.dir ?? await makeTempDir()
   const dataDir = join(dir, 'data')
   const socket = join(dir, 'ctl.sock')
   const nbdSocket = join(dir, 'nbd.sock')
-  const args = [DAEMON_BIN, '--data-dir', dataDir, '--socket', socket, ...(options.args ?? ['--no-p2p'])]
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env } })
+  const args = ['--data-dir', dataDir, '--socket', socket, ...(options.args ?? ['--no-p2p'])]
+  const [command, argv] = options.bin === undefined ? [process.execPath, [DAEMON_BIN, ...args]] : [options.bin, args]
+  const child = spawn(command, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env } })
   let output = ''
   const exited = new Promise<number | null>(resolve => child.once('exit', code => resolve(code)))
   await new Promise<void>((resolve, reject) => {
