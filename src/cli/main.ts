@@ -7,6 +7,7 @@ import { resolve } from 'node:path'
 import { callRpc, RpcConnectError, RpcTimeoutError } from '../rpc/client.js'
 import { RpcError } from '../rpc/errors.js'
 import { formatBytes, table } from './format.js'
+import { waitReady, NotReadyError } from './wait-ready.js'
 
 export const EXIT_OK = 0
 export const EXIT_REFUSED = 1
@@ -23,7 +24,8 @@ commands:
   instance create NAME --image ID               make a copy-on-write overlay; prints its path
   instance destroy NAME
   instance list
-  status                                        this agent: peer id, images, parents, prefetch`
+  status                                        this agent: peer id, images, parents, prefetch
+  wait-ready [--timeout-s S]                    return once the RPC and NBD sockets answer (systemd ExecStartPost)`
 
 class UsageError extends Error {
   override name = 'UsageError'
@@ -41,6 +43,7 @@ export async function run (argv: string[], out: (text: string) => void, err: (te
         json: { type: 'boolean' },
         image: { type: 'string' },
         'block-size': { type: 'string' },
+        'timeout-s': { type: 'string' },
         help: { type: 'boolean', short: 'h' }
       },
       allowPositionals: true,
@@ -136,6 +139,14 @@ export async function run (argv: string[], out: (text: string) => void, err: (te
         print(status, () => formatStatus(status))
         return EXIT_OK
       }
+      case 'wait-ready': {
+        if (verb !== undefined) throw new UsageError('usage: vmthunderctl wait-ready [--timeout-s S]')
+        const timeoutS = Number(values['timeout-s'] ?? 60)
+        if (!(timeoutS > 0)) throw new UsageError('--timeout-s takes a positive number of seconds')
+        const status = await waitReady(socket, { timeoutMs: timeoutS * 1000 })
+        print({ ready: true, socket: status.socket, nbdSocket: status.nbdSocket }, () => `ready: ${status.socket}, ${status.nbdSocket}\n`)
+        return EXIT_OK
+      }
       default:
         throw new UsageError(`unknown command '${positionals.join(' ')}'\n${USAGE}`)
     }
@@ -144,7 +155,7 @@ export async function run (argv: string[], out: (text: string) => void, err: (te
       err(`vmthunderctl: ${e.message}\n`)
       return EXIT_USAGE
     }
-    if (e instanceof RpcConnectError || e instanceof RpcTimeoutError) {
+    if (e instanceof RpcConnectError || e instanceof RpcTimeoutError || e instanceof NotReadyError) {
       err(`vmthunderctl: ${e.message}\n`)
       return EXIT_UNREACHABLE
     }
