@@ -1,4 +1,4 @@
 #!/usr/bin/env node
 // The CLI; see entry.js for which build runs.
 import { runEntry } from './entry.js'
-await runEntry('cli/main')
+await runEntry('cli/main', 'vmthunderctl')

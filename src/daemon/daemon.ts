@@ -20,6 +20,14 @@ import { RpcServer } from '../rpc/server.js'
 import { createMethods } from './methods.js'
 import type { DaemonLogger } from './logger.js'
 import { PrefetchManager } from './prefetch-manager.js'
+import { ErrorCounts, countingLogger } from '../metrics/error-count.js'
+import { createAgentMetrics, type AgentMetrics } from '../metrics/metrics.js'
+import { startMetricsServer, type MetricsServer } from '../metrics/server.js'
+import { timedExport } from '../metrics/read-latency.js'
+import type { NodeStatus } from '../rpc/types.js'
+
+/** Reported by node.status and the metrics' build info. */
+export const DAEMON_VERSION = '0.1.0'
 
 export class ManifestUnavailableError extends Error {
   override name = 'ManifestUnavailableError'
@@ -86,6 +94,7 @@ export interface DaemonOptions {
 export class Daemon {
   readonly startedAtMs = Date.now()
   private heartbeatTimer: NodeJS.Timeout | undefined
+  private metricsServer: MetricsServer | undefined
   private readonly fileSources: Array<{ close: () => Promise<void> }> = []
   private constructor (
     readonly config: Config,
@@ -106,7 +115,9 @@ export class Daemon {
   }
 
   static async start (config: Config, options: DaemonOptions): Promise<Daemon> {
-    const logger = options.logger
+    // Every logged error is counted by class, for the metrics.
+    const errorCounts = new ErrorCounts()
+    const logger = countingLogger(options.logger, errorCounts)
     await mkdir(config.dataDir, { recursive: true, mode: 0o700 })
     await mkdir(dirname(config.socket), { recursive: true })
     await mkdir(dirname(config.nbd.socket), { recursive: true })
@@ -170,19 +181,29 @@ export class Daemon {
       prefetchRef.manager = prefetch
       cleanups.unshift(async () => { await prefetch.stop() })
       for (const image of images.list()) await prefetch.attach(image)
-      const nbd = createNbdServer({ provider: exportProvider(images, prefetch), logger: logger.child('nbd'), maxConnections: config.nbd.maxConnections })
+      const holder: { daemon?: Daemon } = {}
+      const methods = createMethods(() => {
+        if (holder.daemon === undefined) throw new Error('daemon is starting')
+        return holder.daemon
+      })
+      const metrics = config.metrics.listen === null
+        ? undefined
+        : createAgentMetrics({
+          status: async () => await methods['node.status']({}, { signal: AbortSignal.timeout(10_000) }) as NodeStatus,
+          cacheBytes: () => prefetch.usedBytes(),
+          quotaBytes: config.cache.quotaBytes,
+          errors: errorCounts,
+          version: DAEMON_VERSION
+        })
+      const nbd = createNbdServer({ provider: exportProvider(images, prefetch, metrics), logger: logger.child('nbd'), maxConnections: config.nbd.maxConnections })
       cleanups.unshift(async () => { await nbd.close() })
       await nbd.listenUnix(config.nbd.socket)
       if (config.nbd.tcp !== null) {
         const at = config.nbd.tcp.lastIndexOf(':')
         await nbd.listenTcp(config.nbd.tcp.slice(0, at).replace(/^\[|\]$/g, ''), Number(config.nbd.tcp.slice(at + 1)))
       }
-      const holder: { daemon?: Daemon } = {}
       const rpc = new RpcServer({
-        methods: createMethods(() => {
-          if (holder.daemon === undefined) throw new Error('daemon is starting')
-          return holder.daemon
-        }),
+        methods,
         maxRequestBytes: config.rpc.maxRequestBytes,
         maxConnections: config.rpc.maxConnections,
         maxBatchLength: config.rpc.maxBatchLength,
@@ -197,6 +218,10 @@ export class Daemon {
         for (const image of images.list()) peers.addImage(image.cache, image.record.origin ? { childLimit: config.p2p.originChildLimit } : {})
       }
       await rpc.listen(config.socket)
+      if (metrics !== undefined && config.metrics.listen !== null) {
+        daemon.metricsServer = await startMetricsServer(metrics, config.metrics.listen, (message, fields) => logger.error(message, fields))
+        cleanups.unshift(async () => { await daemon.metricsServer?.close() })
+      }
       daemon.heartbeatTimer = setInterval(() => {
         prefetch.heartbeat().catch(err => logger.warn('prefetch heartbeat failed', { error: err }))
       }, 1000)
@@ -206,7 +231,8 @@ export class Daemon {
         socket: config.socket,
         nbdSocket: config.nbd.socket,
         images: images.list().length,
-        instances: snapshots.list().length
+        instances: snapshots.list().length,
+        metrics: daemon.metricsServer === undefined ? null : `http://${daemon.metricsServer.address}/metrics`
       })
       return daemon
     } catch (err) {
@@ -241,6 +267,7 @@ export class Daemon {
     this.logger.info('vmthunderd stopping')
     clearInterval(this.heartbeatTimer)
     await this.rpc.close()
+    await this.metricsServer?.close()
     await this.nbd.close()
     await this.prefetch.stop().catch(err => this.logger.warn('prefetch stop failed', { error: err }))
     if (this.peers !== undefined) await this.peers.stop().catch(err => this.logger.warn('peer layer stop failed', { error: err }))
@@ -255,7 +282,7 @@ export class Daemon {
  * One read-only NBD export per image, reading through its block cache. get() runs once per connection, so
  * the prefetcher can tell one VM's reads from another's.
  */
-function exportProvider (images: ImageRegistry, prefetch: PrefetchManager): ExportProvider {
+function exportProvider (images: ImageRegistry, prefetch: PrefetchManager, metrics: AgentMetrics | undefined): ExportProvider {
   const pool = new BufferPool()
   return {
     list: () => images.list().map(image => image.record.imageId),
@@ -263,7 +290,8 @@ function exportProvider (images: ImageRegistry, prefetch: PrefetchManager): Expo
       const image = images.get(name)
       if (image === undefined) return undefined
       const base = cacheExport(name, image.cache, pool)
-      return { ...prefetch.wrapExport(name, base), releaseBuffer: base.releaseBuffer }
+      const exp = { ...prefetch.wrapExport(name, base), releaseBuffer: base.releaseBuffer }
+      return metrics === undefined ? exp : timedExport(exp, metrics.readLatency)
     }
   }
 }

@@ -26,9 +26,9 @@ after(async () => {
 })
 
 test('the tarball holds compiled JavaScript only, and the install has no TypeScript runtime', { timeout: 30_000 }, async () => {
-  assert.ok(pkg.files.includes('dist/src/daemon/main.js'), pkg.files.join('\n'))
-  assert.ok(pkg.files.includes('dist/src/cli/main.js'))
-  assert.deepEqual(pkg.files.filter(f => f.endsWith('.ts') || f.startsWith('src/') || f.startsWith('test/')), [])
+  assert.ok(pkg.files.includes('dist/vmthunderd.mjs'), pkg.files.join('\n'))
+  assert.ok(pkg.files.includes('dist/vmthunderctl.mjs'))
+  assert.deepEqual(pkg.files.filter(f => f.endsWith('.ts') || f.startsWith('src/') || f.startsWith('test/') || f.startsWith('dist/src/')), [])
   for (const name of BUILD_ONLY_PACKAGES) {
     await assert.rejects(access(join(pkg.packageDir, 'node_modules', name)), { code: 'ENOENT' })
   }
