@@ -25,6 +25,9 @@ import { createAgentMetrics, type AgentMetrics } from '../metrics/metrics.js'
 import { startMetricsServer, type MetricsServer } from '../metrics/server.js'
 import { timedExport } from '../metrics/read-latency.js'
 import type { NodeStatus } from '../rpc/types.js'
+import type { P2PNode } from '../p2p/node.js'
+import { createPreheat, type Preheat, type PreheatPubsub } from '../p2p/preheat.js'
+import { preheatMethods } from './preheat-methods.js'
 
 /** Reported by node.status and the metrics' build info. */
 export const DAEMON_VERSION = '0.1.0'
@@ -48,6 +51,8 @@ export interface PeerLayer {
   status: () => Record<string, any>
   /** The image's boot profile changed: advertise its new version. */
   profileChanged?: (imageId: string) => void
+  /** The started libp2p node, for modules with their own gossip topics (cluster preheat). */
+  node?: () => P2PNode
 }
 
 /** Boot profiles for the peer layer: advertised, served, and adopted from peers (PrefetchManager). */
@@ -95,6 +100,8 @@ export class Daemon {
   readonly startedAtMs = Date.now()
   private heartbeatTimer: NodeJS.Timeout | undefined
   private metricsServer: MetricsServer | undefined
+  /** Cluster preheat over gossip; undefined with the peer layer off. */
+  preheat: Preheat | undefined
   private readonly fileSources: Array<{ close: () => Promise<void> }> = []
   private constructor (
     readonly config: Config,
@@ -182,10 +189,11 @@ export class Daemon {
       cleanups.unshift(async () => { await prefetch.stop() })
       for (const image of images.list()) await prefetch.attach(image)
       const holder: { daemon?: Daemon } = {}
-      const methods = createMethods(() => {
+      const getDaemon = (): Daemon => {
         if (holder.daemon === undefined) throw new Error('daemon is starting')
         return holder.daemon
-      })
+      }
+      const methods = { ...createMethods(getDaemon), ...preheatMethods(getDaemon) }
       const metrics = config.metrics.listen === null
         ? undefined
         : createAgentMetrics({
@@ -216,6 +224,22 @@ export class Daemon {
         cleanups.unshift(async () => { await peers.stop() })
         await peers.start()
         for (const image of images.list()) peers.addImage(image.cache, image.record.origin ? { childLimit: config.p2p.originChildLimit } : {})
+        const node = peers.node
+        if (node !== undefined) {
+          daemon.preheat = createPreheat({
+            pubsub: () => node().services.pubsub as unknown as PreheatPubsub,
+            identity,
+            trustedKeys,
+            acquire: async (imageId, signal) => {
+              const image = await daemon.acquireImage(imageId, signal)
+              const { blockCount } = image.manifest
+              return { rootHex: image.manifest.rootHex, sizeBytes: image.manifest.sizeBytes, heldFraction: () => image.cache.presentCount() / blockCount }
+            },
+            logger: logger.child('preheat')
+          })
+          daemon.preheat.start()
+          cleanups.unshift(async () => { await daemon.preheat?.stop() })
+        }
       }
       await rpc.listen(config.socket)
       if (metrics !== undefined && config.metrics.listen !== null) {
@@ -266,6 +290,7 @@ export class Daemon {
   async stop (): Promise<void> {
     this.logger.info('vmthunderd stopping')
     clearInterval(this.heartbeatTimer)
+    await this.preheat?.stop()
     await this.rpc.close()
     await this.metricsServer?.close()
     await this.nbd.close()

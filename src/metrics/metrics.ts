@@ -90,7 +90,7 @@ export function createAgentMetrics (sources: MetricsSources): AgentMetrics {
   gauge('vmthunder_image_prefetch_active', 'Prefetch mode of the image: 1 for the current mode.', ['image', 'mode'], () =>
     images().flatMap(i => i.prefetch === undefined ? [] : [[{ image: i.id, mode: String(i.prefetch.mode) }, 1]] as Array<[Record<'image' | 'mode', string>, number]>))
   totalCounter('vmthunder_image_prefetch_failed_batches_total', 'Prefetch batches that failed (retried later).', ['image'], perImage(i => i.prefetch?.failedBatches))
-  gauge('vmthunder_peers', 'Connected peers.', [], () => [[{}, snapshot?.p2p.peers?.length ?? 0]])
+  gauge('vmthunder_peers', 'Connected peers.', [], () => [[{}, snapshot?.p2p.peers ?? 0]])
   gauge('vmthunder_banned_peers', 'Peers banned for a corrupt block or a protocol violation.', [], () => [[{}, snapshot?.p2p.banned?.length ?? 0]])
   gauge('vmthunder_instances', 'VM instances (copy-on-write overlays) on this host.', [], () => [[{}, snapshot?.instances ?? 0]])
   gauge('vmthunder_cache_bytes', 'Bytes all image caches hold on disk.', [], () => [[{}, sources.cacheBytes()]])

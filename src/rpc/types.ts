@@ -56,8 +56,8 @@ export interface P2PStatusFields {
   peerId?: string
   publicKeyHex?: string
   listenAddrs?: string[]
-  /** Connected peer ids. */
-  peers?: string[]
+  /** How many peers are connected. */
+  peers?: number
   /** Peers banned for sending a corrupt block or breaking the protocol. */
   banned?: string[]
 }
@@ -112,8 +112,8 @@ export interface PreheatRequest {
 export interface PreheatStatus {
   imageId: string
   root: string
-  /** State of this agent: queued, fetching the manifest, pulling, done, or refused (reason in `error`). */
-  state: 'queued' | 'manifest' | 'pulling' | 'done' | 'failed'
+  /** Queued, fetching the manifest, pulling, done, failed (reason in `error`), or refused: untrusted signer. */
+  state: 'queued' | 'manifest' | 'pulling' | 'done' | 'failed' | 'refused'
   heldFraction: number
   error?: string
 }
