@@ -11,6 +11,7 @@ import { waitReady, NotReadyError } from './wait-ready.js'
 import { watchStatus } from './watch.js'
 import { waitPreheat } from './preheat.js'
 import { formatDuration } from './progress.js'
+import { writeSwarmSvg } from './swarm.js'
 import type { ImagePrefetchStatus, ImageSummary, InstanceCreated, InstanceEntry, NodeStatus, PreheatClusterStatus, PreheatRequest } from '../rpc/types.js'
 
 export const EXIT_OK = 0
@@ -32,6 +33,9 @@ commands:
   instance list
   status [--watch [--interval-s 2] [--count N]]  this agent: peer id, images, parents, prefetch; --watch redraws
                                                 it live with rates (Ctrl-C ends it)
+  swarm --svg FILE [--image ID] [--count N --interval-s S]
+                                                picture of the swarm as this agent sees it: who it fetched
+                                                from, bytes per peer, its depth over time, the origin's share
   wait-ready [--timeout-s S]                    return once the RPC and NBD sockets answer (systemd ExecStartPost)`
 
 class UsageError extends Error {
@@ -54,6 +58,7 @@ export async function run (argv: string[], out: (text: string) => void, err: (te
         'interval-s': { type: 'string' },
         count: { type: 'string' },
         watch: { type: 'boolean' },
+        svg: { type: 'string' },
         wait: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' }
       },
@@ -184,6 +189,15 @@ export async function run (argv: string[], out: (text: string) => void, err: (te
         })
         print({ request, status: final }, () => `${final.agents.filter(a => a.state === 'done').length} agent(s) hold ${id}\n`)
         return final.agents.some(a => a.state === 'failed') ? EXIT_REFUSED : EXIT_OK
+      }
+      case 'swarm': {
+        if (verb !== undefined || values.svg === undefined) throw new UsageError('usage: vmthunderctl swarm --svg FILE [--image ID] [--count N --interval-s S]')
+        const count = Number(values.count ?? 1)
+        const intervalS = Number(values['interval-s'] ?? 1)
+        if (!Number.isInteger(count) || count < 1 || count > 3600 || !(intervalS >= 0.1)) throw new UsageError('--count takes 1 to 3600, --interval-s at least 0.1')
+        const result = await writeSwarmSvg({ status: async () => await call('node.status') as NodeStatus, file: values.svg, imageId: values.image, count, intervalMs: intervalS * 1000 })
+        print({ file: values.svg, ...result }, () => `wrote ${values.svg}: ${result.imageId}, ${result.samples} sample(s), ${result.edges} peer(s) fetched from\n`)
+        return EXIT_OK
       }
       case 'wait-ready': {
         if (verb !== undefined) throw new UsageError('usage: vmthunderctl wait-ready [--timeout-s S]')
