@@ -171,7 +171,9 @@ async function main (): Promise<number> {
     await mkdir(out, { recursive: true })
     await writeFile(join(out, 'tree.dot'), renderTreeDot(nodes))
     // The tree as it was during the boot (by the end every agent is a seed at depth 0).
-    await writeFile(join(out, 'tree.svg'), renderSwarmSvg({ title: `vmthunderd demo: ${agentCount} agents boot ${IMAGE_ID} at once`, originId, samples: swarm.recorder.samples() }))
+    const recording = { title: `vmthunderd demo: ${agentCount} agents boot ${IMAGE_ID} at once`, originId, samples: swarm.recorder.samples() }
+    await writeFile(join(out, 'tree.svg'), renderSwarmSvg(recording))
+    await writeFile(join(out, 'swarm.json'), JSON.stringify(recording) + '\n')
     await writeFile(join(out, 'summary.json'), JSON.stringify(summary, null, 2) + '\n')
     if (opts.json) {
       process.stdout.write(JSON.stringify(summary, null, 2) + '\n')

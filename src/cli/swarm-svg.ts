@@ -115,7 +115,8 @@ export function renderSwarmSvg (rec: SwarmRecording): string {
     '<rect width="100%" height="100%" fill="white"/>',
     `<text x="${width / 2}" y="22" text-anchor="middle" font-size="15" font-weight="bold">${esc(rec.title)}</text>`,
     `<text x="${width / 2}" y="40" text-anchor="middle" font-size="11" fill="#555">who fetched from whom during the boot: arrow from the sender, width and label the bytes; rows: depth while fetching</text>`,
-    '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="6" markerHeight="6" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#446"/></marker></defs>'
+    // Fixed-size arrowheads: scaled by the stroke, a heavy edge would get a huge one.
+    '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerUnits="userSpaceOnUse" markerWidth="10" markerHeight="10" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#446"/></marker></defs>'
   ]
   for (const e of edges) {
     const a = pos.get(e.from)
@@ -128,11 +129,16 @@ export function renderSwarmSvg (rec: SwarmRecording): string {
     const y1 = down ? a.y + boxH : a.y + boxH / 2
     const y2 = down ? b.y : b.y + boxH / 2
     const bend = down ? 0 : 40 + Math.abs(x2 - x1) / 6
-    const cx = (x1 + x2) / 2
+    // An edge that skips a row curves sideways, clear of the boxes between.
+    const skips = down ? Math.round((b.y - a.y) / (boxH + gapY)) - 1 : 0
+    const cx = (x1 + x2) / 2 + (skips > 0 ? (boxW * 0.9 + 30 * skips) * (x2 >= x1 ? 1 : -1) : 0)
     const cy = (y1 + y2) / 2 + (down ? 0 : bend)
     const w = 1 + 7 * Math.sqrt(e.bytes / maxEdge)
     out.push(`<path d="M ${x1} ${y1} Q ${cx} ${cy} ${x2} ${y2}" fill="none" stroke="#446" stroke-opacity="0.55" stroke-width="${w.toFixed(1)}" marker-end="url(#arrow)"/>`)
-    out.push(`<text x="${cx + 4}" y="${(y1 + y2) / 2 + (down ? 0 : bend / 2)}" font-size="9" fill="#224">${esc(formatBytes(e.bytes))}</text>`)
+    // The label sits on the curve's midpoint (a quadratic's midpoint is halfway to its control point).
+    const mx = (x1 + x2) / 4 + cx / 2
+    const my = (y1 + y2) / 4 + cy / 2
+    out.push(`<text x="${mx + 5}" y="${my}" font-size="9" fill="#224">${esc(formatBytes(e.bytes))}</text>`)
   }
   for (const [id, p] of pos) {
     const d = depthOf.get(id)
@@ -146,14 +152,16 @@ export function renderSwarmSvg (rec: SwarmRecording): string {
   // Charts share the time axis.
   const t0 = samples[0]?.atMs ?? 0
   const spanS = Math.max(1, ((final?.atMs ?? t0) - t0) / 1000)
-  const chartW = (width - 3 * 60) / 2
-  const axis = (x0: number, title: string, yMax: number, yLabel: (v: number) => string): void => {
+  const chartW = (width - 2 * 60 - 100) / 2
+  const axis = (x0: number, title: string, yMax: number, yLabel: (v: number) => string, yTicks = 4): void => {
     out.push(`<text x="${x0 + chartW / 2}" y="${chartTop - 4}" text-anchor="middle" font-size="12" font-weight="bold">${esc(title)}</text>`)
     out.push(`<line x1="${x0}" y1="${chartTop + chartH}" x2="${x0 + chartW}" y2="${chartTop + chartH}" stroke="#333"/>`)
     out.push(`<line x1="${x0}" y1="${chartTop}" x2="${x0}" y2="${chartTop + chartH}" stroke="#333"/>`)
+    for (let i = 0; i <= yTicks; i++) {
+      const y = chartTop + chartH - i * chartH / yTicks
+      out.push(`<text x="${x0 - 4}" y="${y + 3}" text-anchor="end" font-size="9" fill="#555">${esc(yLabel(yMax * i / yTicks))}</text>`)
+    }
     for (let i = 0; i <= 4; i++) {
-      const y = chartTop + chartH - i * chartH / 4
-      out.push(`<text x="${x0 - 4}" y="${y + 3}" text-anchor="end" font-size="9" fill="#555">${esc(yLabel(yMax * i / 4))}</text>`)
       out.push(`<text x="${x0 + i * chartW / 4}" y="${chartTop + chartH + 13}" text-anchor="middle" font-size="9" fill="#555">${(spanS * i / 4).toFixed(0)} s</text>`)
     }
   }
@@ -161,7 +169,7 @@ export function renderSwarmSvg (rec: SwarmRecording): string {
   // (2) depth over time.
   const leftX = 60
   const maxDepth = Math.max(1, ...samples.flatMap(s => s.agents.map(a => a.depth ?? 0)))
-  axis(leftX, 'depth of each agent over time', maxDepth, v => String(Math.round(v * 10) / 10))
+  axis(leftX, 'depth of each agent over time', maxDepth, v => String(Math.round(v)), Math.min(maxDepth, 8))
   agents.forEach((agent, i) => {
     const points: string[] = []
     for (const s of samples) {
@@ -174,7 +182,7 @@ export function renderSwarmSvg (rec: SwarmRecording): string {
     out.push(`<text x="${leftX + 6 + (i % 5) * (chartW / 5)}" y="${chartTop + chartH + 30 + Math.floor(i / 5) * 12}" font-size="9" fill="${COLORS[i % COLORS.length]}">${esc(agent.label)}</text>`)
   })
   // (3) origin egress against a central server.
-  const rightX = 2 * 60 + chartW + 60
+  const rightX = leftX + chartW + 100
   const central = samples.map(s => s.agents.reduce((sum, a) => sum + Object.values(a.bytesReceivedByPeer).reduce((x, y) => x + y, 0), 0))
   const maxBytes = Math.max(1, ...central, ...samples.map(s => s.originBytesSent))
   axis(rightX, 'bytes sent: the origin vs one central server', maxBytes, v => formatBytes(v))

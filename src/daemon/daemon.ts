@@ -21,8 +21,9 @@ import { createMethods } from './methods.js'
 import type { DaemonLogger } from './logger.js'
 import { PrefetchManager } from './prefetch-manager.js'
 import { ErrorCounts, countingLogger } from '../metrics/error-count.js'
-import { createAgentMetrics, type AgentMetrics } from '../metrics/metrics.js'
-import { startMetricsServer, type MetricsServer } from '../metrics/server.js'
+// Loaded only when metrics are on (prom-client is not free to load).
+import type { AgentMetrics } from '../metrics/metrics.js'
+import type { MetricsServer } from '../metrics/server.js'
 import { timedExport } from '../metrics/read-latency.js'
 import type { NodeStatus } from '../rpc/types.js'
 import type { P2PNode } from '../p2p/node.js'
@@ -196,7 +197,7 @@ export class Daemon {
       const methods = { ...createMethods(getDaemon), ...preheatMethods(getDaemon) }
       const metrics = config.metrics.listen === null
         ? undefined
-        : createAgentMetrics({
+        : (await import('../metrics/metrics.js')).createAgentMetrics({
           status: async () => await methods['node.status']({}, { signal: AbortSignal.timeout(10_000) }) as NodeStatus,
           cacheBytes: () => prefetch.usedBytes(),
           quotaBytes: config.cache.quotaBytes,
@@ -243,6 +244,7 @@ export class Daemon {
       }
       await rpc.listen(config.socket)
       if (metrics !== undefined && config.metrics.listen !== null) {
+        const { startMetricsServer } = await import('../metrics/server.js')
         daemon.metricsServer = await startMetricsServer(metrics, config.metrics.listen, (message, fields) => logger.error(message, fields))
         cleanups.unshift(async () => { await daemon.metricsServer?.close() })
       }

@@ -5,7 +5,7 @@
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { join } from 'node:path'
-import { writeFile } from 'node:fs/promises'
+import { writeFile, readFile } from 'node:fs/promises'
 import { execa } from 'execa'
 import { startDaemon, makeTempDir, removeDir, CTL_BIN, type TestDaemon } from '../helpers/daemon.js'
 import { makeImage } from '../helpers/images.js'
@@ -73,6 +73,20 @@ test('trusting agents pull the whole image with no VM; an untrusting one ignores
   // ... and says so, so the requester can tell who refused.
   assert.equal(cluster.agents.find((a: { peerId: string }) => a.peerId === u.peerId)?.state, 'refused')
   assert.match(untrusting.log(), /"message":"preheat request from an untrusted signer refused"/)
+})
+
+test('vmthunderctl swarm --svg draws what a live agent fetched from whom', { timeout: 60_000 }, async () => {
+  const file = join(dir, 'swarm.svg')
+  const result = JSON.parse((await execa(process.execPath, [CTL_BIN, '--socket', trusting[0].socket, '--json', 'swarm', '--svg', file, '--image', 'base', '--count', '2', '--interval-s', '0.2'])).stdout)
+  assert.equal(result.samples, 2)
+  const status = await trusting[0].call('node.status')
+  const peers = Object.entries(status.images.base.bytesReceivedByPeer as Record<string, number>).filter(([, n]) => n > 0)
+  assert.ok(peers.length >= 1, 'the agent fetched the image from someone')
+  const svg = await readFile(file, 'utf8')
+  assert.match(svg, />this agent</)
+  // One edge per peer it received bytes from.
+  assert.equal((svg.match(/marker-end="url\(#arrow\)"/g) ?? []).length, peers.length)
+  await execa('xmllint', ['--noout', file])
 })
 
 test('image.preheat of an unknown image is refused with a clear error', { timeout: 90_000 }, async () => {
