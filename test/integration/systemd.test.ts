@@ -30,10 +30,12 @@ function directives (text: string, section: string): Map<string, string[]> {
 test('systemd-analyze verify passes with no warning', { timeout: 60_000 }, async () => {
   const dir = await makeTempDir('vmt-unit')
   try {
-    // verify checks that ExecStart's program exists: point it at this checkout's entry points.
+    // verify checks that ExecStart's program exists on systemd's search path; nothing is installed there
+    // in a checkout, so point the unit at this checkout's entry points.
     const text = (await readFile(UNIT, 'utf8'))
-      .replaceAll('/usr/local/bin/vmthunderd ', `${DAEMON_BIN} `)
-      .replaceAll('/usr/local/bin/vmthunderctl ', `${CTL_BIN} `)
+      .replace(/^ExecStart=vmthunderd /m, `ExecStart=${DAEMON_BIN} `)
+      .replace(/^ExecStartPost=vmthunderctl /m, `ExecStartPost=${CTL_BIN} `)
+    assert.notEqual(text, await readFile(UNIT, 'utf8'))
     const unit = join(dir, 'vmthunderd.service')
     await writeFile(unit, text)
     const result = await execa('systemd-analyze', ['verify', '--man=no', unit], { reject: false })
@@ -56,7 +58,8 @@ test('the unit sandboxes the daemon and asks for what an operator expects', { ti
   assert.equal(one('KillSignal'), 'SIGTERM')
   assert.equal(one('User'), 'vmthunder')
   assert.equal(one('CapabilityBoundingSet'), '')
-  assert.match(one('ExecStartPost') ?? '', /vmthunderctl --socket \/run\/vmthunder\/vmthunderd\.sock wait-ready/)
+  assert.match(one('ExecStartPost') ?? '', /^vmthunderctl --socket \/run\/vmthunder\/vmthunderd\.sock wait-ready/)
+  assert.match(one('ExecStart') ?? '', /^vmthunderd --config \/etc\/vmthunder\/vmthunderd\.json$/)
   // The daemon's default paths are the unit's directories.
   const config = JSON.parse(await readFile(join(ROOT, 'packaging', 'vmthunderd.json'), 'utf8'))
   assert.equal(config.dataDir, '/var/lib/vmthunder')
