@@ -1,5 +1,4 @@
 #!/usr/bin/env node
-// Runs the TypeScript entry through tsx (the project has no build step).
-import { register } from 'tsx/esm/api'
-register()
-await import('../src/daemon/main.ts')
+// The agent; see entry.js for which build runs.
+import { runEntry } from './entry.js'
+await runEntry('daemon/main', 'vmthunderd')

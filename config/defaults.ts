@@ -31,6 +31,8 @@ export interface Config {
   }
   prefetch: { enabled: boolean, rateLimitBytesPerSec: number | null, idleLinkFraction: number, recordingQuietMs: number }
   log: { level: 'debug' | 'info' | 'warn' | 'error' | 'silent' }
+  /** Prometheus metrics over HTTP, "HOST:PORT"; null: off. */
+  metrics: { listen: string | null }
 }
 
 export const DEFAULT_DATA_DIR = '/var/lib/vmthunder'
@@ -64,6 +66,8 @@ export function defaultConfig (): Config {
       downloadLimitBytesPerSec: null
     },
     prefetch: { enabled: true, rateLimitBytesPerSec: null, idleLinkFraction: 0.5, recordingQuietMs: 15_000 },
-    log: { level: 'info' }
+    log: { level: 'info' },
+    // Off unless the operator picks an address: no port opens by surprise.
+    metrics: { listen: null }
   }
 }

@@ -63,6 +63,10 @@ export const configFileSchema = z.object({
   }).partial().strict(),
   log: z.object({
     level: z.enum(['debug', 'info', 'warn', 'error', 'silent'])
+  }).partial().strict(),
+  metrics: z.object({
+    /** Prometheus scrape address, "HOST:PORT" (GET /metrics); null (default): no metrics listener. */
+    listen: z.string().regex(/^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/, 'must be HOST:PORT').nullable()
   }).partial().strict()
 }).partial().strict()
 

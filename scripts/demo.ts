@@ -22,7 +22,8 @@ import { loadTrace, nbdConnect, distinctBytes, replayFile, type TraceRead } from
 import { makeTraceImage } from './lib/trace-image.js'
 import { guestPaths } from '../test/helpers/vm.js'
 import { formatBytes, table } from '../src/cli/format.js'
-import { renderTreeDot, renderTreeSvg, type TreeNode } from './lib/tree-render.js'
+import { renderTreeDot, type TreeNode } from './lib/tree-render.js'
+import { SwarmRecorder, renderSwarmSvg, swarmSample } from '../src/cli/swarm-svg.js'
 
 const { values: opts } = parseArgs({
   options: {
@@ -111,6 +112,7 @@ async function main (): Promise<number> {
     // 4. Every agent boots at once.
     const t0 = performance.now()
     const progress = startProgress(agents, reads.length, t0)
+    const swarm = startSwarmSampling(origin, agents)
     await Promise.all(agents.map(async agent => {
       agent.startedMs = performance.now()
       try {
@@ -122,6 +124,7 @@ async function main (): Promise<number> {
       agent.finishedMs = performance.now()
     }))
     progress.stop()
+    await swarm.stop()
 
     // 5. What happened.
     const statuses = await Promise.all(agents.map(async a => await a.daemon.call('node.status')))
@@ -167,7 +170,10 @@ async function main (): Promise<number> {
     const out = resolve(opts.out)
     await mkdir(out, { recursive: true })
     await writeFile(join(out, 'tree.dot'), renderTreeDot(nodes))
-    await writeFile(join(out, 'tree.svg'), renderTreeSvg(nodes, `vmthunderd demo: ${agentCount} agents, image ${IMAGE_ID}`))
+    // The tree as it was during the boot (by the end every agent is a seed at depth 0).
+    const recording = { title: `vmthunderd demo: ${agentCount} agents boot ${IMAGE_ID} at once`, originId, samples: swarm.recorder.samples() }
+    await writeFile(join(out, 'tree.svg'), renderSwarmSvg(recording))
+    await writeFile(join(out, 'swarm.json'), JSON.stringify(recording) + '\n')
     await writeFile(join(out, 'summary.json'), JSON.stringify(summary, null, 2) + '\n')
     if (opts.json) {
       process.stdout.write(JSON.stringify(summary, null, 2) + '\n')
@@ -216,6 +222,31 @@ async function replay (agent: AgentRun, reads: TraceRead[]): Promise<void> {
     await conn.close()
   }
   agent.digest = hash.digest('hex')
+}
+
+/** node.status of every agent once a second during the boot, for the swarm picture; one round at a time. */
+function startSwarmSampling (origin: TestDaemon, agents: AgentRun[]): { recorder: SwarmRecorder, stop: () => Promise<void> } {
+  const recorder = new SwarmRecorder()
+  let round: Promise<void> = Promise.resolve()
+  let busy = false
+  const sample = async (): Promise<void> => {
+    const [o, ...rest] = await Promise.all([origin, ...agents.map(a => a.daemon)].map(async d => await d.call('node.status').catch(() => undefined)))
+    const known = rest.flatMap((status, i) => status === undefined ? [] : [{ label: agents[i].name, status }])
+    recorder.add(swarmSample(Date.now(), IMAGE_ID, o, known))
+  }
+  const timer = setInterval(() => {
+    if (busy) return
+    busy = true
+    round = sample().finally(() => { busy = false })
+  }, 1000)
+  return {
+    recorder,
+    stop: async () => {
+      clearInterval(timer)
+      await round
+      await sample()
+    }
+  }
 }
 
 function startProgress (agents: AgentRun[], total: number, t0: number): { stop: () => void } {

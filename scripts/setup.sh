@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(qemu-utils libnbd-bin nbdkit qemu-system-x86 fio iproute2 python3-libnbd)
+# systemd (systemd-analyze, systemd-sysusers), prometheus (promtool), libvirt-clients + libxml2-utils
+# (virt-xml-validate): the operator tests of packaging/, src/metrics/ and examples/.
+DEBS=(qemu-utils libnbd-bin nbdkit qemu-system-x86 fio iproute2 python3-libnbd systemd prometheus libvirt-clients libxml2-utils)
 missing=()
 for pkg in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -69,6 +69,7 @@ export function mergeConfig (fromFile: ConfigFile, overrides: ConfigOverrides = 
   Object.assign(config.p2p, fromFile.p2p)
   Object.assign(config.prefetch, fromFile.prefetch)
   Object.assign(config.log, fromFile.log)
+  Object.assign(config.metrics, fromFile.metrics)
   if (overrides.listen !== undefined && overrides.listen.length > 0) config.p2p.listen = overrides.listen
   if (overrides.bootstrap !== undefined && overrides.bootstrap.length > 0) config.p2p.bootstrap = overrides.bootstrap
   if (overrides.trust !== undefined && overrides.trust.length > 0) config.p2p.trust = [...config.p2p.trust, ...overrides.trust]

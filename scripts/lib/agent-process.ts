@@ -40,6 +40,8 @@ export interface StartDaemonOptions {
   allowImageDirs?: string[]
   /** A command the daemon runs under, e.g. ['setpriv', '--reuid=65534', ...] to run it as its own user. */
   wrapper?: string[]
+  /** The vmthunderd executable to run (default: this checkout's bin/vmthunderd.js under this node). */
+  bin?: string
 }
 
 export async function startDaemon (options: StartDaemonOptions = {}): Promise<TestDaemon> {
@@ -48,8 +50,9 @@ export async function startDaemon (options: StartDaemonOptions = {}): Promise<Te
   const socket = join(dir, 'ctl.sock')
   const nbdSocket = join(dir, 'nbd.sock')
   const allow = (options.allowImageDirs ?? []).flatMap(d => ['--allow-image-dir', d])
-  const args = [DAEMON_BIN, '--data-dir', dataDir, '--socket', socket, ...allow, ...(options.args ?? ['--no-p2p'])]
-  const [command, ...commandArgs] = [...(options.wrapper ?? []), process.execPath, ...args]
+  const args = ['--data-dir', dataDir, '--socket', socket, ...allow, ...(options.args ?? ['--no-p2p'])]
+  const daemon = options.bin === undefined ? [process.execPath, DAEMON_BIN] : [options.bin]
+  const [command, ...commandArgs] = [...(options.wrapper ?? []), ...daemon, ...args]
   const child = spawn(command, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env } })
   let output = ''
   const exited = new Promise<number | null>(resolve => child.once('exit', code => resolve(code)))

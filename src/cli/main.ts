@@ -7,6 +7,12 @@ import { resolve } from 'node:path'
 import { callRpc, RpcConnectError, RpcTimeoutError } from '../rpc/client.js'
 import { RpcError } from '../rpc/errors.js'
 import { formatBytes, table } from './format.js'
+import { waitReady, NotReadyError } from './wait-ready.js'
+import { watchStatus } from './watch.js'
+import { waitPreheat } from './preheat.js'
+import { formatDuration } from './progress.js'
+import { writeSwarmSvg } from './swarm.js'
+import type { ImagePrefetchStatus, ImageSummary, InstanceCreated, InstanceEntry, NodeStatus, PreheatClusterStatus, PreheatRequest } from '../rpc/types.js'
 
 export const EXIT_OK = 0
 export const EXIT_REFUSED = 1
@@ -18,12 +24,19 @@ commands:
   image register ID FILE [--block-size BYTES]   register a raw image file; this host becomes its origin
   image list                                    images with their NBD URIs
   image remove ID                               refused while instances use it
+  image preheat ID [--wait] [--timeout-s S]     ask every agent that trusts this one to pull the image in the
+                                                background; --wait shows the cluster's progress and an ETA
   image profile export ID FILE                  write the image's learned boot profile (JSON)
   image profile import ID FILE                  merge a boot profile into the image's
   instance create NAME --image ID               make a copy-on-write overlay; prints its path
   instance destroy NAME [--force]               --force: even while a VM holds the overlay open
   instance list
-  status                                        this agent: peer id, images, parents, prefetch`
+  status [--watch [--interval-s 2] [--count N]]  this agent: peer id, images, parents, prefetch; --watch redraws
+                                                it live with rates (Ctrl-C ends it)
+  swarm --svg FILE [--image ID] [--count N --interval-s S]
+                                                picture of the swarm as this agent sees it: who it fetched
+                                                from, bytes per peer, its depth over time, the origin's share
+  wait-ready [--timeout-s S]                    return once the RPC and NBD sockets answer (systemd ExecStartPost)`
 
 class UsageError extends Error {
   override name = 'UsageError'
@@ -42,6 +55,12 @@ export async function run (argv: string[], out: (text: string) => void, err: (te
         image: { type: 'string' },
         'block-size': { type: 'string' },
         force: { type: 'boolean' },
+        'timeout-s': { type: 'string' },
+        'interval-s': { type: 'string' },
+        count: { type: 'string' },
+        watch: { type: 'boolean' },
+        svg: { type: 'string' },
+        wait: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' }
       },
       allowPositionals: true,
@@ -75,14 +94,14 @@ export async function run (argv: string[], out: (text: string) => void, err: (te
           if (!Number.isInteger(size)) throw new UsageError('--block-size takes a whole number of bytes')
           params.blockSizeBytes = size
         }
-        const image = await call('image.register', params)
+        const image: ImageSummary = await withIndicator(`registering ${id}: hashing and signing ${file}`, err, async () => await call('image.register', params))
         print(image, () => `registered ${image.id}: ${formatBytes(image.sizeBytes)}, ${image.cache.blockCount} blocks of ${formatBytes(image.blockSizeBytes)}\nroot ${image.root}\nnbd  ${image.nbd}\n`)
         return EXIT_OK
       }
       case 'image list': {
         need(0, 'image list')
-        const images = await call('image.list')
-        print(images, () => table(['ID', 'SIZE', 'HELD', 'ORIGIN', 'INSTANCES', 'NBD'], images.map((i: any) => [
+        const images: ImageSummary[] = await call('image.list')
+        print(images, () => table(['ID', 'SIZE', 'HELD', 'ORIGIN', 'INSTANCES', 'NBD'], images.map(i => [
           i.id, formatBytes(i.sizeBytes), `${(i.heldFraction * 100).toFixed(1)}%`, i.origin ? 'yes' : 'no', String(i.instances.length), i.nbd
         ])))
         return EXIT_OK
@@ -115,7 +134,7 @@ export async function run (argv: string[], out: (text: string) => void, err: (te
       case 'instance create': {
         const [instance] = need(1, 'instance create NAME --image ID')
         if (values.image === undefined) throw new UsageError('usage: vmthunderctl instance create NAME --image ID')
-        const result = await call('instance.create', { name: instance, image: values.image })
+        const result: InstanceCreated = await call('instance.create', { name: instance, image: values.image })
         print(result, () => `${result.path}\n`)
         return EXIT_OK
       }
@@ -127,14 +146,66 @@ export async function run (argv: string[], out: (text: string) => void, err: (te
       }
       case 'instance list': {
         need(0, 'instance list')
-        const list = await call('instance.list')
-        print(list, () => table(['NAME', 'IMAGE', 'WRITTEN', 'PATH'], list.map((i: any) => [i.name, i.image, formatBytes(i.overlayBytes ?? 0), i.path])))
+        const list: InstanceEntry[] = await call('instance.list')
+        print(list, () => table(['NAME', 'IMAGE', 'WRITTEN', 'PATH'], list.map(i => [i.name, i.image, formatBytes(i.overlayBytes ?? 0), i.path])))
         return EXIT_OK
       }
       case 'status': {
-        if (verb !== undefined) throw new UsageError('usage: vmthunderctl status')
-        const status = await call('node.status')
+        if (verb !== undefined) throw new UsageError('usage: vmthunderctl status [--watch [--interval-s S] [--count N]]')
+        if (values.watch === true) {
+          const intervalS = Number(values['interval-s'] ?? 2)
+          const count = values.count === undefined ? Number.MAX_SAFE_INTEGER : Number(values.count)
+          if (!(intervalS >= 0.1) || !Number.isInteger(count) || count < 1) throw new UsageError('--interval-s takes seconds (at least 0.1), --count a positive whole number')
+          const stop = new AbortController()
+          const onSignal = (): void => stop.abort()
+          process.once('SIGINT', onSignal)
+          try {
+            await watchStatus({ status: async () => await call('node.status') as NodeStatus, out, intervalMs: intervalS * 1000, count, tty: process.stdout.isTTY === true && !json, signal: stop.signal })
+          } finally {
+            process.removeListener('SIGINT', onSignal)
+          }
+          return EXIT_OK
+        }
+        const status: NodeStatus = await call('node.status')
         print(status, () => formatStatus(status))
+        return EXIT_OK
+      }
+      case 'image preheat': {
+        const [id] = need(1, 'image preheat ID [--wait] [--timeout-s S]')
+        const request: PreheatRequest = await call('image.preheat', { id })
+        if (values.wait !== true) {
+          print(request, () => `preheat of ${id} (root ${request.root.slice(0, 16)}) sent to ${request.subscribers} agent(s); watch it with --wait\n`)
+          return EXIT_OK
+        }
+        if (!json) out(`preheat of ${id} (root ${request.root.slice(0, 16)}) sent to ${request.subscribers} agent(s)\n`)
+        const timeoutS = Number(values['timeout-s'] ?? 3600)
+        if (!(timeoutS > 0)) throw new UsageError('--timeout-s takes a positive number of seconds')
+        const final = await waitPreheat({
+          request,
+          status: async () => await call('image.preheat.status', { id }) as PreheatClusterStatus,
+          out: json ? () => {} : out,
+          tty: process.stdout.isTTY === true && !json,
+          intervalMs: 1000,
+          timeoutMs: timeoutS * 1000
+        })
+        print({ request, status: final }, () => `${final.agents.filter(a => a.state === 'done').length} agent(s) hold ${id}\n`)
+        return final.agents.some(a => a.state === 'failed') ? EXIT_REFUSED : EXIT_OK
+      }
+      case 'swarm': {
+        if (verb !== undefined || values.svg === undefined) throw new UsageError('usage: vmthunderctl swarm --svg FILE [--image ID] [--count N --interval-s S]')
+        const count = Number(values.count ?? 1)
+        const intervalS = Number(values['interval-s'] ?? 1)
+        if (!Number.isInteger(count) || count < 1 || count > 3600 || !(intervalS >= 0.1)) throw new UsageError('--count takes 1 to 3600, --interval-s at least 0.1')
+        const result = await writeSwarmSvg({ status: async () => await call('node.status') as NodeStatus, file: values.svg, imageId: values.image, count, intervalMs: intervalS * 1000 })
+        print({ file: values.svg, ...result }, () => `wrote ${values.svg}: ${result.imageId}, ${result.samples} sample(s), ${result.edges} peer(s) fetched from\n`)
+        return EXIT_OK
+      }
+      case 'wait-ready': {
+        if (verb !== undefined) throw new UsageError('usage: vmthunderctl wait-ready [--timeout-s S]')
+        const timeoutS = Number(values['timeout-s'] ?? 60)
+        if (!(timeoutS > 0)) throw new UsageError('--timeout-s takes a positive number of seconds')
+        const status = await waitReady(socket, { timeoutMs: timeoutS * 1000 })
+        print({ ready: true, socket: status.socket, nbdSocket: status.nbdSocket }, () => `ready: ${status.socket}, ${status.nbdSocket}\n`)
         return EXIT_OK
       }
       default:
@@ -145,7 +216,7 @@ export async function run (argv: string[], out: (text: string) => void, err: (te
       err(`vmthunderctl: ${e.message}\n`)
       return EXIT_USAGE
     }
-    if (e instanceof RpcConnectError || e instanceof RpcTimeoutError) {
+    if (e instanceof RpcConnectError || e instanceof RpcTimeoutError || e instanceof NotReadyError) {
       err(`vmthunderctl: ${e.message}\n`)
       return EXIT_UNREACHABLE
     }
@@ -159,7 +230,27 @@ export async function run (argv: string[], out: (text: string) => void, err: (te
   }
 }
 
-function formatStatus (s: any): string {
+/**
+ * A live line on stderr while a long call runs (only on a terminal): what it does and for how long. The
+ * daemon reports no progress of image.register while it hashes, so this shows time, not a fraction.
+ */
+async function withIndicator<T> (label: string, err: (text: string) => void, work: () => Promise<T>): Promise<T> {
+  if (process.stderr.isTTY !== true) return await work()
+  const startMs = Date.now()
+  const frames = ['|', '/', '-', '\\']
+  let frame = 0
+  const draw = (): void => { err(`\r\x1b[2K${frames[frame++ % frames.length]} ${label}  ${formatDuration(Date.now() - startMs)}`) }
+  draw()
+  const timer = setInterval(draw, 250)
+  try {
+    return await work()
+  } finally {
+    clearInterval(timer)
+    err('\r\x1b[2K')
+  }
+}
+
+function formatStatus (s: NodeStatus): string {
   const lines = [
     `peer id     ${s.peerId}`,
     `public key  ${s.publicKey}`,
@@ -171,11 +262,11 @@ function formatStatus (s: any): string {
     `instances   ${s.instances}`,
     ''
   ]
-  const rows = Object.values(s.images ?? {}).map((i: any) => [
+  const rows = Object.values(s.images ?? {}).map(i => [
     i.id,
     `${(i.heldFraction * 100).toFixed(1)}%`,
     i.depth === undefined || i.depth === null ? (i.seed === true ? '0' : '-') : String(i.depth),
-    (i.parents ?? []).map((p: any) => typeof p === 'string' ? p.slice(-8) : String(p.peerId ?? '').slice(-8)).join(',') || '-',
+    (i.parents ?? []).map(p => p.slice(-8)).join(',') || '-',
     String(Array.isArray(i.children) ? i.children.length : (i.children ?? 0)),
     formatBytes(i.bytesReceived ?? i.cache?.fetchedBytes ?? 0),
     formatBytes(i.bytesSent ?? 0),
@@ -186,7 +277,7 @@ function formatStatus (s: any): string {
 }
 
 /** Prefetch progress: mode, bytes prefetched, blocks still missing, ETA; e.g. "idle 12.0 MiB, 3,200 blocks left, eta 4s". */
-function formatPrefetch (p: any): string {
+function formatPrefetch (p: ImagePrefetchStatus | undefined): string {
   if (p === undefined || p === null) return '-'
   const bytes = formatBytes(p.prefetchedBytes ?? p.bytesFetched ?? 0)
   if (p.mode === 'done' || p.blocksRemaining === 0) return `done (${bytes})`
@@ -196,17 +287,13 @@ function formatPrefetch (p: any): string {
 }
 
 /** The boot profile: boots merged, blocks listed, and the share of reads that found their blocks local. */
-function formatProfile (p: any): string {
+function formatProfile (p: ImagePrefetchStatus | undefined): string {
   if (p === undefined || p === null) return '-'
   const reads = (p.readsLocal ?? 0) + (p.readsFetched ?? 0)
   const local = reads === 0 ? '' : `, ${((p.readsLocal ?? 0) * 100 / reads).toFixed(0)}% reads local`
   return (p.profileBoots ?? 0) === 0 ? `none${local}` : `${p.profileBoots} boot(s), ${p.profileEntries} blocks${local}`
 }
 
-function formatDuration (ms: number): string {
-  const s = Math.round(ms / 1000)
-  return s < 120 ? `${s}s` : s < 7200 ? `${Math.round(s / 60)}m` : `${(s / 3600).toFixed(1)}h`
-}
 
 const code = await run(process.argv.slice(2), t => process.stdout.write(t), t => process.stderr.write(t))
 process.exitCode = code

@@ -22,6 +22,18 @@ import type { DaemonLogger } from './logger.js'
 import { PrefetchManager } from './prefetch-manager.js'
 import { tapManifestFailures, isTrustFailure, type ManifestFailures } from './manifest-failures.js'
 import { UntrustedOriginError } from '../blockstack/errors.js'
+import { ErrorCounts, countingLogger } from '../metrics/error-count.js'
+// Loaded only when metrics are on (prom-client is not free to load).
+import type { AgentMetrics } from '../metrics/metrics.js'
+import type { MetricsServer } from '../metrics/server.js'
+import { timedExport } from '../metrics/read-latency.js'
+import type { NodeStatus } from '../rpc/types.js'
+import type { P2PNode } from '../p2p/node.js'
+import { createPreheat, type Preheat, type PreheatPubsub } from '../p2p/preheat.js'
+import { preheatMethods } from './preheat-methods.js'
+
+/** Reported by node.status and the metrics' build info. */
+export const DAEMON_VERSION = '0.1.0'
 
 export class ManifestUnavailableError extends Error {
   override name = 'ManifestUnavailableError'
@@ -42,6 +54,8 @@ export interface PeerLayer {
   status: () => Record<string, any>
   /** The image's boot profile changed: advertise its new version. */
   profileChanged?: (imageId: string) => void
+  /** The started libp2p node, for modules with their own gossip topics (cluster preheat). */
+  node?: () => P2PNode
 }
 
 /** Boot profiles for the peer layer: advertised, served, and adopted from peers (PrefetchManager). */
@@ -88,6 +102,9 @@ export interface DaemonOptions {
 export class Daemon {
   readonly startedAtMs = Date.now()
   private heartbeatTimer: NodeJS.Timeout | undefined
+  private metricsServer: MetricsServer | undefined
+  /** Cluster preheat over gossip; undefined with the peer layer off. */
+  preheat: Preheat | undefined
   private readonly fileSources: Array<{ close: () => Promise<void> }> = []
   private manifestFailures: ManifestFailures | undefined
   private constructor (
@@ -109,7 +126,9 @@ export class Daemon {
   }
 
   static async start (config: Config, options: DaemonOptions): Promise<Daemon> {
-    const logger = options.logger
+    // Every logged error is counted by class, for the metrics.
+    const errorCounts = new ErrorCounts()
+    const logger = countingLogger(options.logger, errorCounts)
     await mkdir(config.dataDir, { recursive: true, mode: 0o700 })
     await mkdir(dirname(config.socket), { recursive: true })
     await mkdir(dirname(config.nbd.socket), { recursive: true })
@@ -174,19 +193,30 @@ export class Daemon {
       prefetchRef.manager = prefetch
       cleanups.unshift(async () => { await prefetch.stop() })
       for (const image of images.list()) await prefetch.attach(image)
-      const nbd = createNbdServer({ provider: exportProvider(images, prefetch), logger: logger.child('nbd'), maxConnections: config.nbd.maxConnections })
+      const holder: { daemon?: Daemon } = {}
+      const getDaemon = (): Daemon => {
+        if (holder.daemon === undefined) throw new Error('daemon is starting')
+        return holder.daemon
+      }
+      const methods = { ...createMethods(getDaemon), ...preheatMethods(getDaemon) }
+      const metrics = config.metrics.listen === null
+        ? undefined
+        : (await import('../metrics/metrics.js')).createAgentMetrics({
+          status: async () => await methods['node.status']({}, { signal: AbortSignal.timeout(10_000) }) as NodeStatus,
+          cacheBytes: () => prefetch.usedBytes(),
+          quotaBytes: config.cache.quotaBytes,
+          errors: errorCounts,
+          version: DAEMON_VERSION
+        })
+      const nbd = createNbdServer({ provider: exportProvider(images, prefetch, metrics), logger: logger.child('nbd'), maxConnections: config.nbd.maxConnections })
       cleanups.unshift(async () => { await nbd.close() })
       await nbd.listenUnix(config.nbd.socket)
       if (config.nbd.tcp !== null) {
         const at = config.nbd.tcp.lastIndexOf(':')
         await nbd.listenTcp(config.nbd.tcp.slice(0, at).replace(/^\[|\]$/g, ''), Number(config.nbd.tcp.slice(at + 1)))
       }
-      const holder: { daemon?: Daemon } = {}
       const rpc = new RpcServer({
-        methods: createMethods(() => {
-          if (holder.daemon === undefined) throw new Error('daemon is starting')
-          return holder.daemon
-        }),
+        methods,
         maxRequestBytes: config.rpc.maxRequestBytes,
         maxConnections: config.rpc.maxConnections,
         maxBatchLength: config.rpc.maxBatchLength,
@@ -200,8 +230,29 @@ export class Daemon {
         cleanups.unshift(async () => { await peers.stop() })
         await peers.start()
         for (const image of images.list()) peers.addImage(image.cache, image.record.origin ? { childLimit: config.p2p.originChildLimit } : {})
+        const node = peers.node
+        if (node !== undefined) {
+          daemon.preheat = createPreheat({
+            pubsub: () => node().services.pubsub as unknown as PreheatPubsub,
+            identity,
+            trustedKeys,
+            acquire: async (imageId, signal) => {
+              const image = await daemon.acquireImage(imageId, signal)
+              const { blockCount } = image.manifest
+              return { rootHex: image.manifest.rootHex, sizeBytes: image.manifest.sizeBytes, heldFraction: () => image.cache.presentCount() / blockCount }
+            },
+            logger: logger.child('preheat')
+          })
+          daemon.preheat.start()
+          cleanups.unshift(async () => { await daemon.preheat?.stop() })
+        }
       }
       await rpc.listen(config.socket)
+      if (metrics !== undefined && config.metrics.listen !== null) {
+        const { startMetricsServer } = await import('../metrics/server.js')
+        daemon.metricsServer = await startMetricsServer(metrics, config.metrics.listen, (message, fields) => logger.error(message, fields))
+        cleanups.unshift(async () => { await daemon.metricsServer?.close() })
+      }
       daemon.heartbeatTimer = setInterval(() => {
         prefetch.heartbeat().catch(err => logger.warn('prefetch heartbeat failed', { error: err }))
       }, 1000)
@@ -211,7 +262,8 @@ export class Daemon {
         socket: config.socket,
         nbdSocket: config.nbd.socket,
         images: images.list().length,
-        instances: snapshots.list().length
+        instances: snapshots.list().length,
+        metrics: daemon.metricsServer === undefined ? null : `http://${daemon.metricsServer.address}/metrics`
       })
       return daemon
     } catch (err) {
@@ -275,7 +327,9 @@ export class Daemon {
   async stop (): Promise<void> {
     this.logger.info('vmthunderd stopping')
     clearInterval(this.heartbeatTimer)
+    await this.preheat?.stop()
     await this.rpc.close()
+    await this.metricsServer?.close()
     await this.nbd.close()
     await this.prefetch.stop().catch(err => this.logger.warn('prefetch stop failed', { error: err }))
     if (this.peers !== undefined) await this.peers.stop().catch(err => this.logger.warn('peer layer stop failed', { error: err }))
@@ -290,7 +344,7 @@ export class Daemon {
  * One read-only NBD export per image, reading through its block cache. get() runs once per connection, so
  * the prefetcher can tell one VM's reads from another's.
  */
-function exportProvider (images: ImageRegistry, prefetch: PrefetchManager): ExportProvider {
+function exportProvider (images: ImageRegistry, prefetch: PrefetchManager, metrics: AgentMetrics | undefined): ExportProvider {
   const pool = new BufferPool()
   return {
     list: () => images.list().map(image => image.record.imageId),
@@ -298,7 +352,8 @@ function exportProvider (images: ImageRegistry, prefetch: PrefetchManager): Expo
       const image = images.get(name)
       if (image === undefined) return undefined
       const base = cacheExport(name, image.cache, pool)
-      return { ...prefetch.wrapExport(name, base), releaseBuffer: base.releaseBuffer }
+      const exp = { ...prefetch.wrapExport(name, base), releaseBuffer: base.releaseBuffer }
+      return metrics === undefined ? exp : timedExport(exp, metrics.readLatency)
     }
   }
 }

@@ -1,0 +1,97 @@
+// Start-up and at-rest cost of the daemon as an operator installs it (npm pack, npm install -g: compiled
+// JavaScript) beside the same daemon run from the checkout through tsx, in one run:
+//   startCpuS   CPU-seconds from exec to "vmthunderd started", restarting over a data dir with N images
+//   restRss     resident memory after --settle-s at rest
+//   restCore    share of one core used over the next --rest-s at rest (p2p on, alone, adverts running)
+// Goals (issue 11): packaged start <= 0.3 CPU-s, RSS <= 150 MB, <= 1 % of a core at rest.
+//   npm run bench:package -- [--images 10] [--settle-s 5] [--rest-s 20] [--prefix DIR] [--json]
+// --prefix reuses an install made by an earlier run (its bin/vmthunderd); otherwise this packs and installs.
+
+import '../src/polyfill.js'
+import { parseArgs } from 'node:util'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { startDaemon, makeTempDir, removeDir, DAEMON_BIN } from './lib/agent-process.js'
+import { makeImage } from '../test/helpers/images.js'
+import { packAndInstall } from './lib/package-install.js'
+import { procUsage } from './lib/proc-usage.js'
+
+const { values: opts } = parseArgs({
+  options: {
+    images: { type: 'string', default: '10' },
+    'settle-s': { type: 'string', default: '5' },
+    'rest-s': { type: 'string', default: '20' },
+    prefix: { type: 'string' },
+    json: { type: 'boolean', default: false },
+    help: { type: 'boolean', short: 'h', default: false }
+  }
+})
+if (opts.help) {
+  process.stdout.write('usage: npm run bench:package -- [--images 10] [--settle-s 5] [--rest-s 20] [--prefix DIR] [--json]\n')
+  process.exit(0)
+}
+const imageCount = Number(opts.images)
+const settleMs = Number(opts['settle-s']) * 1000
+const restMs = Number(opts['rest-s']) * 1000
+const MiB = 1024 * 1024
+const GOALS = { startCpuS: 0.3, restRssMB: 150, restCorePct: 1 }
+
+interface Figures { startCpuS: number, startRssMB: number, restRssMB: number, restCorePct: number }
+
+async function measure (label: string, bin: string | undefined, images: string[], work: string): Promise<Figures> {
+  const dir = join(work, label)
+  const p2p = ['--listen', '/ip4/127.0.0.1/tcp/0']
+  // First run registers the images; the measured run restarts over that data dir, as a host reboot would.
+  const first = await startDaemon({ dir, bin, args: p2p, timeoutMs: 120_000, allowImageDirs: [work] })
+  for (const [i, path] of images.entries()) await first.call('image.register', { id: `img${i}`, path })
+  await first.stop()
+  const daemon = await startDaemon({ dir, bin, args: p2p, timeoutMs: 120_000, allowImageDirs: [work] })
+  try {
+    const pid = daemon.process.pid!
+    const atStart = await procUsage(pid)
+    const status = await daemon.call('node.status')
+    if (Object.keys(status.images).length !== images.length) throw new Error(`${label}: ${Object.keys(status.images).length} images after restart, want ${images.length}`)
+    await sleep(settleMs)
+    const before = await procUsage(pid)
+    const t0 = process.hrtime.bigint()
+    await sleep(restMs)
+    const after = await procUsage(pid)
+    const wallS = Number(process.hrtime.bigint() - t0) / 1e9
+    return {
+      startCpuS: atStart.cpuSeconds,
+      startRssMB: atStart.rssBytes / 1e6,
+      restRssMB: after.rssBytes / 1e6,
+      restCorePct: (after.cpuSeconds - before.cpuSeconds) / wallS * 100
+    }
+  } finally {
+    await daemon.stop()
+  }
+}
+
+const work = await makeTempDir('vmt-bpkg')
+try {
+  const images: string[] = []
+  for (let i = 0; i < imageCount; i++) {
+    const path = join(work, `img${i}.raw`)
+    await makeImage(path, 64 * MiB, [[i * MiB, MiB]])
+    images.push(path)
+  }
+  const bin = opts.prefix !== undefined ? join(opts.prefix, 'bin', 'vmthunderd') : (await packAndInstall(work)).vmthunderd
+  const packaged = await measure('packaged', bin, images, work)
+  const tsx = await measure('tsx', undefined, images, work)
+  if (opts.json) {
+    process.stdout.write(JSON.stringify({ images: imageCount, packaged, tsx, goals: GOALS, bin, checkoutBin: DAEMON_BIN }, null, 2) + '\n')
+  } else {
+    const row = (name: string, f: Figures): string =>
+      `${name.padEnd(10)} ${f.startCpuS.toFixed(2).padStart(10)} ${f.startRssMB.toFixed(0).padStart(12)} ${f.restRssMB.toFixed(0).padStart(11)} ${f.restCorePct.toFixed(2).padStart(12)}`
+    process.stdout.write(`daemon start-up and rest, ${imageCount} registered images, p2p on (alone)\n`)
+    process.stdout.write(`${'run'.padEnd(10)} ${'start CPU-s'.padStart(10)} ${'start RSS MB'.padStart(12)} ${'rest RSS MB'.padStart(11)} ${'rest % core'.padStart(12)}\n`)
+    process.stdout.write(row('packaged', packaged) + '\n' + row('tsx', tsx) + '\n')
+    process.stdout.write(`packaged/tsx: start CPU ${(packaged.startCpuS / tsx.startCpuS).toFixed(2)}, rest RSS ${(packaged.restRssMB / tsx.restRssMB).toFixed(2)}\n`)
+    process.stdout.write(`goals: start <= ${GOALS.startCpuS} CPU-s ${packaged.startCpuS <= GOALS.startCpuS ? 'met' : 'MISSED'}, ` +
+      `RSS <= ${GOALS.restRssMB} MB ${packaged.restRssMB <= GOALS.restRssMB ? 'met' : 'MISSED'}, ` +
+      `rest <= ${GOALS.restCorePct} % ${packaged.restCorePct <= GOALS.restCorePct ? 'met' : 'MISSED'}\n`)
+  }
+} finally {
+  await removeDir(work)
+}
