@@ -52,6 +52,9 @@ export const DEFAULT_SYNC_READ_MAX_BYTES = 64 * 1024
 const MAX_READ_ATTEMPTS_UNDER_EVICTION = 3
 /** Verified blocks whose write failed (full or failing disk), kept in memory for the reads that wait on them. */
 export const DEFAULT_MAX_SPILL_BYTES = 32 * 1024 * 1024
+/** Spilled blocks go back to the writer after this (space may be back), doubling while writes keep failing. */
+const SPILL_RETRY_MIN_MS = 1000
+const SPILL_RETRY_MAX_MS = 30_000
 
 export interface Logger {
   info: (message: string, fields?: Record<string, unknown>) => void
@@ -196,6 +199,8 @@ export class BlockCache implements BlockStore {
   /** Verified blocks the disk would not take (insertion order = age). */
   private readonly spill = new Map<number, Uint8Array>()
   private spillBytes = 0
+  private spillRetryMs = SPILL_RETRY_MIN_MS
+  private spillTimer: NodeJS.Timeout | undefined
   private readonly maxSpillBytes: number
   private lastReadAtMs = Number.NEGATIVE_INFINITY
   private scrubber: Scrubber | undefined
@@ -365,7 +370,11 @@ export class BlockCache implements BlockStore {
       let data = this.pending.get(i)
       if (data === undefined && !this.durable.get(i)) {
         data = this.spill.get(i)
-        if (data !== undefined) this.counters.uncachedReadBlocks++
+        if (data !== undefined) {
+          this.counters.uncachedReadBlocks++
+          // Read again: worth another write (space may be back); spilled again if the disk still refuses it.
+          if (this.requeueSpilled(i)) { this.startWriter(); this.announce([i]) }
+        }
       }
       if (data === undefined) {
         if (!this.durable.get(i)) throw new BlockNotPresentError(`block ${i} of ${this.manifest.imageId} vanished while read`)
@@ -537,14 +546,17 @@ export class BlockCache implements BlockStore {
         // go to the spill so that reads waiting on them still complete.
         this.logger.error('cache write failed', { image: this.manifest.imageId, blocks: batch.length, code: (err as NodeJS.ErrnoException).code, error: (err as Error).message })
         this.counters.writeFailedBlocks += batch.length
+        this.spillRetryMs = Math.min(SPILL_RETRY_MAX_MS, this.spillRetryMs * 2)
         for (const index of batch) {
           this.durable.clear(index)
           this.verified.clear(index)
           this.toSpill(index)
           this.dropPending(index)
         }
+        this.scheduleSpillRetry()
         continue
       }
+      this.spillRetryMs = SPILL_RETRY_MIN_MS
       for (const index of batch) { this.dropPending(index); this.fromSpill(index) }
     }
   }
@@ -636,6 +648,7 @@ export class BlockCache implements BlockStore {
   async close (): Promise<void> {
     if (this.closed) return
     await this.scrubber?.stop()
+    clearTimeout(this.spillTimer)
     await this.flush()
     this.closed = true
     this.closeController.abort(new CacheClosedError('cache closed'))
@@ -751,6 +764,32 @@ export class BlockCache implements BlockStore {
       this.spill.delete(old)
       this.spillBytes -= bytes.byteLength
     }
+  }
+
+  /** Spilled blocks go back to the writer later: kept once the disk takes them, spilled again if not. */
+  private scheduleSpillRetry (): void {
+    if (this.spillTimer !== undefined || this.closed || this.spill.size === 0) return
+    this.spillTimer = setTimeout(() => {
+      this.spillTimer = undefined
+      if (this.closed) return
+      const requeued = [...this.spill.keys()].filter(index => this.requeueSpilled(index))
+      this.startWriter()
+      this.announce(requeued)
+    }, this.spillRetryMs)
+    this.spillTimer.unref()
+  }
+
+  /** Moves a spilled block back to the write queue (verified again); false if it was fetched meanwhile. */
+  private requeueSpilled (index: number): boolean {
+    const data = this.spill.get(index)
+    if (data === undefined) return false
+    this.fromSpill(index)
+    if (this.verified.get(index)) return false
+    this.verified.set(index)
+    this.pending.set(index, data)
+    this.pendingBytes += data.byteLength
+    this.writeQueue.push(index)
+    return true
   }
 
   private fromSpill (index: number): void {
