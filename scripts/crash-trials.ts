@@ -11,14 +11,13 @@
 import '../src/polyfill.js'
 import { parseArgs } from 'node:util'
 import { join } from 'node:path'
-import { writeFile } from 'node:fs/promises'
 import { createHash } from 'node:crypto'
 import { setTimeout as delay } from 'node:timers/promises'
 import { execa } from 'execa'
 import { startDaemon, makeTempDir, removeDir, type TestDaemon } from './lib/agent-process.js'
 import { nbdConnect } from './lib/nbd-replay.js'
 import { verifyDataDir, dataDirProblems } from './lib/verify-data-dir.js'
-import { defaultConfig } from '../config/defaults.js'
+import { mulberry32, percentile, writeAgentConfigFile } from './lib/trial-utils.js'
 import { makeImage, sha256File } from '../test/helpers/images.js'
 
 const MiB = 1024 * 1024
@@ -43,31 +42,6 @@ export interface TrialsReport {
   dataChecks: number
   restartMs: { p50: number, max: number }
   failureLog: string[]
-}
-
-function mulberry32 (seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
-
-/** A config file; `images.allowedDirs` only where the config knows it (unknown fields are refused). */
-async function writeConfig (path: string, allowedDir: string, fields: Record<string, any>): Promise<string> {
-  const config = { ...fields }
-  if ('images' in (defaultConfig() as unknown as Record<string, unknown>)) config.images = { allowedDirs: [allowedDir] }
-  await writeFile(path, JSON.stringify(config))
-  return path
-}
-
-function percentile (values: number[], p: number): number {
-  if (values.length === 0) return 0
-  const sorted = [...values].sort((a, b) => a - b)
-  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]
 }
 
 export async function runCrashTrials (options: { trials: number, seed: number, imageMiB: number, log?: (line: string) => void }): Promise<TrialsReport> {
@@ -100,13 +74,13 @@ export async function runCrashTrials (options: { trials: number, seed: number, i
       await makeImage(path, imageBytes, id === 'a' ? [[0, imageBytes]] : [[0, imageBytes / 2], [imageBytes * 3 / 4, imageBytes / 4]])
       shas.set(id, await sha256File(path))
     }
-    const originConfig = await writeConfig(join(dir, 'origin.json'), dir, { prefetch: { enabled: false }, p2p: { heartbeatMs: 500 } })
+    const originConfig = await writeAgentConfigFile(join(dir, 'origin.json'), dir, { prefetch: { enabled: false }, p2p: { heartbeatMs: 500 } })
     origin = await startDaemon({ dir: join(dir, 'origin'), args: ['--listen', '/ip4/127.0.0.1/tcp/0', '--config', originConfig], timeoutMs: 180_000 })
     for (const id of images) await origin.call('image.register', { id, path: join(dir, `${id}.raw`) })
     const status = await origin.call('node.status')
     // The victim: a quota of 1.5 images (so reading one evicts the other), a slow idle prefetch (so a kill
     // lands in the middle of it) and a short recording quiet time (so profiles are saved within a trial).
-    const victimConfig = await writeConfig(join(dir, 'victim.json'), dir, {
+    const victimConfig = await writeAgentConfigFile(join(dir, 'victim.json'), dir, {
       prefetch: { enabled: true, recordingQuietMs: 300, rateLimitBytesPerSec: Math.max(MiB, imageBytes) },
       cache: { quotaBytes: Math.floor(imageBytes * 1.5), fetchTimeoutMs: 10_000 },
       p2p: { heartbeatMs: 500 }

@@ -1,22 +1,12 @@
 // Shared by the storage trials (bit rot, full disk, crash trials, soak): agent config files and a bad disk.
 
-import { writeFile, open } from 'node:fs/promises'
+import { open } from 'node:fs/promises'
 import { join } from 'node:path'
-import { defaultConfig } from '../../config/defaults.js'
+import { writeAgentConfigFile } from '../../scripts/lib/trial-utils.js'
 
-/**
- * Writes an agent config into `dir` and returns its path. Images registered by the trials live under `dir`:
- * where the config knows `images.allowedDirs` (image.register only under operator-set directories), it is
- * set to `dir`; older configs refuse unknown fields, so it is added only when the field exists.
- */
+/** Writes an agent config (prefetch off, quick heartbeats, `extra` on top) into `dir`; returns its path. */
 export async function writeAgentConfig (dir: string, extra: Record<string, unknown> = {}): Promise<string> {
-  const config: Record<string, any> = { prefetch: { enabled: false }, p2p: { heartbeatMs: 500 }, ...extra }
-  if ('images' in (defaultConfig() as unknown as Record<string, unknown>)) {
-    config.images = { ...(config.images ?? {}), allowedDirs: [dir] }
-  }
-  const path = join(dir, 'agent.json')
-  await writeFile(path, JSON.stringify(config))
-  return path
+  return await writeAgentConfigFile(join(dir, 'agent.json'), dir, { prefetch: { enabled: false }, p2p: { heartbeatMs: 500 }, ...extra })
 }
 
 /** Flips one byte in every `strideBytes` of a file, as a bad disk would; returns the offsets flipped. */
