@@ -728,7 +728,14 @@ export class BlockCache implements BlockStore {
     this.counters.corruptCachedBlocks++
     if (isZeroBlock(this.manifest, index)) {
       this.logger.error('stored zero block failed verification; zeroing it', { image: this.manifest.imageId, block: index, where })
-      await this.writeFully(new Uint8Array(blockLength(this.manifest, index)), index * this.manifest.blockSizeBytes)
+      const offset = index * this.manifest.blockSizeBytes
+      const length = blockLength(this.manifest, index)
+      // A hole again (it needs no space, even on a full disk); zeros where the file system cannot punch.
+      try {
+        await fallocatePunchHole(this.path, offset, length, this.closeController.signal)
+      } catch {
+        await this.writeFully(new Uint8Array(length), offset)
+      }
       await this.handle.datasync()
       this.unchecked.clear(index)
       return
