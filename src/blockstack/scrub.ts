@@ -34,6 +34,8 @@ export interface ScrubOptions {
   rateBytesPerSec?: number
   intervalMs?: number
   idlePollMs?: number
+  /** Stops the scrub, as stop() does. */
+  signal?: AbortSignal
 }
 
 export interface ScrubStats {
@@ -59,7 +61,7 @@ export function startScrubber (target: ScrubTarget, options: ScrubOptions = {}, 
   const intervalMs = options.intervalMs ?? DEFAULT_SCRUB_INTERVAL_MS
   const idlePollMs = options.idlePollMs ?? SCRUB_IDLE_POLL_MS
   const controller = new AbortController()
-  const signal = controller.signal
+  const signal = options.signal === undefined ? controller.signal : AbortSignal.any([controller.signal, options.signal])
   const stats: ScrubStats = { passes: 0, checkedBlocks: 0, corruptBlocks: 0 }
   let passWaiters: Array<{ passes: number, resolve: () => void }> = []
 
