@@ -17,7 +17,7 @@ import { execa } from 'execa'
 import { startDaemon, makeTempDir, removeDir, type TestDaemon } from './lib/agent-process.js'
 import { nbdConnect } from './lib/nbd-replay.js'
 import { verifyDataDir, dataDirProblems } from './lib/verify-data-dir.js'
-import { mulberry32, percentile, writeAgentConfigFile } from './lib/trial-utils.js'
+import { mulberry32, percentile, processFigures, writeAgentConfigFile } from './lib/trial-utils.js'
 import { makeImage, sha256File } from '../test/helpers/images.js'
 
 const MiB = 1024 * 1024
@@ -41,6 +41,8 @@ export interface TrialsReport {
   presentBlocksChecked: number
   dataChecks: number
   restartMs: { p50: number, max: number }
+  /** CPU-seconds the agent spent to its "started" line: unlike wall time, not inflated by a loaded machine. */
+  restartCpuSeconds: { p50: number, max: number }
   failureLog: string[]
 }
 
@@ -60,9 +62,11 @@ export async function runCrashTrials (options: { trials: number, seed: number, i
     presentBlocksChecked: 0,
     dataChecks: 0,
     restartMs: { p50: 0, max: 0 },
+    restartCpuSeconds: { p50: 0, max: 0 },
     failureLog: []
   }
   const restartMs: number[] = []
+  const restartCpu: number[] = []
   let origin: TestDaemon | undefined
   let victim: TestDaemon | undefined
   try {
@@ -191,6 +195,7 @@ export async function runCrashTrials (options: { trials: number, seed: number, i
         break
       }
       restartMs.push(performance.now() - startedAt)
+      restartCpu.push((await processFigures(victim.process.pid!)).cpuSeconds)
       // Instances: nothing acknowledged is lost or comes back; every overlay opens.
       const listed = new Set<string>((await victim.call('instance.list')).map((i: { name: string }) => i.name))
       for (const [name, entry] of instances) {
@@ -229,6 +234,7 @@ export async function runCrashTrials (options: { trials: number, seed: number, i
     await removeDir(dir)
   }
   report.restartMs = { p50: Math.round(percentile(restartMs, 0.5)), max: Math.round(Math.max(0, ...restartMs)) }
+  report.restartCpuSeconds = { p50: percentile(restartCpu, 0.5), max: Math.max(0, ...restartCpu) }
   return report
 }
 
@@ -239,7 +245,7 @@ function printReport (r: TrialsReport): void {
     `lost: ${Object.entries(r.lost).map(([k, v]) => `${k} ${v}`).join(', ')}`,
     `garbage (not loss): ${Object.entries(r.garbage).map(([k, v]) => `${k} ${v}`).join(', ')}`,
     `present blocks verified after kills: ${r.presentBlocksChecked}; whole-image reads checked: ${r.dataChecks}`,
-    `restart time: p50 ${r.restartMs.p50} ms, max ${r.restartMs.max} ms`,
+    `restart time: p50 ${r.restartMs.p50} ms, max ${r.restartMs.max} ms (wall); CPU to started: p50 ${r.restartCpuSeconds.p50.toFixed(2)} s, max ${r.restartCpuSeconds.max.toFixed(2)} s`,
     ...r.failureLog.slice(0, 20),
     `reproduce: npm run crash-trials -- --trials ${r.trials} --seed ${r.seed}`
   ]
