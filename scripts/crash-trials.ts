@@ -37,6 +37,7 @@ export interface TrialsReport {
   failures: number
   byScenario: Record<string, { trials: number, failures: number }>
   lost: { badPresentBlocks: number, badImageRecords: number, instancesWithoutOverlay: number, lostInstances: number, resurrectedInstances: number, lostImages: number, overlayCheckFailures: number, wrongReads: number, restartFailures: number }
+  /** Files left behind (not loss): overlay files without a record, image dirs without one (at the last check). */
   garbage: { orphanOverlays: number, interruptedRegistrations: number, overlayLeaks: number }
   presentBlocksChecked: number
   dataChecks: number
@@ -179,8 +180,9 @@ export async function runCrashTrials (options: { trials: number, seed: number, i
       report.lost.badPresentBlocks += disk.badPresentBlocks.length
       report.lost.badImageRecords += disk.badImageRecords.length
       report.lost.instancesWithoutOverlay += disk.instancesWithoutOverlay.length
-      report.garbage.orphanOverlays += disk.orphanOverlays.length
-      report.garbage.interruptedRegistrations += disk.imageDirsWithoutRecord.length
+      // Left on disk now (they persist from trial to trial, so this is the latest count, not a sum).
+      report.garbage.orphanOverlays = disk.orphanOverlays.length
+      report.garbage.interruptedRegistrations = disk.imageDirsWithoutRecord.length
       // Restart, timed to its "started" line.
       const startedAt = performance.now()
       try {
