@@ -12,6 +12,7 @@ import { levelPresenceStore, type ChunkDb } from './presence.js'
 import { ImageExistsError, ImageFileError, ImageNotFoundError, ImageInUseError, ImagePathNotAllowedError } from './errors.js'
 import type { SigningKey } from './signing.js'
 import type { BlockSource } from './types.js'
+import type { ScrubOptions } from './scrub.js'
 
 export interface ImageRecord {
   imageId: string
@@ -44,6 +45,8 @@ export interface ImageRegistryInit {
   logger?: Logger
   now?: () => number
   fetchTimeoutMs?: number
+  /** Background scrub of each cache (scrub.ts defaults when undefined). */
+  scrub?: ScrubOptions
 }
 
 export interface RegisterOptions {
@@ -137,7 +140,9 @@ export class ImageRegistry {
       presence: levelPresenceStore(this.presenceDb(record.rootHex)),
       source: this.init.sourceFor(record),
       logger: this.logger,
-      fetchTimeoutMs: this.init.fetchTimeoutMs
+      fetchTimeoutMs: this.init.fetchTimeoutMs,
+      // Bit rot is found at idle, not only on first read (cache.ts, scrub.ts).
+      scrub: this.init.scrub ?? {}
     })
   }
 

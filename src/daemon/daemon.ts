@@ -12,6 +12,7 @@ import { SnapshotStore } from '../blockstack/snapshots.js'
 import { fileBlockSource } from '../blockstack/file-source.js'
 import { createNbdServer, BufferPool, type NbdServer } from '../blockstack/nbd/index.js'
 import { cacheExport } from '../blockstack/cache-export.js'
+import { assertWritableDir } from '../blockstack/disk-check.js'
 import type { BlockSource, ExportProvider, NbdExport } from '../blockstack/types.js'
 import type { BufferReleasingExport } from '../blockstack/nbd/buffer-pool.js'
 import type { Manifest } from '../blockstack/manifest.js'
@@ -129,7 +130,11 @@ export class Daemon {
     // Every logged error is counted by class, for the metrics.
     const errorCounts = new ErrorCounts()
     const logger = countingLogger(options.logger, errorCounts)
-    await mkdir(config.dataDir, { recursive: true, mode: 0o700 })
+    await mkdir(config.dataDir, { recursive: true, mode: 0o700 }).catch(async err => {
+      await assertWritableDir(dirname(config.dataDir), 'parent of the data dir')
+      throw err
+    })
+    await assertWritableDir(config.dataDir)
     await mkdir(dirname(config.socket), { recursive: true })
     await mkdir(dirname(config.nbd.socket), { recursive: true })
     const identity = await loadOrCreateIdentity(config.dataDir)
