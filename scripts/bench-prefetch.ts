@@ -1,6 +1,8 @@
 // The prefetch benchmark of issue 5: the Debian 12 boot trace replayed on a cold agent behind a warm parent
-// over a shaped link, in four modes, all in one run:
+// over a shaped link, in five modes, all in one run:
 //   none       prefetch off: every first touch of a block is a fetch over the link
+//   firstBoot  prefetch on, no profile anywhere (the first boot of a new image: the honest cold case); each run
+//              boots an image id of its own that no agent ever booted, and the run fails if a profile shows up
 //   profile    prefetch on from instance creation, with the profile learned from an earlier boot (on the parent,
 //              fetched by the cold agent over /vmthunder/profile/1 before the replay starts)
 //   afterIdle  the replay starts once idle prefetch has pulled the whole image
@@ -16,7 +18,7 @@
 // --latency-ms (this kernel has no netem). The agent knows the parent only by the forwarder's address.
 //
 //   npm run bench:prefetch -- [--trace FILE] [--json] [--rate-mbit 200] [--latency-ms 2] [--think-scale 1]
-//                             [--extra-mib 128] [--modes none,profile,afterIdle,local] [--styles fast,think]
+//                             [--extra-mib 128] [--modes none,firstBoot,profile,afterIdle,local] [--styles fast,think]
 // --think-scale 0 skips the think-time replays. With --json: {"modes": {MODE: {replayMs, localShare, ...}}}.
 
 import '../src/polyfill.js'
@@ -39,13 +41,13 @@ const { values: opts } = parseArgs({
     'latency-ms': { type: 'string', default: '2' },
     'think-scale': { type: 'string', default: '1' },
     'extra-mib': { type: 'string', default: '128' },
-    modes: { type: 'string', default: 'none,profile,afterIdle,local' },
+    modes: { type: 'string', default: 'none,firstBoot,profile,afterIdle,local' },
     styles: { type: 'string', default: 'fast,think' },
     help: { type: 'boolean', short: 'h', default: false }
   }
 })
 if (opts.help) {
-  process.stdout.write('usage: npm run bench:prefetch -- [--trace FILE] [--json] [--rate-mbit 200] [--latency-ms 2] [--think-scale 1] [--extra-mib 128] [--modes none,profile,afterIdle,local]\n')
+  process.stdout.write('usage: npm run bench:prefetch -- [--trace FILE] [--json] [--rate-mbit 200] [--latency-ms 2] [--think-scale 1] [--extra-mib 128] [--modes none,firstBoot,profile,afterIdle,local] [--styles fast,think]\n')
   process.exit(0)
 }
 const RATE_BYTES = Number(opts['rate-mbit']) * 125_000
@@ -53,7 +55,7 @@ const LATENCY_MS = Number(opts['latency-ms'])
 const THINK_SCALE = Number(opts['think-scale'])
 const EXTRA_BYTES = Number(opts['extra-mib']) * 1024 * 1024
 const MODES = opts.modes.split(',') as Mode[]
-if (!(RATE_BYTES > 0) || !(LATENCY_MS >= 0) || !(THINK_SCALE >= 0) || !(EXTRA_BYTES >= 0) || MODES.some(m => !['none', 'profile', 'afterIdle', 'local'].includes(m))) {
+if (!(RATE_BYTES > 0) || !(LATENCY_MS >= 0) || !(THINK_SCALE >= 0) || !(EXTRA_BYTES >= 0) || MODES.some(m => !['none', 'firstBoot', 'profile', 'afterIdle', 'local'].includes(m))) {
   process.stderr.write('bench-prefetch: bad arguments (see --help)\n')
   process.exit(2)
 }
@@ -63,7 +65,7 @@ const WAIT_MS = 10 * 60_000
 const LATENCY_READS = 200
 const say = (text: string): void => { if (!opts.json) process.stderr.write(text) }
 
-type Mode = 'none' | 'profile' | 'afterIdle' | 'local'
+type Mode = 'none' | 'firstBoot' | 'profile' | 'afterIdle' | 'local'
 type Style = 'fast' | 'think'
 
 interface ReplayStats {
@@ -172,6 +174,11 @@ async function main (): Promise<number> {
     daemons.push(origin)
     say('registering the 1 GiB image on the parent...\n')
     await origin.call('image.register', { id: IMAGE_ID, path: image })
+    // firstBoot: one image id per replay style, registered before any boot, so that no agent has a profile of it.
+    const firstBootImage = (style: Style): string => `${IMAGE_ID}-first-${style}`
+    if (MODES.includes('firstBoot')) {
+      for (const style of ['fast', 'think'] as const) await origin.call('image.register', { id: firstBootImage(style), path: image })
+    }
     const originStatus = await origin.call('node.status')
     const originPort = Number(/\/tcp\/(\d+)/.exec(originStatus.listenAddrs[0])![1])
     forwarder = await startForwarder(originPort, LATENCY_MS)
@@ -202,23 +209,29 @@ async function main (): Promise<number> {
       daemons.push(agent)
       return agent
     }
-    const imageOf = async (d: TestDaemon): Promise<any> => (await d.call('node.status')).images[IMAGE_ID]
+    const imageOf = async (d: TestDaemon, imageId = IMAGE_ID): Promise<any> => (await d.call('node.status')).images[imageId]
 
     const runAgentMode = async (mode: Exclude<Mode, 'local'>, style: Style): Promise<ReplayStats> => {
       const agent = await coldAgent(mode !== 'none')
+      const imageId = mode === 'firstBoot' ? firstBootImage(style) : IMAGE_ID
       try {
         const t0 = performance.now()
-        await agent.call('instance.create', { name: 'vm', image: IMAGE_ID })
+        await agent.call('instance.create', { name: 'vm', image: imageId })
         if (mode === 'profile') {
           await waitFor('the profile to reach the agent', async () => (await imageOf(agent)).prefetch.profileEntries > 0 ? true : undefined, 60_000)
         } else if (mode === 'afterIdle') {
           await waitFor('idle prefetch to complete the image', async () => (await imageOf(agent)).heldFraction === 1 ? true : undefined)
         }
         const prepMs = performance.now() - t0
-        const conn = await nbdConnect({ socketPath: agent.nbdSocket, exportName: IMAGE_ID })
+        if (mode === 'firstBoot') {
+          // The honest cold case: nobody has a profile of this image when its first boot starts.
+          const boots = [(await imageOf(agent, imageId)).prefetch.profileBoots, (await imageOf(origin, imageId)).prefetch.profileBoots]
+          if (boots.some(b => b > 0)) throw new Error(`firstBoot: a profile of ${imageId} exists already (boots ${boots.join(', ')})`)
+        }
+        const conn = await nbdConnect({ socketPath: agent.nbdSocket, exportName: imageId })
         const { replayMs, latencies } = await replay(conn, reads, style)
         await conn.close()
-        const p = (await imageOf(agent)).prefetch
+        const p = (await imageOf(agent, imageId)).prefetch
         return statsOf(replayMs, latencies, round3(p.readsLocal / Math.max(1, p.readsLocal + p.readsFetched)), prepMs)
       } finally {
         await agent.stop()
@@ -310,7 +323,9 @@ async function main (): Promise<number> {
       goals: {
         afterIdleLocalShareAtLeast95: styles.every(st => (results[st].afterIdle?.localShare ?? 0) >= 0.95),
         afterIdleWithin105xLocal: Object.fromEntries(styles.map(st => [st, (ratios(st).afterIdle ?? Infinity) <= 1.05])),
-        profileWithin12xLocal: Object.fromEntries(styles.map(st => [st, (ratios(st).profile ?? Infinity) <= 1.2]))
+        profileWithin12xLocal: Object.fromEntries(styles.map(st => [st, (ratios(st).profile ?? Infinity) <= 1.2])),
+        firstBootFastAtMost2500Ms: (results.fast.firstBoot?.replayMs ?? Infinity) <= 2500,
+        firstBootThinkWithin101xLocal: (ratios('think').firstBoot ?? Infinity) <= 1.01
       }
     }
     if (opts.json) {
