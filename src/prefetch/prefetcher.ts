@@ -390,7 +390,9 @@ export function createPrefetcher (init: PrefetcherInit): Prefetcher {
       const busyMs = activeMs + (activeSinceMs !== undefined ? nowMs - activeSinceMs : 0)
       const etaMs = remaining === 0 ? 0 : bytesFetched > 0 && busyMs > 0 ? Math.round(remaining * blockSizeBytes / (bytesFetched / busyMs)) : null
       return {
-        mode: stopped ? 'stopped' : mode,
+        // Derived from the same count as blocksRemaining (and the peer layer's heldFraction), not from the last
+        // tick: between the last block's arrival and the next tick, a stored mode would still say 'idle'.
+        mode: remaining === 0 ? 'done' : stopped ? 'stopped' : mode,
         bytesFetched,
         blocksFetched,
         blocksRemaining: remaining,

@@ -183,6 +183,8 @@ test('started with an injected scheduler it runs itself to the end, yields mid-w
   assert.ok(order.length > 5)
   assert.equal(store.presentCount(), 100)
   assert.equal(p.progress().mode, 'done')
+  // progress() says done as soon as the last block is present; the tick due then runs and schedules no other.
+  time.runDue()
   assert.equal(time.pending, 0, 'no timer left once the image is complete')
   assert.ok(link.maxPrefetchInFlight <= 2)
   await p.stop()
@@ -312,4 +314,29 @@ test('a profile for another image is refused', { timeout: 10_000 }, () => {
   assert.throws(() => createPrefetcher({ store, fetch: link.fetch, profile: other }), { name: 'ProfileMismatchError' })
   const p = createPrefetcher({ store, fetch: link.fetch })
   assert.throws(() => { p.setProfile({ ...other, rootHex: ROOT, blockCount: 65 }) }, { name: 'ProfileMismatchError' })
+})
+
+test('progress is read consistently: mode is done as soon as every block is present, before any tick', { timeout: 10_000 }, async () => {
+  const store = makeStore(16)
+  const link = new FakeLink(store)
+  const time = new ManualTime()
+  const p = createPrefetcher({ store, fetch: link.fetch, clock: time.clock, scheduler: time, batchBlocks: 8, maxInFlightBatches: 2, idle: idleNow })
+  assert.equal(p.tick().mode, 'idle')
+  // The last blocks arrive (the batches complete, or on-demand reads fill them) and no tick has run since.
+  link.completeNext()
+  link.completeNext()
+  for (let i = 0; i < 16; i++) store.present[i] = 1
+  const before = p.progress()
+  assert.equal(before.blocksRemaining, 0)
+  assert.equal(before.mode, 'done', 'mode and blocksRemaining come from the same state')
+  await flush()
+  const after = p.progress()
+  assert.equal(after.mode, 'done')
+  // And the other way: a block that goes missing again (eviction) is not reported done.
+  store.present[3] = 0
+  assert.notEqual(p.progress().mode, 'done')
+  assert.equal(p.progress().blocksRemaining, 1)
+  await p.stop()
+  store.present[3] = 1
+  assert.equal(p.progress().mode, 'done', 'a stopped prefetcher of a complete image reports done, as the manager does')
 })
