@@ -169,7 +169,8 @@ export class PrefetchManager {
         blockCount: state.image.manifest.blockCount,
         blockSizeBytes: state.image.manifest.blockSizeBytes,
         rootHex: state.image.manifest.rootHex,
-        presentCount: () => cache.presentCount()
+        presentCount: () => cache.presentCount(),
+        isZero: i => isZeroBlock(state.image.manifest, i)
       },
       fetch: async (blocks, options) => { await cache.ensure(blocks, options) },
       profile: state.profile,

@@ -340,3 +340,57 @@ test('progress is read consistently: mode is done as soon as every block is pres
   store.present[3] = 1
   assert.equal(p.progress().mode, 'done', 'a stopped prefetcher of a complete image reports done, as the manager does')
 })
+
+test('first boot (no profile): sequential read-ahead after each read, also while the demand read is pending; idle waits', { timeout: 10_000 }, async () => {
+  const store = { ...makeStore(64), isZero: (b: number) => b === 12 }
+  store.present[12] = 1 // a zero block: present, and no place in the window
+  store.present[13] = 1 // present: in the window, not fetched
+  const link = new FakeLink(store, true)
+  const time = new ManualTime()
+  let pendingReads = 0
+  const p = createPrefetcher({
+    store, fetch: link.fetch, clock: time.clock, scheduler: time, batchBlocks: 8, maxInFlightBatches: 2, idle: idleNow,
+    pendingOnDemand: () => pendingReads, sequential: { windowBlocks: 3, scanBlocks: 8 }
+  })
+  p.instanceStarted('vm')
+  pendingReads++ // the VM's read of block 10 misses and waits for the link
+  p.noteRead('vm', 10 * BS, BS, false)
+  const t = p.tick()
+  assert.deepEqual(t, { mode: 'readAhead', batchesStarted: 1, blocksRequested: 2 })
+  assert.deepEqual(link.fetchCalls.at(-1)?.blocks, [11, 14])
+  assert.equal(p.tick().batchesStarted, 0, 'the window is covered: nothing new, and idle waits for the demand read')
+  pendingReads--
+  link.completeNext(); await flush()
+  pendingReads++
+  assert.equal(p.tick().batchesStarted, 0, 'blocks that arrived still fill the window: it does not run away from the read')
+  pendingReads--
+  // A read near the end: the window stops at the image's end.
+  p.noteRead('vm', 62 * BS, 2 * BS, true)
+  assert.equal(p.tick().mode, 'idle', 'nothing follows block 63: idle prefetch (no demand pending) runs instead')
+  assert.ok(link.fetchCalls.slice(1).every(c => !c.blocks.includes(64)))
+  await p.stop()
+})
+
+test('with a profile, a read the profile does not list switches that instance to sequential read-ahead', { timeout: 10_000 }, async () => {
+  const store = makeStore(64)
+  const link = new FakeLink(store)
+  const time = new ManualTime()
+  const profile = finalizeProfile({
+    imageId: 'img', rootHex: ROOT, blockSizeBytes: BS, blockCount: 64, boots: 1,
+    entries: [50, 51, 52, 53].map((block, i) => ({ block, tMs: i, confidence: 1 }))
+  })
+  const p = createPrefetcher({
+    store, fetch: link.fetch, clock: time.clock, scheduler: time, profile, batchBlocks: 2, maxInFlightBatches: 4,
+    readAhead: { initialWindowBlocks: 2, maxWindowBlocks: 2 }, sequential: { windowBlocks: 2, scanBlocks: 4 }, idle: { idleHoldMs: 60_000 }
+  })
+  p.instanceStarted('vm')
+  p.tick()
+  assert.deepEqual(link.fetchCalls.map(c => c.blocks), [[50, 51]], 'profile order before the first read')
+  p.noteRead('vm', 20 * BS, BS, false) // off the profile
+  p.tick()
+  assert.deepEqual(link.fetchCalls.at(-1)?.blocks, [21, 22])
+  p.noteRead('vm', 51 * BS, BS, false) // back on the profile
+  p.tick()
+  assert.deepEqual(link.fetchCalls.at(-1)?.blocks, [52, 53])
+  await p.stop()
+})
