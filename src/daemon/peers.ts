@@ -31,6 +31,7 @@ export const peerLayerFactory: PeerLayerFactory = async ({ config, identity, tru
     removeImage: imageId => { service.removeImage(imageId) },
     fetchManifest: async (imageId, options) => await service.fetchManifest(imageId, options),
     status: () => ({ ...service.status(), peers: service.status().peers.length }),
-    profileChanged: imageId => { service.profileChanged(imageId) }
+    profileChanged: imageId => { service.profileChanged(imageId) },
+    peersBooting: imageId => service.peersBooting(imageId)
   }
 }

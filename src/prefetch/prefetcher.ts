@@ -78,6 +78,8 @@ export interface PrefetcherInit {
   idle?: Partial<IdleParams>
   /** Idle prefetch off: read-ahead only. */
   idleEnabled?: boolean
+  /** Asked at every tick: false holds idle prefetch back (e.g. while peers boot the image). Read-ahead goes on. */
+  idleGate?: () => boolean
   rateBytesPerSec?: number
   burstBytes?: number
   abortInFlightOnDemand?: boolean
@@ -161,6 +163,8 @@ export function createPrefetcher (init: PrefetcherInit): Prefetcher {
   const instances = new Map<string, ReadAheadState>()
   /** Instances whose latest read the profile does not list (or there is none): its last block, for sequential read-ahead. */
   const sequentialFrom = new Map<string, number>()
+  /** Each instance's latest read (first and last block): places it again in a new profile. */
+  const lastRead = new Map<string, { firstBlock: number, lastBlock: number }>()
   let readAheadInFlight = 0
   let idleBatches = 0
   const inFlightBlocks = new Set<number>()
@@ -294,7 +298,7 @@ export function createPrefetcher (init: PrefetcherInit): Prefetcher {
     }
     if (demandPending) return result(kind ?? 'paused', launched, requested)
     let slots = maxInFlight - idleBatches
-    if (idleEnabled && idleState.idle && slots > 0 && idleCursor.phase !== 'done') {
+    if (idleEnabled && idleState.idle && slots > 0 && idleCursor.phase !== 'done' && init.idleGate?.() !== false) {
       // Each plan scans a bounded stretch; a present stretch longer than this many scans waits for the next tick.
       for (let scans = 0; slots > 0 && scans < MAX_IDLE_SCANS_PER_TICK; scans++) {
         const plan = retry.length > 0
@@ -357,6 +361,15 @@ export function createPrefetcher (init: PrefetcherInit): Prefetcher {
   init.signal?.addEventListener('abort', () => { void stop() }, { once: true })
   if (init.profile !== undefined) setProfile(init.profile)
 
+  /** Moves an instance's read-ahead to a read: the profile's when it lists the read, else the sequential one. */
+  function place (instanceId: string, state: ReadAheadState, firstBlock: number, lastBlock: number, hit: boolean): void {
+    if (index !== undefined) instances.set(instanceId, observeRead(index, state, { firstBlock, lastBlock, hit }, raParams))
+    let listed = false
+    for (let b = firstBlock; index !== undefined && b <= lastBlock && b < firstBlock + raParams.maxScan && !listed; b++) listed = index.positionOf(b) >= 0
+    if (listed) sequentialFrom.delete(instanceId)
+    else sequentialFrom.set(instanceId, lastBlock)
+  }
+
   function setProfile (profile: BootProfile | undefined): void {
     if (profile !== undefined) {
       checkProfileFits(profile, { rootHex: store.rootHex ?? profile.rootHex, blockCount: store.blockCount, blockSizeBytes })
@@ -364,9 +377,14 @@ export function createPrefetcher (init: PrefetcherInit): Prefetcher {
     } else {
       index = undefined
     }
-    // Positions refer to the old order: start the instances over (their next read finds them again).
-    for (const id of instances.keys()) instances.set(id, newReadAhead(id, raParams))
-    sequentialFrom.clear()
+    // Positions refer to the old order: each instance is placed again at its latest read (a live profile grows
+    // while the instances boot: they keep their place in it), or starts over before its first read.
+    for (const id of instances.keys()) {
+      const fresh = newReadAhead(id, raParams)
+      instances.set(id, fresh)
+      const read = lastRead.get(id)
+      if (read !== undefined) place(id, fresh, read.firstBlock, read.lastBlock, true)
+    }
     idleCursor = IDLE_START
     schedule(0)
   }
@@ -388,6 +406,7 @@ export function createPrefetcher (init: PrefetcherInit): Prefetcher {
     instanceStopped (instanceId) {
       instances.delete(instanceId)
       sequentialFrom.delete(instanceId)
+      lastRead.delete(instanceId)
     },
     noteRead (instanceId, offset, length, hit) {
       const state = instances.get(instanceId)
@@ -395,12 +414,8 @@ export function createPrefetcher (init: PrefetcherInit): Prefetcher {
       const firstBlock = Math.floor(offset / blockSizeBytes)
       const lastBlock = Math.min(store.blockCount - 1, Math.floor((offset + length - 1) / blockSizeBytes))
       if (firstBlock >= store.blockCount) return
-      if (index !== undefined) instances.set(instanceId, observeRead(index, state, { firstBlock, lastBlock, hit }, raParams))
-      // A read the profile lists moves the profile read-ahead; any other read, the sequential one.
-      let listed = false
-      for (let b = firstBlock; index !== undefined && b <= lastBlock && b < firstBlock + raParams.maxScan && !listed; b++) listed = index.positionOf(b) >= 0
-      if (listed) sequentialFrom.delete(instanceId)
-      else sequentialFrom.set(instanceId, lastBlock)
+      lastRead.set(instanceId, { firstBlock, lastBlock })
+      place(instanceId, state, firstBlock, lastBlock, hit)
       schedule(0)
     },
     onDemandStart () {
