@@ -41,8 +41,11 @@ export const MAX_RECORDING_SHARE = 0.5
 /** Instances queued for attribution per image, and how long a queued name waits for its VM. */
 const MAX_QUEUED_INSTANCES = 64
 const QUEUED_INSTANCE_TTL_MS = 10 * 60_000
-/** A created instance counts as booting for this long before its VM's first read (a name nobody connects for is not a boot). */
-const QUEUED_BOOTING_MS = 60_000
+/**
+ * A created instance counts as booting for this long before its VM's first read: a VM opens its disk within
+ * seconds of instance.create, and a name nobody connects for must not hold the peers' idle prefetch for long.
+ */
+const QUEUED_BOOTING_MS = 10_000
 /** The live profile served to peers is encoded again at most this often. */
 const LIVE_PROFILE_REFRESH_MS = 100
 /** Idle prefetch stops when the caches use this share of the quota, and resumes under the lower mark. */
