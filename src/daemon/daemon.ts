@@ -53,16 +53,23 @@ export interface PeerLayer {
   removeImage: (imageId: string) => void
   fetchManifest: (imageId: string, options: { signal: AbortSignal }) => Promise<Manifest>
   status: () => Record<string, any>
-  /** The image's boot profile changed: advertise its new version. */
+  /** The image's boot profile (or how many VMs of it this host boots) changed: advertise it now. */
   profileChanged?: (imageId: string) => void
   /** The started libp2p node, for modules with their own gossip topics (cluster preheat). */
   node?: () => P2PNode
+  /** Peers that advertise they are booting the image now. */
+  peersBooting?: (imageId: string) => number
 }
 
 /** Boot profiles for the peer layer: advertised, served, and adopted from peers (PrefetchManager). */
 export interface PeerProfiles {
   local: (imageId: string) => { version: string, boots: number, bytes: Uint8Array } | undefined
   adopt: (imageId: string, bytes: Uint8Array) => Promise<boolean>
+  /** Swarm read-ahead (src/p2p/profile-protocol.ts ProfileProvider). */
+  booting?: (imageId: string) => number
+  live?: (imageId: string) => Uint8Array | undefined
+  adoptLive?: (imageId: string, bytes: Uint8Array) => boolean
+  wantsLive?: (imageId: string) => boolean
 }
 
 export interface PeerLayerFactory {
@@ -155,7 +162,11 @@ export class Daemon {
       const prefetchRef: { manager?: PrefetchManager } = {}
       const profiles: PeerProfiles = {
         local: imageId => prefetchRef.manager?.localProfile(imageId),
-        adopt: async (imageId, bytes) => await (prefetchRef.manager?.adoptPeerProfile(imageId, bytes) ?? Promise.resolve(false))
+        adopt: async (imageId, bytes) => await (prefetchRef.manager?.adoptPeerProfile(imageId, bytes) ?? Promise.resolve(false)),
+        booting: imageId => prefetchRef.manager?.booting(imageId) ?? 0,
+        live: imageId => prefetchRef.manager?.liveProfile(imageId),
+        adoptLive: (imageId, bytes) => prefetchRef.manager?.adoptLiveProfile(imageId, bytes) ?? false,
+        wantsLive: imageId => prefetchRef.manager?.wantsLiveProfile(imageId) ?? false
       }
       const manifestFailures = tapManifestFailures(logger.child('p2p'))
       const peers = config.p2p.enabled && options.peerLayer !== undefined
@@ -193,7 +204,8 @@ export class Daemon {
         recordingQuietMs: config.prefetch.recordingQuietMs,
         quotaBytes: config.cache.quotaBytes,
         openInstances: imageId => snapshots.usersOf(imageId).length,
-        onProfileChanged: imageId => { peers?.profileChanged?.(imageId) }
+        onProfileChanged: imageId => { peers?.profileChanged?.(imageId) },
+        peersBooting: imageId => peers?.peersBooting?.(imageId) ?? 0
       })
       prefetchRef.manager = prefetch
       cleanups.unshift(async () => { await prefetch.stop() })

@@ -32,6 +32,7 @@ export const peerLayerFactory: PeerLayerFactory = async ({ config, identity, tru
     fetchManifest: async (imageId, options) => await service.fetchManifest(imageId, options),
     status: () => ({ ...service.status(), peers: service.status().peers.length }),
     profileChanged: imageId => { service.profileChanged(imageId) },
-    node: () => service.node()
+    node: () => service.node(),
+    peersBooting: imageId => service.peersBooting(imageId)
   }
 }

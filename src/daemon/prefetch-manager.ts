@@ -12,6 +12,13 @@
 // VM's reads; idle prefetch pulls the rest when no on-demand read waits (the prefetcher polls the cache's
 // pending demand reads, and is woken when one ends). An image whose blocks were evicted keeps no prefetcher
 // (it would fetch them back) until an instance of it is created again.
+//
+// Swarm (one boot wave): this host advertises how many VMs of the image it is booting (`booting`: recordings in
+// progress, and instances created but not yet connected); idle prefetch of an image waits while any peer boots
+// it (the wave's reads go first, and the whole-image pull comes after, through the tree). While this host
+// boots an image it has no learned profile of, it follows the live first-touch order of a booting peer (the
+// peer layer fetches it: src/p2p/profile-protocol.ts) and serves its own: whoever is ahead in the wave shows
+// the others what comes next. A live profile is never stored or advertised as a learned one.
 
 import type { NbdExport } from '../blockstack/types.js'
 import type { Image } from '../blockstack/images.js'
@@ -34,6 +41,13 @@ export const MAX_RECORDING_SHARE = 0.5
 /** Instances queued for attribution per image, and how long a queued name waits for its VM. */
 const MAX_QUEUED_INSTANCES = 64
 const QUEUED_INSTANCE_TTL_MS = 10 * 60_000
+/**
+ * A created instance counts as booting for this long before its VM's first read: a VM opens its disk within
+ * seconds of instance.create, and a name nobody connects for must not hold the peers' idle prefetch for long.
+ */
+const QUEUED_BOOTING_MS = 10_000
+/** The live profile served to peers is encoded again at most this often. */
+const LIVE_PROFILE_REFRESH_MS = 100
 /** Idle prefetch stops when the caches use this share of the quota, and resumes under the lower mark. */
 const QUOTA_IDLE_STOP = 0.95
 const QUOTA_IDLE_RESUME = 0.9
@@ -54,8 +68,10 @@ export interface PrefetchManagerInit {
   /** Capacity used to turn fetched bytes into a link utilization. */
   linkBytesPerSec: number
   now?: () => number
-  /** Told when an image's profile changes (the peer layer advertises its version). */
-  onProfileChanged?: (imageId: string, profile: BootProfile) => void
+  /** Told when an image's profile changes (the peer layer advertises its version), or how many VMs of it boot here (no profile then). */
+  onProfileChanged?: (imageId: string, profile?: BootProfile) => void
+  /** Peers booting the image now (from their adverts): idle prefetch of the image waits while there are any. */
+  peersBooting?: (imageId: string) => number
   /** A recording ends after this long without reads (default RECORDING_QUIET_MS). */
   recordingQuietMs?: number
   /** Disk quota of all caches together; null or absent: none. */
@@ -93,6 +109,12 @@ interface ImageState {
   readsLocal: number
   readsFetched: number
   unsubscribe?: () => void
+  /** A booting peer's live profile that read-ahead follows (while there is no learned profile). */
+  liveProfile?: BootProfile
+  /** This host's live profile as last served: encoded at most every LIVE_PROFILE_REFRESH_MS. */
+  liveServed?: { atMs: number, entries: number, bytes: Uint8Array }
+  /** The booting count last told to the peer layer. */
+  bootingAdvertised: number
 }
 
 export interface ImagePrefetchStatus extends PrefetchProgress {
@@ -105,6 +127,11 @@ export interface ImagePrefetchStatus extends PrefetchProgress {
   /** Bytes prefetch brought into the cache since the daemon started (all prefetchers of the image). */
   prefetchedBytes: number
   evictedBlocks: number
+  /** VMs of the image booting here now (advertised), and entries of the live profile read-ahead follows (0: none). */
+  booting: number
+  liveProfileEntries: number
+  /** Peers that advertise they boot the image now: idle prefetch waits while this is above 0. */
+  peersBooting: number
 }
 
 export class PrefetchManager {
@@ -139,7 +166,8 @@ export class PrefetchManager {
       lastUse: new Uint32Array(manifest.blockCount),
       zeroBlocks: popcount(manifest.zeroBlocks),
       readsLocal: 0,
-      readsFetched: 0
+      readsFetched: 0,
+      bootingAdvertised: 0
     }
     this.images.set(imageId, state)
     // Blocks arriving count as used now: a new block is not the first to go.
@@ -169,14 +197,17 @@ export class PrefetchManager {
         blockCount: state.image.manifest.blockCount,
         blockSizeBytes: state.image.manifest.blockSizeBytes,
         rootHex: state.image.manifest.rootHex,
-        presentCount: () => cache.presentCount()
+        presentCount: () => cache.presentCount(),
+        isZero: i => isZeroBlock(state.image.manifest, i)
       },
       fetch: async (blocks, options) => { await cache.ensure(blocks, options) },
-      profile: state.profile,
+      profile: state.profile ?? state.liveProfile,
       pendingOnDemand: () => cache.pendingDemandReads(),
       rateBytesPerSec: this.init.rateBytesPerSec ?? undefined,
       idle: { busyAbove: Math.min(1, this.init.idleLinkFraction + 0.1), idleBelow: this.init.idleLinkFraction },
-      idleEnabled: this.idleAllowed
+      idleEnabled: this.idleAllowed,
+      // The wave's reads first: the whole-image pull waits until no peer boots the image.
+      idleGate: () => (this.init.peersBooting?.(state.image.record.imageId) ?? 0) === 0
     })
     state.prefetcher = prefetcher
     prefetcher.start()
@@ -211,6 +242,7 @@ export class PrefetchManager {
     }
     // Read-ahead from the start of the profile, before the VM's first read arrives.
     state.prefetcher?.instanceStarted(name)
+    this.refreshBooting(imageId, state)
   }
 
   instanceDestroyed (name: string, imageId: string): void {
@@ -218,6 +250,7 @@ export class PrefetchManager {
     if (state === undefined) return
     state.queued = state.queued.filter(q => q.name !== name)
     state.prefetcher?.instanceStopped(name)
+    this.refreshBooting(imageId, state)
     for (const recording of state.recordings) {
       if (recording.instance === name) {
         void this.finishRecording(imageId, state, recording).catch(err => this.init.logger.warn('recording not saved', { imageId, error: err }))
@@ -297,6 +330,7 @@ export class PrefetchManager {
       for (const recording of state.recordings) {
         if (nowMs - recording.lastReadMs >= quietMs) await this.finishRecording(imageId, state, recording)
       }
+      this.refreshBooting(imageId, state)
       const stats = state.image.cache.stats()
       const demandBytes = stats.fetchedBytes - stats.prefetchedBytes
       const elapsedMs = Math.max(1, nowMs - state.lastSampleMs)
@@ -377,6 +411,7 @@ export class PrefetchManager {
 
   private async finishRecording (imageId: string, state: ImageState, recording: Recording): Promise<void> {
     if (!state.recordings.delete(recording)) return
+    this.refreshBooting(imageId, state)
     const recorded = recording.recorder.toProfile()
     const entries = recorded.entries.length
     if (entries < MIN_RECORDING_ENTRIES || entries > state.image.manifest.blockCount * MAX_RECORDING_SHARE) {
@@ -393,8 +428,65 @@ export class PrefetchManager {
     await this.init.db.put(imageId, encoded)
     state.profile = profile
     state.profileBytes = encoded
+    state.liveProfile = undefined
     state.prefetcher?.setProfile(profile)
     this.init.onProfileChanged?.(imageId, profile)
+  }
+
+  /** VMs of the image this host is booting now: recordings in progress, and instances created but not yet connected. */
+  booting (imageId: string): number {
+    const state = this.images.get(imageId)
+    if (state === undefined) return 0
+    const nowMs = this.now()
+    let n = 0
+    for (const r of state.recordings) if (!r.recorder.full) n++
+    for (const q of state.queued) if (nowMs - q.atMs < QUEUED_BOOTING_MS) n++
+    return n
+  }
+
+  /** Tells the peer layer when the booting count changed (it advertises it). */
+  private refreshBooting (imageId: string, state: ImageState): void {
+    const n = this.booting(imageId)
+    if (n === state.bootingAdvertised) return
+    state.bootingAdvertised = n
+    this.init.onProfileChanged?.(imageId)
+  }
+
+  /** The first-touch order of the longest boot being recorded here now (binary form), for booting peers. */
+  liveProfile (imageId: string): Uint8Array | undefined {
+    const state = this.images.get(imageId)
+    if (state === undefined) return undefined
+    let best: Recording | undefined
+    for (const r of state.recordings) if (!r.recorder.full && r.recorder.touchedBlocks > (best?.recorder.touchedBlocks ?? 0)) best = r
+    if (best === undefined) return undefined
+    const nowMs = this.now()
+    const served = state.liveServed
+    if (served !== undefined && (served.entries === best.recorder.touchedBlocks || nowMs - served.atMs < LIVE_PROFILE_REFRESH_MS)) return served.bytes
+    const bytes = encodeProfile(best.recorder.toProfile())
+    state.liveServed = { atMs: nowMs, entries: best.recorder.touchedBlocks, bytes }
+    return bytes
+  }
+
+  /** True while a live profile would help here: a VM of the image boots and no learned profile exists. */
+  wantsLiveProfile (imageId: string): boolean {
+    const state = this.images.get(imageId)
+    return state !== undefined && state.profile === undefined && state.prefetcher !== undefined && this.booting(imageId) > 0
+  }
+
+  /**
+   * A booting peer's live profile: decoded with bounds, must fit the manifest (throws otherwise). Read-ahead follows
+   * it when there is no learned profile and it is longer than the live one followed now. Not stored, not advertised.
+   */
+  adoptLiveProfile (imageId: string, bytes: Uint8Array): boolean {
+    const state = this.images.get(imageId)
+    if (state === undefined) return false
+    const incoming = decodeProfile(bytes, { expect: state.image.manifest, maxBytes: MAX_PROFILE_BYTES })
+    checkProfileFits(incoming, state.image.manifest)
+    if (state.profile !== undefined || state.prefetcher === undefined) return false
+    if (state.liveProfile !== undefined && incoming.entries.length <= state.liveProfile.entries.length) return false
+    state.liveProfile = incoming
+    state.prefetcher.setProfile(incoming)
+    return true
   }
 
   profile (imageId: string): BootProfile | undefined {
@@ -468,7 +560,10 @@ export class PrefetchManager {
       readsLocal: state.readsLocal,
       readsFetched: state.readsFetched,
       prefetchedBytes: cache.stats().prefetchedBytes,
-      evictedBlocks: state.evictedBlocks
+      evictedBlocks: state.evictedBlocks,
+      booting: this.booting(imageId),
+      liveProfileEntries: state.liveProfile?.entries.length ?? 0,
+      peersBooting: this.init.peersBooting?.(imageId) ?? 0
     }
   }
 

@@ -6,6 +6,7 @@
 //   | uploadLoad u16 (1/10000ths) | groupBlocks u32 | summaryLength u16 | summary
 //   | addrCount u8 | addrCount x (length u8 | multiaddr bytes)
 //   [flag bit2 only: | profileVersion 8 (16 hex digits) | profileBoots u8 | profileBytes u32]
+//   [flag bit3 only: | booting u8 (1..255)]
 // The summary is 2 bits per group of `groupBlocks` consecutive blocks (at most MAX_SUMMARY_GROUPS groups, so
 // at most 256 bytes): 0 none held, 1 under half, 2 half or more, 3 all. It tells a child whether a parent
 // probably holds a block; exact presence is asked per request. The sender is the gossip message's signed
@@ -14,6 +15,9 @@
 // The profile fields say which boot profile of the image the sender has (src/prefetch: its content version, how
 // many boots it merges, its encoded size), so that an agent with an older or no profile fetches it
 // (/vmthunder/profile/1) and the first boot anywhere teaches every agent.
+// `booting` says how many VMs of the image the sender is booting now (absent: none): peers hold idle prefetch of
+// the image back while anyone boots it, and fetch the sender's live read order (src/prefetch: swarm read-ahead).
+// It is sent only while the sender boots, so an older agent (which rejects unknown flags) misses only those adverts.
 
 import { validateImageId, type Manifest } from '../blockstack/manifest.js'
 import type { Advert } from '../topology/types.js'
@@ -30,6 +34,9 @@ const FIXED_BYTES = 1 + 1 + 8 + 1 + 32 + 4 + 4 + 1 + 2 + 2 + 2 + 4 + 2 + 1
 const FLAG_MANIFEST = 1
 const FLAG_DEPTH = 2
 const FLAG_PROFILE = 4
+const FLAG_BOOTING = 8
+/** Boots advertised at most (the field is one byte). */
+export const MAX_ADVERTISED_BOOTING = 255
 const PROFILE_FIELDS_BYTES = 8 + 1 + 4
 /** Largest profile an advert may announce (the profile protocol refuses more too). */
 export const MAX_ADVERTISED_PROFILE_BYTES = 1024 * 1024
@@ -71,6 +78,8 @@ export interface AdvertBody {
   addrs: Uint8Array[]
   /** The sender's boot profile of the image, when it has one. */
   profile?: AdvertisedProfile
+  /** VMs of the image the sender is booting now (1..255); absent when none. */
+  booting?: number
 }
 
 export interface AdvertisedProfile {
@@ -131,10 +140,12 @@ export function encodeAdvert (advert: AdvertBody): Uint8Array {
     !Number.isInteger(profile.sizeBytes) || profile.sizeBytes < 1 || profile.sizeBytes > MAX_ADVERTISED_PROFILE_BYTES)) {
     throw new RangeError('advert profile needs a 16-hex-digit version, boots >= 1 and 1..1 MiB of size')
   }
-  const out = Buffer.alloc(FIXED_BYTES + id.length + advert.summary.levels.byteLength + addrBytes + (profile !== undefined ? PROFILE_FIELDS_BYTES : 0))
+  const booting = advert.booting ?? 0
+  if (!Number.isInteger(booting) || booting < 0) throw new RangeError('advert booting must be a whole number >= 0')
+  const out = Buffer.alloc(FIXED_BYTES + id.length + advert.summary.levels.byteLength + addrBytes + (profile !== undefined ? PROFILE_FIELDS_BYTES : 0) + (booting > 0 ? 1 : 0))
   if (out.length > MAX_ADVERT_BYTES) throw new RangeError(`advert of ${out.length} bytes exceeds ${MAX_ADVERT_BYTES}`)
   let at = out.writeUInt8(ADVERT_VERSION, 0)
-  at = out.writeUInt8((advert.manifestAvailable ? FLAG_MANIFEST : 0) | (advert.depth !== null ? FLAG_DEPTH : 0) | (profile !== undefined ? FLAG_PROFILE : 0), at)
+  at = out.writeUInt8((advert.manifestAvailable ? FLAG_MANIFEST : 0) | (advert.depth !== null ? FLAG_DEPTH : 0) | (profile !== undefined ? FLAG_PROFILE : 0) | (booting > 0 ? FLAG_BOOTING : 0), at)
   at = out.writeBigUInt64BE(BigInt(advert.seq), at)
   at = out.writeUInt8(id.length, at)
   at += id.copy(out, at)
@@ -158,6 +169,7 @@ export function encodeAdvert (advert: AdvertBody): Uint8Array {
     at = out.writeUInt8(Math.min(255, profile.boots), at)
     at = out.writeUInt32BE(profile.sizeBytes, at)
   }
+  if (booting > 0) at = out.writeUInt8(Math.min(MAX_ADVERTISED_BOOTING, booting), at)
   return new Uint8Array(out.buffer, out.byteOffset, out.length)
 }
 
@@ -172,7 +184,7 @@ export function decodeAdvert (bytes: Uint8Array): AdvertBody {
   const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
   if (buf.readUInt8(0) !== ADVERT_VERSION) fail(`unsupported version ${buf.readUInt8(0)}`)
   const flags = buf.readUInt8(1)
-  if ((flags & ~(FLAG_MANIFEST | FLAG_DEPTH | FLAG_PROFILE)) !== 0) fail('unknown flags')
+  if ((flags & ~(FLAG_MANIFEST | FLAG_DEPTH | FLAG_PROFILE | FLAG_BOOTING)) !== 0) fail('unknown flags')
   const seqBig = buf.readBigUInt64BE(2)
   if (seqBig === 0n || seqBig > BigInt(Number.MAX_SAFE_INTEGER)) fail('seq out of range')
   const idLength = buf.readUInt8(10)
@@ -216,6 +228,13 @@ export function decodeAdvert (bytes: Uint8Array): AdvertBody {
     if (sizeBytes === 0 || sizeBytes > MAX_ADVERTISED_PROFILE_BYTES) fail(`profile size ${sizeBytes} out of range`)
     profile = { version, boots, sizeBytes }
   }
+  let booting: number | undefined
+  if ((flags & FLAG_BOOTING) !== 0) {
+    if (at + 1 > buf.length) fail('truncated booting field')
+    booting = buf.readUInt8(at)
+    at += 1
+    if (booting === 0) fail('booting flag with no boots')
+  }
   if (at !== buf.length) fail('trailing bytes')
   if (totalBlocks === 0) fail('no blocks')
   if (heldBlocks > totalBlocks) fail('holds more blocks than the image has')
@@ -255,7 +274,8 @@ export function decodeAdvert (bytes: Uint8Array): AdvertBody {
     manifestAvailable: (flags & FLAG_MANIFEST) !== 0,
     summary,
     addrs,
-    ...(profile !== undefined ? { profile } : {})
+    ...(profile !== undefined ? { profile } : {}),
+    ...(booting !== undefined ? { booting } : {})
   }
 }
 

@@ -37,7 +37,8 @@ import { PeerSource, type PeerDirectory, type SourceInfo } from './peer-source.j
 import { fetchManifestFrom, serveManifestStream, MANIFEST_PROTOCOL, MANIFEST_FETCH_TIMEOUT_MS } from './manifest-protocol.js'
 import { BLOCKS_PROTOCOL } from './wire.js'
 import {
-  PROFILE_PROTOCOL, PROFILE_FETCH_TIMEOUT_MS, MAX_PROFILE_WIRE_BYTES, createProfileServer, fetchProfileFrom, type ProfileProvider
+  PROFILE_PROTOCOL, PROFILE_FETCH_TIMEOUT_MS, MAX_PROFILE_WIRE_BYTES, createProfileServer, fetchProfileFrom, createLiveProfileFetcher,
+  type LiveProfileFetcher, type ProfileProvider
 } from './profile-protocol.js'
 import { RateMeter, TokenBucket } from './rate-limit.js'
 import { systemClock, type Clock } from './clock.js'
@@ -156,8 +157,10 @@ export interface P2PService {
   /** Resolves once `predicate` holds, checked on every advert, heartbeat and block event; rejects on abort. */
   waitFor: (predicate: () => boolean, signal: AbortSignal) => Promise<void>
   readonly peerSource: PeerSource
-  /** The agent's profile of an image changed: advertise it now. */
+  /** The agent's profile of an image (or how many VMs of it it boots) changed: advertise it now. */
   profileChanged: (imageId: string) => void
+  /** Peers whose fresh advert says they are booting the image now (idle prefetch of it waits for them). */
+  peersBooting: (imageId: string) => number
 }
 
 interface CandidateEntry {
@@ -237,6 +240,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
   let started = false
   let stopped = false
   const profileFetchStarts: number[] = []
+  let liveProfiles: LiveProfileFetcher | undefined
 
   const notify = (): void => {
     for (const wake of [...waiters]) wake()
@@ -320,8 +324,17 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       manifestAvailable: true,
       summary: summarize(state.store.presentBitmap(), total),
       addrs: advertAddrs(),
-      ...advertisedProfile(state.imageId)
+      ...advertisedProfile(state.imageId),
+      booting: init.profiles?.booting?.(state.imageId) ?? 0
     }
+  }
+
+  /** Connected, unbanned peers whose advert (fresh) says they boot the image now. */
+  const bootingPeersOf = (state: ImageState): string[] => {
+    const nowMs = clock.nowMs()
+    const connected = node === undefined ? new Set<string>() : new Set(node.getPeers().map(p => p.toString()))
+    return [...state.candidates].filter(([peer, entry]) => (entry.advert.booting ?? 0) > 0 && nowMs - entry.receivedAtMs <= params.advertTimeoutMs &&
+      connected.has(peer) && !isBanned(peer)).map(([peer]) => peer)
   }
 
   const advertisedProfile = (imageId: string): { profile?: AdvertBody['profile'] } => {
@@ -430,6 +443,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     const newlyEligible = verdict.advert.depth !== null && (previous === undefined || previous.advert.depth === null)
     if (newlyEligible && state.parents.length < params.parentCount && state.store !== undefined && !isSeed(state)) scheduleHeartbeat(state)
     if (verdict.advert.profile !== undefined) maybeFetchProfile(state)
+    if (verdict.advert.booting !== undefined && state.store !== undefined) liveProfiles?.maybeFetch(state.imageId, bootingPeersOf(state))
     notify()
     return TopicValidatorResult.Accept
   }
@@ -687,6 +701,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     // 4. Advert; and a newer profile a peer advertised, if an earlier fetch did not get it.
     publish(state)
     maybeFetchProfile(state)
+    liveProfiles?.maybeFetch(state.imageId, bootingPeersOf(state))
   }
 
   // ---- the peer source's view ----
@@ -843,13 +858,14 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       void serveBlockStream(serverInit, stream, connection, stopController.signal)
     }, { maxInboundStreams: 8, maxOutboundStreams: 8 })
     const profileServer = createProfileServer({
-      lookup: imageId => images.get(imageId)?.store !== undefined ? init.profiles?.local(imageId)?.bytes : undefined,
+      lookup: (imageId, live) => images.get(imageId)?.store === undefined ? undefined : live ? init.profiles?.live?.(imageId) : init.profiles?.local(imageId)?.bytes,
       logger,
       nowMs: () => clock.nowMs()
     })
     await node.handle(PROFILE_PROTOCOL, (stream, connection) => {
       void profileServer.handle(stream, connection)
     }, { maxInboundStreams: 2, maxOutboundStreams: 2 })
+    if (init.profiles !== undefined) liveProfiles = createLiveProfileFetcher({ node: requireNode, provider: init.profiles, logger, signal: stopController.signal, nowMs: () => clock.nowMs() })
     await node.handle(MANIFEST_PROTOCOL, (stream, connection) => {
       void serveManifestStream(stream, connection, imageId => images.get(imageId)?.store !== undefined ? images.get(imageId)?.manifest : undefined, logger)
     }, { maxInboundStreams: 4, maxOutboundStreams: 4 })
@@ -945,6 +961,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     node: requireNode,
     ban,
     waitFor,
-    profileChanged
+    profileChanged,
+    peersBooting: imageId => { const state = images.get(imageId); return state === undefined ? 0 : bootingPeersOf(state).length }
   }
 }

@@ -105,6 +105,8 @@ export interface BlockFilter {
   has: (block: number) => boolean
   /** Being fetched already: do not plan again. */
   inFlight?: (block: number) => boolean
+  /** A zero block (a hole): needs no fetch and takes no place in a sequential window. */
+  isZero?: (block: number) => boolean
 }
 
 /**
@@ -126,6 +128,11 @@ export function planReadAhead (index: ProfileIndex, states: readonly ReadAheadSt
     }
     lists.push(list)
   }
+  return roundRobin(lists, maxBlocks)
+}
+
+/** The k-th entry of every list before the (k+1)-th of any, duplicates dropped, at most maxBlocks. */
+function roundRobin (lists: readonly number[][], maxBlocks: number): number[] {
   const out: number[] = []
   const taken = new Set<number>()
   const longest = lists.reduce((m, l) => Math.max(m, l.length), 0)
@@ -188,4 +195,47 @@ export function planIdle (index: ProfileIndex | undefined, blockCount: number, c
     }
   }
   return { blocks, cursor: { phase, position, quietScan } }
+}
+
+// Sequential read-ahead: the first boot of an image has no profile anywhere, and its reads are still mostly
+// files read front to back (in the Debian boot trace, 415 of 801 first touches are the block after the previous
+// one). So after each read, the data blocks that follow it are fetched, those not present or in flight. The
+// window counts data blocks after the read (zero blocks, holes, are skipped: the window spends the link only on
+// data), whatever their state, so planning again for the same read plans nothing new. A small window: a guess
+// that is wrong costs link time that a later demand read may need.
+
+export interface SequentialParams {
+  /** Data blocks after an instance's latest read that should be local or on their way. */
+  windowBlocks: number
+  /** Blocks examined after the read (bounded work; holes and present blocks are skipped). */
+  scanBlocks: number
+}
+
+export const DEFAULT_SEQUENTIAL_BYTES = { windowBytes: 256 * 1024, scanBytes: 2 * 1024 * 1024 }
+
+export function sequentialParams (blockSizeBytes: number, opts: Partial<SequentialParams & typeof DEFAULT_SEQUENTIAL_BYTES> = {}): SequentialParams {
+  const windowBlocks = opts.windowBlocks ?? Math.max(1, Math.floor((opts.windowBytes ?? DEFAULT_SEQUENTIAL_BYTES.windowBytes) / blockSizeBytes))
+  const scanBlocks = Math.max(windowBlocks, opts.scanBlocks ?? Math.max(1, Math.floor((opts.scanBytes ?? DEFAULT_SEQUENTIAL_BYTES.scanBytes) / blockSizeBytes)))
+  return { windowBlocks, scanBlocks }
+}
+
+/**
+ * The next missing blocks after each given block (an instance's latest read), nearest first, round robin over
+ * the instances, duplicates dropped, at most maxBlocks. Blocks out of range are ignored.
+ */
+export function planSequential (lastBlocks: readonly number[], blockCount: number, filter: BlockFilter, params: SequentialParams, maxBlocks: number): number[] {
+  const lists: number[][] = []
+  for (const last of [...lastBlocks].sort((a, b) => a - b)) {
+    if (!Number.isInteger(last) || last < 0 || last >= blockCount) continue
+    const list: number[] = []
+    const end = Math.min(blockCount, last + 1 + params.scanBlocks)
+    let counted = 0
+    for (let b = last + 1; b < end && counted < params.windowBlocks; b++) {
+      if (filter.isZero?.(b) === true) continue
+      counted++
+      if (!filter.has(b) && filter.inFlight?.(b) !== true) list.push(b)
+    }
+    lists.push(list)
+  }
+  return roundRobin(lists, maxBlocks)
 }

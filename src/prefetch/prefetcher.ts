@@ -1,20 +1,22 @@
 // The prefetch driver for one image on one agent: decides when to fetch (planner + idle detector + rate
 // limit) and keeps a bounded number of prefetch batches in flight through the injected `fetch`.
 //
-// - Read-ahead runs while instances are booting (profile order ahead of each instance's latest read).
+// - Read-ahead runs while instances are booting: profile order ahead of each instance's latest read; with no
+//   profile (a first boot), or for a read the profile does not list, the next missing blocks after the read
+//   (sequential read-ahead, planner.ts). It goes on while an on-demand read is pending (what follows that read
+//   is what the VM needs next; the block source queues 'prefetch' behind 'demand'), bounded in flight.
 // - Idle prefetch runs when the link is idle (see idle.ts), token-bucket rate limited: rest of the profile,
-//   then the whole image.
-// - Both pause at once while an on-demand read is pending: no new batch starts until the last one ends
-//   (and with abortInFlightOnDemand the batches in flight are aborted, so a FIFO link serves the demand
-//   read next). The block source also queues 'prefetch' behind 'demand'.
+//   then the whole image. It pauses at once while an on-demand read is pending: no new idle batch starts
+//   until the last one ends (and with abortInFlightOnDemand the batches in flight are aborted, so a FIFO link
+//   serves the demand read next).
 // Time comes from the injected clock, timers from the injected scheduler; `tick()` may be called by hand
 // (tests, the simulator) instead of start().
 
 import { PrefetcherStoppedError } from './errors.js'
 import { checkProfileFits, type BootProfile } from './profile.js'
 import {
-  indexProfile, newReadAhead, observeRead, planIdle, planReadAhead, readAheadParams, IDLE_START,
-  type IdleCursor, type ProfileIndex, type ReadAheadParams, type ReadAheadState
+  indexProfile, newReadAhead, observeRead, planIdle, planReadAhead, planSequential, readAheadParams, sequentialParams, IDLE_START,
+  type IdleCursor, type ProfileIndex, type ReadAheadParams, type ReadAheadState, type SequentialParams
 } from './planner.js'
 import {
   idleStep, newTokenBucket, tryTake, DEFAULT_IDLE_PARAMS, IDLE_INITIAL,
@@ -29,6 +31,8 @@ export interface PrefetchStore {
   readonly rootHex?: string
   /** Present blocks, zero blocks included; counted through has() when absent. */
   presentCount?: () => number
+  /** Zero blocks (holes): skipped by sequential read-ahead windows. */
+  isZero?: (block: number) => boolean
 }
 
 export type PrefetchFetch = (blocks: readonly number[], options: { signal: AbortSignal, priority: 'prefetch' }) => Promise<void>
@@ -69,9 +73,13 @@ export interface PrefetcherInit {
   batchBlocks?: number
   maxInFlightBatches?: number
   readAhead?: Partial<ReadAheadParams> & { initialWindowBytes?: number, maxWindowBytes?: number }
+  /** Read-ahead without a profile; `windowBlocks: 0` turns it off. */
+  sequential?: Partial<SequentialParams> & { windowBytes?: number, scanBytes?: number }
   idle?: Partial<IdleParams>
   /** Idle prefetch off: read-ahead only. */
   idleEnabled?: boolean
+  /** Asked at every tick: false holds idle prefetch back (e.g. while peers boot the image). Read-ahead goes on. */
+  idleGate?: () => boolean
   rateBytesPerSec?: number
   burstBytes?: number
   abortInFlightOnDemand?: boolean
@@ -143,6 +151,9 @@ export function createPrefetcher (init: PrefetcherInit): Prefetcher {
   const batchBlocks = Math.max(1, init.batchBlocks ?? Math.floor(PREFETCH_DEFAULTS.batchBytes / blockSizeBytes))
   const maxInFlight = Math.max(1, init.maxInFlightBatches ?? PREFETCH_DEFAULTS.maxInFlightBatches)
   const raParams = readAheadParams(blockSizeBytes, init.readAhead)
+  const seqParams = sequentialParams(blockSizeBytes, init.sequential)
+  // Read-ahead blocks in flight at most (as many as the idle batches may have).
+  const maxReadAheadInFlight = maxInFlight * batchBlocks
   const idleParams: IdleParams = { ...DEFAULT_IDLE_PARAMS, ...init.idle }
   const rate = init.rateBytesPerSec ?? PREFETCH_DEFAULTS.rateBytesPerSec
   const bucketParams: TokenBucketParams = { rateBytesPerSec: rate, burstBytes: init.burstBytes ?? Math.max(2 * batchBlocks * blockSizeBytes, rate / 4) }
@@ -150,6 +161,12 @@ export function createPrefetcher (init: PrefetcherInit): Prefetcher {
 
   let index: ProfileIndex | undefined
   const instances = new Map<string, ReadAheadState>()
+  /** Instances whose latest read the profile does not list (or there is none): its last block, for sequential read-ahead. */
+  const sequentialFrom = new Map<string, number>()
+  /** Each instance's latest read (first and last block): places it again in a new profile. */
+  const lastRead = new Map<string, { firstBlock: number, lastBlock: number }>()
+  let readAheadInFlight = 0
+  let idleBatches = 0
   const inFlightBlocks = new Set<number>()
   const batches = new Map<number, Batch>()
   let nextBatchId = 1
@@ -175,7 +192,7 @@ export function createPrefetcher (init: PrefetcherInit): Prefetcher {
   let idleEnabled = init.idleEnabled !== false
 
   const pending = (): number => demandCount + (init.pendingOnDemand?.() ?? 0)
-  const filter = { has: (b: number) => store.has(b), inFlight: (b: number) => inFlightBlocks.has(b) }
+  const filter = { has: (b: number) => store.has(b), inFlight: (b: number) => inFlightBlocks.has(b), isZero: store.isZero }
 
   function presentCount (): number {
     if (store.presentCount !== undefined) return store.presentCount()
@@ -202,9 +219,13 @@ export function createPrefetcher (init: PrefetcherInit): Prefetcher {
     const id = nextBatchId++
     const controller = new AbortController()
     for (const b of blocks) inFlightBlocks.add(b)
+    if (kind === 'readAhead') readAheadInFlight += blocks.length
+    else idleBatches++
     if (batches.size === 0) activeSinceMs = clock.nowMs()
     const settle = (outcome: BatchEvent['outcome'], error?: unknown): void => {
       batches.delete(id)
+      if (kind === 'readAhead') readAheadInFlight -= blocks.length
+      else idleBatches--
       for (const b of blocks) inFlightBlocks.delete(b)
       if (batches.size === 0 && activeSinceMs !== undefined) {
         activeMs += clock.nowMs() - activeSinceMs
@@ -251,17 +272,14 @@ export function createPrefetcher (init: PrefetcherInit): Prefetcher {
     }
     if (stopped) return result('stopped')
     const nowMs = clock.nowMs()
+    const demandPending = pending() > 0
     idleState = idleStep(idleState, { nowMs, samples, pendingOnDemand: pending() }, idleParams)
-    if (pending() > 0) return result('paused')
-    if (nowMs < backoffUntilMs) return result('waiting')
-    let slots = maxInFlight - batches.size
+    if (nowMs < backoffUntilMs) return result(demandPending ? 'paused' : 'waiting')
     let launched = 0
     let requested = 0
     let kind: PrefetchMode | undefined
-
-    if (index !== undefined && instances.size > 0 && slots > 0) {
-      const blocks = planReadAhead(index, [...instances.values()], filter, raParams, slots * batchBlocks)
-      for (let i = 0; i < blocks.length && slots > 0; i += batchBlocks, slots--) {
+    const launchReadAhead = (blocks: number[]): void => {
+      for (let i = 0; i < blocks.length; i += batchBlocks) {
         const batch = blocks.slice(i, i + batchBlocks)
         launch('readAhead', batch)
         launched++
@@ -269,7 +287,18 @@ export function createPrefetcher (init: PrefetcherInit): Prefetcher {
         kind = 'readAhead'
       }
     }
-    if (idleEnabled && idleState.idle && slots > 0 && idleCursor.phase !== 'done') {
+    if (instances.size > 0) {
+      const onProfile = [...instances.values()].filter(st => !sequentialFrom.has(st.instanceId))
+      if (index !== undefined && onProfile.length > 0 && readAheadInFlight < maxReadAheadInFlight) {
+        launchReadAhead(planReadAhead(index, onProfile, filter, raParams, maxReadAheadInFlight - readAheadInFlight))
+      }
+      if (sequentialFrom.size > 0 && seqParams.windowBlocks > 0 && readAheadInFlight < maxReadAheadInFlight) {
+        launchReadAhead(planSequential([...sequentialFrom.values()], store.blockCount, filter, seqParams, maxReadAheadInFlight - readAheadInFlight))
+      }
+    }
+    if (demandPending) return result(kind ?? 'paused', launched, requested)
+    let slots = maxInFlight - idleBatches
+    if (idleEnabled && idleState.idle && slots > 0 && idleCursor.phase !== 'done' && init.idleGate?.() !== false) {
       // Each plan scans a bounded stretch; a present stretch longer than this many scans waits for the next tick.
       for (let scans = 0; slots > 0 && scans < MAX_IDLE_SCANS_PER_TICK; scans++) {
         const plan = retry.length > 0
@@ -332,6 +361,15 @@ export function createPrefetcher (init: PrefetcherInit): Prefetcher {
   init.signal?.addEventListener('abort', () => { void stop() }, { once: true })
   if (init.profile !== undefined) setProfile(init.profile)
 
+  /** Moves an instance's read-ahead to a read: the profile's when it lists the read, else the sequential one. */
+  function place (instanceId: string, state: ReadAheadState, firstBlock: number, lastBlock: number, hit: boolean): void {
+    if (index !== undefined) instances.set(instanceId, observeRead(index, state, { firstBlock, lastBlock, hit }, raParams))
+    let listed = false
+    for (let b = firstBlock; index !== undefined && b <= lastBlock && b < firstBlock + raParams.maxScan && !listed; b++) listed = index.positionOf(b) >= 0
+    if (listed) sequentialFrom.delete(instanceId)
+    else sequentialFrom.set(instanceId, lastBlock)
+  }
+
   function setProfile (profile: BootProfile | undefined): void {
     if (profile !== undefined) {
       checkProfileFits(profile, { rootHex: store.rootHex ?? profile.rootHex, blockCount: store.blockCount, blockSizeBytes })
@@ -339,8 +377,14 @@ export function createPrefetcher (init: PrefetcherInit): Prefetcher {
     } else {
       index = undefined
     }
-    // Positions refer to the old order: start the instances over (their next read finds them again).
-    for (const id of instances.keys()) instances.set(id, newReadAhead(id, raParams))
+    // Positions refer to the old order: each instance is placed again at its latest read (a live profile grows
+    // while the instances boot: they keep their place in it), or starts over before its first read.
+    for (const id of instances.keys()) {
+      const fresh = newReadAhead(id, raParams)
+      instances.set(id, fresh)
+      const read = lastRead.get(id)
+      if (read !== undefined) place(id, fresh, read.firstBlock, read.lastBlock, true)
+    }
     idleCursor = IDLE_START
     schedule(0)
   }
@@ -361,14 +405,17 @@ export function createPrefetcher (init: PrefetcherInit): Prefetcher {
     },
     instanceStopped (instanceId) {
       instances.delete(instanceId)
+      sequentialFrom.delete(instanceId)
+      lastRead.delete(instanceId)
     },
     noteRead (instanceId, offset, length, hit) {
       const state = instances.get(instanceId)
-      if (state === undefined || index === undefined || !(offset >= 0) || !(length > 0)) return
+      if (state === undefined || !(offset >= 0) || !(length > 0)) return
       const firstBlock = Math.floor(offset / blockSizeBytes)
       const lastBlock = Math.min(store.blockCount - 1, Math.floor((offset + length - 1) / blockSizeBytes))
       if (firstBlock >= store.blockCount) return
-      instances.set(instanceId, observeRead(index, state, { firstBlock, lastBlock, hit }, raParams))
+      lastRead.set(instanceId, { firstBlock, lastBlock })
+      place(instanceId, state, firstBlock, lastBlock, hit)
       schedule(0)
     },
     onDemandStart () {
@@ -390,7 +437,9 @@ export function createPrefetcher (init: PrefetcherInit): Prefetcher {
       const busyMs = activeMs + (activeSinceMs !== undefined ? nowMs - activeSinceMs : 0)
       const etaMs = remaining === 0 ? 0 : bytesFetched > 0 && busyMs > 0 ? Math.round(remaining * blockSizeBytes / (bytesFetched / busyMs)) : null
       return {
-        mode: stopped ? 'stopped' : mode,
+        // Derived from the same count as blocksRemaining (and the peer layer's heldFraction), not from the last
+        // tick: between the last block's arrival and the next tick, a stored mode would still say 'idle'.
+        mode: remaining === 0 ? 'done' : stopped ? 'stopped' : mode,
         bytesFetched,
         blocksFetched,
         blocksRemaining: remaining,

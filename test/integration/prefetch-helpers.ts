@@ -12,6 +12,8 @@ export const MiB = 1024 * 1024
 export const TRACE = join(ROOT, 'test', 'fixtures', 'debian12-boot.reads.csv')
 /** Recordings end after this much quiet in these tests (the default is 15 s). */
 export const TEST_QUIET_MS = 400
+/** A daemon starts in about 1.4 CPU-seconds; on a loaded shared machine that can take far longer in wall time. */
+const START_TIMEOUT_MS = 90_000
 
 /** Polls `probe` until it returns a value other than undefined; fails after `timeoutMs` with the last state. */
 export async function waitUntil<T> (what: string, probe: () => Promise<T | undefined>, timeoutMs = 60_000, pollMs = 50): Promise<T> {
@@ -62,17 +64,27 @@ export async function writeConfig (dir: string, name: string, config: Record<str
   return path
 }
 
+/** A temp dir with an image of `sizeBytes` of data in it (img.raw). */
+export async function tempImage (prefix: string, sizeBytes: number): Promise<{ dir: string, image: string }> {
+  const { makeTempDir } = await import('../helpers/daemon.js')
+  const { makeImage } = await import('../helpers/images.js')
+  const dir = await makeTempDir(prefix)
+  const image = join(dir, 'img.raw')
+  await makeImage(image, sizeBytes, [[0, sizeBytes]])
+  return { dir, image }
+}
+
 /** An origin daemon (p2p on loopback) and the arguments an agent needs to join it. */
 export async function startOrigin (dir: string, config: Record<string, unknown>): Promise<{ origin: TestDaemon, joinArgs: string[] }> {
   const configPath = await writeConfig(dir, 'origin', withQuiet(config))
-  const origin = await startDaemon({ dir: join(dir, 'origin'), args: ['--listen', '/ip4/127.0.0.1/tcp/0', '--config', configPath], allowImageDirs: [dir] })
+  const origin = await startDaemon({ dir: join(dir, 'origin'), args: ['--listen', '/ip4/127.0.0.1/tcp/0', '--config', configPath], allowImageDirs: [dir], timeoutMs: START_TIMEOUT_MS })
   const status = await origin.call('node.status')
   return { origin, joinArgs: ['--listen', '/ip4/127.0.0.1/tcp/0', '--bootstrap', status.listenAddrs[0], '--trust', status.peerId] }
 }
 
 export async function startAgent (dir: string, name: string, joinArgs: string[], config: Record<string, unknown>): Promise<TestDaemon> {
   const configPath = await writeConfig(dir, name, withQuiet(config))
-  return await startDaemon({ dir: join(dir, name), args: [...joinArgs, '--config', configPath] })
+  return await startDaemon({ dir: join(dir, name), args: [...joinArgs, '--config', configPath], timeoutMs: START_TIMEOUT_MS })
 }
 
 export async function imageStatus (daemon: TestDaemon, imageId: string): Promise<any> {

@@ -183,6 +183,8 @@ test('started with an injected scheduler it runs itself to the end, yields mid-w
   assert.ok(order.length > 5)
   assert.equal(store.presentCount(), 100)
   assert.equal(p.progress().mode, 'done')
+  // progress() says done as soon as the last block is present; the tick due then runs and schedules no other.
+  time.runDue()
   assert.equal(time.pending, 0, 'no timer left once the image is complete')
   assert.ok(link.maxPrefetchInFlight <= 2)
   await p.stop()
@@ -312,4 +314,83 @@ test('a profile for another image is refused', { timeout: 10_000 }, () => {
   assert.throws(() => createPrefetcher({ store, fetch: link.fetch, profile: other }), { name: 'ProfileMismatchError' })
   const p = createPrefetcher({ store, fetch: link.fetch })
   assert.throws(() => { p.setProfile({ ...other, rootHex: ROOT, blockCount: 65 }) }, { name: 'ProfileMismatchError' })
+})
+
+test('progress is read consistently: mode is done as soon as every block is present, before any tick', { timeout: 10_000 }, async () => {
+  const store = makeStore(16)
+  const link = new FakeLink(store)
+  const time = new ManualTime()
+  const p = createPrefetcher({ store, fetch: link.fetch, clock: time.clock, scheduler: time, batchBlocks: 8, maxInFlightBatches: 2, idle: idleNow })
+  assert.equal(p.tick().mode, 'idle')
+  // The last blocks arrive (the batches complete, or on-demand reads fill them) and no tick has run since.
+  link.completeNext()
+  link.completeNext()
+  for (let i = 0; i < 16; i++) store.present[i] = 1
+  const before = p.progress()
+  assert.equal(before.blocksRemaining, 0)
+  assert.equal(before.mode, 'done', 'mode and blocksRemaining come from the same state')
+  await flush()
+  const after = p.progress()
+  assert.equal(after.mode, 'done')
+  // And the other way: a block that goes missing again (eviction) is not reported done.
+  store.present[3] = 0
+  assert.notEqual(p.progress().mode, 'done')
+  assert.equal(p.progress().blocksRemaining, 1)
+  await p.stop()
+  store.present[3] = 1
+  assert.equal(p.progress().mode, 'done', 'a stopped prefetcher of a complete image reports done, as the manager does')
+})
+
+test('first boot (no profile): sequential read-ahead after each read, also while the demand read is pending; idle waits', { timeout: 10_000 }, async () => {
+  const store = { ...makeStore(64), isZero: (b: number) => b === 12 }
+  store.present[12] = 1 // a zero block: present, and no place in the window
+  store.present[13] = 1 // present: in the window, not fetched
+  const link = new FakeLink(store, true)
+  const time = new ManualTime()
+  let pendingReads = 0
+  const p = createPrefetcher({
+    store, fetch: link.fetch, clock: time.clock, scheduler: time, batchBlocks: 8, maxInFlightBatches: 2, idle: idleNow,
+    pendingOnDemand: () => pendingReads, sequential: { windowBlocks: 3, scanBlocks: 8 }
+  })
+  p.instanceStarted('vm')
+  pendingReads++ // the VM's read of block 10 misses and waits for the link
+  p.noteRead('vm', 10 * BS, BS, false)
+  const t = p.tick()
+  assert.deepEqual(t, { mode: 'readAhead', batchesStarted: 1, blocksRequested: 2 })
+  assert.deepEqual(link.fetchCalls.at(-1)?.blocks, [11, 14])
+  assert.equal(p.tick().batchesStarted, 0, 'the window is covered: nothing new, and idle waits for the demand read')
+  pendingReads--
+  link.completeNext(); await flush()
+  pendingReads++
+  assert.equal(p.tick().batchesStarted, 0, 'blocks that arrived still fill the window: it does not run away from the read')
+  pendingReads--
+  // A read near the end: the window stops at the image's end.
+  p.noteRead('vm', 62 * BS, 2 * BS, true)
+  assert.equal(p.tick().mode, 'idle', 'nothing follows block 63: idle prefetch (no demand pending) runs instead')
+  assert.ok(link.fetchCalls.slice(1).every(c => !c.blocks.includes(64)))
+  await p.stop()
+})
+
+test('with a profile, a read the profile does not list switches that instance to sequential read-ahead', { timeout: 10_000 }, async () => {
+  const store = makeStore(64)
+  const link = new FakeLink(store)
+  const time = new ManualTime()
+  const profile = finalizeProfile({
+    imageId: 'img', rootHex: ROOT, blockSizeBytes: BS, blockCount: 64, boots: 1,
+    entries: [50, 51, 52, 53].map((block, i) => ({ block, tMs: i, confidence: 1 }))
+  })
+  const p = createPrefetcher({
+    store, fetch: link.fetch, clock: time.clock, scheduler: time, profile, batchBlocks: 2, maxInFlightBatches: 4,
+    readAhead: { initialWindowBlocks: 2, maxWindowBlocks: 2 }, sequential: { windowBlocks: 2, scanBlocks: 4 }, idle: { idleHoldMs: 60_000 }
+  })
+  p.instanceStarted('vm')
+  p.tick()
+  assert.deepEqual(link.fetchCalls.map(c => c.blocks), [[50, 51]], 'profile order before the first read')
+  p.noteRead('vm', 20 * BS, BS, false) // off the profile
+  p.tick()
+  assert.deepEqual(link.fetchCalls.at(-1)?.blocks, [21, 22])
+  p.noteRead('vm', 51 * BS, BS, false) // back on the profile
+  p.tick()
+  assert.deepEqual(link.fetchCalls.at(-1)?.blocks, [52, 53])
+  await p.stop()
 })

@@ -2,7 +2,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { readFileSync } from 'node:fs'
 import {
-  createRecorder, finalizeProfile, indexProfile, newReadAhead, observeRead, planReadAhead, planIdle, readAheadParams,
+  createRecorder, finalizeProfile, indexProfile, newReadAhead, observeRead, planReadAhead, planIdle, planSequential, readAheadParams, sequentialParams,
   parseReadTrace, IDLE_START, type BootProfile, type IdleCursor, type ReadAheadState, type TraceRead
 } from '../../src/prefetch/index.js'
 
@@ -189,4 +189,21 @@ test('replaying another boot with read-ahead finds most reads local', { timeout:
   assert.ok(none.localShare < 0.6)
   assert.ok(ra.localShare > 0.85, String(ra.localShare))
   assert.ok(ra.prefetched <= profile.entries.length)
+})
+
+test('planSequential: the data blocks after each read, holes skipped, bounded by window and scan, round robin', () => {
+  const zero = new Set([3, 4, 5, 6, 7, 8, 9])
+  const present = new Set([2])
+  const filter = { has: (b: number) => zero.has(b) || present.has(b), isZero: (b: number) => zero.has(b), inFlight: (b: number) => b === 21 }
+  const params = { windowBlocks: 3, scanBlocks: 12 }
+  // After block 1: 2 (present, counts), then holes 3..9 (do not count), 10, 11.
+  assert.deepEqual(planSequential([1], 64, filter, params, 100), [10, 11])
+  // Two instances: nearest first, alternating; 21 in flight counts but is not planned again.
+  assert.deepEqual(planSequential([20, 40], 64, filter, params, 100), [22, 41, 23, 42, 43])
+  assert.deepEqual(planSequential([20, 40], 64, filter, params, 3), [22, 41, 23])
+  // The end of the image and the scan bound.
+  assert.deepEqual(planSequential([62, 70, -1], 64, filter, params, 100), [63])
+  assert.deepEqual(planSequential([1], 64, filter, { windowBlocks: 3, scanBlocks: 5 }, 100), [])
+  // Defaults: 256 KiB window, 2 MiB scan.
+  assert.deepEqual(sequentialParams(65536), { windowBlocks: 4, scanBlocks: 32 })
 })
