@@ -1,0 +1,70 @@
+// The peer source's view of the swarm (PeerDirectory): who can serve an image's blocks (parents first, from
+// the candidates' adverts), whether we are still attaching, and where failures and received bytes go.
+
+import type { Manifest } from '../blockstack/manifest.js'
+import { holdProbability } from './advert.js'
+import type { PeerDirectory, SourceInfo } from './peer-source.js'
+import { isSeed, type ImageState, type ServiceComponents } from './components.js'
+
+/** After an image is added, blocks wait this many heartbeats for the first parents before other peers are asked. */
+const ATTACH_GRACE_HEARTBEATS = 3
+const MIN_ATTACH_GRACE_MS = 5000
+
+export interface DirectoryInit {
+  /** A parent failed a request: replace it. */
+  scheduleHeartbeat: (state: ImageState) => void
+  ban: (peerId: string, reason: string) => void
+}
+
+export const createDirectory = (init: DirectoryInit) => (components: ServiceComponents): PeerDirectory => {
+  const { logger, clock, params, byRoot, peers, events } = components
+  return {
+    sources (manifest: Manifest) {
+      const state = byRoot.get(manifest.rootHex)
+      if (state === undefined) return []
+      const parentIds = new Set(state.parents.filter(p => !p.failed).map(p => p.peerId))
+      const out: SourceInfo[] = []
+      const node = components.node()
+      const connected = node === undefined ? new Set<string>() : new Set(node.getPeers().map(p => p.toString()))
+      for (const [peerId, entry] of state.candidates) {
+        if (entry.advert.rootHex !== manifest.rootHex || !connected.has(peerId)) continue
+        const advert = entry.advert
+        out.push({
+          peerId,
+          isParent: parentIds.has(peerId),
+          holdProbability: index => holdProbability(advert, index),
+          full: advert.childCount >= advert.childLimit || (advert.depth === 0 && !parentIds.has(peerId))
+        })
+      }
+      return out
+    },
+    attaching (manifest) {
+      const state = byRoot.get(manifest.rootHex)
+      if (state === undefined || isSeed(state) || state.parents.some(p => !p.failed)) return false
+      return clock.nowMs() - state.addedAtMs < Math.max(ATTACH_GRACE_HEARTBEATS * params.heartbeatMs, MIN_ATTACH_GRACE_MS)
+    },
+    link: peers.link,
+    isBanned: peers.isBanned,
+    reportFailed (manifest, peerId, err) {
+      const state = byRoot.get(manifest.rootHex)
+      const parent = state?.parents.find(p => p.peerId === peerId)
+      logger.warn('block request failed', { image: manifest.imageId, peer: peerId, error: err.message })
+      if (state !== undefined && parent !== undefined && !parent.failed && err.name !== 'PeerBusyError') {
+        parent.failed = true
+        init.scheduleHeartbeat(state)
+      }
+    },
+    reportCorrupt (_manifest, peerId) {
+      init.ban(peerId, 'served a corrupt block')
+    },
+    onReceived (manifest, peerId, bytes) {
+      const state = byRoot.get(manifest.rootHex)
+      if (state === undefined) return
+      state.bytesReceived += bytes
+      state.bytesReceivedByPeer.set(peerId, (state.bytesReceivedByPeer.get(peerId) ?? 0) + bytes)
+    },
+    async waitForSources (signal) {
+      await events.next(signal)
+    }
+  }
+}
