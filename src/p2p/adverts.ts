@@ -1,8 +1,5 @@
-// Gossip adverts of the images this agent serves: building and publishing ours (rate limited), validating
-// and recording the peers' (gossipsub topic validator), and the topic subscriptions.
-//
-// Every received advert copy costs a signature verification in gossipsub's receive path, on every agent of
-// the topic: publishing is the swarm's main fixed CPU cost, so the publish policy lives here in one place.
+// Gossip adverts of the images this agent serves: building and publishing ours (when advert-policy.ts says
+// one is due), validating and recording the peers' (gossipsub topic validator), and the topic subscriptions.
 
 import type { PeerId } from '@libp2p/interface'
 import { TopicValidatorResult } from '@libp2p/gossipsub'
@@ -11,9 +8,10 @@ import { encodeAdvert, summarize, validateAdvert, type AdvertBody } from './adve
 import { imageTopicScoreParams } from './node.js'
 import { MAX_PROFILE_WIRE_BYTES, type ProfileProvider } from './profile-protocol.js'
 import { heldBlocks, isSeed, type ImageState, type ServiceComponents } from './components.js'
+import { DEFAULT_ADVERT_POLICY, nextAdvertDueMs, type AdvertFacts, type AdvertPolicyParams } from './advert-policy.js'
 
-/** Adverts are published at most this often on change (plus every heartbeat). */
-export const DEFAULT_MIN_ADVERT_INTERVAL_MS = 250
+/** Adverts are published at most this often (urgent changes; see advert-policy.ts). */
+export const DEFAULT_MIN_ADVERT_INTERVAL_MS = DEFAULT_ADVERT_POLICY.minIntervalMs
 
 export interface AdvertsInit {
   profiles?: ProfileProvider
@@ -25,13 +23,18 @@ export interface AdvertsInit {
   scheduleHeartbeat: (state: ImageState) => void
   /** A peer advertised a profile: maybe fetch it. */
   maybeFetchProfile: (state: ImageState) => void
+  policy?: Partial<AdvertPolicyParams>
 }
 
 export interface Adverts {
-  /** Publishes now (heartbeat). */
+  /** Something may have changed (heartbeat, blocks, children): publishes now or later as the policy says. */
   publish: (state: ImageState) => void
-  /** Publishes soon: at once if the last advert is old enough, else once the rate limit allows. */
+  /** The same, for event handlers (kept apart so call sites say which they are). */
   publishSoon: (state: ImageState) => void
+  /** A peer subscribed to the topic: tell it about us soon (urgent). */
+  publishForced: (state: ImageState) => void
+  /** Adverts published so far (all images). */
+  published: () => number
   subscribe: (state: ImageState) => void
   unsubscribe: (state: ImageState) => void
   /** Cancels a pending publish (image removed, service stopping). */
@@ -45,6 +48,8 @@ function scoreTopics (pubsub: unknown): Record<string, unknown> {
 
 export const createAdverts = (init: AdvertsInit) => (components: ServiceComponents): Adverts => {
   const { logger, clock, params, images, peers, events, selfPeerId } = components
+  const policy: AdvertPolicyParams = { ...DEFAULT_ADVERT_POLICY, ...init.policy }
+  let publishedCount = 0
 
   /** Our listen addresses for adverts, without the /p2p suffix; loopback last. */
   const advertAddrs = (): Uint8Array[] => {
@@ -62,23 +67,35 @@ export const createAdverts = (init: AdvertsInit) => (components: ServiceComponen
     return { profile: { version: local.version, boots: Math.min(255, Math.max(1, local.boots)), sizeBytes: local.bytes.byteLength } }
   }
 
-  const buildAdvert = (state: ImageState): AdvertBody | undefined => {
+  const factsOf = (state: ImageState): AdvertFacts | undefined => {
     if (state.manifest === undefined || state.store === undefined) return undefined
-    const total = state.manifest.blockCount
-    const held = heldBlocks(state)
+    const childLimit = init.childLimitOf(state)
+    return {
+      depth: isSeed(state) ? 0 : state.depth,
+      heldBlocks: heldBlocks(state),
+      totalBlocks: state.manifest.blockCount,
+      childCount: Math.min(init.liveChildren(state).length, childLimit),
+      childLimit,
+      uploadLoad: init.uploadLoad(),
+      profileVersion: advertisedProfile(state.imageId).profile?.version
+    }
+  }
+
+  const buildAdvert = (state: ImageState, facts: AdvertFacts): AdvertBody | undefined => {
+    if (state.manifest === undefined || state.store === undefined) return undefined
     state.seq = Math.max(state.seq + 1, Date.now())
     return {
       imageId: state.imageId,
       rootHex: state.manifest.rootHex,
       seq: state.seq,
-      depth: isSeed(state) ? 0 : state.depth,
-      heldBlocks: held,
-      totalBlocks: total,
-      childCount: Math.min(init.liveChildren(state).length, init.childLimitOf(state)),
-      childLimit: init.childLimitOf(state),
-      uploadLoad: init.uploadLoad(),
+      depth: facts.depth,
+      heldBlocks: facts.heldBlocks,
+      totalBlocks: facts.totalBlocks,
+      childCount: facts.childCount,
+      childLimit: facts.childLimit,
+      uploadLoad: facts.uploadLoad,
       manifestAvailable: true,
-      summary: summarize(state.store.presentBitmap(), total),
+      summary: summarize(state.store.presentBitmap(), facts.totalBlocks),
       addrs: advertAddrs(),
       ...advertisedProfile(state.imageId)
     }
@@ -86,26 +103,43 @@ export const createAdverts = (init: AdvertsInit) => (components: ServiceComponen
 
   const cancel = (state: ImageState): void => {
     if (state.publishTimer !== undefined) { clearTimeout(state.publishTimer); state.publishTimer = undefined }
+    state.publishDueMs = undefined
   }
 
-  const publish = (state: ImageState): void => {
+  const publishNow = (state: ImageState, facts: AdvertFacts): void => {
     const node = components.node()
-    if (node === undefined || components.stopped()) return
+    if (node === undefined) return
     cancel(state)
-    const advert = buildAdvert(state)
+    const advert = buildAdvert(state, facts)
     if (advert === undefined) return
     state.lastPublishMs = clock.nowMs()
+    state.lastPublished = facts
+    state.advertForced = false
+    publishedCount++
+    state.advertsPublished++
     node.services.pubsub.publish(state.topic, encodeAdvert(advert)).catch((err: Error) => {
       logger.warn('advert publish failed', { image: state.imageId, error: err.message })
     })
   }
 
-  const publishSoon = (state: ImageState): void => {
-    if (state.publishTimer !== undefined || components.node() === undefined) return
-    const wait = state.lastPublishMs + DEFAULT_MIN_ADVERT_INTERVAL_MS - clock.nowMs()
-    if (wait <= 0) { publish(state); return }
-    state.publishTimer = setTimeout(() => { state.publishTimer = undefined; publish(state) }, wait)
+  const publish = (state: ImageState): void => {
+    if (components.node() === undefined || components.stopped()) return
+    const facts = factsOf(state)
+    if (facts === undefined) return
+    const dueMs = nextAdvertDueMs({ facts, last: state.lastPublished, lastPublishMs: state.lastPublishMs, forced: state.advertForced, params: policy })
+    const nowMs = clock.nowMs()
+    if (dueMs <= nowMs) { publishNow(state, facts); return }
+    // One timer per image, at the earliest due time; it re-evaluates (facts may have changed meanwhile).
+    if (state.publishDueMs !== undefined && state.publishDueMs <= dueMs) return
+    cancel(state)
+    state.publishDueMs = dueMs
+    state.publishTimer = setTimeout(() => { state.publishTimer = undefined; state.publishDueMs = undefined; publish(state) }, dueMs - nowMs)
     state.publishTimer.unref()
+  }
+
+  const publishForced = (state: ImageState): void => {
+    state.advertForced = true
+    publish(state)
   }
 
   const validator = (state: ImageState) => (from: PeerId, message: { type: string, data: Uint8Array, from?: PeerId }): TopicValidatorResult => {
@@ -157,5 +191,5 @@ export const createAdverts = (init: AdvertsInit) => (components: ServiceComponen
     delete scoreTopics(pubsub)[state.topic]
   }
 
-  return { publish, publishSoon, subscribe, unsubscribe, cancel }
+  return { publish, publishSoon: publish, publishForced, published: () => publishedCount, subscribe, unsubscribe, cancel }
 }

@@ -12,6 +12,7 @@ import type { P2PNode } from './node.js'
 import type { PeerLink } from './peer-link.js'
 import type { Clock } from './clock.js'
 import type { ServiceEvents } from './events.js'
+import type { AdvertFacts } from './advert-policy.js'
 
 /** The stores the service can serve; BlockCache fits (onBlocksAdded makes adverts follow new blocks). */
 export type ServedStore = BlockStore & {
@@ -44,7 +45,12 @@ export interface ImageState {
   lastPublishMs: number
   publishTimer?: NodeJS.Timeout
   /** What the last published advert said (the publish policy compares against it). */
-  lastPublished?: PublishedSnapshot
+  lastPublished?: AdvertFacts
+  /** When the pending publish timer fires (ms). */
+  publishDueMs?: number
+  /** A peer subscribed since the last advert: publish soon whatever changed. */
+  advertForced: boolean
+  advertsPublished: number
   heartbeatRunning: boolean
   /** A heartbeat asked for while one ran: run again after. */
   heartbeatAgain: boolean
@@ -58,17 +64,6 @@ export interface ImageState {
   profileExcluded: Map<string, number>
   profileVersionsSeen: Set<string>
   profilesFetched: number
-}
-
-/** The fields of a published advert that the publish policy looks at. */
-export interface PublishedSnapshot {
-  depth: number | null
-  parents: string
-  heldBlocks: number
-  childCount: number
-  childLimit: number
-  uploadLoad: number
-  profileVersion?: string
 }
 
 /** Links (one reused block stream per peer) and bans. */
@@ -120,6 +115,8 @@ export function newImageState (imageId: string, topic: string, nowMs: number): I
     bytesReceived: 0,
     bytesReceivedByPeer: new Map(),
     lastPublishMs: -Infinity,
+    advertForced: false,
+    advertsPublished: 0,
     heartbeatRunning: false,
     heartbeatAgain: false,
     interestOnly: true,

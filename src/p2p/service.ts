@@ -36,6 +36,7 @@ import type { SchedulerParams } from '../topology/scheduler.js'
 import { newImageState, heldBlocks, isSeed, type ImageState, type PeerBook, type ServedStore, type ServiceComponents } from './components.js'
 import { createServiceEvents } from './events.js'
 import { createAdverts } from './adverts.js'
+import { DEFAULT_ADVERT_POLICY, type AdvertPolicyParams } from './advert-policy.js'
 import { createHeartbeat } from './heartbeat.js'
 import { createChildren } from './children.js'
 import { createDirectory } from './directory.js'
@@ -82,6 +83,8 @@ export interface P2PServiceInit {
   maxRequestBytes?: number
   /** Boot profiles: advertised, served over /vmthunder/profile/1, and fetched from peers that advertise newer ones. */
   profiles?: ProfileProvider
+  /** When adverts are published (advert-policy.ts); the keep-alive also sets how long a silent peer is kept. */
+  advertPolicy?: Partial<AdvertPolicyParams>
 }
 
 export interface ImageStatus {
@@ -100,6 +103,8 @@ export interface ImageStatus {
   profileVersion?: string | null
   /** Profiles fetched from peers for this image. */
   profilesFetched?: number
+  /** Adverts this agent published for the image since it was added. */
+  advertsPublished?: number
 }
 
 export interface P2PStatus {
@@ -144,6 +149,9 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     ...(init.heartbeatMs !== undefined ? { heartbeatMs: init.heartbeatMs } : {})
   }
   if (params.advertTimeoutMs < params.heartbeatMs) params.advertTimeoutMs = 3 * params.heartbeatMs
+  // Adverts without news come only every keep-alive (advert-policy.ts): a peer is forgotten after three missed.
+  const advertPolicy = { ...DEFAULT_ADVERT_POLICY, ...init.advertPolicy }
+  params.advertTimeoutMs = Math.max(params.advertTimeoutMs, 3 * Math.max(advertPolicy.keepAliveMs, params.heartbeatMs))
   const banMs = init.banMs ?? DEFAULT_BAN_MS
   const selfPeerId = init.identity.peerId
   const trustedKeys = [init.identity.publicKey, ...(init.trustedKeys ?? [])]
@@ -216,7 +224,8 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     liveChildren: children.live,
     childLimitOf: children.limitOf,
     scheduleHeartbeat: state => { heartbeat.schedule(state) },
-    maybeFetchProfile: profileFetcher.maybeFetch
+    maybeFetchProfile: profileFetcher.maybeFetch,
+    policy: advertPolicy
   })(components)
   const heartbeat = createHeartbeat({
     liveChildren: children.live,
@@ -381,13 +390,13 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     node.services.pubsub.addEventListener('subscription-change', event => {
       for (const sub of event.detail.subscriptions) {
         const state = sub.subscribe ? images.get(imageIdFromTopic(sub.topic) ?? '') : undefined
-        if (state !== undefined) adverts.publishSoon(state)
+        if (state !== undefined) adverts.publishForced(state)
       }
     })
     for (const state of images.values()) adverts.subscribe(state)
     bootstrapper = new Bootstrapper(node, init.bootstrap ?? [], logger)
     bootstrapper.start()
-    for (const state of images.values()) adverts.publishSoon(state)
+    for (const state of images.values()) adverts.publishForced(state)
     heartbeat.start()
     logger.info('p2p node started', { peerId: selfPeerId, addrs: node.getMultiaddrs().map(a => a.toString()), encryption: init.encryption ?? 'noise', psk: psk !== undefined })
   }
@@ -432,7 +441,8 @@ export function createP2PService (init: P2PServiceInit): P2PService {
         bytesReceivedByPeer: Object.fromEntries(state.bytesReceivedByPeer),
         candidates: state.candidates.size,
         profileVersion: init.profiles?.local(state.imageId)?.version ?? null,
-        profilesFetched: state.profilesFetched
+        profilesFetched: state.profilesFetched,
+        advertsPublished: state.advertsPublished
       }
     }
     return out
