@@ -8,6 +8,8 @@
 //   nothing new: a keep-alive every keepAliveMs (peers forget a silent one after advertTimeoutMs).
 // Pure: the service and the simulator call it with their own clocks.
 
+import type { Advert } from '../topology/types.js'
+
 export interface AdvertPolicyParams {
   minIntervalMs: number
   softIntervalMs: number
@@ -27,13 +29,7 @@ export const DEFAULT_ADVERT_POLICY: AdvertPolicyParams = {
 }
 
 /** What an advert says that the policy compares. */
-export interface AdvertFacts {
-  depth: number | null
-  heldBlocks: number
-  totalBlocks: number
-  childCount: number
-  childLimit: number
-  uploadLoad: number
+export type AdvertFacts = Pick<Advert, 'depth' | 'heldBlocks' | 'totalBlocks' | 'childCount' | 'childLimit' | 'uploadLoad'> & {
   profileVersion?: string
 }
 

@@ -1,14 +1,10 @@
 // The peer source's view of the swarm (PeerDirectory): who can serve an image's blocks (parents first, from
-// the candidates' adverts), whether we are still attaching, and where failures and received bytes go.
+// the candidates' adverts), and where failures and received bytes go.
 
 import type { Manifest } from '../blockstack/manifest.js'
 import { holdProbability } from './advert.js'
 import type { PeerDirectory, SourceInfo } from './peer-source.js'
-import { isSeed, type ImageState, type ServiceComponents } from './components.js'
-
-/** After an image is added, blocks wait this many heartbeats for the first parents before other peers are asked. */
-const ATTACH_GRACE_HEARTBEATS = 3
-const MIN_ATTACH_GRACE_MS = 5000
+import type { ImageState, ServiceComponents } from './components.js'
 
 export interface DirectoryInit {
   /** A parent failed a request: replace it. */
@@ -17,7 +13,7 @@ export interface DirectoryInit {
 }
 
 export const createDirectory = (init: DirectoryInit) => (components: ServiceComponents): PeerDirectory => {
-  const { logger, clock, params, byRoot, peers, events } = components
+  const { logger, byRoot, peers, events } = components
   return {
     sources (manifest: Manifest) {
       const state = byRoot.get(manifest.rootHex)
@@ -37,11 +33,6 @@ export const createDirectory = (init: DirectoryInit) => (components: ServiceComp
         })
       }
       return out
-    },
-    attaching (manifest) {
-      const state = byRoot.get(manifest.rootHex)
-      if (state === undefined || isSeed(state) || state.parents.some(p => !p.failed)) return false
-      return clock.nowMs() - state.addedAtMs < Math.max(ATTACH_GRACE_HEARTBEATS * params.heartbeatMs, MIN_ATTACH_GRACE_MS)
     },
     link: peers.link,
     isBanned: peers.isBanned,

@@ -8,6 +8,8 @@
 // not completed by its hedge deadline (hedgeFactor x expected time, at least hedgeMinMs) is sent once more to
 // the next best peer; the first answer wins. A failed request (link error, timeout, busy) or a 'not present'
 // answer moves the job at once to the next peer; the peer is reported failed so the parent is replaced.
+// A request whose every block was settled elsewhere (the loser of a hedge) is cancelled at once (CANCEL
+// frame), so the slower peer stops spending upload on it.
 // reportCorrupt (from the cache, which verifies every block) bans the sender through the directory.
 
 import { setMaxListeners } from 'node:events'
@@ -17,7 +19,7 @@ import type { BlockSource, FetchedBlock, FetchOptions, FetchPriority } from '../
 import {
   DEFAULT_SCHEDULER_PARAMS, chooseSource, hedgeDeadlineMs, type SchedulerParams, type SourceState
 } from '../topology/scheduler.js'
-import { NoPeerForBlockError, PeerTimeoutError } from './errors.js'
+import { NoPeerForBlockError, PeerTimeoutError, RequestSupersededError } from './errors.js'
 import type { PeerLink } from './peer-link.js'
 import { PRIORITY_DEMAND, PRIORITY_PREFETCH, MAX_INDEXES_PER_GET } from './wire.js'
 import type { TokenBucket } from './rate-limit.js'
@@ -49,8 +51,6 @@ export interface SourceInfo {
 /** What the peer source needs from the service: who can serve an image, links, and where to report. */
 export interface PeerDirectory {
   sources: (manifest: Manifest) => SourceInfo[]
-  /** True while the agent is still choosing its first parents: blocks wait for them rather than fall back. */
-  attaching: (manifest: Manifest) => boolean
   link: (peerId: string) => PeerLink
   isBanned: (peerId: string) => boolean
   /** A request to this peer failed (stream error, timeout): the parent is replaced at the next heartbeat. */
@@ -87,9 +87,17 @@ interface Job {
   assignments: number
   hedged: boolean
   done: boolean
+  /** Requests in flight that ask for this job's block. */
+  requests: Set<InflightRequest>
   signal: AbortSignal
   resolve: (block: FetchedBlock) => void
   reject: (err: Error) => void
+}
+
+interface InflightRequest {
+  /** Jobs of the request not settled yet, by block index. */
+  pending: Map<number, Job>
+  controller: AbortController
 }
 
 interface PeerQueue {
@@ -105,6 +113,8 @@ interface PeerQueue {
 export interface PeerSourceStats {
   requests: number
   hedges: number
+  /** Requests cancelled because every block arrived from another peer first. */
+  cancelled: number
   failovers: number
   duplicateBlocks: number
 }
@@ -121,7 +131,7 @@ export class PeerSource implements BlockSource {
   private readonly noSourceWaitMs: number
   private readonly clock: Clock
   private readonly stopController = new AbortController()
-  readonly stats: PeerSourceStats = { requests: 0, hedges: 0, failovers: 0, duplicateBlocks: 0 }
+  readonly stats: PeerSourceStats = { requests: 0, hedges: 0, cancelled: 0, failovers: 0, duplicateBlocks: 0 }
 
   constructor (private readonly init: PeerSourceInit) {
     this.directory = init.directory
@@ -148,7 +158,7 @@ export class PeerSource implements BlockSource {
       const { promise, resolve, reject } = Promise.withResolvers<FetchedBlock>()
       const job: Job = {
         manifest, index, bytes: blockLength(manifest, index), priority, tried: new Set(), active: new Set(), assignments: 0,
-        hedged: false, done: false, signal, resolve, reject
+        hedged: false, done: false, requests: new Set(), signal, resolve, reject
       }
       jobs.push(job)
       return await promise
@@ -230,9 +240,10 @@ export class PeerSource implements BlockSource {
     const parents = usable.filter(info => info.isParent)
     const all = usable.filter(info => info.holdProbability(job.index) > 0)
     const notFull = all.filter(info => !info.full)
-    // A peer whose child slots are all taken (typically a busy seed) is asked only as a last resort: never for
-    // a hedge (an extra copy), and not while we are still attaching (our parents will relay it).
-    const lastResort = hedge || (parents.length === 0 && this.directory.attaching(job.manifest)) ? [] : all
+    // A peer whose child slots are all taken (typically a busy seed) is asked only as a last resort, and never
+    // for a hedge (an extra copy). An agent still attaching (no parent yet) reads from it rather than wait:
+    // a VM's first reads must not wait for the tree.
+    const lastResort = hedge ? [] : all
     for (const group of [parents, notFull, lastResort]) {
       if (group.length === 0) continue
       const choice = chooseSource({ blockIndex: job.index, sizeBytes: job.bytes }, this.sourceStates(job, group), this.params)
@@ -345,13 +356,16 @@ export class PeerSource implements BlockSource {
       const delay = hedgeDeadlineMs({ startedAtMs, expectedMs }, this.params) - startedAtMs
       hedgeTimer = setTimeout(() => { this.hedge(batch, peer) }, delay)
     }
-    // When every job of the batch is settled elsewhere (or aborted), the request is cancelled.
+    // When every job of the batch is settled elsewhere (or failed), the request is cancelled.
     const byIndex = new Map(batch.map(job => [job.index, job]))
+    const inflight: InflightRequest = { pending: byIndex, controller }
+    for (const job of batch) job.requests.add(inflight)
     const onBlock = (index: number, data: Uint8Array | null): void => {
       const job = byIndex.get(index)
       if (job === undefined) return
       byIndex.delete(index)
       job.active.delete(peer)
+      job.requests.delete(inflight)
       if (data === null) {
         job.tried.add(peer)
         this.stats.failovers++
@@ -360,14 +374,15 @@ export class PeerSource implements BlockSource {
       }
       this.directory.onReceived(manifest, peer, data.byteLength)
       if (job.done) { this.stats.duplicateBlocks++; return }
-      job.done = true
+      this.settle(job)
       job.resolve({ index, data, peer })
     }
     try {
       await link.getBlocks(manifest.root, batch.map(job => job.index), isDemand ? PRIORITY_DEMAND : PRIORITY_PREFETCH,
         { signal: controller.signal, onBlock })
     } catch (err) {
-      if (!this.stopController.signal.aborted) this.directory.reportFailed(manifest, peer, err as Error)
+      const superseded = controller.signal.reason instanceof RequestSupersededError
+      if (!this.stopController.signal.aborted && !superseded) this.directory.reportFailed(manifest, peer, err as Error)
       for (const [, job] of byIndex) {
         job.active.delete(peer)
         job.tried.add(peer)
@@ -377,10 +392,24 @@ export class PeerSource implements BlockSource {
     } finally {
       clearTimeout(timeout)
       if (hedgeTimer !== undefined) clearTimeout(hedgeTimer)
+      for (const job of batch) job.requests.delete(inflight)
       queue.inflightBytes -= bytes
       queue.inflightRequests--
       void this.dispatch(queue)
     }
+  }
+
+  /** Marks the job done and cancels the other requests that were only waiting for it (hedge losers). */
+  private settle (job: Job): void {
+    job.done = true
+    for (const other of job.requests) {
+      other.pending.delete(job.index)
+      if (other.pending.size === 0 && !other.controller.signal.aborted) {
+        this.stats.cancelled++
+        other.controller.abort(new RequestSupersededError(`block ${job.index} arrived from another peer`))
+      }
+    }
+    job.requests.clear()
   }
 
   private hedge (batch: Job[], slowPeer: string): void {
@@ -396,7 +425,7 @@ export class PeerSource implements BlockSource {
 
   private fail (job: Job, err: Error): void {
     if (job.done) return
-    job.done = true
+    this.settle(job)
     job.reject(err)
   }
 }
