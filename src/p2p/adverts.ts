@@ -172,6 +172,7 @@ export const createAdverts = (init: AdvertsInit) => (components: ServiceComponen
     if (newlyEligible && state.parents.length < params.parentCount && state.store !== undefined && !isSeed(state)) init.scheduleHeartbeat(state)
     if (verdict.advert.profile !== undefined) init.maybeFetchProfile(state)
     events.notify()
+    events.sourcesChanged(verdict.advert.rootHex)
     return TopicValidatorResult.Accept
   }
 

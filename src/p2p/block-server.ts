@@ -44,7 +44,8 @@ export interface BlockServerInit {
    * Relay: makes missing blocks present (fetching them from this agent's own parents) for a requester that
    * may ask it (a child). Resolves when they are present or cannot be had; absent: no relaying.
    */
-  relay?: (rootHex: string, peerId: string, blockIndexes: number[], priority: 0 | 1, signal: AbortSignal) => Promise<void> | undefined
+  relay?: (rootHex: string, peerId: string, blockIndexes: number[], priority: 0 | 1, signal: AbortSignal,
+    onProgress?: () => void) => Promise<void> | undefined
   logger: Logger
   frameBudgetBytes?: number
   maxQueuedRequests?: number
@@ -200,7 +201,8 @@ export async function serveBlockStream (init: BlockServerInit, stream: Stream, c
         init.onRequest?.(rootHex, peerId)
         const missing = frame.indexes.filter(index => index < store.manifest.blockCount && !store.has(index))
         if (missing.length > 0 && init.relay !== undefined) {
-          const relaying = init.relay(rootHex, peerId, missing, frame.priority, signal)
+          // Each relayed block is sent as soon as it is in (cut-through), in the request's order.
+          const relaying = init.relay(rootHex, peerId, missing, frame.priority, signal, () => { void pump() })
           if (relaying !== undefined) {
             job.relaying = true
             relaying.catch(() => {}).finally(() => { job.relaying = false; void pump() })

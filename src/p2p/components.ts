@@ -85,6 +85,8 @@ export interface ServiceComponents {
   images: Map<string, ImageState>
   byRoot: Map<string, ImageState>
   peers: PeerBook
+  /** Peers with an open connection now (kept by connect/disconnect events: no per-block getPeers()). */
+  connected: Set<string>
   events: ServiceEvents
   /** Aborted when the service stops: everything long-lived listens on it. */
   stopSignal: AbortSignal

@@ -20,10 +20,8 @@ export const createDirectory = (init: DirectoryInit) => (components: ServiceComp
       if (state === undefined) return []
       const parentIds = new Set(state.parents.filter(p => !p.failed).map(p => p.peerId))
       const out: SourceInfo[] = []
-      const node = components.node()
-      const connected = node === undefined ? new Set<string>() : new Set(node.getPeers().map(p => p.toString()))
       for (const [peerId, entry] of state.candidates) {
-        if (entry.advert.rootHex !== manifest.rootHex || !connected.has(peerId)) continue
+        if (entry.advert.rootHex !== manifest.rootHex || !components.connected.has(peerId)) continue
         const advert = entry.advert
         out.push({
           peerId,
@@ -54,8 +52,8 @@ export const createDirectory = (init: DirectoryInit) => (components: ServiceComp
       state.bytesReceived += bytes
       state.bytesReceivedByPeer.set(peerId, (state.bytesReceivedByPeer.get(peerId) ?? 0) + bytes)
     },
-    async waitForSources (signal) {
-      await events.next(signal)
+    async waitForSources (manifest, signal) {
+      await events.nextSourcesChange(manifest.rootHex, signal)
     }
   }
 }

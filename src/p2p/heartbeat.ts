@@ -17,6 +17,8 @@ import { isSeed, type ImageState, type ServiceComponents } from './components.js
 const REFUSAL_EXCLUDE_HEARTBEATS = 5
 /** RTT probes per image per heartbeat (bounded work per heartbeat). */
 const MAX_PROBES_PER_HEARTBEAT = 8
+/** A candidate whose RTT was sampled more recently than this is not probed again (a probe costs both ends CPU). */
+const PROBE_REFRESH_MS = 10_000
 /** Admission and probes may need a new connection (handshake) on a busy host: not bounded by a short heartbeat. */
 const MIN_EXCHANGE_TIMEOUT_MS = 2000
 
@@ -73,6 +75,7 @@ export const createHeartbeat = (init: HeartbeatInit) => (components: ServiceComp
     } finally {
       state.heartbeatRunning = false
       events.notify()
+      if (state.manifest !== undefined) events.sourcesChanged(state.manifest.rootHex)
     }
   }
 
@@ -88,7 +91,8 @@ export const createHeartbeat = (init: HeartbeatInit) => (components: ServiceComp
 
     // 1. RTT probes: candidates without a measurement first, then the least recently probed (bounded).
     const probes = [...state.candidates.keys()]
-      .filter(peer => !peers.isBanned(peer) && !state.parents.some(p => p.peerId === peer))
+      .filter(peer => !peers.isBanned(peer) && !state.parents.some(p => p.peerId === peer) &&
+        nowMs - (peers.existingLink(peer)?.rttSampledAtMs ?? -Infinity) >= PROBE_REFRESH_MS)
       .sort((a, b) => Number(peers.existingLink(a)?.rttMs !== undefined) - Number(peers.existingLink(b)?.rttMs !== undefined) || random() - 0.5)
       .slice(0, MAX_PROBES_PER_HEARTBEAT)
     // Bounded: a probe that needs a new connection on a busy host finishes in the background and counts next time.

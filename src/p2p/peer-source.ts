@@ -58,8 +58,8 @@ export interface PeerDirectory {
   /** The cache found a corrupt block from this peer. */
   reportCorrupt: (manifest: Manifest, peerId: string) => void
   onReceived: (manifest: Manifest, peerId: string, bytes: number) => void
-  /** Resolves when the set of sources may have changed (new advert, parent), or rejects on abort. */
-  waitForSources: (signal: AbortSignal) => Promise<void>
+  /** Resolves when the image's sources may have changed (new advert, parent, connection), or rejects on abort. */
+  waitForSources: (manifest: Manifest, signal: AbortSignal) => Promise<void>
 }
 
 export interface PeerSourceInit {
@@ -90,6 +90,7 @@ interface Job {
   /** Requests in flight that ask for this job's block. */
   requests: Set<InflightRequest>
   signal: AbortSignal
+  onBlock?: (block: FetchedBlock) => void
   resolve: (block: FetchedBlock) => void
   reject: (err: Error) => void
 }
@@ -158,7 +159,7 @@ export class PeerSource implements BlockSource {
       const { promise, resolve, reject } = Promise.withResolvers<FetchedBlock>()
       const job: Job = {
         manifest, index, bytes: blockLength(manifest, index), priority, tried: new Set(), active: new Set(), assignments: 0,
-        hedged: false, done: false, requests: new Set(), signal, resolve, reject
+        hedged: false, done: false, requests: new Set(), signal, onBlock: options.onBlock, resolve, reject
       }
       jobs.push(job)
       return await promise
@@ -283,7 +284,7 @@ export class PeerSource implements BlockSource {
     const signal = AbortSignal.any([job.signal, AbortSignal.timeout(this.noSourceWaitMs)])
     while (!job.done) {
       try {
-        await this.directory.waitForSources(signal)
+        await this.directory.waitForSources(job.manifest, signal)
       } catch {
         if (!job.done) {
           this.fail(job, job.signal.aborted ? job.signal.reason as Error
@@ -375,7 +376,9 @@ export class PeerSource implements BlockSource {
       this.directory.onReceived(manifest, peer, data.byteLength)
       if (job.done) { this.stats.duplicateBlocks++; return }
       this.settle(job)
-      job.resolve({ index, data, peer })
+      const block = { index, data, peer }
+      job.onBlock?.(block)
+      job.resolve(block)
     }
     try {
       await link.getBlocks(manifest.root, batch.map(job => job.index), isDemand ? PRIORITY_DEMAND : PRIORITY_PREFETCH,

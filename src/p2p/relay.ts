@@ -1,5 +1,6 @@
 // Relaying: a child asked for blocks this agent lacks; fetch them through our own store (from our parents,
-// one shared fetch per block however many children ask), then the block server sends them.
+// one shared fetch per block however many children ask, and our own VM's reads share it too). Each block is
+// handed on as soon as it is verified (onProgress wakes the block server), not when the whole request is in.
 
 import type { BlockCache } from '../blockstack/cache.js'
 import type { ServedStore, ServiceComponents } from './components.js'
@@ -7,20 +8,27 @@ import type { ServedStore, ServiceComponents } from './components.js'
 /** A relayed fetch (for a child) that takes longer is abandoned: the child's request gets 'not present'. */
 const RELAY_TIMEOUT_MS = 20_000
 
-export type RelayFn = (rootHex: string, peerId: string, indexes: number[], priority: 0 | 1, signal: AbortSignal) => Promise<void> | undefined
+export type RelayFn = (rootHex: string, peerId: string, indexes: number[], priority: 0 | 1, signal: AbortSignal,
+  onProgress?: () => void) => Promise<void> | undefined
 
 export const createRelay = () => (components: ServiceComponents): RelayFn => {
-  const { byRoot, events } = components
-  return (rootHex, peerId, indexes, priority, signal) => {
+  const { byRoot } = components
+  return (rootHex, peerId, indexes, priority, signal, onProgress) => {
     const state = byRoot.get(rootHex)
     const store = state?.store as (ServedStore & Partial<Pick<BlockCache, 'ensure'>>) | undefined
     if (state === undefined || store === undefined || typeof store.ensure !== 'function' || !state.children.has(peerId)) return undefined
     const ensure = store.ensure.bind(store)
     return (async () => {
-      const bounded = AbortSignal.any([signal, AbortSignal.timeout(RELAY_TIMEOUT_MS)])
-      await ensure(indexes, { signal: bounded, priority: priority === 0 ? 'demand' : 'prefetch' })
-      // Served only once durable (has()): the cache marks blocks present after its group commit.
-      await events.waitFor(() => indexes.every(index => store.has(index)), bounded)
+      const wanted = new Set(indexes)
+      const unsubscribe = onProgress === undefined
+        ? undefined
+        : store.onBlocksAdded?.(added => { if (added.some(index => wanted.has(index))) onProgress() })
+      try {
+        // ensure() resolves once every block is verified (has() is true): servable at once.
+        await ensure(indexes, { signal: AbortSignal.any([signal, AbortSignal.timeout(RELAY_TIMEOUT_MS)]), priority: priority === 0 ? 'demand' : 'prefetch' })
+      } finally {
+        unsubscribe?.()
+      }
     })()
   }
 }

@@ -208,6 +208,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     images,
     byRoot,
     peers,
+    connected: new Set(),
     events,
     stopSignal: stopController.signal,
     node: () => node,
@@ -248,6 +249,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     peers.closeLink(peerId)
     if (node !== undefined) void node.hangUp(peerIdFromString(peerId)).catch(() => {})
     events.notify()
+    events.sourcesChanged()
   }
 
   const directory = createDirectory({ scheduleHeartbeat: heartbeat.schedule, ban })(components)
@@ -308,6 +310,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       heartbeat.schedule(state)
     }
     events.notify()
+    events.sourcesChanged(manifest.rootHex)
   }
 
   const removeImage = (imageId: string): void => {
@@ -377,6 +380,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     }, { maxInboundStreams: 4, maxOutboundStreams: 4 })
     node.addEventListener('peer:disconnect', event => {
       const peerId = event.detail.toString()
+      components.connected.delete(peerId)
       peers.closeLink(peerId)
       for (const state of images.values()) {
         const parent = state.parents.find(p => p.peerId === peerId)
@@ -384,8 +388,14 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       }
       children.forget(peerId)
       events.notify()
+      events.sourcesChanged()
     })
-    node.addEventListener('peer:connect', () => { events.notify() })
+    node.addEventListener('peer:connect', event => {
+      components.connected.add(event.detail.toString())
+      events.notify()
+      events.sourcesChanged()
+    })
+    for (const peer of node.getPeers()) components.connected.add(peer.toString())
     // A peer subscribed to one of our image topics: tell it about us now, not at the next heartbeat.
     node.services.pubsub.addEventListener('subscription-change', event => {
       for (const sub of event.detail.subscriptions) {
@@ -415,6 +425,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     for (const link of links.values()) link.close()
     links.clear()
     events.notify()
+    events.sourcesChanged()
     await node?.stop()
   }
 
