@@ -2,8 +2,8 @@
 // holds, answers child admission and pings.
 //
 // Per stream, requests wait in two FIFO queues, demand before prefetch, and are answered a frame at a time
-// (at most frameBudgetBytes of block data per frame), so a demand request that arrives behind a large prefetch
-// waits for at most one frame. Only blocks for which the store's has() is true are served (verified and
+// (at most frameBudgetBytes of block data per frame; prefetch frames at most prefetchFrameBudgetBytes), so a
+// demand request that arrives behind prefetch waits for at most one small frame. Only blocks for which the store's has() is true are served (verified and
 // durable); anything else is answered 'not present'. Bounds per stream: queued requests and queued bytes
 // (beyond them the request gets ERROR busy); the upload token bucket is charged before every frame.
 
@@ -21,6 +21,8 @@ import {
 import type { TokenBucket } from './rate-limit.js'
 
 export const DEFAULT_FRAME_BUDGET_BYTES = 1024 * 1024
+/** Prefetch frames are small: a demand request that arrives meanwhile waits for at most this (1 ms at 1 Gb/s). */
+export const DEFAULT_PREFETCH_FRAME_BUDGET_BYTES = 128 * 1024
 export const DEFAULT_MAX_QUEUED_REQUESTS = 64
 export const DEFAULT_MAX_QUEUED_BYTES = 32 * 1024 * 1024
 
@@ -48,6 +50,7 @@ export interface BlockServerInit {
     onProgress?: () => void) => Promise<void> | undefined
   logger: Logger
   frameBudgetBytes?: number
+  prefetchFrameBudgetBytes?: number
   maxQueuedRequests?: number
   maxQueuedBytes?: number
 }
@@ -60,6 +63,7 @@ interface ServeJob {
   next: number
   bytesLeft: number
   cancelled: boolean
+  prefetch: boolean
   /** Missing blocks of this job are being fetched upstream: serve only up to the first missing one. */
   relaying: boolean
 }
@@ -69,6 +73,7 @@ export async function serveBlockStream (init: BlockServerInit, stream: Stream, c
   const peerId = connection.remotePeer.toString()
   const lp = lpStream(stream, { maxDataLength: MAX_REQUEST_FRAME_BYTES })
   const frameBudget = init.frameBudgetBytes ?? DEFAULT_FRAME_BUDGET_BYTES
+  const prefetchFrameBudget = Math.min(frameBudget, init.prefetchFrameBudgetBytes ?? DEFAULT_PREFETCH_FRAME_BUDGET_BYTES)
   const maxQueued = init.maxQueuedRequests ?? DEFAULT_MAX_QUEUED_REQUESTS
   const maxQueuedBytes = init.maxQueuedBytes ?? DEFAULT_MAX_QUEUED_BYTES
   const demand: ServeJob[] = []
@@ -111,10 +116,11 @@ export async function serveBlockStream (init: BlockServerInit, stream: Stream, c
         // One frame of this job: at least one block, then up to the byte budget.
         const take: number[] = []
         let bytes = 0
+        const budget = job.prefetch ? prefetchFrameBudget : frameBudget
         while (job.next < job.indexes.length) {
           const index = job.indexes[job.next]
           const length = index < job.store.manifest.blockCount ? blockLength(job.store.manifest, index) : 0
-          if (take.length > 0 && bytes + length > frameBudget) break
+          if (take.length > 0 && bytes + length > budget) break
           if (take.length > 0 && job.relaying && !job.store.has(index)) break
           take.push(index)
           bytes += length
@@ -195,7 +201,7 @@ export async function serveBlockStream (init: BlockServerInit, stream: Stream, c
           writeSmall(encodeServerFrame({ type: FrameType.Error, reqId: frame.reqId, code: ErrorCode.Busy }))
           return
         }
-        const job: ServeJob = { reqId: frame.reqId, rootHex, store, indexes: frame.indexes, next: 0, bytesLeft, cancelled: false, relaying: false }
+        const job: ServeJob = { reqId: frame.reqId, rootHex, store, indexes: frame.indexes, next: 0, bytesLeft, cancelled: false, prefetch: frame.priority !== 0, relaying: false }
         byId.set(job.reqId, job)
         queuedBytes += bytesLeft
         init.onRequest?.(rootHex, peerId)
