@@ -4,9 +4,14 @@
 
 import type { BlockCache } from '../blockstack/cache.js'
 import type { ServedStore, ServiceComponents } from './components.js'
+import { DEFAULT_REQUEST_TIMEOUT_MS } from './peer-source.js'
 
-/** A relayed fetch (for a child) that takes longer is abandoned: the child's request gets 'not present'. */
-const RELAY_TIMEOUT_MS = 20_000
+/**
+ * A relayed fetch (for a child) that takes longer is abandoned: the child's request gets 'not present' and the
+ * child moves the block to another peer at once. Shorter than the child's own request timeout, so the child
+ * hears 'not present' (a failover) rather than timing out (which would mark this parent failed).
+ */
+export const RELAY_TIMEOUT_MS = Math.round(DEFAULT_REQUEST_TIMEOUT_MS * 2 / 3)
 
 export type RelayFn = (rootHex: string, peerId: string, indexes: number[], priority: 0 | 1, signal: AbortSignal,
   onProgress?: () => void) => Promise<void> | undefined

@@ -18,7 +18,7 @@ import { createNode, type P2PNode } from '../../src/p2p/node.js'
 import { serveBlockStream, type BlockServerInit } from '../../src/p2p/block-server.js'
 import { PeerLink } from '../../src/p2p/peer-link.js'
 import { PeerSource, type PeerDirectory } from '../../src/p2p/peer-source.js'
-import { BLOCKS_PROTOCOL, PRIORITY_DEMAND } from '../../src/p2p/wire.js'
+import { BLOCKS_PROTOCOL, PRIORITY_DEMAND, PRIORITY_PREFETCH } from '../../src/p2p/wire.js'
 import { TokenBucket } from '../../src/p2p/rate-limit.js'
 
 const BLOCK = 64 * 1024
@@ -185,6 +185,31 @@ test('peer source: a busy peer hands the block to the next one without being rep
     await client.stop()
     await busy.node.stop()
     await other.node.stop()
+    await rm(dir, { recursive: true, force: true })
+  }
+})
+
+test('block server: a demand request that arrives behind a prefetch request is answered first', { timeout: 60_000 }, async () => {
+  const { dir, manifest, bytes, client, linkTo } = await setup(16)
+  const s = await server(manifest, bytes, { gated: true })
+  try {
+    const link = await linkTo(s)
+    const order: string[] = []
+    const prefetch = link.getBlocks(manifest.root, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], PRIORITY_PREFETCH, { signal: AbortSignal.timeout(20_000) })
+      .then(() => { order.push('prefetch') })
+    // The ping's answer proves the prefetch GET was queued (and its first frame is waiting at the gate).
+    await link.ping(AbortSignal.timeout(10_000))
+    const demand = link.getBlocks(manifest.root, [12], PRIORITY_DEMAND, { signal: AbortSignal.timeout(20_000) })
+      .then(blocks => { order.push('demand'); return blocks })
+    await link.ping(AbortSignal.timeout(10_000))
+    s.open()
+    const [, got] = await Promise.all([prefetch, demand])
+    assert.deepEqual(order, ['demand', 'prefetch'])
+    assert.deepEqual(Buffer.from(got.get(12) as Uint8Array), bytes.subarray(12 * BLOCK, 13 * BLOCK))
+    link.close()
+  } finally {
+    await client.stop()
+    await s.node.stop()
     await rm(dir, { recursive: true, force: true })
   }
 })
