@@ -4,7 +4,7 @@
 // `createX(init)(components)` and reaches the others only through the narrow functions it is given.
 
 import type { Manifest } from '../blockstack/manifest.js'
-import type { BlockStore } from '../blockstack/types.js'
+import type { BlockStore, FetchPriority } from '../blockstack/types.js'
 import type { Logger } from '../blockstack/cache.js'
 import type { ParentState, TopologyParams } from '../topology/index.js'
 import type { AdvertBody } from './advert.js'
@@ -14,9 +14,13 @@ import type { Clock } from './clock.js'
 import type { ServiceEvents } from './events.js'
 import type { AdvertFacts } from './advert-policy.js'
 
-/** The stores the service can serve; BlockCache fits (onBlocksAdded makes adverts follow new blocks). */
+/**
+ * The stores the service can serve; BlockCache fits. onBlocksAdded makes adverts follow new blocks; ensure
+ * (fetch missing blocks through this agent's own source, one shared fetch per block) makes it a relay.
+ */
 export type ServedStore = BlockStore & {
   onBlocksAdded?: (listener: (blockIndexes: readonly number[]) => void) => () => void
+  ensure?: (blockIndexes: readonly number[], options: { signal: AbortSignal, priority?: FetchPriority }) => Promise<void>
 }
 
 export interface CandidateEntry {

@@ -2,7 +2,6 @@
 // one shared fetch per block however many children ask, and our own VM's reads share it too). Each block is
 // handed on as soon as it is verified (onProgress wakes the block server), not when the whole request is in.
 
-import type { BlockCache } from '../blockstack/cache.js'
 import type { ServedStore, ServiceComponents } from './components.js'
 import { DEFAULT_REQUEST_TIMEOUT_MS } from './peer-source.js'
 
@@ -20,8 +19,8 @@ export const createRelay = () => (components: ServiceComponents): RelayFn => {
   const { byRoot } = components
   return (rootHex, peerId, indexes, priority, signal, onProgress) => {
     const state = byRoot.get(rootHex)
-    const store = state?.store as (ServedStore & Partial<Pick<BlockCache, 'ensure'>>) | undefined
-    if (state === undefined || store === undefined || typeof store.ensure !== 'function' || !state.children.has(peerId)) return undefined
+    const store: ServedStore | undefined = state?.store
+    if (state === undefined || store?.ensure === undefined || !state.children.has(peerId)) return undefined
     const ensure = store.ensure.bind(store)
     return (async () => {
       const wanted = new Set(indexes)
