@@ -28,6 +28,11 @@ import { systemClock, type Clock } from './clock.js'
 export const DEFAULT_MAX_INFLIGHT_BYTES_PER_PEER = 16 * 1024 * 1024
 export const DEFAULT_MAX_PREFETCH_INFLIGHT_BYTES_PER_PEER = 8 * 1024 * 1024
 export const DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
+/**
+ * A peer asked only as a last resort (its child slots are full: typically the origin while we attach) gets
+ * at most this much in flight from us: a VM's first reads are served at once, a bulk reader cannot drain it.
+ */
+export const DEFAULT_MAX_LAST_RESORT_INFLIGHT_BYTES_PER_PEER = 256 * 1024
 /** A request that has not completed in this time fails (and its peer is reported failed). */
 export const DEFAULT_REQUEST_TIMEOUT_MS = 15_000
 /** A job placed on this many peers without success fails. */
@@ -68,6 +73,7 @@ export interface PeerSourceInit {
   scheduler?: Partial<SchedulerParams>
   maxInflightBytesPerPeer?: number
   maxPrefetchInflightBytesPerPeer?: number
+  maxLastResortInflightBytesPerPeer?: number
   maxRequestBytes?: number
   requestTimeoutMs?: number
   maxAssignments?: number
@@ -109,6 +115,8 @@ interface PeerQueue {
   inflightBytes: number
   inflightRequests: number
   dispatching: boolean
+  /** The last job placed here came from the last-resort group (bounded in flight). */
+  lastResort: boolean
 }
 
 export interface PeerSourceStats {
@@ -126,6 +134,7 @@ export class PeerSource implements BlockSource {
   private readonly queues = new Map<string, PeerQueue>()
   private readonly maxInflight: number
   private readonly maxPrefetchInflight: number
+  private readonly maxLastResortInflight: number
   private readonly maxRequestBytes: number
   private readonly requestTimeoutMs: number
   private readonly maxAssignments: number
@@ -139,6 +148,7 @@ export class PeerSource implements BlockSource {
     this.params = { ...DEFAULT_SCHEDULER_PARAMS, ...init.scheduler }
     this.maxInflight = init.maxInflightBytesPerPeer ?? DEFAULT_MAX_INFLIGHT_BYTES_PER_PEER
     this.maxPrefetchInflight = init.maxPrefetchInflightBytesPerPeer ?? DEFAULT_MAX_PREFETCH_INFLIGHT_BYTES_PER_PEER
+    this.maxLastResortInflight = init.maxLastResortInflightBytesPerPeer ?? DEFAULT_MAX_LAST_RESORT_INFLIGHT_BYTES_PER_PEER
     this.maxRequestBytes = init.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES
     this.requestTimeoutMs = init.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS
     this.maxAssignments = init.maxAssignments ?? DEFAULT_MAX_ASSIGNMENTS
@@ -211,7 +221,7 @@ export class PeerSource implements BlockSource {
   private queue (peerId: string): PeerQueue {
     let queue = this.queues.get(peerId)
     if (queue === undefined) {
-      queue = { peerId, demand: [], prefetch: [], queuedBytes: 0, inflightBytes: 0, inflightRequests: 0, dispatching: false }
+      queue = { peerId, demand: [], prefetch: [], queuedBytes: 0, inflightBytes: 0, inflightRequests: 0, dispatching: false, lastResort: false }
       this.queues.set(peerId, queue)
     }
     return queue
@@ -235,6 +245,10 @@ export class PeerSource implements BlockSource {
 
   /** Picks a peer for the job: parents that probably hold it first, then any peer that advertises it. */
   private pick (job: Job, exclude: ReadonlySet<string>, hedge = false): string | null {
+    return this.pickSource(job, exclude, hedge)?.peerId ?? null
+  }
+
+  private pickSource (job: Job, exclude: ReadonlySet<string>, hedge = false): { peerId: string, lastResort: boolean } | null {
     const usable = this.directory.sources(job.manifest).filter(info => !this.directory.isBanned(info.peerId) && !exclude.has(info.peerId))
     // Parents relay blocks they lack (they fetch them from their own parents), at the scheduler's relay
     // penalty; other peers are asked only for blocks they advertise.
@@ -248,7 +262,7 @@ export class PeerSource implements BlockSource {
     for (const group of [parents, notFull, lastResort]) {
       if (group.length === 0) continue
       const choice = chooseSource({ blockIndex: job.index, sizeBytes: job.bytes }, this.sourceStates(job, group), this.params)
-      if (choice !== null) return choice.peerId
+      if (choice !== null) return { peerId: choice.peerId, lastResort: group === lastResort && group.find(i => i.peerId === choice.peerId)?.full === true }
     }
     return null
   }
@@ -260,20 +274,21 @@ export class PeerSource implements BlockSource {
       return
     }
     const exclude = new Set([...job.tried, ...job.active])
-    const peer = this.pick(job, exclude)
-    if (peer === null) {
+    const choice = this.pickSource(job, exclude)
+    if (choice === null) {
       if (job.active.size > 0) return // still pending somewhere else
       void this.waitAndAssign(job)
       return
     }
-    this.enqueue(job, peer)
+    this.enqueue(job, choice.peerId, choice.lastResort)
   }
 
   /** Puts the job on the peer's queue (demand or prefetch) and lets that queue dispatch. */
-  private enqueue (job: Job, peer: string): void {
+  private enqueue (job: Job, peer: string, lastResort = false): void {
     job.assignments++
     job.active.add(peer)
     const queue = this.queue(peer)
+    queue.lastResort = lastResort
     ;(job.priority === 'demand' ? queue.demand : queue.prefetch).push(job)
     queue.queuedBytes += job.bytes
     void this.dispatch(queue)
@@ -316,7 +331,8 @@ export class PeerSource implements BlockSource {
         const isDemand = queue.demand.length > 0
         const list = isDemand ? queue.demand : queue.prefetch
         if (list.length === 0) break
-        if (queue.inflightBytes >= (isDemand ? this.maxInflight : this.maxPrefetchInflight)) break
+        const cap = queue.lastResort ? this.maxLastResortInflight : isDemand ? this.maxInflight : this.maxPrefetchInflight
+        if (queue.inflightBytes >= cap) break
         // One GET: jobs of one image from the head of the list, up to the request byte bound.
         const root = list[0].manifest.root
         const batch: Job[] = []
