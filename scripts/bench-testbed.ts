@@ -40,7 +40,8 @@ const DEFAULT_SYSTEMS = ['vmthunderd', 'nbdkit', 'http', 'bittorrent', 'vmthunde
 type SystemName = typeof ALL_SYSTEMS[number]
 const IMAGE_ID = 'guest'
 const TRACE_IMAGE_BYTES = 1024 ** 3
-const AGENT_START_TIMEOUT_MS = 60_000
+// Generous: nine agents compile and start at once, and on a shared 2-core machine that can take a minute.
+const AGENT_START_TIMEOUT_MS = 180_000
 const AGENT_RPC_TIMEOUT_MS = 120_000
 /** Failure run: node.status is polled this often to find a relay to kill. */
 const FAILURE_POLL_MS = 50
