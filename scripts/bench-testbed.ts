@@ -40,7 +40,8 @@ const DEFAULT_SYSTEMS = ['vmthunderd', 'nbdkit', 'http', 'bittorrent', 'vmthunde
 type SystemName = typeof ALL_SYSTEMS[number]
 const IMAGE_ID = 'guest'
 const TRACE_IMAGE_BYTES = 1024 ** 3
-const AGENT_START_TIMEOUT_MS = 60_000
+// Generous: nine agents compile and start at once, and on a shared 2-core machine that can take a minute.
+const AGENT_START_TIMEOUT_MS = 180_000
 const AGENT_RPC_TIMEOUT_MS = 120_000
 /** Failure run: node.status is polled this often to find a relay to kill. */
 const FAILURE_POLL_MS = 50
@@ -70,6 +71,13 @@ export interface SystemResult {
   agents?: AgentReport[]
   /** vmthunderd: CPU time of the origin agent from GO until every host was done. */
   originCpuMs?: number
+  /** vmthunderd: host agents' CPU from GO until every host was done (start-up excluded), median and max, ms. */
+  cpuPerHostMedianMs?: number
+  cpuPerHostMaxMs?: number
+  /** vmthunderd: host agents' CPU from their start until GO (start-up, image set-up), median, ms. */
+  startupCpuMedianMs?: number
+  /** vmthunderd: all agents' CPU (origin included) over the MiB their p2p layers moved (received + sent). */
+  cpuMsPerMiBMoved?: number
   /** vmthunderd-failure: what was killed and what it cost. */
   failure?: FailureReport
 }
@@ -85,6 +93,8 @@ export interface AgentReport {
   bytesSent: number
   /** CPU time the agent process used from GO until every host was done (the last process, if restarted). */
   cpuMs: number
+  /** CPU time the agent used from its start until GO (start-up). */
+  startupCpuMs?: number
   /** Time instance.create took (manifest fetch, cache and overlay), ms. */
   createMs?: number
   maxReadMs: number
@@ -483,6 +493,7 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
               bytesFromPeers: Object.values(byPeer).reduce((a, b) => a + b, 0) - fromOrigin,
               bytesSent: img.bytesSent ?? 0,
               cpuMs: cpuOf(h.name),
+              startupCpuMs: cpuAtGo.get(h.name),
               createMs: done[i].fetchMs === undefined ? undefined : Math.round(done[i].fetchMs),
               maxReadMs: Math.round(done[i].maxReadMs)
             })
@@ -493,7 +504,19 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
             failure.survivorsMaxReadMs = finiteMax(done.filter((_, i) => i !== ki).map((d) => d.maxReadMs))
             failure.killedHostMaxReadMs = finiteMax([done[ki].maxReadMs])
           }
-          return { agents: agentsOut, originCpuMs: cpuOf('origin'), ...(failure !== undefined ? { failure } : {}) }
+          const originImg = (await rpc(origin, 'node.status')).images?.[IMAGE_ID] ?? {}
+          const cpus = agentsOut.map((a) => a.cpuMs)
+          const movedBytes = agentsOut.reduce((sum, a) => sum + a.bytesFromOrigin + a.bytesFromPeers + a.bytesSent, 0) + Number(originImg.bytesSent ?? 0)
+          const startups = agentsOut.map((a) => a.startupCpuMs).filter((x): x is number => x !== undefined)
+          return {
+            agents: agentsOut,
+            originCpuMs: cpuOf('origin'),
+            cpuPerHostMedianMs: Math.round(median(cpus)),
+            cpuPerHostMaxMs: Math.max(0, ...cpus),
+            ...(startups.length > 0 ? { startupCpuMedianMs: Math.round(median(startups)) } : {}),
+            ...(movedBytes > 0 ? { cpuMsPerMiBMoved: Math.round(100 * (cpus.reduce((a, b) => a + b, 0) + cpuOf('origin')) / (movedBytes / 2 ** 20)) / 100 } : {}),
+            ...(failure !== undefined ? { failure } : {})
+          }
         },
         stop: stopAll
       }
@@ -610,6 +633,10 @@ export function markdownTable (r: BenchResults, command: string): string {
       '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
       ...s.agents.map((a, i) => `| ${a.host} | ${Number.isFinite(s.perHostMs[i]) ? secs(s.perHostMs[i]) : 'FAILED'} | ${a.createMs === undefined ? '' : secs(a.createMs)} | ${ms(a.maxReadMs)} | ${mib(s.perHostRxBytes[i])} | ${mib(a.bytesFromOrigin)} | ${mib(a.bytesFromPeers)} | ${mib(a.bytesSent)} | ${secs(a.cpuMs)} | ${a.parents.join(', ') || '-'} | ${a.depth ?? '-'} |`),
       `| origin | | | | | | | | ${secs(s.originCpuMs ?? 0)} | | 0 |`)
+    if (s.cpuPerHostMedianMs !== undefined) {
+      details.push('', `${name}: agent CPU per host per boot (from /proc, GO until every host was done): median ${secs(s.cpuPerHostMedianMs)} s, max ${secs(s.cpuPerHostMaxMs ?? 0)} s; ` +
+        `start-up until GO, median ${secs(s.startupCpuMedianMs ?? 0)} s (not included); ${s.cpuMsPerMiBMoved ?? '-'} CPU-ms per MiB moved (all agents' CPU over the bytes their p2p layers received and sent).`)
+    }
     for (const fh of s.failedHosts ?? []) details.push('', `${name}: ${fh.host} failed: ${fh.error}`)
     const f = s.failure
     if (f !== undefined) {
@@ -768,7 +795,7 @@ async function main (): Promise<void> {
     await writeFile(join(outDir, 'results.md'), md)
     await writeFile(join(outDir, 'results.svg'), svgChart(results))
     if (json) {
-      const out = { distinctBytes: results.distinctBytes, systems: Object.fromEntries(Object.entries(results.systems).map(([k, v]) => [k, { maxMs: v.maxMs, medianMs: v.medianMs, originBytes: v.originBytes }])) }
+      const out = { distinctBytes: results.distinctBytes, systems: Object.fromEntries(Object.entries(results.systems).map(([k, v]) => [k, { maxMs: v.maxMs, medianMs: v.medianMs, originBytes: v.originBytes, cpuPerHostMedianMs: v.cpuPerHostMedianMs, cpuPerHostMaxMs: v.cpuPerHostMaxMs, cpuMsPerMiBMoved: v.cpuMsPerMiBMoved }])) }
       process.stdout.write(JSON.stringify(out) + '\n')
     } else {
       process.stdout.write(md)

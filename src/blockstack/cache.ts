@@ -25,7 +25,7 @@ import { setTimeout as delay } from 'node:timers/promises'
 import { execa } from 'execa'
 import { blockLength, isZeroBlock, verifyBlock, type Manifest } from './manifest.js'
 import { BlockNotPresentError, BlockVerificationError, CacheClosedError, FetchTimeoutError, ReadRangeError } from './errors.js'
-import type { BlockSource, BlockStore, FetchPriority } from './types.js'
+import type { BlockSource, BlockStore, FetchedBlock, FetchPriority } from './types.js'
 import type { PresenceStore } from './presence.js'
 import { Bitmap } from './bitmap.js'
 import { startScrubber, SCRUB_IDLE_AFTER_MS, type ScrubOptions, type ScrubResult, type Scrubber } from './scrub.js'
@@ -449,23 +449,32 @@ export class BlockCache implements BlockStore {
     for (let attempt = 0; attempt < MAX_FETCH_ROUNDS && corruptRounds < this.maxFetchAttempts && remaining.length > 0 && !signal.aborted; attempt++) {
       const wanted = new Set(remaining)
       let corrupt = false
-      try {
-        const blocks = await this.source.fetch(this.manifest, remaining, { signal, priority })
-        const added: number[] = []
-        for (const block of blocks) {
-          if (!wanted.has(block.index)) continue
-          if (!verifyBlock(this.manifest, block.index, block.data)) {
-            this.counters.corruptBlocks++
-            lastError = new BlockVerificationError(`block ${block.index} of ${this.manifest.imageId} from ${block.peer ?? 'source'} does not match the manifest`, block.index)
-            this.logger.warn('corrupt block', { image: this.manifest.imageId, block: block.index, peer: block.peer })
-            this.source.reportCorrupt?.(this.manifest, block.index, block.peer)
-            corrupt = true
-            continue
-          }
-          wanted.delete(block.index)
-          if (await this.accept(block.index, block.data, priority)) added.push(block.index)
+      const handled = new Set<FetchedBlock>()
+      // Verified and stored one at a time, each announced at once: a reader (or a child behind a relay)
+      // waiting for one block does not wait for the rest of its batch (cut-through).
+      const handle = async (block: FetchedBlock): Promise<void> => {
+        if (handled.has(block) || !wanted.has(block.index)) return
+        handled.add(block)
+        if (!verifyBlock(this.manifest, block.index, block.data)) {
+          this.counters.corruptBlocks++
+          lastError = new BlockVerificationError(`block ${block.index} of ${this.manifest.imageId} from ${block.peer ?? 'source'} does not match the manifest`, block.index)
+          this.logger.warn('corrupt block', { image: this.manifest.imageId, block: block.index, peer: block.peer })
+          this.source.reportCorrupt?.(this.manifest, block.index, block.peer)
+          corrupt = true
+          return
         }
-        this.announce(added)
+        wanted.delete(block.index)
+        if (await this.accept(block.index, block.data, priority)) this.announce([block.index])
+      }
+      let streamed: Promise<void> = Promise.resolve()
+      try {
+        const blocks = await this.source.fetch(this.manifest, remaining, {
+          signal,
+          priority,
+          onBlock: block => { streamed = streamed.then(async () => { await handle(block) }) }
+        })
+        await streamed
+        for (const block of blocks) await handle(block)
       } catch (err) {
         lastError = err as Error
         if (signal.aborted) break

@@ -18,6 +18,11 @@ export interface FetchOptions {
   signal: AbortSignal
   /** On-demand reads (a VM waits) always go before prefetch. Default 'demand'. */
   priority?: FetchPriority
+  /**
+   * A source may hand over each block as soon as it arrives (cut-through), before fetch resolves; it still
+   * returns every block from fetch (the cache ignores the ones it already took).
+   */
+  onBlock?: (block: FetchedBlock) => void
 }
 
 /**

@@ -30,7 +30,7 @@ export const peerLayerFactory: PeerLayerFactory = async ({ config, identity, tru
     addImage: (cache, options) => { service.addImage(cache, options) },
     removeImage: imageId => { service.removeImage(imageId) },
     fetchManifest: async (imageId, options) => await service.fetchManifest(imageId, options),
-    status: () => ({ ...service.status(), peers: service.status().peers.length }),
+    status: () => { const status = service.status(); return { ...status, peers: status.peers.length } },
     profileChanged: imageId => { service.profileChanged(imageId) },
     node: () => service.node(),
     peersBooting: imageId => service.peersBooting(imageId)

@@ -2,8 +2,8 @@
 // holds, answers child admission and pings.
 //
 // Per stream, requests wait in two FIFO queues, demand before prefetch, and are answered a frame at a time
-// (at most frameBudgetBytes of block data per frame), so a demand request that arrives behind a large prefetch
-// waits for at most one frame. Only blocks for which the store's has() is true are served (verified and
+// (at most frameBudgetBytes of block data per frame; prefetch frames at most prefetchFrameBudgetBytes), so a
+// demand request that arrives behind prefetch waits for at most one small frame. Only blocks for which the store's has() is true are served (verified and
 // durable); anything else is answered 'not present'. Bounds per stream: queued requests and queued bytes
 // (beyond them the request gets ERROR busy); the upload token bucket is charged before every frame.
 
@@ -21,6 +21,8 @@ import {
 import type { TokenBucket } from './rate-limit.js'
 
 export const DEFAULT_FRAME_BUDGET_BYTES = 1024 * 1024
+/** Prefetch frames are small: a demand request that arrives meanwhile waits for at most this (1 ms at 1 Gb/s). */
+export const DEFAULT_PREFETCH_FRAME_BUDGET_BYTES = 128 * 1024
 export const DEFAULT_MAX_QUEUED_REQUESTS = 64
 export const DEFAULT_MAX_QUEUED_BYTES = 32 * 1024 * 1024
 
@@ -44,9 +46,11 @@ export interface BlockServerInit {
    * Relay: makes missing blocks present (fetching them from this agent's own parents) for a requester that
    * may ask it (a child). Resolves when they are present or cannot be had; absent: no relaying.
    */
-  relay?: (rootHex: string, peerId: string, blockIndexes: number[], priority: 0 | 1, signal: AbortSignal) => Promise<void> | undefined
+  relay?: (rootHex: string, peerId: string, blockIndexes: number[], priority: 0 | 1, signal: AbortSignal,
+    onProgress?: () => void) => Promise<void> | undefined
   logger: Logger
   frameBudgetBytes?: number
+  prefetchFrameBudgetBytes?: number
   maxQueuedRequests?: number
   maxQueuedBytes?: number
 }
@@ -59,6 +63,7 @@ interface ServeJob {
   next: number
   bytesLeft: number
   cancelled: boolean
+  prefetch: boolean
   /** Missing blocks of this job are being fetched upstream: serve only up to the first missing one. */
   relaying: boolean
 }
@@ -68,6 +73,7 @@ export async function serveBlockStream (init: BlockServerInit, stream: Stream, c
   const peerId = connection.remotePeer.toString()
   const lp = lpStream(stream, { maxDataLength: MAX_REQUEST_FRAME_BYTES })
   const frameBudget = init.frameBudgetBytes ?? DEFAULT_FRAME_BUDGET_BYTES
+  const prefetchFrameBudget = Math.min(frameBudget, init.prefetchFrameBudgetBytes ?? DEFAULT_PREFETCH_FRAME_BUDGET_BYTES)
   const maxQueued = init.maxQueuedRequests ?? DEFAULT_MAX_QUEUED_REQUESTS
   const maxQueuedBytes = init.maxQueuedBytes ?? DEFAULT_MAX_QUEUED_BYTES
   const demand: ServeJob[] = []
@@ -110,10 +116,11 @@ export async function serveBlockStream (init: BlockServerInit, stream: Stream, c
         // One frame of this job: at least one block, then up to the byte budget.
         const take: number[] = []
         let bytes = 0
+        const budget = job.prefetch ? prefetchFrameBudget : frameBudget
         while (job.next < job.indexes.length) {
           const index = job.indexes[job.next]
           const length = index < job.store.manifest.blockCount ? blockLength(job.store.manifest, index) : 0
-          if (take.length > 0 && bytes + length > frameBudget) break
+          if (take.length > 0 && bytes + length > budget) break
           if (take.length > 0 && job.relaying && !job.store.has(index)) break
           take.push(index)
           bytes += length
@@ -194,13 +201,14 @@ export async function serveBlockStream (init: BlockServerInit, stream: Stream, c
           writeSmall(encodeServerFrame({ type: FrameType.Error, reqId: frame.reqId, code: ErrorCode.Busy }))
           return
         }
-        const job: ServeJob = { reqId: frame.reqId, rootHex, store, indexes: frame.indexes, next: 0, bytesLeft, cancelled: false, relaying: false }
+        const job: ServeJob = { reqId: frame.reqId, rootHex, store, indexes: frame.indexes, next: 0, bytesLeft, cancelled: false, prefetch: frame.priority !== 0, relaying: false }
         byId.set(job.reqId, job)
         queuedBytes += bytesLeft
         init.onRequest?.(rootHex, peerId)
         const missing = frame.indexes.filter(index => index < store.manifest.blockCount && !store.has(index))
         if (missing.length > 0 && init.relay !== undefined) {
-          const relaying = init.relay(rootHex, peerId, missing, frame.priority, signal)
+          // Each relayed block is sent as soon as it is in (cut-through), in the request's order.
+          const relaying = init.relay(rootHex, peerId, missing, frame.priority, signal, () => { void pump() })
           if (relaying !== undefined) {
             job.relaying = true
             relaying.catch(() => {}).finally(() => { job.relaying = false; void pump() })

@@ -28,6 +28,11 @@ export class PeerTimeoutError extends Error {
   override name = 'PeerTimeoutError'
 }
 
+/** A request was cancelled because every block it asked for arrived from another peer (a hedge won). */
+export class RequestSupersededError extends Error {
+  override name = 'RequestSupersededError'
+}
+
 /** The link (persistent stream) to a peer closed or failed. */
 export class PeerLinkClosedError extends Error {
   override name = 'PeerLinkClosedError'

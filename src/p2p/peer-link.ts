@@ -40,6 +40,8 @@ interface Pending {
 export class PeerLink {
   readonly peerId: string
   rttMs: number | undefined
+  /** When rttMs was last sampled (clock ms). */
+  rttSampledAtMs: number | undefined
   throughputBytesPerS: number | undefined
   closed = false
   private stream: Stream | undefined
@@ -144,6 +146,7 @@ export class PeerLink {
   }
 
   private observeRtt (sampleMs: number): void {
+    this.rttSampledAtMs = this.clock.nowMs()
     this.rttMs = this.rttMs === undefined ? sampleMs : this.rttMs * (1 - EWMA_ALPHA) + sampleMs * EWMA_ALPHA
   }
 

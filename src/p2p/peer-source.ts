@@ -8,6 +8,8 @@
 // not completed by its hedge deadline (hedgeFactor x expected time, at least hedgeMinMs) is sent once more to
 // the next best peer; the first answer wins. A failed request (link error, timeout, busy) or a 'not present'
 // answer moves the job at once to the next peer; the peer is reported failed so the parent is replaced.
+// A request whose every block was settled elsewhere (the loser of a hedge) is cancelled at once (CANCEL
+// frame), so the slower peer stops spending upload on it.
 // reportCorrupt (from the cache, which verifies every block) bans the sender through the directory.
 
 import { setMaxListeners } from 'node:events'
@@ -17,7 +19,7 @@ import type { BlockSource, FetchedBlock, FetchOptions, FetchPriority } from '../
 import {
   DEFAULT_SCHEDULER_PARAMS, chooseSource, hedgeDeadlineMs, type SchedulerParams, type SourceState
 } from '../topology/scheduler.js'
-import { NoPeerForBlockError, PeerTimeoutError } from './errors.js'
+import { NoPeerForBlockError, PeerTimeoutError, RequestSupersededError } from './errors.js'
 import type { PeerLink } from './peer-link.js'
 import { PRIORITY_DEMAND, PRIORITY_PREFETCH, MAX_INDEXES_PER_GET } from './wire.js'
 import type { TokenBucket } from './rate-limit.js'
@@ -26,6 +28,11 @@ import { systemClock, type Clock } from './clock.js'
 export const DEFAULT_MAX_INFLIGHT_BYTES_PER_PEER = 16 * 1024 * 1024
 export const DEFAULT_MAX_PREFETCH_INFLIGHT_BYTES_PER_PEER = 8 * 1024 * 1024
 export const DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
+/**
+ * A peer asked only as a last resort (its child slots are full: typically the origin while we attach) gets
+ * at most this much in flight from us: a VM's first reads are served at once, a bulk reader cannot drain it.
+ */
+export const DEFAULT_MAX_LAST_RESORT_INFLIGHT_BYTES_PER_PEER = 256 * 1024
 /** A request that has not completed in this time fails (and its peer is reported failed). */
 export const DEFAULT_REQUEST_TIMEOUT_MS = 15_000
 /** A job placed on this many peers without success fails. */
@@ -49,8 +56,6 @@ export interface SourceInfo {
 /** What the peer source needs from the service: who can serve an image, links, and where to report. */
 export interface PeerDirectory {
   sources: (manifest: Manifest) => SourceInfo[]
-  /** True while the agent is still choosing its first parents: blocks wait for them rather than fall back. */
-  attaching: (manifest: Manifest) => boolean
   link: (peerId: string) => PeerLink
   isBanned: (peerId: string) => boolean
   /** A request to this peer failed (stream error, timeout): the parent is replaced at the next heartbeat. */
@@ -58,8 +63,8 @@ export interface PeerDirectory {
   /** The cache found a corrupt block from this peer. */
   reportCorrupt: (manifest: Manifest, peerId: string) => void
   onReceived: (manifest: Manifest, peerId: string, bytes: number) => void
-  /** Resolves when the set of sources may have changed (new advert, parent), or rejects on abort. */
-  waitForSources: (signal: AbortSignal) => Promise<void>
+  /** Resolves when the image's sources may have changed (new advert, parent, connection), or rejects on abort. */
+  waitForSources: (manifest: Manifest, signal: AbortSignal) => Promise<void>
 }
 
 export interface PeerSourceInit {
@@ -68,6 +73,7 @@ export interface PeerSourceInit {
   scheduler?: Partial<SchedulerParams>
   maxInflightBytesPerPeer?: number
   maxPrefetchInflightBytesPerPeer?: number
+  maxLastResortInflightBytesPerPeer?: number
   maxRequestBytes?: number
   requestTimeoutMs?: number
   maxAssignments?: number
@@ -87,9 +93,18 @@ interface Job {
   assignments: number
   hedged: boolean
   done: boolean
+  /** Requests in flight that ask for this job's block. */
+  requests: Set<InflightRequest>
   signal: AbortSignal
+  onBlock?: (block: FetchedBlock) => void
   resolve: (block: FetchedBlock) => void
   reject: (err: Error) => void
+}
+
+interface InflightRequest {
+  /** Jobs of the request not settled yet, by block index. */
+  pending: Map<number, Job>
+  controller: AbortController
 }
 
 interface PeerQueue {
@@ -100,11 +115,15 @@ interface PeerQueue {
   inflightBytes: number
   inflightRequests: number
   dispatching: boolean
+  /** The last job placed here came from the last-resort group (bounded in flight). */
+  lastResort: boolean
 }
 
 export interface PeerSourceStats {
   requests: number
   hedges: number
+  /** Requests cancelled because every block arrived from another peer first. */
+  cancelled: number
   failovers: number
   duplicateBlocks: number
 }
@@ -115,19 +134,21 @@ export class PeerSource implements BlockSource {
   private readonly queues = new Map<string, PeerQueue>()
   private readonly maxInflight: number
   private readonly maxPrefetchInflight: number
+  private readonly maxLastResortInflight: number
   private readonly maxRequestBytes: number
   private readonly requestTimeoutMs: number
   private readonly maxAssignments: number
   private readonly noSourceWaitMs: number
   private readonly clock: Clock
   private readonly stopController = new AbortController()
-  readonly stats: PeerSourceStats = { requests: 0, hedges: 0, failovers: 0, duplicateBlocks: 0 }
+  readonly stats: PeerSourceStats = { requests: 0, hedges: 0, cancelled: 0, failovers: 0, duplicateBlocks: 0 }
 
   constructor (private readonly init: PeerSourceInit) {
     this.directory = init.directory
     this.params = { ...DEFAULT_SCHEDULER_PARAMS, ...init.scheduler }
     this.maxInflight = init.maxInflightBytesPerPeer ?? DEFAULT_MAX_INFLIGHT_BYTES_PER_PEER
     this.maxPrefetchInflight = init.maxPrefetchInflightBytesPerPeer ?? DEFAULT_MAX_PREFETCH_INFLIGHT_BYTES_PER_PEER
+    this.maxLastResortInflight = init.maxLastResortInflightBytesPerPeer ?? DEFAULT_MAX_LAST_RESORT_INFLIGHT_BYTES_PER_PEER
     this.maxRequestBytes = init.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES
     this.requestTimeoutMs = init.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS
     this.maxAssignments = init.maxAssignments ?? DEFAULT_MAX_ASSIGNMENTS
@@ -148,7 +169,7 @@ export class PeerSource implements BlockSource {
       const { promise, resolve, reject } = Promise.withResolvers<FetchedBlock>()
       const job: Job = {
         manifest, index, bytes: blockLength(manifest, index), priority, tried: new Set(), active: new Set(), assignments: 0,
-        hedged: false, done: false, signal, resolve, reject
+        hedged: false, done: false, requests: new Set(), signal, onBlock: options.onBlock, resolve, reject
       }
       jobs.push(job)
       return await promise
@@ -200,7 +221,7 @@ export class PeerSource implements BlockSource {
   private queue (peerId: string): PeerQueue {
     let queue = this.queues.get(peerId)
     if (queue === undefined) {
-      queue = { peerId, demand: [], prefetch: [], queuedBytes: 0, inflightBytes: 0, inflightRequests: 0, dispatching: false }
+      queue = { peerId, demand: [], prefetch: [], queuedBytes: 0, inflightBytes: 0, inflightRequests: 0, dispatching: false, lastResort: false }
       this.queues.set(peerId, queue)
     }
     return queue
@@ -224,19 +245,24 @@ export class PeerSource implements BlockSource {
 
   /** Picks a peer for the job: parents that probably hold it first, then any peer that advertises it. */
   private pick (job: Job, exclude: ReadonlySet<string>, hedge = false): string | null {
+    return this.pickSource(job, exclude, hedge)?.peerId ?? null
+  }
+
+  private pickSource (job: Job, exclude: ReadonlySet<string>, hedge = false): { peerId: string, lastResort: boolean } | null {
     const usable = this.directory.sources(job.manifest).filter(info => !this.directory.isBanned(info.peerId) && !exclude.has(info.peerId))
     // Parents relay blocks they lack (they fetch them from their own parents), at the scheduler's relay
     // penalty; other peers are asked only for blocks they advertise.
     const parents = usable.filter(info => info.isParent)
     const all = usable.filter(info => info.holdProbability(job.index) > 0)
     const notFull = all.filter(info => !info.full)
-    // A peer whose child slots are all taken (typically a busy seed) is asked only as a last resort: never for
-    // a hedge (an extra copy), and not while we are still attaching (our parents will relay it).
-    const lastResort = hedge || (parents.length === 0 && this.directory.attaching(job.manifest)) ? [] : all
+    // A peer whose child slots are all taken (typically a busy seed) is asked only as a last resort, and never
+    // for a hedge (an extra copy). An agent still attaching (no parent yet) reads from it rather than wait:
+    // a VM's first reads must not wait for the tree.
+    const lastResort = hedge ? [] : all
     for (const group of [parents, notFull, lastResort]) {
       if (group.length === 0) continue
       const choice = chooseSource({ blockIndex: job.index, sizeBytes: job.bytes }, this.sourceStates(job, group), this.params)
-      if (choice !== null) return choice.peerId
+      if (choice !== null) return { peerId: choice.peerId, lastResort: group === lastResort && group.find(i => i.peerId === choice.peerId)?.full === true }
     }
     return null
   }
@@ -248,20 +274,21 @@ export class PeerSource implements BlockSource {
       return
     }
     const exclude = new Set([...job.tried, ...job.active])
-    const peer = this.pick(job, exclude)
-    if (peer === null) {
+    const choice = this.pickSource(job, exclude)
+    if (choice === null) {
       if (job.active.size > 0) return // still pending somewhere else
       void this.waitAndAssign(job)
       return
     }
-    this.enqueue(job, peer)
+    this.enqueue(job, choice.peerId, choice.lastResort)
   }
 
   /** Puts the job on the peer's queue (demand or prefetch) and lets that queue dispatch. */
-  private enqueue (job: Job, peer: string): void {
+  private enqueue (job: Job, peer: string, lastResort = false): void {
     job.assignments++
     job.active.add(peer)
     const queue = this.queue(peer)
+    queue.lastResort = lastResort
     ;(job.priority === 'demand' ? queue.demand : queue.prefetch).push(job)
     queue.queuedBytes += job.bytes
     void this.dispatch(queue)
@@ -272,7 +299,7 @@ export class PeerSource implements BlockSource {
     const signal = AbortSignal.any([job.signal, AbortSignal.timeout(this.noSourceWaitMs)])
     while (!job.done) {
       try {
-        await this.directory.waitForSources(signal)
+        await this.directory.waitForSources(job.manifest, signal)
       } catch {
         if (!job.done) {
           this.fail(job, job.signal.aborted ? job.signal.reason as Error
@@ -304,7 +331,8 @@ export class PeerSource implements BlockSource {
         const isDemand = queue.demand.length > 0
         const list = isDemand ? queue.demand : queue.prefetch
         if (list.length === 0) break
-        if (queue.inflightBytes >= (isDemand ? this.maxInflight : this.maxPrefetchInflight)) break
+        const cap = queue.lastResort ? this.maxLastResortInflight : isDemand ? this.maxInflight : this.maxPrefetchInflight
+        if (queue.inflightBytes >= cap) break
         // One GET: jobs of one image from the head of the list, up to the request byte bound.
         const root = list[0].manifest.root
         const batch: Job[] = []
@@ -345,13 +373,16 @@ export class PeerSource implements BlockSource {
       const delay = hedgeDeadlineMs({ startedAtMs, expectedMs }, this.params) - startedAtMs
       hedgeTimer = setTimeout(() => { this.hedge(batch, peer) }, delay)
     }
-    // When every job of the batch is settled elsewhere (or aborted), the request is cancelled.
+    // When every job of the batch is settled elsewhere (or failed), the request is cancelled.
     const byIndex = new Map(batch.map(job => [job.index, job]))
+    const inflight: InflightRequest = { pending: byIndex, controller }
+    for (const job of batch) job.requests.add(inflight)
     const onBlock = (index: number, data: Uint8Array | null): void => {
       const job = byIndex.get(index)
       if (job === undefined) return
       byIndex.delete(index)
       job.active.delete(peer)
+      job.requests.delete(inflight)
       if (data === null) {
         job.tried.add(peer)
         this.stats.failovers++
@@ -360,14 +391,17 @@ export class PeerSource implements BlockSource {
       }
       this.directory.onReceived(manifest, peer, data.byteLength)
       if (job.done) { this.stats.duplicateBlocks++; return }
-      job.done = true
-      job.resolve({ index, data, peer })
+      this.settle(job)
+      const block = { index, data, peer }
+      job.onBlock?.(block)
+      job.resolve(block)
     }
     try {
       await link.getBlocks(manifest.root, batch.map(job => job.index), isDemand ? PRIORITY_DEMAND : PRIORITY_PREFETCH,
         { signal: controller.signal, onBlock })
     } catch (err) {
-      if (!this.stopController.signal.aborted) this.directory.reportFailed(manifest, peer, err as Error)
+      const superseded = controller.signal.reason instanceof RequestSupersededError
+      if (!this.stopController.signal.aborted && !superseded) this.directory.reportFailed(manifest, peer, err as Error)
       for (const [, job] of byIndex) {
         job.active.delete(peer)
         job.tried.add(peer)
@@ -377,10 +411,24 @@ export class PeerSource implements BlockSource {
     } finally {
       clearTimeout(timeout)
       if (hedgeTimer !== undefined) clearTimeout(hedgeTimer)
+      for (const job of batch) job.requests.delete(inflight)
       queue.inflightBytes -= bytes
       queue.inflightRequests--
       void this.dispatch(queue)
     }
+  }
+
+  /** Marks the job done and cancels the other requests that were only waiting for it (hedge losers). */
+  private settle (job: Job): void {
+    job.done = true
+    for (const other of job.requests) {
+      other.pending.delete(job.index)
+      if (other.pending.size === 0 && !other.controller.signal.aborted) {
+        this.stats.cancelled++
+        other.controller.abort(new RequestSupersededError(`block ${job.index} arrived from another peer`))
+      }
+    }
+    job.requests.clear()
   }
 
   private hedge (batch: Job[], slowPeer: string): void {
@@ -396,7 +444,7 @@ export class PeerSource implements BlockSource {
 
   private fail (job: Job, err: Error): void {
     if (job.done) return
-    job.done = true
+    this.settle(job)
     job.reject(err)
   }
 }

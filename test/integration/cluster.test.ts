@@ -30,6 +30,7 @@ before(async () => {
   await origin.call('image.register', { id: 'img', path: image })
   const status = await origin.call('node.status')
   peerArgs = ['--listen', '/ip4/127.0.0.1/tcp/0', '--bootstrap', status.listenAddrs[0], '--trust', status.peerId, '--config', config]
+  // Eight daemons compile and start at once: on a loaded 2-core machine that takes longer than one alone.
   agents = await Promise.all(Array.from({ length: 8 }, async (_, i) => await startDaemon({ dir: join(dir, `a${i}`), args: peerArgs, timeoutMs: 120_000 })))
 }, { timeout: 300_000 })
 

@@ -1,0 +1,79 @@
+// When an agent publishes its advert for an image. Every advert copy costs every agent of the topic a
+// signature verification in gossipsub's receive path (about 30 % of an agent's CPU in an 8-host boot when
+// adverts went out every heartbeat and up to every 250 ms on new blocks), so an advert goes out only when it
+// says something a peer acts on, soon for what changes the tree and bounded for the rest:
+//   urgent (at most every minIntervalMs): depth, full/not full, child limit, a held-fraction step crossed,
+//     became a seed, a new profile, started or stopped booting the image, a peer subscribed (it knows nothing
+//     of us yet);
+//   soft (at most every softIntervalMs): other held blocks (the summary), child count, load moved a step;
+//   nothing new: a keep-alive every keepAliveMs (peers forget a silent one after advertTimeoutMs).
+// Pure: the service and the simulator call it with their own clocks.
+
+import type { Advert } from '../topology/types.js'
+
+export interface AdvertPolicyParams {
+  minIntervalMs: number
+  softIntervalMs: number
+  keepAliveMs: number
+  /** The held fraction is cut into this many steps; crossing one is urgent. */
+  heldSteps: number
+  /** A change of advertised upload load (0..1) by this much is worth a soft advert. */
+  loadStep: number
+}
+
+export const DEFAULT_ADVERT_POLICY: AdvertPolicyParams = {
+  minIntervalMs: 250,
+  softIntervalMs: 2000,
+  keepAliveMs: 5000,
+  heldSteps: 16,
+  loadStep: 0.25
+}
+
+/** What an advert says that the policy compares. */
+export type AdvertFacts = Pick<Advert, 'depth' | 'heldBlocks' | 'totalBlocks' | 'childCount' | 'childLimit' | 'uploadLoad'> & {
+  profileVersion?: string
+  /** VMs of the image the sender boots now (peers hold idle prefetch while any boots). */
+  booting?: number
+}
+
+/**
+ * When the next advert is due (ms, absolute; may be in the past: publish now), or undefined when nothing
+ * but the keep-alive is due and `includeKeepAlive` is false.
+ */
+export function nextAdvertDueMs (input: {
+  facts: AdvertFacts
+  last: AdvertFacts | undefined
+  lastPublishMs: number
+  /** A peer just subscribed: tell it soon whatever changed. */
+  forced?: boolean
+  params?: AdvertPolicyParams
+}): number {
+  const p = input.params ?? DEFAULT_ADVERT_POLICY
+  const { facts, last, lastPublishMs } = input
+  if (last === undefined || input.forced === true || urgentChange(facts, last, p)) return lastPublishMs + p.minIntervalMs
+  if (softChange(facts, last, p)) return lastPublishMs + p.softIntervalMs
+  return lastPublishMs + p.keepAliveMs
+}
+
+function step (held: number, total: number, steps: number): number {
+  return total <= 0 ? 0 : Math.floor(held * steps / total)
+}
+
+function isFull (f: AdvertFacts): boolean {
+  return f.childCount >= f.childLimit
+}
+
+export function urgentChange (f: AdvertFacts, last: AdvertFacts, p: AdvertPolicyParams = DEFAULT_ADVERT_POLICY): boolean {
+  return f.depth !== last.depth ||
+    isFull(f) !== isFull(last) ||
+    f.childLimit !== last.childLimit ||
+    f.totalBlocks !== last.totalBlocks ||
+    step(f.heldBlocks, f.totalBlocks, p.heldSteps) !== step(last.heldBlocks, last.totalBlocks, p.heldSteps) ||
+    (f.heldBlocks === f.totalBlocks) !== (last.heldBlocks === last.totalBlocks) ||
+    f.profileVersion !== last.profileVersion ||
+    ((f.booting ?? 0) > 0) !== ((last.booting ?? 0) > 0)
+}
+
+export function softChange (f: AdvertFacts, last: AdvertFacts, p: AdvertPolicyParams = DEFAULT_ADVERT_POLICY): boolean {
+  return f.heldBlocks !== last.heldBlocks || f.childCount !== last.childCount || Math.abs(f.uploadLoad - last.uploadLoad) >= p.loadStep
+}

@@ -1,0 +1,198 @@
+// Gossip adverts of the images this agent serves: building and publishing ours (when advert-policy.ts says
+// one is due), validating and recording the peers' (gossipsub topic validator), and the topic subscriptions.
+
+import type { PeerId } from '@libp2p/interface'
+import { TopicValidatorResult } from '@libp2p/gossipsub'
+import { multiaddr } from '@multiformats/multiaddr'
+import { encodeAdvert, summarize, validateAdvert, type AdvertBody } from './advert.js'
+import { imageTopicScoreParams } from './node.js'
+import { MAX_PROFILE_WIRE_BYTES, type ProfileProvider } from './profile-protocol.js'
+import { heldBlocks, isSeed, type ImageState, type ServiceComponents } from './components.js'
+import { DEFAULT_ADVERT_POLICY, nextAdvertDueMs, type AdvertFacts, type AdvertPolicyParams } from './advert-policy.js'
+
+/** Adverts are published at most this often (urgent changes; see advert-policy.ts). */
+export const DEFAULT_MIN_ADVERT_INTERVAL_MS = DEFAULT_ADVERT_POLICY.minIntervalMs
+
+export interface AdvertsInit {
+  profiles?: ProfileProvider
+  /** Our upload load, 0..1. */
+  uploadLoad: () => number
+  liveChildren: (state: ImageState) => string[]
+  childLimitOf: (state: ImageState) => number
+  /** A candidate became eligible while we lack parents: select now. */
+  scheduleHeartbeat: (state: ImageState) => void
+  /** A peer advertised a profile: maybe fetch it. */
+  maybeFetchProfile: (state: ImageState) => void
+  policy?: Partial<AdvertPolicyParams>
+}
+
+export interface Adverts {
+  /** Something may have changed (heartbeat, blocks, children): publishes now or later as the policy says. */
+  publish: (state: ImageState) => void
+  /** The same, for event handlers (kept apart so call sites say which they are). */
+  publishSoon: (state: ImageState) => void
+  /** A peer subscribed to the topic: tell it about us soon (urgent). */
+  publishForced: (state: ImageState) => void
+  /** Adverts published so far (all images). */
+  published: () => number
+  subscribe: (state: ImageState) => void
+  unsubscribe: (state: ImageState) => void
+  /** Cancels a pending publish (image removed, service stopping). */
+  cancel: (state: ImageState) => void
+}
+
+/** Gossipsub's live topic score params (the GossipSub interface does not expose the score). */
+function scoreTopics (pubsub: unknown): Record<string, unknown> {
+  return (pubsub as { score: { params: { topics: Record<string, unknown> } } }).score.params.topics
+}
+
+export const createAdverts = (init: AdvertsInit) => (components: ServiceComponents): Adverts => {
+  const { logger, clock, params, images, peers, events, selfPeerId } = components
+  const policy: AdvertPolicyParams = { ...DEFAULT_ADVERT_POLICY, ...init.policy }
+  let publishedCount = 0
+
+  /** Our listen addresses for adverts, without the /p2p suffix; loopback last. */
+  const advertAddrs = (): Uint8Array[] => {
+    const node = components.node()
+    if (node === undefined) return []
+    const addrs = node.getMultiaddrs().map(a => a.decapsulateCode(421))
+    addrs.sort((a, b) => Number(a.toString().includes('/127.0.0.1/')) - Number(b.toString().includes('/127.0.0.1/')))
+    const seen = new Set<string>()
+    return addrs.filter(a => { const k = a.toString(); if (seen.has(k)) return false; seen.add(k); return true }).map(a => a.bytes)
+  }
+
+  const advertisedProfile = (imageId: string): { profile?: AdvertBody['profile'] } => {
+    const local = init.profiles?.local(imageId)
+    if (local === undefined || local.bytes.byteLength === 0 || local.bytes.byteLength > MAX_PROFILE_WIRE_BYTES) return {}
+    return { profile: { version: local.version, boots: Math.min(255, Math.max(1, local.boots)), sizeBytes: local.bytes.byteLength } }
+  }
+
+  const factsOf = (state: ImageState): AdvertFacts | undefined => {
+    if (state.manifest === undefined || state.store === undefined) return undefined
+    const childLimit = init.childLimitOf(state)
+    return {
+      depth: isSeed(state) ? 0 : state.depth,
+      heldBlocks: heldBlocks(state),
+      totalBlocks: state.manifest.blockCount,
+      childCount: Math.min(init.liveChildren(state).length, childLimit),
+      childLimit,
+      uploadLoad: init.uploadLoad(),
+      profileVersion: advertisedProfile(state.imageId).profile?.version,
+      booting: init.profiles?.booting?.(state.imageId) ?? 0
+    }
+  }
+
+  const buildAdvert = (state: ImageState, facts: AdvertFacts): AdvertBody | undefined => {
+    if (state.manifest === undefined || state.store === undefined) return undefined
+    state.seq = Math.max(state.seq + 1, Date.now())
+    return {
+      imageId: state.imageId,
+      rootHex: state.manifest.rootHex,
+      seq: state.seq,
+      depth: facts.depth,
+      heldBlocks: facts.heldBlocks,
+      totalBlocks: facts.totalBlocks,
+      childCount: facts.childCount,
+      childLimit: facts.childLimit,
+      uploadLoad: facts.uploadLoad,
+      manifestAvailable: true,
+      summary: summarize(state.store.presentBitmap(), facts.totalBlocks),
+      addrs: advertAddrs(),
+      ...advertisedProfile(state.imageId),
+      booting: facts.booting ?? 0
+    }
+  }
+
+  const cancel = (state: ImageState): void => {
+    if (state.publishTimer !== undefined) { clearTimeout(state.publishTimer); state.publishTimer = undefined }
+    state.publishDueMs = undefined
+  }
+
+  const publishNow = (state: ImageState, facts: AdvertFacts): void => {
+    const node = components.node()
+    if (node === undefined) return
+    cancel(state)
+    const advert = buildAdvert(state, facts)
+    if (advert === undefined) return
+    state.lastPublishMs = clock.nowMs()
+    state.lastPublished = facts
+    state.advertForced = false
+    publishedCount++
+    state.advertsPublished++
+    node.services.pubsub.publish(state.topic, encodeAdvert(advert)).catch((err: Error) => {
+      logger.warn('advert publish failed', { image: state.imageId, error: err.message })
+    })
+  }
+
+  const publish = (state: ImageState): void => {
+    if (components.node() === undefined || components.stopped()) return
+    const facts = factsOf(state)
+    if (facts === undefined) return
+    const dueMs = nextAdvertDueMs({ facts, last: state.lastPublished, lastPublishMs: state.lastPublishMs, forced: state.advertForced, params: policy })
+    const nowMs = clock.nowMs()
+    if (dueMs <= nowMs) { publishNow(state, facts); return }
+    // One timer per image, at the earliest due time; it re-evaluates (facts may have changed meanwhile).
+    if (state.publishDueMs !== undefined && state.publishDueMs <= dueMs) return
+    cancel(state)
+    state.publishDueMs = dueMs
+    state.publishTimer = setTimeout(() => { state.publishTimer = undefined; state.publishDueMs = undefined; publish(state) }, dueMs - nowMs)
+    state.publishTimer.unref()
+  }
+
+  const publishForced = (state: ImageState): void => {
+    state.advertForced = true
+    publish(state)
+  }
+
+  const validator = (state: ImageState) => (from: PeerId, message: { type: string, data: Uint8Array, from?: PeerId }): TopicValidatorResult => {
+    if (images.get(state.imageId) !== state) return TopicValidatorResult.Ignore
+    if (message.type !== 'signed' || message.from === undefined) return TopicValidatorResult.Reject
+    const sender = message.from.toString()
+    if (sender === selfPeerId) return TopicValidatorResult.Ignore
+    if (peers.isBanned(sender)) return TopicValidatorResult.Reject
+    const verdict = validateAdvert(message.data, {
+      topicImageId: state.imageId,
+      manifest: state.manifest,
+      lastSeq: state.lastSeq.get(sender)
+    })
+    if (!verdict.ok) {
+      if (verdict.stale === true) return TopicValidatorResult.Ignore
+      logger.warn('advert rejected', { image: state.imageId, sender, via: from.toString(), reason: verdict.reason })
+      return TopicValidatorResult.Reject
+    }
+    state.lastSeq.set(sender, verdict.advert.seq)
+    const node = components.node()
+    if (verdict.advert.addrs.length > 0 && node !== undefined && node.getConnections(message.from).length === 0) {
+      // Learn how to dial the sender (we may only share a bootstrap peer with it).
+      node.peerStore.merge(message.from, { multiaddrs: verdict.advert.addrs.map(addr => multiaddr(addr)) }).catch(() => {})
+    }
+    const previous = state.candidates.get(sender)
+    state.candidates.set(sender, { advert: verdict.advert, receivedAtMs: clock.nowMs() })
+    // A candidate that just became eligible (new, or attached: depth known) while we lack parents: select now
+    // rather than at the next heartbeat.
+    const newlyEligible = verdict.advert.depth !== null && (previous === undefined || previous.advert.depth === null)
+    if (newlyEligible && state.parents.length < params.parentCount && state.store !== undefined && !isSeed(state)) init.scheduleHeartbeat(state)
+    if (verdict.advert.profile !== undefined || verdict.advert.booting !== undefined) init.maybeFetchProfile(state)
+    events.notify()
+    events.sourcesChanged(verdict.advert.rootHex)
+    return TopicValidatorResult.Accept
+  }
+
+  const subscribe = (state: ImageState): void => {
+    const pubsub = components.requireNode().services.pubsub
+    scoreTopics(pubsub)[state.topic] = imageTopicScoreParams()
+    pubsub.topicValidators.set(state.topic, validator(state) as any)
+    pubsub.subscribe(state.topic)
+  }
+
+  const unsubscribe = (state: ImageState): void => {
+    const node = components.node()
+    if (node === undefined) return
+    const pubsub = node.services.pubsub
+    pubsub.unsubscribe(state.topic)
+    pubsub.topicValidators.delete(state.topic)
+    delete scoreTopics(pubsub)[state.topic]
+  }
+
+  return { publish, publishSoon: publish, publishForced, published: () => publishedCount, subscribe, unsubscribe, cancel }
+}

@@ -1,0 +1,71 @@
+// The parent side of the tree: which peers are our children for an image (admission with bounded fan-out,
+// leases renewed every heartbeat, slots freed when a child leaves or disconnects).
+
+import { admitChild } from '../topology/index.js'
+import type { AdmitReply } from './block-server.js'
+import { isSeed, type ImageState, type ServiceComponents } from './components.js'
+
+/** A child's lease lasts this many heartbeats without renewal. */
+export const CHILD_LEASE_HEARTBEATS = 3
+
+export interface ChildrenInit {
+  /** Our advert's child count changed. */
+  publishSoon: (state: ImageState) => void
+}
+
+export interface Children {
+  /** Live children (expired leases and banned peers dropped). */
+  live: (state: ImageState) => string[]
+  limitOf: (state: ImageState) => number
+  isChild: (state: ImageState, peerId: string) => boolean
+  /** Admission (or renewal, or leave) asked by a peer over the block protocol; undefined: unknown image. */
+  admit: (peerId: string, rootHex: string, leave: boolean) => AdmitReply | undefined
+  /** The peer is gone: its slots are free now. */
+  forget: (peerId: string) => void
+}
+
+export const createChildren = (init: ChildrenInit) => (components: ServiceComponents): Children => {
+  const { clock, params, byRoot, images, peers } = components
+
+  const limitOf = (state: ImageState): number => state.childLimit ?? params.childLimit
+
+  const live = (state: ImageState): string[] => {
+    const now = clock.nowMs()
+    for (const [peer, expiry] of state.children) if (expiry <= now || peers.isBanned(peer)) state.children.delete(peer)
+    return [...state.children.keys()]
+  }
+
+  const admit = (peerId: string, rootHex: string, leave: boolean): AdmitReply | undefined => {
+    const state = byRoot.get(rootHex)
+    if (state === undefined || state.store === undefined) return undefined
+    if (leave) {
+      state.children.delete(peerId)
+      init.publishSoon(state)
+      return { accepted: false, childCount: live(state).length, childLimit: limitOf(state) }
+    }
+    const children = live(state)
+    const isAlreadyChild = state.children.has(peerId)
+    const result = admitChild({
+      childCount: children.length,
+      childLimit: limitOf(state),
+      isAlreadyChild,
+      isExcluded: peers.isBanned(peerId),
+      selfDepth: isSeed(state) ? 0 : state.depth
+    })
+    if (result.admit) {
+      state.children.set(peerId, clock.nowMs() + CHILD_LEASE_HEARTBEATS * params.heartbeatMs)
+      if (!isAlreadyChild) init.publishSoon(state)
+    }
+    return { accepted: result.admit, childCount: live(state).length, childLimit: limitOf(state) }
+  }
+
+  const forget = (peerId: string): void => {
+    for (const state of images.values()) {
+      // A child that is gone frees its slot now, not when its lease runs out: with the origin's single slot,
+      // the orphans need it within the heartbeat.
+      if (state.children.delete(peerId)) init.publishSoon(state)
+    }
+  }
+
+  return { live, limitOf, isChild: (state, peerId) => state.children.has(peerId), admit, forget }
+}

@@ -1,0 +1,136 @@
+// What the parts of the p2p service share (js-libp2p's "components"): the per-image state, the peer book
+// (links and bans), the wake-up bus, and the libp2p node once started. Each part of the service
+// (adverts, heartbeat, children, relay, directory, manifest finder, profile fetcher) is built as
+// `createX(init)(components)` and reaches the others only through the narrow functions it is given.
+
+import type { Manifest } from '../blockstack/manifest.js'
+import type { BlockStore, FetchPriority } from '../blockstack/types.js'
+import type { Logger } from '../blockstack/cache.js'
+import type { ParentState, TopologyParams } from '../topology/index.js'
+import type { AdvertBody } from './advert.js'
+import type { P2PNode } from './node.js'
+import type { PeerLink } from './peer-link.js'
+import type { Clock } from './clock.js'
+import type { ServiceEvents } from './events.js'
+import type { AdvertFacts } from './advert-policy.js'
+
+/**
+ * The stores the service can serve; BlockCache fits. onBlocksAdded makes adverts follow new blocks; ensure
+ * (fetch missing blocks through this agent's own source, one shared fetch per block) makes it a relay.
+ */
+export type ServedStore = BlockStore & {
+  onBlocksAdded?: (listener: (blockIndexes: readonly number[]) => void) => () => void
+  ensure?: (blockIndexes: readonly number[], options: { signal: AbortSignal, priority?: FetchPriority }) => Promise<void>
+}
+
+export interface CandidateEntry {
+  advert: AdvertBody
+  receivedAtMs: number
+}
+
+export interface ImageState {
+  imageId: string
+  topic: string
+  manifest?: Manifest
+  store?: ServedStore
+  unsubscribeBlocks?: () => void
+  seq: number
+  candidates: Map<string, CandidateEntry>
+  lastSeq: Map<string, number>
+  parents: ParentState[]
+  depth: number | null
+  /** peerId -> lease expiry (ms). */
+  children: Map<string, number>
+  /** peerId -> excluded until (ms): refused admission. */
+  refused: Map<string, number>
+  bytesSent: number
+  bytesReceived: number
+  bytesReceivedByPeer: Map<string, number>
+  lastPublishMs: number
+  publishTimer?: NodeJS.Timeout
+  /** What the last published advert said (the publish policy compares against it). */
+  lastPublished?: AdvertFacts
+  /** When the pending publish timer fires (ms). */
+  publishDueMs?: number
+  /** A peer subscribed since the last advert: publish soon whatever changed. */
+  advertForced: boolean
+  advertsPublished: number
+  heartbeatRunning: boolean
+  /** A heartbeat asked for while one ran: run again after. */
+  heartbeatAgain: boolean
+  interestOnly: boolean
+  addedAtMs: number
+  /** This image's child limit when it differs from the service's. */
+  childLimit?: number
+  profileFetching: boolean
+  lastProfileFetchMs: number
+  /** peerId -> not asked for profiles until (ms). */
+  profileExcluded: Map<string, number>
+  profileVersionsSeen: Set<string>
+  profilesFetched: number
+}
+
+/** Links (one reused block stream per peer) and bans. */
+export interface PeerBook {
+  link: (peerId: string) => PeerLink
+  /** The link if one is open (no dial). */
+  existingLink: (peerId: string) => PeerLink | undefined
+  closeLink: (peerId: string) => void
+  isBanned: (peerId: string) => boolean
+  banned: () => string[]
+}
+
+export interface ServiceComponents {
+  selfPeerId: string
+  logger: Logger
+  clock: Clock
+  random: () => number
+  params: TopologyParams
+  images: Map<string, ImageState>
+  byRoot: Map<string, ImageState>
+  peers: PeerBook
+  /** Peers with an open connection now (kept by connect/disconnect events: no per-block getPeers()). */
+  connected: Set<string>
+  events: ServiceEvents
+  /** Aborted when the service stops: everything long-lived listens on it. */
+  stopSignal: AbortSignal
+  /** The node, once started. */
+  node: () => P2PNode | undefined
+  /** The node, or ServiceStoppedError. */
+  requireNode: () => P2PNode
+  stopped: () => boolean
+}
+
+export const heldBlocks = (state: ImageState): number => state.store?.presentCount() ?? 0
+
+export const isSeed = (state: ImageState): boolean =>
+  state.manifest !== undefined && state.store !== undefined && heldBlocks(state) === state.manifest.blockCount
+
+export function newImageState (imageId: string, topic: string, nowMs: number): ImageState {
+  return {
+    imageId,
+    topic,
+    seq: 0,
+    candidates: new Map(),
+    lastSeq: new Map(),
+    parents: [],
+    depth: null,
+    children: new Map(),
+    refused: new Map(),
+    bytesSent: 0,
+    bytesReceived: 0,
+    bytesReceivedByPeer: new Map(),
+    lastPublishMs: -Infinity,
+    advertForced: false,
+    advertsPublished: 0,
+    heartbeatRunning: false,
+    heartbeatAgain: false,
+    interestOnly: true,
+    addedAtMs: nowMs,
+    profileFetching: false,
+    lastProfileFetchMs: -Infinity,
+    profileExcluded: new Map(),
+    profileVersionsSeen: new Set(),
+    profilesFetched: 0
+  }
+}

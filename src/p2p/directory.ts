@@ -1,0 +1,59 @@
+// The peer source's view of the swarm (PeerDirectory): who can serve an image's blocks (parents first, from
+// the candidates' adverts), and where failures and received bytes go.
+
+import type { Manifest } from '../blockstack/manifest.js'
+import { holdProbability } from './advert.js'
+import type { PeerDirectory, SourceInfo } from './peer-source.js'
+import type { ImageState, ServiceComponents } from './components.js'
+
+export interface DirectoryInit {
+  /** A parent failed a request: replace it. */
+  scheduleHeartbeat: (state: ImageState) => void
+  ban: (peerId: string, reason: string) => void
+}
+
+export const createDirectory = (init: DirectoryInit) => (components: ServiceComponents): PeerDirectory => {
+  const { logger, byRoot, peers, events } = components
+  return {
+    sources (manifest: Manifest) {
+      const state = byRoot.get(manifest.rootHex)
+      if (state === undefined) return []
+      const parentIds = new Set(state.parents.filter(p => !p.failed).map(p => p.peerId))
+      const out: SourceInfo[] = []
+      for (const [peerId, entry] of state.candidates) {
+        if (entry.advert.rootHex !== manifest.rootHex || !components.connected.has(peerId)) continue
+        const advert = entry.advert
+        out.push({
+          peerId,
+          isParent: parentIds.has(peerId),
+          holdProbability: index => holdProbability(advert, index),
+          full: advert.childCount >= advert.childLimit || (advert.depth === 0 && !parentIds.has(peerId))
+        })
+      }
+      return out
+    },
+    link: peers.link,
+    isBanned: peers.isBanned,
+    reportFailed (manifest, peerId, err) {
+      const state = byRoot.get(manifest.rootHex)
+      const parent = state?.parents.find(p => p.peerId === peerId)
+      logger.warn('block request failed', { image: manifest.imageId, peer: peerId, error: err.message })
+      if (state !== undefined && parent !== undefined && !parent.failed && err.name !== 'PeerBusyError') {
+        parent.failed = true
+        init.scheduleHeartbeat(state)
+      }
+    },
+    reportCorrupt (_manifest, peerId) {
+      init.ban(peerId, 'served a corrupt block')
+    },
+    onReceived (manifest, peerId, bytes) {
+      const state = byRoot.get(manifest.rootHex)
+      if (state === undefined) return
+      state.bytesReceived += bytes
+      state.bytesReceivedByPeer.set(peerId, (state.bytesReceivedByPeer.get(peerId) ?? 0) + bytes)
+    },
+    async waitForSources (manifest, signal) {
+      await events.nextSourcesChange(manifest.rootHex, signal)
+    }
+  }
+}

@@ -1,0 +1,40 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { DEFAULT_ADVERT_POLICY as P, nextAdvertDueMs, type AdvertFacts } from '../../src/p2p/advert-policy.js'
+
+const base: AdvertFacts = { depth: 2, heldBlocks: 100, totalBlocks: 16_384, childCount: 1, childLimit: 8, uploadLoad: 0.1 }
+const due = (facts: AdvertFacts, last: AdvertFacts | undefined, forced = false): number =>
+  nextAdvertDueMs({ facts, last, lastPublishMs: 10_000, forced }) - 10_000
+
+test('advert policy: tree changes are urgent, content changes bounded, silence gets a keep-alive', { timeout: 5000 }, () => {
+  assert.equal(due(base, undefined), P.minIntervalMs, 'first advert')
+  assert.equal(due(base, base), P.keepAliveMs, 'nothing new: keep-alive only')
+  assert.equal(due(base, base, true), P.minIntervalMs, 'a new subscriber')
+  // urgent
+  assert.equal(due({ ...base, depth: 1 }, base), P.minIntervalMs, 'depth')
+  assert.equal(due({ ...base, depth: null }, base), P.minIntervalMs, 'detached')
+  assert.equal(due({ ...base, childCount: 8 }, base), P.minIntervalMs, 'became full')
+  assert.equal(due(base, { ...base, childCount: 8 }), P.minIntervalMs, 'no longer full')
+  assert.equal(due({ ...base, heldBlocks: 16_384 / P.heldSteps }, base), P.minIntervalMs, 'held step crossed')
+  assert.equal(due({ ...base, heldBlocks: 16_384, depth: 0 }, { ...base, heldBlocks: 16_383 }), P.minIntervalMs, 'became a seed')
+  assert.equal(due({ ...base, profileVersion: 'aa' }, base), P.minIntervalMs, 'new profile')
+  // soft
+  assert.equal(due({ ...base, heldBlocks: 101 }, base), P.softIntervalMs, 'one more block')
+  assert.equal(due({ ...base, childCount: 2 }, base), P.softIntervalMs, 'child count, not full')
+  assert.equal(due({ ...base, uploadLoad: 0.1 + P.loadStep + 0.01 }, base), P.softIntervalMs, 'load moved a step')
+  assert.equal(due({ ...base, uploadLoad: 0.2 }, base), P.keepAliveMs, 'load noise is not news')
+})
+
+test('advert policy: adverts per agent during a boot that adds a block every 10 ms stay bounded', { timeout: 5000 }, () => {
+  // A simulated 20 s boot: blocks arrive continuously (2,000 of 16,384: one held step crossed at 1,024).
+  let last: AdvertFacts | undefined
+  let lastMs = -Infinity
+  let sent = 0
+  for (let now = 0; now < 20_000; now += 1) {
+    const facts = { ...base, heldBlocks: 100 + Math.floor(now / 10) }
+    if (nextAdvertDueMs({ facts, last, lastPublishMs: lastMs }) <= now) { last = facts; lastMs = now; sent++ }
+  }
+  // One at start, then one per soft interval at most, plus the step crossing.
+  assert.ok(sent <= 1 + 20_000 / P.softIntervalMs + 2, `sent ${sent}`)
+  assert.ok(sent >= 20_000 / P.softIntervalMs - 1, `sent ${sent}: peers must still hear of new blocks`)
+})

@@ -1,0 +1,215 @@
+// The block path between real libp2p nodes over TCP on 127.0.0.1: the block server's busy and CANCEL paths,
+// and the peer source's failover on busy and hedge with the loser cancelled. Slowness is made with a gate on
+// the server's store (a read that waits until the test opens it), not with timing.
+
+import '../../src/polyfill.js'
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { mkdtemp, writeFile, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { randomBytes } from 'node:crypto'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { manifestFromFile, type Manifest } from '../../src/blockstack/manifest.js'
+import type { BlockStore } from '../../src/blockstack/types.js'
+import { silentLogger } from '../../src/blockstack/cache.js'
+import { identityFromSeed } from '../../src/identity/key.js'
+import { createNode, type P2PNode } from '../../src/p2p/node.js'
+import { serveBlockStream, type BlockServerInit } from '../../src/p2p/block-server.js'
+import { PeerLink } from '../../src/p2p/peer-link.js'
+import { PeerSource, type PeerDirectory } from '../../src/p2p/peer-source.js'
+import { BLOCKS_PROTOCOL, PRIORITY_DEMAND, PRIORITY_PREFETCH } from '../../src/p2p/wire.js'
+import { TokenBucket } from '../../src/p2p/rate-limit.js'
+
+const BLOCK = 64 * 1024
+
+interface Server {
+  node: P2PNode
+  peerId: string
+  sentBytes: () => number
+  /** Reads wait until this resolves (none when not gated). */
+  open: () => void
+}
+
+function memoryStore (manifest: Manifest, bytes: Buffer, gate?: Promise<void>): BlockStore {
+  return {
+    manifest,
+    has: index => index < manifest.blockCount,
+    readBlock: async index => {
+      await gate
+      return bytes.subarray(index * BLOCK, (index + 1) * BLOCK)
+    },
+    presentCount: () => manifest.blockCount,
+    presentBitmap: () => new Uint8Array(Math.ceil(manifest.blockCount / 8)).fill(0xff)
+  }
+}
+
+async function server (manifest: Manifest, bytes: Buffer, options: { gated?: boolean } & Partial<BlockServerInit> = {}): Promise<Server> {
+  const node = await createNode({ identity: identityFromSeed(randomBytes(32)), listen: ['/ip4/127.0.0.1/tcp/0'] })
+  let open!: () => void
+  const gate = options.gated === true ? new Promise<void>(resolve => { open = resolve }) : undefined
+  const store = memoryStore(manifest, bytes, gate)
+  let sent = 0
+  const stop = new AbortController()
+  const init: BlockServerInit = {
+    resolve: rootHex => rootHex === manifest.rootHex ? store : undefined,
+    admit: () => ({ accepted: true, childCount: 0, childLimit: 8 }),
+    uploadBucket: new TokenBucket(undefined),
+    logger: silentLogger,
+    onSent: (_root, _peer, n) => { sent += n },
+    ...options
+  }
+  await node.handle(BLOCKS_PROTOCOL, (stream, connection) => { void serveBlockStream(init, stream, connection, stop.signal) })
+  node.addEventListener('stop', () => { stop.abort() })
+  return { node, peerId: node.peerId.toString(), sentBytes: () => sent, open: () => { open?.() } }
+}
+
+async function setup (blocks: number): Promise<{ dir: string, manifest: Manifest, bytes: Buffer, client: P2PNode, linkTo: (s: Server) => Promise<PeerLink> }> {
+  const dir = await mkdtemp(join(tmpdir(), 'vmt-blockpath-'))
+  const bytes = randomBytes(blocks * BLOCK)
+  await writeFile(join(dir, 'image.raw'), bytes)
+  const manifest = await manifestFromFile({ imageId: 'img', path: join(dir, 'image.raw'), blockSizeBytes: BLOCK, key: identityFromSeed(randomBytes(32)) })
+  const client = await createNode({ identity: identityFromSeed(randomBytes(32)), listen: ['/ip4/127.0.0.1/tcp/0'] })
+  const linkTo = async (s: Server): Promise<PeerLink> => {
+    await client.dial(s.node.getMultiaddrs()[0], { signal: AbortSignal.timeout(10_000) })
+    return new PeerLink(client, peerIdFromString(s.peerId), silentLogger)
+  }
+  return { dir, manifest, bytes, client, linkTo }
+}
+
+test('block server: requests over the queue bound get busy; a cancelled request sends no more frames', { timeout: 60_000 }, async () => {
+  const { dir, manifest, bytes, client, linkTo } = await setup(16)
+  // One block per frame, and a store whose reads wait at the gate after the first: the test decides the pace.
+  let reads = 0
+  let open!: () => void
+  const gate = new Promise<void>(resolve => { open = resolve })
+  const store = memoryStore(manifest, bytes)
+  const gatedStore: BlockStore = { ...store, readBlock: async (index, o) => { if (reads++ > 0) await gate; return await store.readBlock(index, o) } }
+  const s = await server(manifest, bytes, { maxQueuedRequests: 2, frameBudgetBytes: BLOCK, resolve: rootHex => rootHex === manifest.rootHex ? gatedStore : undefined })
+  try {
+    const link = await linkTo(s)
+    const first = new AbortController()
+    let firstBlocks = 0
+    const gotFirst = Promise.withResolvers<void>()
+    const r1 = link.getBlocks(manifest.root, [0, 1, 2, 3, 4, 5, 6, 7], PRIORITY_DEMAND, { signal: first.signal, onBlock: () => { firstBlocks++; gotFirst.resolve() } })
+    const second = new AbortController()
+    const r2 = link.getBlocks(manifest.root, [8, 9, 10, 11], PRIORITY_DEMAND, { signal: second.signal })
+    const r3 = link.getBlocks(manifest.root, [12], PRIORITY_DEMAND, { signal: AbortSignal.timeout(20_000) })
+    await assert.rejects(r3, { name: 'PeerBusyError' })
+    await gotFirst.promise
+    first.abort(new Error('cancelled by the test'))
+    second.abort(new Error('cancelled by the test'))
+    await assert.rejects(r1)
+    await assert.rejects(r2)
+    // Frames are handled in order: once the pong is back, the server has seen both CANCELs.
+    await link.ping(AbortSignal.timeout(10_000))
+    open()
+    // The queue is free again, and the next request is answered without the cancelled ones' blocks first.
+    const after = await link.getBlocks(manifest.root, [15], PRIORITY_DEMAND, { signal: AbortSignal.timeout(20_000) })
+    assert.deepEqual(Buffer.from(after.get(15) as Uint8Array), bytes.subarray(15 * BLOCK, 16 * BLOCK))
+    await link.ping(AbortSignal.timeout(10_000))
+    // Sent: the first block, at most the frame that was being read when CANCEL came, and block 15.
+    assert.equal(firstBlocks, 1)
+    assert.ok(s.sentBytes() <= 3 * BLOCK, `server sent ${s.sentBytes()} bytes after both requests were cancelled`)
+    link.close()
+  } finally {
+    await client.stop()
+    await s.node.stop()
+    await rm(dir, { recursive: true, force: true })
+  }
+})
+
+function directoryOf (manifest: Manifest, servers: Array<{ server: Server, parent: boolean }>, links: Map<string, PeerLink>, failed: string[]): PeerDirectory {
+  return {
+    sources: () => servers.map(({ server, parent }) => ({ peerId: server.peerId, isParent: parent, holdProbability: () => 1, full: false })),
+    link: peerId => links.get(peerId) as PeerLink,
+    isBanned: () => false,
+    reportFailed: (_m, peerId, err) => { failed.push(`${peerId}:${err.name}`) },
+    reportCorrupt: () => {},
+    onReceived: () => {},
+    waitForSources: async (_m, signal) => await new Promise((_resolve, reject) => { signal.addEventListener('abort', () => { reject(signal.reason) }, { once: true }) })
+  }
+}
+
+test('peer source: a slow parent is hedged to the next peer and its request is cancelled at once', { timeout: 60_000 }, async () => {
+  const { dir, manifest, bytes, client, linkTo } = await setup(4)
+  const slow = await server(manifest, bytes, { gated: true })
+  const fast = await server(manifest, bytes)
+  try {
+    const links = new Map([[slow.peerId, await linkTo(slow)], [fast.peerId, await linkTo(fast)]])
+    const failed: string[] = []
+    const source = new PeerSource({
+      directory: directoryOf(manifest, [{ server: slow, parent: true }, { server: fast, parent: false }], links, failed),
+      scheduler: { hedgeMinMs: 5, hedgeFactor: 1 }
+    })
+    const blocks = await source.fetch(manifest, [2], { signal: AbortSignal.timeout(20_000) })
+    assert.equal(blocks.length, 1)
+    assert.equal(blocks[0].peer, fast.peerId, 'the hedge to the fast peer won')
+    assert.deepEqual(Buffer.from(blocks[0].data), bytes.subarray(2 * BLOCK, 3 * BLOCK))
+    assert.equal(source.stats.hedges, 1)
+    assert.equal(source.stats.cancelled, 1, 'the slow request was cancelled')
+    assert.equal(links.get(slow.peerId)?.inFlight, 0, 'nothing left in flight to the slow peer')
+    assert.deepEqual(failed, [], 'a hedge loser is not reported failed')
+    // The slow server drops the cancelled request: once its read completes nothing is sent.
+    await links.get(slow.peerId)?.ping(AbortSignal.timeout(10_000))
+    slow.open()
+    await links.get(slow.peerId)?.ping(AbortSignal.timeout(10_000))
+    source.stop()
+    for (const link of links.values()) link.close()
+  } finally {
+    await client.stop()
+    await slow.node.stop()
+    await fast.node.stop()
+    await rm(dir, { recursive: true, force: true })
+  }
+})
+
+test('peer source: a busy peer hands the block to the next one without being reported failed as a parent', { timeout: 60_000 }, async () => {
+  const { dir, manifest, bytes, client, linkTo } = await setup(4)
+  const busy = await server(manifest, bytes, { maxQueuedRequests: 0 })
+  const other = await server(manifest, bytes)
+  try {
+    const links = new Map([[busy.peerId, await linkTo(busy)], [other.peerId, await linkTo(other)]])
+    const failed: string[] = []
+    const source = new PeerSource({ directory: directoryOf(manifest, [{ server: busy, parent: true }, { server: other, parent: false }], links, failed) })
+    const blocks = await source.fetch(manifest, [1, 3], { signal: AbortSignal.timeout(20_000) })
+    assert.deepEqual(blocks.map(b => b.peer), [other.peerId, other.peerId])
+    for (const b of blocks) assert.deepEqual(Buffer.from(b.data), bytes.subarray(b.index * BLOCK, (b.index + 1) * BLOCK))
+    assert.equal(busy.sentBytes(), 0)
+    assert.ok(source.stats.failovers >= 2, `failovers ${source.stats.failovers}`)
+    // Reported (the directory decides: busy does not fail a parent), with the busy error's name.
+    assert.ok(failed.every(f => f === `${busy.peerId}:PeerBusyError`), failed.join(', '))
+    source.stop()
+    for (const link of links.values()) link.close()
+  } finally {
+    await client.stop()
+    await busy.node.stop()
+    await other.node.stop()
+    await rm(dir, { recursive: true, force: true })
+  }
+})
+
+test('block server: a demand request that arrives behind a prefetch request is answered first', { timeout: 60_000 }, async () => {
+  const { dir, manifest, bytes, client, linkTo } = await setup(16)
+  const s = await server(manifest, bytes, { gated: true })
+  try {
+    const link = await linkTo(s)
+    const order: string[] = []
+    const prefetch = link.getBlocks(manifest.root, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], PRIORITY_PREFETCH, { signal: AbortSignal.timeout(20_000) })
+      .then(() => { order.push('prefetch') })
+    // The ping's answer proves the prefetch GET was queued (and its first frame is waiting at the gate).
+    await link.ping(AbortSignal.timeout(10_000))
+    const demand = link.getBlocks(manifest.root, [12], PRIORITY_DEMAND, { signal: AbortSignal.timeout(20_000) })
+      .then(blocks => { order.push('demand'); return blocks })
+    await link.ping(AbortSignal.timeout(10_000))
+    s.open()
+    const [, got] = await Promise.all([prefetch, demand])
+    assert.deepEqual(order, ['demand', 'prefetch'])
+    assert.deepEqual(Buffer.from(got.get(12) as Uint8Array), bytes.subarray(12 * BLOCK, 13 * BLOCK))
+    link.close()
+  } finally {
+    await client.stop()
+    await s.node.stop()
+    await rm(dir, { recursive: true, force: true })
+  }
+})
