@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The testbed benchmark of issue 6 (see scripts/bench-testbed.ts for what it measures).
 #   npm run bench:testbed -- --hosts N --rate RATE [--origin-rate RATE] [--trace FILE] [--json] [--out DIR]
-#     [--systems vmthunderd,nbdkit,http,bittorrent,vmthunderd-failure,vmthunderd-prefetch] [--image trace|guest|FILE]
+#     [--systems vmthunderd,nbdkit,http,bittorrent,vmthunderd-failure,vmthunderd-noprefetch] [--image trace|guest|FILE]
 #     [--prefix P] [--timeout-s S] [--vmt-config FILE] [--vmt-create at-go|before]
 # Installs the Debian packages it needs (idempotent), and always tears the testbed down, even on failure or
 # Ctrl-C (the TypeScript side does it too; this trap is the backstop).

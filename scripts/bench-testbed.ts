@@ -3,11 +3,12 @@
 //   nbdkit      central NBD server (file plugin) on the origin; hosts read from it directly
 //   http        every host downloads the whole image over HTTP (busybox httpd), then replays locally
 //   bittorrent  opentracker + aria2c seed on the origin, aria2c on every host (seeding on), then local replay
-//   vmthunderd  an agent per host, the origin agent holding the image; each host creates its instance at GO
-//               (timed, as a VM boot would) and replays over its own agent's NBD export (prefetch off: boot only)
+//   vmthunderd  an agent per host on the daemon's DEFAULT config (prefetch on, as a user runs it), the origin
+//               agent holding the image; each host creates its instance at GO (timed, as a VM boot would) and
+//               replays over its own agent's NBD export
 //   vmthunderd-failure   the same, and one relay host's agent is killed (SIGKILL) once a child has read
 //               through it, then restarted as a service manager would; every host must still read correct data
-//   vmthunderd-prefetch  the same as vmthunderd with the idle prefetcher on (not in the default list)
+//   vmthunderd-noprefetch  the same with the prefetcher off: the on-demand path alone (not in the default list)
 // Reports per system the slowest host (maxMs), the median host, the bytes the origin sent (its eth0 tx
 // counter) and the bytes each host received, checks every host read the same data as a local replay, and
 // writes results.json, results.md and results.svg to --out.
@@ -35,7 +36,7 @@ const NBD_PORT = 10809
 const HTTP_PORT = 8080
 const TRACKER_PORT = 6969
 const READY_TIMEOUT_MS = 60_000
-const ALL_SYSTEMS = ['vmthunderd', 'nbdkit', 'http', 'bittorrent', 'vmthunderd-failure', 'vmthunderd-prefetch'] as const
+const ALL_SYSTEMS = ['vmthunderd', 'nbdkit', 'http', 'bittorrent', 'vmthunderd-failure', 'vmthunderd-noprefetch'] as const
 const DEFAULT_SYSTEMS = ['vmthunderd', 'nbdkit', 'http', 'bittorrent', 'vmthunderd-failure']
 type SystemName = typeof ALL_SYSTEMS[number]
 const IMAGE_ID = 'guest'
@@ -394,7 +395,8 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
     await rm(logDir, { recursive: true, force: true })
     const configPath = join(base, 'config.json')
     await mkdir(base, { recursive: true })
-    await writeFile(configPath, JSON.stringify(mergeConfig({ prefetch: { enabled: variant.prefetch } }, ctx.vmtConfig)) + '\n')
+    // Only what differs from the daemon's defaults: the headline figures are the config a user runs.
+    await writeFile(configPath, JSON.stringify(mergeConfig(variant.prefetch ? {} : { prefetch: { enabled: false } }, ctx.vmtConfig)) + '\n')
     const agents: Agent[] = []
     const stopAll = async (): Promise<void> => { await Promise.all(agents.map(async (a) => { await stopProc(a.proc, 10_000) })) }
     try {
@@ -528,9 +530,9 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
 }
 
 const SYSTEMS: Record<SystemName, (ctx: SystemContext) => Promise<SystemRun | undefined>> = {
-  vmthunderd: vmthunderd({ name: 'vmthunderd', prefetch: false, failure: false }),
-  'vmthunderd-failure': vmthunderd({ name: 'vmthunderd-failure', prefetch: false, failure: true }),
-  'vmthunderd-prefetch': vmthunderd({ name: 'vmthunderd-prefetch', prefetch: true, failure: false }),
+  vmthunderd: vmthunderd({ name: 'vmthunderd', prefetch: true, failure: false }),
+  'vmthunderd-failure': vmthunderd({ name: 'vmthunderd-failure', prefetch: true, failure: true }),
+  'vmthunderd-noprefetch': vmthunderd({ name: 'vmthunderd-noprefetch', prefetch: false, failure: false }),
   nbdkit: runNbdkit,
   http: runHttp,
   bittorrent: runBittorrent
