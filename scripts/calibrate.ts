@@ -126,8 +126,10 @@ async function main (): Promise<void> {
 
     // attach: instance.create, then the first parent
     const t0 = performance.now()
+    const cpuBeforeCreate = await cpuMsOf(client.daemon.process.pid)
     await client.daemon.call('instance.create', { name: 'vm1', image: 'guest' })
     const createMs = performance.now() - t0
+    const createCpuMs = await cpuMsOf(client.daemon.process.pid) - cpuBeforeCreate
     await until('client attaches', async () => {
       const st = await client.daemon.call('node.status')
       return st.images?.guest?.depth !== null && st.images?.guest?.depth !== undefined ? true : undefined
@@ -186,6 +188,7 @@ async function main (): Promise<void> {
       startupCpuMs: Math.round(client.cpuMs),
       attachMs: Math.round(attachMs),
       instanceCreateMs: Math.round(createMs),
+      instanceCreateCpuMs: Math.round(createCpuMs),
       requestSendCpuMs: round3(Math.max(0, send.perRequest)),
       blockSendCpuMs: round3(Math.max(0, send.perBlock)),
       requestRecvCpuMs: round3(Math.max(0, recv.perRequest)),
@@ -197,7 +200,7 @@ async function main (): Promise<void> {
     }
     console.log(`calibration on ${out.commit}, ${out.measuredAt} (CPU from /proc, 10 ms ticks; shared machine: noisy)`)
     console.log(`start-up           wall ${fmt(client.wallMs)} ms   cpu ${fmt(client.cpuMs)} ms   (origin: wall ${fmt(origin.wallMs)}, cpu ${fmt(origin.cpuMs)})`)
-    console.log(`attach             instance.create ${fmt(createMs)} ms, first parent after ${fmt(attachMs)} ms`)
+    console.log(`attach             instance.create ${fmt(createMs)} ms (cpu ${fmt(createCpuMs)} ms), first parent after ${fmt(attachMs)} ms`)
     for (const [name, p] of [['boot trace', p1], ['1 MiB sequential', p2]] as const) {
       console.log(`${name.padEnd(18)} ${p.requests} requests, ${p.blocks} blocks in ${fmt(p.wallMs)} ms wall: sender cpu ${fmt(p.senderMs)} ms, receiver cpu ${fmt(p.receiverMs)} ms`)
     }

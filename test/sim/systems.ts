@@ -159,11 +159,15 @@ interface VState {
   src: Map<number, SourceState>
   /** When this agent's hedge scan is next due (Infinity: none scheduled). */
   hedgeScanAtMs: number
-  /** Request grouping for the per-request CPU cost: the last request seen sending / receiving. */
-  lastSendKey: number
-  lastRecvKey: number
-  lastWaitKey: number
+  /** Request grouping for the per-request costs: rings of the last requests seen sending / receiving / waiting. */
+  sendKeys: Float64Array
+  recvKeys: Float64Array
+  waitKeys: Float64Array
 }
+
+/** Requests remembered per agent for grouping blocks into requests (slot 0 counts insertions). */
+const KEY_RING = 32
+function keyRing (): Float64Array { const r = new Float64Array(KEY_RING + 1).fill(-1); r[0] = 0; return r }
 
 /** Gossipsub mesh degree: adverts reach N agents in about log_D(N) hops. */
 export const GOSSIP_D = 6
@@ -216,7 +220,7 @@ class VmThunderd implements System {
     this.params = validateTopologyParams({ ...DEFAULT_TOPOLOGY_PARAMS, ...(e.opts.scenario.topology as Partial<TopologyParams>) })
     this.fanoutLimit = this.params.childLimit
     this.costs = costsOf(e.opts.scenario)
-    this.startCpuMs = this.costs.instanceCreateMs
+    this.startCpuMs = this.costs.instanceCreateCpuMs
     this.summary = new SummaryModel(e.opts.trace, e.opts.scenario.imageBytes)
     this.attachGraceMs = Math.max(ATTACH_GRACE_HEARTBEATS * this.params.heartbeatMs, MIN_ATTACH_GRACE_MS)
     this.readWhileAttaching = e.opts.scenario.readWhileAttaching
@@ -250,7 +254,7 @@ class VmThunderd implements System {
     this.st[n.idx] = {
       parents: [], parentIdx: [], depth: n.isSeed ? 0 : null, refusedUntil: new Map(), cur: undefined, prev: undefined, seq: 0,
       lastBusyMs: 0, load: 0, lastPublishMs: -Infinity, publishPending: false, addedAtMs: n.startMs, cand: [], tried: new Map(),
-      src: new Map(), hedgeScanAtMs: Infinity, lastSendKey: -1, lastRecvKey: -1, lastWaitKey: -1
+      src: new Map(), hedgeScanAtMs: Infinity, sendKeys: keyRing(), recvKeys: keyRing(), waitKeys: keyRing()
     }
     this.publish(n)
     // the first selection runs when the agent starts, then on a heartbeat with a random phase
@@ -571,25 +575,29 @@ class VmThunderd implements System {
 
   // ---- the cost model (costs.ts): CPU per request and per block at both ends ----
 
-  /** Blocks of one read asked of one peer at one moment travel as one request: true for its first block. */
-  private firstOfRequest (at: SimNode, field: 'lastSendKey' | 'lastRecvKey' | 'lastWaitKey', peer: SimNode, r: Req): boolean {
-    const st = this.st[at.idx]
-    const key = peer.idx * 1e7 + r.startedAtMs
-    const fresh = key !== st[field]
-    st[field] = key
-    return fresh
+  /**
+   * Blocks of one read asked of one peer at one moment travel as one request (a GET of up to 16 blocks): true
+   * for the first block seen of it. Requests of several children interleave at a relay, so the last
+   * KEY_RING requests are remembered, not only the last.
+   */
+  private firstOfRequest (at: SimNode, field: 'sendKeys' | 'recvKeys' | 'waitKeys', peer: SimNode, r: Req): boolean {
+    const ring = this.st[at.idx][field]
+    const key = peer.idx * 1e8 + r.startedAtMs
+    for (let i = 1; i < ring.length; i++) if (ring[i] === key) return false
+    ring[1 + (ring[0]++ % (ring.length - 1))] = key
+    return true
   }
 
   sendCpuMs (s: SimNode, to: SimNode, _b: number, r: Req): number {
-    return this.costs.blockSendCpuMs + (this.firstOfRequest(s, 'lastSendKey', to, r) ? this.costs.requestSendCpuMs : 0)
+    return this.costs.blockSendCpuMs + (this.firstOfRequest(s, 'sendKeys', to, r) ? this.costs.requestSendCpuMs : 0)
   }
 
   recvCpuMs (n: SimNode, _b: number, s: SimNode, r: Req): number {
-    return this.costs.blockRecvCpuMs + (this.firstOfRequest(n, 'lastRecvKey', s, r) ? this.costs.requestRecvCpuMs : 0)
+    return this.costs.blockRecvCpuMs + (this.firstOfRequest(n, 'recvKeys', s, r) ? this.costs.requestRecvCpuMs : 0)
   }
 
   requestWaitMs (n: SimNode, _b: number, s: SimNode, r: Req): number {
-    return this.firstOfRequest(n, 'lastWaitKey', s, r) ? this.costs.requestWaitMs : 0
+    return this.firstOfRequest(n, 'waitKeys', s, r) ? this.costs.requestWaitMs : 0
   }
 
   parentsOf (n: SimNode): readonly number[] { return this.st[n.idx]?.parentIdx ?? [] }
