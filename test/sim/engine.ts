@@ -350,7 +350,6 @@ export class Engine {
     if (sendCpu > 0) readyMs = this.net.cpu(s.idx, sendCpu, readyMs)
     let arrival = this.net.transfer(s.idx, to.idx, size, readyMs) + (this.system.requestWaitMs?.(to, b, s, r) ?? 0)
     const recvCpu = this.system.recvCpuMs?.(to, b, s, r) ?? 0
-    if (recvCpu > 0) arrival = this.net.cpu(to.idx, recvCpu, arrival)
     r.arrivalMs = arrival
     if (s.isSeed) {
       this.seedEgressBytes += size
@@ -361,7 +360,10 @@ export class Engine {
         this.originEgressPerS[sec] += size
       }
     }
-    this.at(arrival, () => this.deliver(to, b, s, r))
+    // the receiver's CPU work is queued when the block arrives, not booked ahead: a CPU queue shared by
+    // several agents must not idle behind work that is not there yet
+    if (recvCpu > 0) this.at(arrival, () => { this.at(this.net.cpu(to.idx, recvCpu, this.nowMs), () => this.deliver(to, b, s, r)) })
+    else this.at(arrival, () => this.deliver(to, b, s, r))
   }
 
   private deliver (n: SimNode, b: number, s: SimNode, r: Req): void {

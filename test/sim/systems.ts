@@ -520,7 +520,7 @@ class VmThunderd implements System {
     st.inFlight++
     if (r.hedged) return
     r.expectedMs = this.lastExpectedMs
-    if (r.prefetch || s.parentIdx.length < 2) return // prefetch requests are not hedged (src/p2p/peer-source.ts)
+    if (r.prefetch) return // prefetch requests are not hedged (src/p2p/peer-source.ts); a hedge may go to any advertiser
     const deadline = hedgeDeadlineMs(r, this.sched)
     if (r.arrivalMs >= 0 && r.arrivalMs <= deadline) return // already on its way, in time: no hedge can be needed
     if (deadline < s.hedgeScanAtMs) {
