@@ -8,13 +8,11 @@
 // An agent holding every block is a seed (depth 0) and has no parents.
 
 import {
-  depthFromParents, selectParents, type Candidate, type ParentState
+  planHeartbeat, settleHeartbeat, type AdmissionReply, type Candidate
 } from '../topology/index.js'
 import { toTopologyAdvert } from './advert.js'
 import { isSeed, type ImageState, type ServiceComponents } from './components.js'
 
-/** A parent that refused us is not asked again for this many heartbeats. */
-const REFUSAL_EXCLUDE_HEARTBEATS = 5
 /** RTT probes per image per heartbeat (bounded work per heartbeat). */
 const MAX_PROBES_PER_HEARTBEAT = 8
 /** A candidate whose RTT was sampled more recently than this is not probed again (a probe costs both ends CPU). */
@@ -84,7 +82,6 @@ export const createHeartbeat = (init: HeartbeatInit) => (components: ServiceComp
     const manifest = state.manifest
     // Forget adverts long gone (bounded memory); selection itself ignores those older than advertTimeoutMs.
     for (const [peer, entry] of state.candidates) if (nowMs - entry.receivedAtMs > 10 * params.advertTimeoutMs) state.candidates.delete(peer)
-    for (const [peer, until] of state.refused) if (until <= nowMs) state.refused.delete(peer)
     for (const [peer, until] of state.profileExcluded) if (until <= nowMs) state.profileExcluded.delete(peer)
     if (manifest === undefined || state.store === undefined) return
     const signal = AbortSignal.any([components.stopSignal, AbortSignal.timeout(Math.max(params.heartbeatMs, MIN_EXCHANGE_TIMEOUT_MS))])
@@ -99,61 +96,54 @@ export const createHeartbeat = (init: HeartbeatInit) => (components: ServiceComp
     const probeSignal = AbortSignal.any([signal, AbortSignal.timeout(Math.max(params.heartbeatMs / 2, 300))])
     await Promise.allSettled(probes.map(async peer => await peers.link(peer).ping(probeSignal)))
 
-    // 2. Selection.
-    const excluded = new Set<string>([...state.refused.keys()])
-    for (const peer of state.candidates.keys()) if (peers.isBanned(peer)) excluded.add(peer)
-    const seed = isSeed(state)
-    const result = selectParents({
+    // 2. Selection (src/topology/driver.ts: the same decisions as the simulator's).
+    const plan = planHeartbeat({
       nowMs: clock.nowMs(),
       selfPeerId,
-      selfIsSeed: seed,
+      selfIsSeed: isSeed(state),
       candidates: candidatesOf(state),
       parents: state.parents,
-      excluded,
+      depth: state.depth,
+      refusedUntil: state.refused,
+      isBanned: peers.isBanned,
       params,
-      selfDepth: seed ? 0 : state.depth,
       childCount: init.liveChildren(state).length,
       imageId: state.imageId,
       rootHex: manifest.rootHex
     })
-    const before = new Set(state.parents.map(p => p.peerId))
-    for (const dropped of result.dropped) {
-      if (dropped.reason !== 'failed') void leaveParent(state, dropped.peerId)
-    }
+    for (const peerId of plan.leave) void leaveParent(state, peerId)
 
     // 3. Admission of new parents, lease renewal of kept ones (both also measure RTT).
-    const chosen = await Promise.all(result.parents.map(async peerId => {
+    const replies = new Map<string, AdmissionReply>()
+    await Promise.all(plan.ask.map(async ({ peerId, kept }) => {
       try {
         const reply = await peers.link(peerId).admit(manifest.root, false, signal)
-        if (!reply.accepted) {
-          state.refused.set(peerId, clock.nowMs() + REFUSAL_EXCLUDE_HEARTBEATS * params.heartbeatMs)
-          return undefined
-        }
-        const existing = state.parents.find(p => p.peerId === peerId)
-        return { peerId, sinceMs: existing?.sinceMs ?? clock.nowMs(), failed: false }
+        replies.set(peerId, reply.accepted ? 'accepted' : 'refused')
       } catch (err) {
-        if (components.stopSignal.aborted) return undefined
-        const existing = state.parents.find(p => p.peerId === peerId)
-        // A kept parent that did not answer is marked failed: the next selection replaces it at once.
-        if (existing !== undefined) return { ...existing, failed: true }
-        logger.warn('admission failed', { image: state.imageId, peer: peerId, error: (err as Error).message })
-        state.refused.set(peerId, clock.nowMs() + params.heartbeatMs)
-        return undefined
+        if (components.stopSignal.aborted) return
+        if (!kept) logger.warn('admission failed', { image: state.imageId, peer: peerId, error: (err as Error).message })
+        replies.set(peerId, 'error')
       }
     }))
-    state.parents = chosen.filter((p): p is ParentState => p !== undefined)
-    const working = state.parents.filter(p => !p.failed)
-    state.depth = isSeed(state)
-      ? 0
-      : depthFromParents(working.map(p => state.candidates.get(p.peerId)?.advert.depth ?? null))
-    const changed = state.parents.length !== before.size || state.parents.some(p => !before.has(p.peerId))
-    if (changed) {
+    if (components.stopSignal.aborted) return
+    const settled = settleHeartbeat(plan, {
+      nowMs: clock.nowMs(),
+      selfIsSeed: isSeed(state),
+      parents: state.parents,
+      replies,
+      depthOf: peerId => state.candidates.get(peerId)?.advert.depth ?? null,
+      heartbeatMs: params.heartbeatMs
+    })
+    state.parents = settled.parents
+    state.refused = settled.refusedUntil
+    state.depth = settled.depth
+    if (settled.changed) {
       logger.info('parents changed', {
-        image: state.imageId, parents: state.parents.map(p => p.peerId), depth: state.depth, dropped: result.dropped, refused: result.parents.filter(p => !state.parents.some(q => q.peerId === p))
+        image: state.imageId, parents: state.parents.map(p => p.peerId), depth: state.depth, dropped: plan.selection.dropped, refused: settled.refused
       })
     }
     // A failed parent is replaced now, not a heartbeat later.
-    if (state.parents.some(p => p.failed)) state.heartbeatAgain = true
+    if (settled.again) state.heartbeatAgain = true
 
     // 4. Advert; and a newer profile a peer advertised, if an earlier fetch did not get it.
     init.publish(state)

@@ -81,6 +81,18 @@ export interface System {
   onArrive?: (n: SimNode, b: number, src: number, r: Req) => void
   /** After block b arrived at n from src for the first time. */
   onDeliver?: (n: SimNode, b: number, src: number, r: Req | undefined) => void
+  /** Whether s fetches a block it lacks for requester `to` (a parent relays for its children); default yes. */
+  relays?: (s: SimNode, to: SimNode) => boolean
+  /** s answered 'not present' to n's request r for block b (it does not relay for n). */
+  onNotPresent?: (n: SimNode, b: number, src: number, r: Req) => void
+  /** CPU work (ms of one core) at s to send block b to n (the cost model, costs.ts); none when absent. */
+  sendCpuMs?: (s: SimNode, to: SimNode, b: number, r: Req) => number
+  /** CPU work at n to take in block b from s (decrypt, verify, store). */
+  recvCpuMs?: (n: SimNode, b: number, s: SimNode, r: Req) => number
+  /** Wall time (not CPU) a request waits inside the agents beyond their CPU, added to its first block. */
+  requestWaitMs?: (n: SimNode, b: number, s: SimNode, r: Req) => number
+  /** CPU work at an agent before its VM's first read (instance creation: manifest, cache, export). */
+  startCpuMs?: number
 }
 
 export interface CheckStats {
@@ -133,6 +145,8 @@ export class Engine {
     unreachable: [], depthHistogram: []
   }
 
+  /** Cumulative think time before each read (the trace's own schedule). */
+  private readonly dueMs: Float64Array
   private reqSerial = 0
   private booting = 0
   private pendingScenarioEvents = 0
@@ -143,10 +157,13 @@ export class Engine {
   constructor (readonly opts: EngineOptions) {
     this.scenarioRng = new Rng(opts.seed ^ 0x5eed)
     this.sysRng = new Rng(opts.seed ^ 0x51a7)
-    this.net = new Network(opts.scenario.profile, this.scenarioRng.fork())
+    this.net = new Network(opts.scenario.profile, this.scenarioRng.fork(), opts.scenario.cpu)
     this.blockSizeBytes = opts.trace.blockSizeBytes
     this.blockCount = opts.trace.blockCount
     this.checkIntervalMs = opts.checkIntervalMs ?? 1000
+    this.dueMs = new Float64Array(opts.trace.reads.length)
+    let t = 0
+    opts.trace.reads.forEach((r, i) => { t += r.thinkMs; this.dueMs[i] = t })
   }
 
   at (t: number, fn: () => void): void { this.heap.push(t < this.nowMs ? this.nowMs : t, fn) }
@@ -157,6 +174,8 @@ export class Engine {
    * is a view into it.
    */
   presence = new Uint8Array(0)
+  /** When each block arrived at each node (ms; Infinity: absent), same layout: adverts' summaries (summary.ts). */
+  arrival = new Float32Array(0)
 
   private presenceFor (idx: number): Uint8Array {
     const need = (idx + 1) * this.blockCount
@@ -164,6 +183,9 @@ export class Engine {
       const grown = new Uint8Array(Math.max(need, this.presence.length * 2))
       grown.set(this.presence)
       this.presence = grown
+      const times = new Float32Array(grown.length).fill(Infinity)
+      times.set(this.arrival)
+      this.arrival = times
       for (const n of this.nodes) n.has = grown.subarray(n.idx * this.blockCount, (n.idx + 1) * this.blockCount)
     }
     return this.presence.subarray(idx * this.blockCount, (idx + 1) * this.blockCount)
@@ -176,11 +198,17 @@ export class Engine {
       has: this.presenceFor(idx), held: 0, pending: new Map(), req: new Map(), stalled: new Set(), children: new Set(), prefetchOnly: new Set(),
       demandWaiting: false, promoted: false
     }
-    if (isSeed) { n.has.fill(1); n.held = this.blockCount; this.seeds.push(idx) }
+    if (isSeed) { n.has.fill(1); n.held = this.blockCount; this.seeds.push(idx); this.arrival.fill(0, idx * this.blockCount, (idx + 1) * this.blockCount) }
     this.nodes.push(n)
     if (boots) {
       this.booting++
-      this.at(startMs, () => { if (n.alive) this.nextRead(n, true) })
+      this.at(startMs, () => {
+        if (!n.alive) return
+        // instance creation is CPU work on the agent's host before the first read (cost model)
+        const cpu = this.system.startCpuMs ?? 0
+        if (cpu > 0) this.at(this.net.cpu(idx, cpu, this.nowMs), () => { if (n.alive) this.nextRead(n, true) })
+        else this.nextRead(n, true)
+      })
     }
     return n
   }
@@ -195,6 +223,7 @@ export class Engine {
       if (ev.kind === 'churn') capacity += Math.ceil((ev.toMs - ev.fromMs) * ev.perSecond / 1000) + 1
     }
     this.presence = new Uint8Array(capacity * this.blockCount)
+    this.arrival = new Float32Array(capacity * this.blockCount).fill(Infinity)
     for (let i = 0; i < sc.seeds; i++) this.addNode(true, false, 0)
     for (let i = 0; i < this.opts.agents; i++) this.addNode(false, true, sc.startSpreadMs > 0 ? this.scenarioRng.range(0, sc.startSpreadMs) : 0)
     system.init()
@@ -227,7 +256,12 @@ export class Engine {
       this.opts.prefetch?.onBootDone?.(n, this)
       return
     }
-    const thinkMs = reads[n.readIdx].thinkMs * this.opts.scenario.thinkTimeScale
+    const scale = this.opts.scenario.thinkTimeScale
+    // 'absolute': each read is due at its trace time from the start (the benchmarks' replay: a late read eats
+    // into the next think time); 'relative': the think time follows the previous read's completion
+    const thinkMs = this.opts.scenario.thinkMode === 'absolute'
+      ? Math.max(0, n.startMs + this.dueMs[n.readIdx] * scale - this.nowMs)
+      : reads[n.readIdx].thinkMs * scale
     if (this.opts.prefetch !== undefined) {
       for (const b of this.opts.prefetch.onThink(n, n.readIdx, thinkMs, this)) if (b >= 0 && b < this.blockCount) this.need(n, b, noop)
     }
@@ -298,6 +332,11 @@ export class Engine {
   private serve (s: SimNode, to: SimNode, b: number, r: Req): void {
     if (!s.alive) return // lost: the requester finds out by timeout, failure detection or its master
     if (s.has[b] !== 1) {
+      if (this.system.relays !== undefined && !this.system.relays(s, to)) {
+        // 'not present': the answer reaches the requester one latency later
+        this.at(this.nowMs + this.net.latencyMs(s.idx, to.idx), () => { if (to.alive) this.system.onNotPresent?.(to, b, s.idx, r) })
+        return
+      }
       // relay: fetch it first (coalesced with any fetch already under way), then serve
       this.need(s, b, () => this.serve(s, to, b, r), r.prefetch)
       return
@@ -307,7 +346,10 @@ export class Engine {
 
   private transmit (s: SimNode, to: SimNode, b: number, r: Req, readyMs: number): void {
     const size = this.blockSizeBytes
-    const arrival = this.net.transfer(s.idx, to.idx, size, readyMs)
+    const sendCpu = this.system.sendCpuMs?.(s, to, b, r) ?? 0
+    if (sendCpu > 0) readyMs = this.net.cpu(s.idx, sendCpu, readyMs)
+    let arrival = this.net.transfer(s.idx, to.idx, size, readyMs) + (this.system.requestWaitMs?.(to, b, s, r) ?? 0)
+    const recvCpu = this.system.recvCpuMs?.(to, b, s, r) ?? 0
     r.arrivalMs = arrival
     if (s.isSeed) {
       this.seedEgressBytes += size
@@ -318,7 +360,10 @@ export class Engine {
         this.originEgressPerS[sec] += size
       }
     }
-    this.at(arrival, () => this.deliver(to, b, s, r))
+    // the receiver's CPU work is queued when the block arrives, not booked ahead: a CPU queue shared by
+    // several agents must not idle behind work that is not there yet
+    if (recvCpu > 0) this.at(arrival, () => { this.at(this.net.cpu(to.idx, recvCpu, this.nowMs), () => this.deliver(to, b, s, r)) })
+    else this.at(arrival, () => this.deliver(to, b, s, r))
   }
 
   private deliver (n: SimNode, b: number, s: SimNode, r: Req): void {
@@ -327,6 +372,7 @@ export class Engine {
     if (!s.alive && s.deathMs < this.nowMs - this.net.latencyMs(s.idx, n.idx)) return // sender died mid-transfer
     if (n.has[b] === 1) { this.wastedBytes += this.blockSizeBytes; return }
     n.has[b] = 1
+    this.arrival[n.idx * this.blockCount + b] = this.nowMs
     n.held++
     const cur = n.req.get(b)
     n.req.delete(b)

@@ -33,14 +33,47 @@ const mbpsToBytesPerMs = (mbps: number): number => mbps * 125
 
 function port (mbps: number): Port { return { capBytesPerMs: mbpsToBytesPerMs(mbps), freeAtMs: 0, busyMs: 0 } }
 
+/** CPU of the hosts (the cost model): a core count per host, or one pool shared by every host (the testbed). */
+export interface CpuProfile {
+  coresPerHost: number
+  sharedCores?: number
+}
+
 export class Network {
   readonly hosts: Host[] = []
+  /** One CPU queue per host (capacity: cores, in CPU-ms per ms), or one shared by all. */
+  readonly cpus: Port[] = []
+  /**
+   * CPU that every agent spends regardless of blocks (adverts received, heartbeats), in ms per second per
+   * agent: taken off the capacity left for block work.
+   */
+  backgroundCpuMsPerS = 0
+  private sharedCpu: Port | undefined
   readonly rackUp: Port[] = []
   readonly rackDown: Port[] = []
   /** Bytes that crossed a rack uplink (either direction). */
   crossRackBytes = 0
 
-  constructor (readonly profile: LinkProfile, private readonly rng: Rng) {}
+  constructor (readonly profile: LinkProfile, private readonly rng: Rng, readonly cpuProfile: CpuProfile = { coresPerHost: 1 }) {
+    if (cpuProfile.sharedCores !== undefined) this.sharedCpu = { capBytesPerMs: cpuProfile.sharedCores, freeAtMs: 0, busyMs: 0 }
+  }
+
+  /**
+   * Queues `cpuMs` of CPU work at host a, ready at readyMs; returns when it is done. The work is FIFO on the
+   * host's cores (or the shared pool), at the capacity left by the background load.
+   */
+  cpu (a: number, cpuMs: number, readyMs: number): number {
+    const p = this.sharedCpu ?? this.cpus[a]
+    const agents = this.sharedCpu !== undefined ? this.hosts.length : 1
+    const cores = p.capBytesPerMs
+    // background work takes its share first; at least 5 % of the cores stay for blocks (the loop still turns)
+    const left = Math.max(0.05 * cores, cores - agents * this.backgroundCpuMsPerS / 1000)
+    const start = p.freeAtMs > readyMs ? p.freeAtMs : readyMs
+    const dur = cpuMs / left
+    p.freeAtMs = start + dur
+    p.busyMs += dur
+    return p.freeAtMs
+  }
 
   addHost (): number {
     const i = this.hosts.length
@@ -59,6 +92,7 @@ export class Network {
       host = { rack: 0, up: port(cls.upMbps), down: port(cls.downMbps), latencyMs: this.rng.range(p.hostLatencyMinMs, p.hostLatencyMaxMs) }
     }
     this.hosts.push(host)
+    this.cpus.push({ capBytesPerMs: this.cpuProfile.coresPerHost, freeAtMs: 0, busyMs: 0 })
     return i
   }
 

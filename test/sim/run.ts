@@ -7,6 +7,7 @@ import type { Scenario } from './scenario.js'
 import { makePrefetch, PlannerPrefetch } from './prefetch.js'
 import type { PrefetchConfig } from './prefetch.js'
 import { makeSystem } from './systems.js'
+import type { GossipStats } from './systems.js'
 import type { Trace } from './trace.js'
 
 export const SYSTEMS: readonly SystemName[] = ['central', 'volt', 'vmthunderd']
@@ -37,6 +38,11 @@ export interface SystemResult {
   wallMs: number
   /** CPU time of the run (user + system), when it ran alone in its process (one worker at a time). */
   cpuMs?: number
+  /**
+   * vmthunderd's adverts (issue 10 step 6): published in all, the peak per second on the image's topic, and
+   * per agent per second (mean over the run's booting seconds). Every agent on the topic receives each one.
+   */
+  adverts?: { published: number, peakTopicPerS: number, meanPerAgentPerS: number }
   /** For the plots. */
   series: { completionsMs: number[], originEgressPerS: number[], depthHistogram: number[], unreachable: Array<[number, number]> }
 }
@@ -94,7 +100,9 @@ export function runSystem (name: SystemName, o: RunOptions, withPrefetch = false
   const t0 = performance.now()
   const prefetch = withPrefetch ? makePrefetch(o.trace, o.prefetchConfig) : o.prefetch
   const e = new Engine({ scenario: o.scenario, trace: o.trace, seed: o.seed, agents: o.agents, prefetch, promoteComplete: withPrefetch })
-  e.run(makeSystem(name, e))
+  const system = makeSystem(name, e)
+  e.run(system)
+  const gossip = (system as Partial<{ gossip: GossipStats }>).gossip
   const completions: number[] = []
   let unfinished = 0; let crashed = 0
   for (const n of e.nodes) {
@@ -126,12 +134,22 @@ export function runSystem (name: SystemName, o: RunOptions, withPrefetch = false
       runs: e.check.checks, cycles: e.check.cycleChecksFailed, firstCycle: e.check.firstCycle, fanoutViolations: e.check.fanoutViolations,
       absentReads: e.check.absentReads, unreachableAtEnd: last === undefined ? 0 : last[1]
     },
+    ...(gossip === undefined ? {} : { adverts: advertStats(gossip, e.nodes.length) }),
     simEndMs: e.nowMs,
     events: e.eventsRun,
     wallMs: Math.round(performance.now() - t0),
     series: { completionsMs: completions, originEgressPerS: e.originEgressPerS, depthHistogram: e.check.depthHistogram, unreachable: e.check.unreachable }
   }
   return { result, engine: e }
+}
+
+function advertStats (g: GossipStats, agents: number): { published: number, peakTopicPerS: number, meanPerAgentPerS: number } {
+  const secs = g.perSecond.length
+  return {
+    published: g.advertsPublished,
+    peakTopicPerS: Math.max(0, ...g.perSecond),
+    meanPerAgentPerS: secs === 0 || agents === 0 ? 0 : Math.round(g.advertsPublished / secs / agents * 1000) / 1000
+  }
 }
 
 export function lowerBoundMs (e: Engine, F: number): number {

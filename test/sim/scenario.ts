@@ -57,6 +57,11 @@ export const scenarioSchema = z.object({
   startSpreadMs: z.number().nonnegative().default(0),
   /** Scales the trace's think times (0: reads back to back). */
   thinkTimeScale: z.number().nonnegative().default(1),
+  /**
+   * 'relative': a read's think time starts when the previous read completed (a VM); 'absolute': reads are due at
+   * their trace times from the start, as the benchmarks' replay does (scripts/bench-p2p.ts).
+   */
+  thinkMode: z.enum(['relative', 'absolute']).default('relative'),
   events: z.array(event).default([]),
   /** vmthunderd topology overrides (TopologyParams fields). */
   topology: z.record(z.string(), z.unknown()).default({}),
@@ -72,6 +77,28 @@ export const scenarioSchema = z.object({
    * --prefetch does the same).
    */
   prefetch: z.boolean().default(false),
+  /** Size of the image the trace was read from: adverts summarize presence over its block groups. */
+  imageBytes: z.number().int().positive().default(1024 ** 3),
+  /**
+   * CPU of the hosts for the cost model: cores per host (the daemon is one event loop: 1), or `sharedCores`
+   * for a pool every host shares (the testbed runs all its hosts on this 2-core machine).
+   */
+  cpu: z.object({ coresPerHost: z.number().positive().default(1), sharedCores: z.number().positive().optional() }).default({ coresPerHost: 1 }),
+  /**
+   * vmthunderd's CPU costs (test/sim/costs.ts): 'measured' uses config/sim/costs.json (npm run calibrate),
+   * 'none' the old cost-free model; an object overrides single fields of the measured ones.
+   */
+  costs: z.union([z.enum(['measured', 'none']), z.record(z.string(), z.number().nonnegative())]).default('measured'),
+  /**
+   * vmthunderd: while an agent attaches (no parent yet), blocks may come from any peer that advertises them,
+   * the origin included (issue 10 step 4); false: they wait for the first parents (the daemon before it).
+   */
+  readWhileAttaching: z.boolean().default(true),
+  /**
+   * vmthunderd: agents whose adverts each agent receives. Absent: all of them (one gossipsub topic per image,
+   * as the daemon does today); a number models topic partitioning (test/sim/README.md, gossip at scale).
+   */
+  advertTopicAgents: z.number().int().positive().optional(),
   /** Stop a run at this simulated time even if agents have not finished. */
   maxSimMs: z.number().positive().default(7_200_000)
 })

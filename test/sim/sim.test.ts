@@ -45,7 +45,8 @@ test('uniform, 40 agents: checkers clean, nobody beats the bound, vmthunderd ori
 })
 
 test('no think time: central is origin-bound (N·F/u_s) and never faster than the bound', { timeout: 120_000 }, () => {
-  const r = runScenario({ scenario: scenario('uniform', { thinkTimeScale: 0 }), trace, agents: 30, seed: 2 })
+  // network only (no CPU costs): the flow model's own facts
+  const r = runScenario({ scenario: scenario('uniform', { thinkTimeScale: 0, costs: 'none' }), trace, agents: 30, seed: 2 })
   assertClean(r, 'no-think')
   const c = r.systems.central
   const originBoundMs = 30 * trace.blockCount * trace.blockSizeBytes / 125_000 // 1 Gb/s = 125,000 bytes/ms
@@ -107,6 +108,15 @@ test('the checkers catch a broken system (cycle, fan-out, cut-off agents)', { ti
   assert.ok(e.check.cycleChecksFailed > 0)
   assert.ok(e.check.fanoutViolations > 0)
   assert.ok(e.check.unreachable.some(([, u]) => u === 6))
+})
+
+test('testbed scenario: the CPU cost model makes vmthunderd slower than without costs, and the table has every row', { timeout: 60_000 }, () => {
+  const sc = scenario('testbed-1g')
+  const withCosts = runScenario({ scenario: sc, trace, agents: 8, seed: 1, systems: ['vmthunderd'] }).systems.vmthunderd
+  const free = runScenario({ scenario: { ...sc, costs: 'none' }, trace, agents: 8, seed: 1, systems: ['vmthunderd'] }).systems.vmthunderd
+  assertClean({ boundMs: 0, systems: { vmthunderd: withCosts } } as unknown as RunResult, 'testbed-1g')
+  assert.ok((withCosts.completionMaxMs as number) > 2 * (free.completionMaxMs as number), `with costs ${withCosts.completionMaxMs} ms, without ${free.completionMaxMs} ms`)
+  assert.ok(withCosts.adverts !== undefined && withCosts.adverts.published > 8, 'adverts are counted')
 })
 
 test('scenario files are validated with the field named', { timeout: 5000 }, () => {

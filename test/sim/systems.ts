@@ -2,16 +2,22 @@
 // - central: every agent reads every block from the origin (failover to another seed after 30 s).
 // - volt: VMThunder's master builds one binary tree per image, breadth-first into the first free slot
 //   (fan-out 2, one parent per agent); it notices a dead agent after 30 s and re-attaches the orphans.
-// - vmthunderd: each agent runs the production src/topology code: selectParents every heartbeat on a
-//   bounded candidate table fed by (delayed) gossip adverts, admitChild at the parent, and the multipath
-//   scheduler (chooseSource, hedging, failover) for every block.
+// - vmthunderd: each agent runs the daemon's heartbeat (src/topology/driver.ts: planHeartbeat, admission with
+//   admitChild at the parent, settleHeartbeat) on a bounded candidate table fed by (delayed) gossip adverts
+//   that carry the daemon's presence summaries (summary.ts), publishes adverts as the daemon does (every
+//   heartbeat and on change, at most every 250 ms), picks sources as src/p2p/peer-source.ts does (parents;
+//   then peers advertising the block with free slots; then any advertiser, full ones and seeds included) with
+//   the scheduler's chooseSource and hedging, and pays the measured CPU costs of the daemon (costs.ts).
 
 import {
-  admitChild, chooseHedgeTarget, chooseSource, DEFAULT_SCHEDULER_PARAMS, DEFAULT_TOPOLOGY_PARAMS, depthFromParents,
-  hedgeDeadlineMs, selectParents, validateTopologyParams
+  admitChild, chooseSource, DEFAULT_SCHEDULER_PARAMS, DEFAULT_TOPOLOGY_PARAMS, hedgeDeadlineMs, planHeartbeat,
+  settleHeartbeat, validateTopologyParams
 } from '../../src/topology/index.js'
-import type { Advert, Candidate, ParentState, SourceState, TopologyParams } from '../../src/topology/index.js'
+import type { AdmissionReply, Advert, Candidate, ParentState, SourceState, TopologyParams } from '../../src/topology/index.js'
+import { costsOf, NEIGHBOURS_MAX } from './costs.js'
+import type { CostParams } from './costs.js'
 import type { Engine, Req, SimNode, System } from './engine.js'
+import { SummaryModel } from './summary.js'
 
 export const FAILURE_DETECT_MS = 30_000
 
@@ -133,31 +139,51 @@ interface VState {
   parents: ParentState[]
   parentIdx: number[]
   depth: number | null
-  excludedUntil: Map<string, number>
+  /** Refusals in force (the driver's map). */
+  refusedUntil: Map<string, number>
   /** The last two adverts published (gossip delivers the newest one old enough). */
   cur: Published | undefined
   prev: Published | undefined
   seq: number
   lastBusyMs: number
   load: number
+  lastPublishMs: number
+  publishPending: boolean
+  /** When the image was added (instance created): the daemon's attach grace counts from it. */
+  addedAtMs: number
+  /** The candidate table of the last heartbeat: the peers this agent knows adverts of (sources too). */
+  cand: number[]
+  /** Blocks → sources that answered 'not present' (not asked again for that block until it stalls). */
+  tried: Map<number, number[]>
   /** Per-source accounting for the scheduler, keyed by node index (kept as SourceState, reused). */
   src: Map<number, SourceState>
-  /** src entries aligned with parents (a cache of src lookups). */
-  srcArr: Array<SourceState | undefined>
   /** When this agent's hedge scan is next due (Infinity: none scheduled). */
   hedgeScanAtMs: number
+  /** Request grouping for the per-request costs: rings of the last requests seen sending / receiving / waiting. */
+  sendKeys: Float64Array
+  recvKeys: Float64Array
+  waitKeys: Float64Array
 }
 
+/** Requests remembered per agent for grouping blocks into requests (slot 0 counts insertions). */
+const KEY_RING = 32
+function keyRing (): Float64Array { const r = new Float64Array(KEY_RING + 1).fill(-1); r[0] = 0; return r }
+
 /** Gossipsub mesh degree: adverts reach N agents in about log_D(N) hops. */
-const GOSSIP_D = 6
+export const GOSSIP_D = 6
 /** Per-hop processing (validation, queueing) of a gossip message. */
 const GOSSIP_HOP_MS = 1
 /** A parent that misses a ping is failed after this (pings go out every heartbeat). */
 const PING_TIMEOUT_MS = 500
-/** Selection rounds per tick when joins are refused. */
-const SELECT_ATTEMPTS = 3
-/** A detached agent looks again this soon (adverts are published on change, so new parents show up fast). */
+/** A detached agent looks again this soon (the daemon re-runs its heartbeat when a newly eligible advert arrives). */
 const DETACHED_RETRY_MS = 25
+/** The daemon publishes adverts on change at most this often (src/p2p/service.ts DEFAULT_MIN_ADVERT_INTERVAL_MS). */
+export const MIN_ADVERT_INTERVAL_MS = 250
+/** The daemon's attach grace (src/p2p/service.ts): 3 heartbeats, at least 5 s. */
+const ATTACH_GRACE_HEARTBEATS = 3
+const MIN_ATTACH_GRACE_MS = 5000
+/** holdProbability at or above this counts as holding (src/p2p/peer-source.ts). */
+const HOLDS_PROBABILITY = 0.75
 /**
  * The sim's index of "who has been heard advertising room" is rebuilt lazily when older than this (adverts
  * are published on change and arrive within a few ms; a detached agent looks at a fresher index).
@@ -165,25 +191,57 @@ const DETACHED_RETRY_MS = 25
 const INDEX_MAX_AGE_MS = 100
 const INDEX_MAX_AGE_DETACHED_MS = 10
 
+/** Gossip counters (issue 10 step 6): adverts published per second of simulated time. */
+export interface GossipStats {
+  advertsPublished: number
+  perSecond: number[]
+}
+
 class VmThunderd implements System {
   readonly name = 'vmthunderd' as const
   readonly params: Required<TopologyParams>
   readonly fanoutLimit: number
+  readonly costs: CostParams
+  readonly startCpuMs: number
+  readonly gossip: GossipStats = { advertsPublished: 0, perSecond: [] }
   private st: VState[] = []
   private hops = 1
   private eligibleAll: number[] = []
   private eligibleByRack = new Map<number, number[]>()
   private lastExpectedMs = 0
   private readonly sched = DEFAULT_SCHEDULER_PARAMS
+  private readonly summary: SummaryModel
+  private readonly attachGraceMs: number
+  private readonly readWhileAttaching: boolean
+  /** Agents whose adverts one agent receives (the whole swarm: one gossipsub topic per image). */
+  private readonly topicAgents: number
 
   constructor (private readonly e: Engine) {
     this.params = validateTopologyParams({ ...DEFAULT_TOPOLOGY_PARAMS, ...(e.opts.scenario.topology as Partial<TopologyParams>) })
     this.fanoutLimit = this.params.childLimit
+    this.costs = costsOf(e.opts.scenario)
+    this.startCpuMs = this.costs.instanceCreateCpuMs
+    this.summary = new SummaryModel(e.opts.trace, e.opts.scenario.imageBytes)
+    this.attachGraceMs = Math.max(ATTACH_GRACE_HEARTBEATS * this.params.heartbeatMs, MIN_ATTACH_GRACE_MS)
+    this.readWhileAttaching = e.opts.scenario.readWhileAttaching
+    this.topicAgents = e.opts.scenario.advertTopicAgents ?? Infinity
   }
 
   private indexAtMs = -Infinity
 
-  init (): void {}
+  init (): void {
+    // Once a second: every agent's background CPU (idle work and the adverts it received last second).
+    const perSecond = (): void => {
+      const sec = Math.floor(this.e.nowMs / 1000) - 1
+      const published = sec >= 0 ? (this.gossip.perSecond[sec] ?? 0) : 0
+      const live = this.e.nodes.length
+      const received = live === 0 ? 0 : published * Math.min(1, this.topicAgents / live)
+      this.e.net.backgroundCpuMsPerS = this.costs.idleCpuMsPerS + received * this.costs.advertCpuMs +
+        Math.min(live - 1, NEIGHBOURS_MAX) * this.costs.neighbourCpuMsPerS
+      this.e.at(this.e.nowMs + 1000, perSecond)
+    }
+    if (this.costs.idleCpuMsPerS > 0 || this.costs.advertCpuMs > 0 || this.costs.neighbourCpuMsPerS > 0) this.e.at(1000, perSecond)
+  }
 
   private ensureIndex (maxAgeMs: number): void {
     if (this.e.nowMs - this.indexAtMs < maxAgeMs) return
@@ -194,8 +252,9 @@ class VmThunderd implements System {
   onNodeAdded (n: SimNode): void {
     this.hops = Math.max(1, Math.ceil(Math.log(this.e.nodes.length) / Math.log(GOSSIP_D)))
     this.st[n.idx] = {
-      parents: [], parentIdx: [], depth: n.isSeed ? 0 : null, excludedUntil: new Map(), cur: undefined, prev: undefined, seq: 0,
-      lastBusyMs: 0, load: 0, src: new Map(), srcArr: [], hedgeScanAtMs: Infinity
+      parents: [], parentIdx: [], depth: n.isSeed ? 0 : null, refusedUntil: new Map(), cur: undefined, prev: undefined, seq: 0,
+      lastBusyMs: 0, load: 0, lastPublishMs: -Infinity, publishPending: false, addedAtMs: n.startMs, cand: [], tried: new Map(),
+      src: new Map(), hedgeScanAtMs: Infinity, sendKeys: keyRing(), recvKeys: keyRing(), waitKeys: keyRing()
     }
     this.publish(n)
     // the first selection runs when the agent starts, then on a heartbeat with a random phase
@@ -215,19 +274,40 @@ class VmThunderd implements System {
     return n.isSeed ? this.e.opts.scenario.seedChildLimit : this.params.childLimit
   }
 
+  private complete (n: SimNode): boolean { return n.isSeed || n.promoted }
+
   private publish (n: SimNode): void {
     const s = this.st[n.idx]
+    const now = this.e.nowMs
     const up = this.e.net.hosts[n.idx].up
-    s.load = Math.min(1, (up.busyMs - s.lastBusyMs) / this.params.heartbeatMs)
+    const sinceMs = Math.max(1, Math.min(this.params.heartbeatMs, now - s.lastPublishMs))
+    s.load = Math.min(1, (up.busyMs - s.lastBusyMs) / sinceMs)
     s.lastBusyMs = up.busyMs
+    s.lastPublishMs = now
     s.prev = s.cur
+    const total = this.summary.totalBlocks
     s.cur = {
-      atMs: this.e.nowMs,
+      atMs: now,
       advert: {
-        peerId: n.id, imageId: 'image', rootHex: 'root', seq: ++s.seq, depth: s.depth, heldBlocks: n.held,
-        totalBlocks: this.e.blockCount, childCount: n.children.size, childLimit: this.childLimitOf(n), uploadLoad: s.load
+        peerId: n.id, imageId: 'image', rootHex: 'root', seq: ++s.seq, depth: s.depth, heldBlocks: this.complete(n) ? total : n.held,
+        totalBlocks: total, childCount: n.children.size, childLimit: this.childLimitOf(n), uploadLoad: s.load
       }
     }
+    this.gossip.advertsPublished++
+    const sec = Math.floor(now / 1000)
+    const ps = this.gossip.perSecond
+    while (ps.length <= sec) ps.push(0)
+    ps[sec]++
+  }
+
+  /** The daemon's publishSoon: at once if the last advert is old enough, else when the rate limit allows. */
+  private publishSoon (n: SimNode): void {
+    const s = this.st[n.idx]
+    if (s.publishPending || !n.alive) return
+    const at = s.lastPublishMs + MIN_ADVERT_INTERVAL_MS
+    if (at <= this.e.nowMs) { this.publish(n); return }
+    s.publishPending = true
+    this.e.at(at, () => { s.publishPending = false; if (n.alive) this.publish(n) })
   }
 
   private gossipDelayMs (from: number, to: number): number {
@@ -288,81 +368,62 @@ class VmThunderd implements System {
     const s = this.st[n.idx]
     // children that died are noticed by missed pings
     for (const c of n.children) { const m = nodes[c]; if (!m.alive && now >= m.deathMs + PING_TIMEOUT_MS) n.children.delete(c) }
-    if (!n.isSeed && !n.promoted && e.opts.promoteComplete === true && n.held === e.blockCount) {
-      // issue 5: an agent holding every block is a seed (as src/p2p/service.ts does): it leaves its
-      // parents, advertises depth 0 and keeps its own child limit
-      const res = selectParents({
-        nowMs: now, selfPeerId: n.id, selfIsSeed: true, candidates: [], parents: s.parents, excluded: new Set(), params: this.params,
-        selfDepth: s.depth, childCount: n.children.size, imageId: 'image', rootHex: 'root'
-      })
-      for (const d of res.dropped) {
-        const j = Number(d.peerId.slice(1))
-        nodes[j].children.delete(n.idx)
-        s.src.delete(j)
-      }
-      s.parents = []
-      s.parentIdx = []
-      s.srcArr.length = 0
-      s.depth = res.depth
-      n.promoted = true
-    }
-    if (!n.isSeed && !n.promoted) {
+    const promote = !n.isSeed && !n.promoted && e.opts.promoteComplete === true && n.held === e.blockCount
+    if (promote) n.promoted = true // issue 5: an agent holding every block is a seed (as src/p2p/service.ts does)
+    if (!n.isSeed) {
       for (const p of s.parents) { const m = nodes[Number(p.peerId.slice(1))]; if (!m.alive && now >= m.deathMs + PING_TIMEOUT_MS) p.failed = true }
-      const excluded = new Set<string>()
-      for (const [id, until] of s.excludedUntil) if (until > now) excluded.add(id); else s.excludedUntil.delete(id)
       const candidates: Candidate[] = []
       const depthOf = new Map<string, number | null>()
-      for (const j of this.candidateTable(n)) {
+      s.cand = n.promoted ? [] : this.candidateTable(n)
+      for (const j of s.cand) {
         const seen = this.seen(j, n.idx)
         if (seen === undefined) continue
         const noise = 1 + 0.1 * (2 * e.sysRng.next() - 1)
         candidates.push({ advert: seen.advert, receivedAtMs: seen.atMs + this.gossipDelayMs(j, n.idx), rttMs: 2 * e.net.latencyMs(n.idx, j) * noise })
         depthOf.set(seen.advert.peerId, seen.advert.depth)
       }
-      // a refused join is retried at once with the refuser excluded (bounded: SELECT_ATTEMPTS per tick)
-      for (let attempt = 0; attempt < SELECT_ATTEMPTS; attempt++) {
-        const res = selectParents({
-          nowMs: now, selfPeerId: n.id, selfIsSeed: false, candidates, parents: s.parents, excluded, params: this.params,
-          selfDepth: s.depth, childCount: n.children.size, imageId: 'image', rootHex: 'root'
-        })
-        for (const d of res.dropped) {
-          const j = Number(d.peerId.slice(1))
-          nodes[j].children.delete(n.idx)
-          s.src.delete(j)
-        }
-        const old = new Map(s.parents.map(p => [p.peerId, p]))
-        const next: ParentState[] = []
-        let refused = 0
-        for (const id of res.parents) {
-          const prev = old.get(id)
-          if (prev !== undefined) { next.push(prev); continue }
-          const j = Number(id.slice(1))
-          const pm = nodes[j]
-          const ok = pm.alive && admitChild({
-            childCount: pm.children.size, childLimit: this.childLimitOf(pm), isAlreadyChild: pm.children.has(n.idx), selfDepth: this.st[j].depth
-          }).admit
-          if (ok) { pm.children.add(n.idx); next.push({ peerId: id, sinceMs: now, failed: false }) } else {
-            refused++
-            s.excludedUntil.set(id, now + 2 * this.params.heartbeatMs)
-            excluded.add(id)
+      // the daemon's heartbeat (src/topology/driver.ts); admission is synchronous here (no network exchange)
+      const plan = planHeartbeat({
+        nowMs: now, selfPeerId: n.id, selfIsSeed: n.promoted, candidates, parents: s.parents, depth: s.depth, refusedUntil: s.refusedUntil,
+        params: this.params, childCount: n.children.size, imageId: 'image', rootHex: 'root'
+      })
+      for (const d of plan.selection.dropped) {
+        const j = Number(d.peerId.slice(1))
+        if (nodes[j].children.delete(n.idx)) this.publishSoon(nodes[j])
+        s.src.delete(j)
+      }
+      const replies = new Map<string, AdmissionReply>()
+      for (const { peerId, kept } of plan.ask) {
+        const j = Number(peerId.slice(1))
+        const pm = nodes[j]
+        // a dead parent whose pings have not yet failed still looks alive (the renewal is in flight)
+        if (kept) { replies.set(peerId, 'accepted'); continue }
+        if (!pm.alive) { replies.set(peerId, 'error'); continue }
+        const ok = admitChild({ childCount: pm.children.size, childLimit: this.childLimitOf(pm), isAlreadyChild: pm.children.has(n.idx), selfDepth: this.st[j].depth }).admit
+        if (ok) { pm.children.add(n.idx); this.publishSoon(pm) }
+        replies.set(peerId, ok ? 'accepted' : 'refused')
+      }
+      const res = settleHeartbeat(plan, {
+        nowMs: now, selfIsSeed: n.promoted, parents: s.parents, replies, heartbeatMs: this.params.heartbeatMs, depthOf: id => depthOf.get(id) ?? null
+      })
+      s.parents = res.parents
+      s.parentIdx = res.parents.filter(p => !p.failed).map(p => Number(p.peerId.slice(1)))
+      s.refusedUntil = res.refusedUntil
+      s.depth = res.depth
+      if (res.again) e.at(now, () => { if (n.alive) this.tick(n) })
+      if (!n.promoted) {
+        // fail over what was asked of a parent we no longer have, and ask for what waited for a source
+        if (n.pending.size > 0) {
+          const live = new Set(s.parentIdx)
+          for (const b of [...n.pending.keys()]) {
+            const r = n.req.get(b)
+            if (r !== undefined && !live.has(r.src) && !nodes[r.src].alive) e.issue(n, b)
           }
         }
-        s.parents = next
-        s.parentIdx = next.map(p => Number(p.peerId.slice(1)))
-        s.srcArr.length = 0
-        s.depth = depthFromParents(next.map(p => depthOf.get(p.peerId) ?? null))
-        if (refused === 0) break
+        for (const b of n.stalled) s.tried.delete(b) // peers tried earlier may hold it by now (peer-source.ts)
+        e.retryStalled(n)
+        if (s.parentIdx.length === 0) this.e.at(now + DETACHED_RETRY_MS, () => { if (n.alive && this.st[n.idx].parentIdx.length === 0) this.tick(n) })
       }
-      // fail over what was asked of a parent we no longer have, and ask for what waited for a parent
-      if (n.pending.size > 0) {
-        const live = new Set(s.parentIdx)
-        for (const b of [...n.pending.keys()]) {
-          const r = n.req.get(b)
-          if (r !== undefined && !live.has(r.src)) e.issue(n, b)
-        }
-      }
-      e.retryStalled(n)
-      if (s.parentIdx.length === 0) this.e.at(now + DETACHED_RETRY_MS, () => { if (n.alive && this.st[n.idx].parentIdx.length === 0) this.tick(n) })
     }
     this.publish(n)
   }
@@ -380,32 +441,76 @@ class VmThunderd implements System {
     return st
   }
 
-  /** The scheduler's view of n's usable parents for block b (SourceState objects reused between calls). */
-  private sources (n: SimNode, b: number, out: SourceState[]): SourceState[] {
-    out.length = 0
-    const s = this.st[n.idx]
-    const presence = this.e.presence
-    const B = this.e.blockCount
-    for (let i = 0; i < s.parents.length; i++) {
-      if (s.parents[i].failed) continue
-      const j = s.parentIdx[i]
-      let st = s.srcArr[i]
-      if (st === undefined || st.peerId !== s.parents[i].peerId) { st = this.sourceState(n, j); s.srcArr[i] = st }
-      st.holds = presence[j * B + b] === 1
-      out.push(st)
-    }
-    return out
+  /** holdProbability of j's advert as n has it now (the daemon's summary). */
+  private holdProbability (j: number, seen: Published, b: number): number {
+    return this.summary.holdProbability(this.e.arrival, j * this.e.blockCount, b, seen.atMs, seen.advert.heldBlocks === seen.advert.totalBlocks)
   }
 
-  private readonly scratch: SourceState[] = []
-
-  chooseSource (n: SimNode, b: number): number {
+  private attaching (n: SimNode): boolean {
     const s = this.st[n.idx]
-    if (s.parentIdx.length === 0) return -1
-    const c = chooseSource({ blockIndex: b, sizeBytes: this.e.blockSizeBytes }, this.sources(n, b, this.scratch), this.sched)
+    return !this.complete(n) && s.parentIdx.length === 0 && this.e.nowMs - s.addedAtMs < this.attachGraceMs
+  }
+
+  private readonly tier: SourceState[] = []
+  private readonly full: SourceState[] = []
+
+  /**
+   * src/p2p/peer-source.ts's pick: the parents (they relay what they lack, at the relay penalty); else peers
+   * whose advert says they hold the block and that have a free slot; else, as a last resort (not for a hedge,
+   * not while attaching unless readWhileAttaching), any peer advertising the block, seeds included.
+   */
+  private pick (n: SimNode, b: number, exclude: readonly number[] | undefined, hedge: boolean): number {
+    const s = this.st[n.idx]
+    const tier = this.tier
+    tier.length = 0
+    const req = { blockIndex: b, sizeBytes: this.e.blockSizeBytes }
+    for (let i = 0; i < s.parentIdx.length; i++) {
+      const j = s.parentIdx[i]
+      if (exclude?.includes(j) === true) continue
+      const seen = this.seen(j, n.idx)
+      const st = this.sourceState(n, j)
+      st.holds = seen !== undefined && this.holdProbability(j, seen, b) >= HOLDS_PROBABILITY
+      tier.push(st)
+    }
+    if (tier.length > 0) return this.chosen(chooseSource(req, tier, this.sched))
+    const full = this.full
+    full.length = 0
+    for (const j of s.cand) {
+      if (exclude?.includes(j) === true || s.parentIdx.includes(j)) continue
+      const seen = this.seen(j, n.idx)
+      if (seen === undefined) continue
+      const p = this.holdProbability(j, seen, b)
+      if (p <= 0) continue
+      const st = this.sourceState(n, j)
+      st.holds = p >= HOLDS_PROBABILITY
+      const a = seen.advert
+      if (a.childCount >= a.childLimit || a.depth === 0) full.push(st); else tier.push(st)
+    }
+    if (tier.length > 0) return this.chosen(chooseSource(req, tier, this.sched))
+    const lastResort = !hedge && (this.readWhileAttaching || !this.attaching(n))
+    if (lastResort && full.length > 0) return this.chosen(chooseSource(req, full, this.sched))
+    return -1
+  }
+
+  private chosen (c: { peerId: string, expectedMs: number } | null): number {
     if (c === null) return -1
     this.lastExpectedMs = c.expectedMs
     return Number(c.peerId.slice(1))
+  }
+
+  chooseSource (n: SimNode, b: number): number {
+    if (this.complete(n)) return -1
+    return this.pick(n, b, this.st[n.idx].tried.get(b), false)
+  }
+
+  relays (s: SimNode, to: SimNode): boolean { return s.children.has(to.idx) }
+
+  onNotPresent (n: SimNode, b: number, src: number, r: Req): void {
+    this.release(n, src)
+    const s = this.st[n.idx]
+    const tried = s.tried.get(b)
+    if (tried === undefined) s.tried.set(b, [src]); else if (!tried.includes(src)) tried.push(src)
+    if (n.req.get(b)?.serial === r.serial) this.e.issue(n, b)
   }
 
   onRequest (n: SimNode, _b: number, r: Req): void {
@@ -415,7 +520,7 @@ class VmThunderd implements System {
     st.inFlight++
     if (r.hedged) return
     r.expectedMs = this.lastExpectedMs
-    if (r.prefetch || s.parentIdx.length < 2) return // prefetch requests are not hedged (src/p2p/peer-source.ts)
+    if (r.prefetch) return // prefetch requests are not hedged (src/p2p/peer-source.ts); a hedge may go to any advertiser
     const deadline = hedgeDeadlineMs(r, this.sched)
     if (r.arrivalMs >= 0 && r.arrivalMs <= deadline) return // already on its way, in time: no hedge can be needed
     if (deadline < s.hedgeScanAtMs) {
@@ -436,17 +541,24 @@ class VmThunderd implements System {
       if (r.arrivalMs >= 0 && r.arrivalMs <= deadline) continue
       if (deadline > this.e.nowMs) { next = Math.min(next, deadline); continue }
       r.hedged = true
-      const t = chooseHedgeTarget({ blockIndex: b, sizeBytes: this.e.blockSizeBytes }, this.sources(n, b, this.scratch), { ...r, peerId: `n${r.src}` }, this.sched)
-      if (t !== null) this.e.sendRequest(n, b, Number(t.peerId.slice(1)), true)
+      const tried = s.tried.get(b)
+      const t = this.pick(n, b, tried === undefined ? [r.src] : [...tried, r.src], true)
+      if (t >= 0) this.e.sendRequest(n, b, t, true)
     }
     if (next < Infinity) { s.hedgeScanAtMs = next; this.e.at(next, () => this.hedgeScan(n)) }
   }
 
-  onArrive (n: SimNode, _b: number, src: number, r: Req): void {
+  private release (n: SimNode, src: number): SourceState | undefined {
     const st = this.st[n.idx].src.get(src)
-    if (st === undefined) return
+    if (st === undefined) return undefined
     st.queuedBytes = Math.max(0, st.queuedBytes - this.e.blockSizeBytes)
     st.inFlight = Math.max(0, st.inFlight - 1)
+    return st
+  }
+
+  onArrive (n: SimNode, _b: number, src: number, r: Req): void {
+    const st = this.release(n, src)
+    if (st === undefined) return
     const elapsedMs = this.e.nowMs - r.startedAtMs
     if (elapsedMs > 0) {
       const observed = this.e.blockSizeBytes / elapsedMs * 1000
@@ -454,9 +566,38 @@ class VmThunderd implements System {
     }
   }
 
-  onDeliver (n: SimNode): void {
+  onDeliver (n: SimNode, b: number): void {
+    this.st[n.idx].tried.delete(b)
     // a complete agent becomes a seed at once (the daemon re-advertises on the last block), not at its next heartbeat
     if (this.e.opts.promoteComplete === true && !n.isSeed && !n.promoted && n.held === this.e.blockCount) this.e.at(this.e.nowMs, () => { if (n.alive) this.tick(n) })
+    else this.publishSoon(n) // blocks added: the daemon re-advertises (rate-limited)
+  }
+
+  // ---- the cost model (costs.ts): CPU per request and per block at both ends ----
+
+  /**
+   * Blocks of one read asked of one peer at one moment travel as one request (a GET of up to 16 blocks): true
+   * for the first block seen of it. Requests of several children interleave at a relay, so the last
+   * KEY_RING requests are remembered, not only the last.
+   */
+  private firstOfRequest (at: SimNode, field: 'sendKeys' | 'recvKeys' | 'waitKeys', peer: SimNode, r: Req): boolean {
+    const ring = this.st[at.idx][field]
+    const key = peer.idx * 1e8 + r.startedAtMs
+    for (let i = 1; i < ring.length; i++) if (ring[i] === key) return false
+    ring[1 + (ring[0]++ % (ring.length - 1))] = key
+    return true
+  }
+
+  sendCpuMs (s: SimNode, to: SimNode, _b: number, r: Req): number {
+    return this.costs.blockSendCpuMs + (this.firstOfRequest(s, 'sendKeys', to, r) ? this.costs.requestSendCpuMs : 0)
+  }
+
+  recvCpuMs (n: SimNode, _b: number, s: SimNode, r: Req): number {
+    return this.costs.blockRecvCpuMs + (this.firstOfRequest(n, 'recvKeys', s, r) ? this.costs.requestRecvCpuMs : 0)
+  }
+
+  requestWaitMs (n: SimNode, _b: number, s: SimNode, r: Req): number {
+    return this.firstOfRequest(n, 'waitKeys', s, r) ? this.costs.requestWaitMs : 0
   }
 
   parentsOf (n: SimNode): readonly number[] { return this.st[n.idx]?.parentIdx ?? [] }

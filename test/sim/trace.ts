@@ -19,6 +19,8 @@ export interface Trace {
   blockSizeBytes: number
   /** Distinct blocks touched (dense ids are 0..blockCount-1). */
   blockCount: number
+  /** The image's block index of each dense id (adverts summarize presence by image block groups). */
+  imageBlocks: number[]
   /** Distinct bytes read (byte-exact, not rounded to blocks): F of the lower bound. */
   distinctBytes: number
   /** Sum of think times: the boot's duration with instant reads. */
@@ -40,6 +42,7 @@ export function parseTrace (text: string, blockSizeBytes = 64 * 1024, maxReads =
   }
   if (raw.length === 0) throw new TraceFormatError('no reads')
   const dense = new Map<number, number>()
+  const imageBlocks: number[] = []
   const reads: TraceRead[] = []
   let prevT = 0
   let thinkTotalMs = 0
@@ -51,7 +54,7 @@ export function parseTrace (text: string, blockSizeBytes = 64 * 1024, maxReads =
     const blocks: number[] = []
     for (let b = Math.floor(r.off / blockSizeBytes); b <= Math.floor((r.off + r.len - 1) / blockSizeBytes); b++) {
       let id = dense.get(b)
-      if (id === undefined) { id = dense.size; dense.set(b, id) }
+      if (id === undefined) { id = dense.size; dense.set(b, id); imageBlocks.push(b) }
       blocks.push(id)
     }
     blocks.sort((a, b) => a - b)
@@ -65,7 +68,7 @@ export function parseTrace (text: string, blockSizeBytes = 64 * 1024, maxReads =
     if (s > curE) { if (curE > curS) distinctBytes += curE - curS; curS = s; curE = e } else if (e > curE) curE = e
   }
   if (curE > curS) distinctBytes += curE - curS
-  return { reads, blockSizeBytes, blockCount: dense.size, distinctBytes, thinkTotalMs }
+  return { reads, blockSizeBytes, blockCount: dense.size, imageBlocks, distinctBytes, thinkTotalMs }
 }
 
 export function loadTrace (path: string, blockSizeBytes?: number): Trace {

@@ -1,9 +1,10 @@
 // A small synchronous-rounds driver of the topology module for property tests: agents publish adverts at
 // the end of each round and select parents from the previous round's adverts (so every decision is made
-// on information one heartbeat stale, as with gossip), parents admit children with admitChild.
+// on information one heartbeat stale, as with gossip), parents admit children with admitChild. The heartbeat
+// decisions are the daemon's own (src/topology/driver.ts: planHeartbeat, admission, settleHeartbeat).
 
-import { admitChild, depthFromParents, findCycle, selectParents } from '../../src/topology/index.js'
-import type { Advert, ParentState, SelectionResult, TopologyParams } from '../../src/topology/index.js'
+import { admitChild, findCycle, planHeartbeat, settleHeartbeat } from '../../src/topology/index.js'
+import type { AdmissionReply, Advert, HeartbeatPlan, ParentState, TopologyParams } from '../../src/topology/index.js'
 import { Rng } from '../sim/rng.js'
 
 export interface HarnessAgent {
@@ -13,6 +14,7 @@ export interface HarnessAgent {
   parents: ParentState[]
   depth: number | null
   children: Set<string>
+  /** Refusals in force: peer → until (ms), as the driver keeps them. */
   excludedUntilMs: Map<string, number>
   x: number
   y: number
@@ -82,8 +84,6 @@ export class Harness {
     const adverts = [...this.published.values()]
     const order = this.rng.shuffle(this.agents.filter(a => a.alive))
     for (const a of order) {
-      const excluded = new Set<string>()
-      for (const [id, until] of a.excludedUntilMs) if (until > nowMs) excluded.add(id); else a.excludedUntilMs.delete(id)
       const candidates = []
       for (const { advert, atMs } of adverts) {
         if (advert.peerId === a.id) continue
@@ -92,35 +92,36 @@ export class Harness {
         const noise = 1 + this.opts.rttNoise * (2 * this.rng.next() - 1)
         candidates.push({ advert, receivedAtMs: atMs + 1, rttMs: this.baseRttMs(a, b) * noise })
       }
-      const res = selectParents({
-        nowMs, selfPeerId: a.id, selfIsSeed: a.isSeed, candidates, parents: a.parents, excluded,
-        params: this.opts.params, imageId: 'img', rootHex: 'root', selfDepth: a.depth, childCount: a.children.size
+      const plan = planHeartbeat({
+        nowMs, selfPeerId: a.id, selfIsSeed: a.isSeed, candidates, parents: a.parents, depth: a.depth, refusedUntil: a.excludedUntilMs,
+        params: this.opts.params, imageId: 'img', rootHex: 'root', childCount: a.children.size
       })
-      this.apply(a, res, nowMs)
+      this.apply(a, plan, nowMs)
     }
     for (const a of this.agents) if (a.alive && !a.isSeed && a.heldBlocks < this.totalBlocks && a.depth !== null) a.heldBlocks++
     this.publish(nowMs + 5)
   }
 
-  apply (a: HarnessAgent, res: SelectionResult, nowMs: number): void {
-    for (const d of res.dropped) this.byId.get(d.peerId)?.children.delete(a.id)
-    const old = new Map(a.parents.map(p => [p.peerId, p]))
-    const next: ParentState[] = []
-    for (const id of res.parents) {
-      const prev = old.get(id)
-      if (prev !== undefined) { next.push(prev); continue }
-      const p = this.byId.get(id)
-      const ok = p !== undefined && p.alive && admitChild({
+  apply (a: HarnessAgent, plan: HeartbeatPlan, nowMs: number): void {
+    for (const d of plan.selection.dropped) this.byId.get(d.peerId)?.children.delete(a.id)
+    const replies = new Map<string, AdmissionReply>()
+    for (const { peerId, kept } of plan.ask) {
+      const p = this.byId.get(peerId)
+      if (p === undefined || !p.alive) { replies.set(peerId, 'error'); continue }
+      const ok = kept || admitChild({
         childCount: p.children.size, childLimit: this.opts.params.childLimit, isAlreadyChild: p.children.has(a.id), selfDepth: p.depth
       }).admit
-      if (ok) { p.children.add(a.id); next.push({ peerId: id, sinceMs: nowMs, failed: false }) } else {
-        a.excludedUntilMs.set(id, nowMs + 2 * this.opts.params.heartbeatMs)
-      }
+      if (ok) p.children.add(a.id)
+      replies.set(peerId, ok ? 'accepted' : 'refused')
     }
-    const before = a.parents.map(p => p.peerId).sort().join(',')
-    a.parents = next
-    if (before !== next.map(p => p.peerId).sort().join(',')) a.changes++
-    a.depth = a.isSeed ? 0 : depthFromParents(next.map(p => this.published.get(p.peerId)?.advert.depth ?? null))
+    const res = settleHeartbeat(plan, {
+      nowMs, selfIsSeed: a.isSeed, parents: a.parents, replies, heartbeatMs: this.opts.params.heartbeatMs,
+      depthOf: id => this.published.get(id)?.advert.depth ?? null
+    })
+    if (res.changed) a.changes++
+    a.parents = res.parents
+    a.excludedUntilMs = res.refusedUntil
+    a.depth = res.depth
   }
 
   /** Crash an agent: its children's next call sees it failed (when `reported`) or silent (advert ages out). */

@@ -1,0 +1,136 @@
+// The per-image heartbeat decisions, pure, shared by the daemon (src/p2p/service.ts), the simulator
+// (test/sim/systems.ts) and the unit harness (test/unit/topology-harness.ts), so that all three run the same
+// logic. One heartbeat is two steps around the admission exchange, which is I/O and stays with the caller:
+//
+//   plan   = planHeartbeat(input)          expire refusals, exclude refusers and banned peers, selectParents
+//   (caller asks every plan.ask peer to admit us / renew our lease, and tells plan.leave peers we left)
+//   result = settleHeartbeat(plan, replies)  refusers excluded for REFUSAL_EXCLUDE_HEARTBEATS, a kept parent that
+//                                            did not answer is marked failed (and `again` asks for a re-run),
+//                                            depth recomputed from the parents that are working
+//
+// One selection per heartbeat (SELECTIONS_PER_HEARTBEAT): a refused agent tries again at its next heartbeat
+// or when the caller re-runs it early (a newly eligible advert, a failed parent). No I/O, no timers.
+
+import { depthFromParents } from './depth.js'
+import { selectParents } from './select.js'
+import type { Candidate, ParentState, SelectionResult, TopologyParams } from './types.js'
+
+/** A parent that refused us is not asked again for this many heartbeats. */
+export const REFUSAL_EXCLUDE_HEARTBEATS = 5
+/** A new parent whose admission exchange failed (timeout, stream error) is not asked again for this many. */
+export const ADMIT_ERROR_EXCLUDE_HEARTBEATS = 1
+/** Selections per heartbeat: the daemon's admission is a network exchange, so one per tick. */
+export const SELECTIONS_PER_HEARTBEAT = 1
+
+export interface HeartbeatInput {
+  nowMs: number
+  selfPeerId: string
+  selfIsSeed: boolean
+  candidates: readonly Candidate[]
+  parents: readonly ParentState[]
+  /** The depth this agent last advertised. */
+  depth: number | null
+  /** peerId → excluded until (ms), from earlier refusals. Not modified. */
+  refusedUntil: ReadonlyMap<string, number>
+  /** Peers never to choose (banned): checked for each candidate. */
+  isBanned?: (peerId: string) => boolean
+  params: TopologyParams
+  childCount: number
+  imageId?: string
+  rootHex?: string
+}
+
+export interface HeartbeatPlan {
+  selection: SelectionResult
+  /** Refusals still in force (expired ones removed). */
+  refusedUntil: Map<string, number>
+  /** Peers to ask for admission, in selection order; `kept`: already our parent (a lease renewal). */
+  ask: Array<{ peerId: string, kept: boolean }>
+  /** Dropped parents to tell that we left (a failed one is not told: it is gone or broken). */
+  leave: string[]
+}
+
+export function planHeartbeat (input: HeartbeatInput): HeartbeatPlan {
+  const refusedUntil = new Map<string, number>()
+  for (const [peer, until] of input.refusedUntil) if (until > input.nowMs) refusedUntil.set(peer, until)
+  const excluded = new Set<string>(refusedUntil.keys())
+  if (input.isBanned !== undefined) for (const c of input.candidates) if (input.isBanned(c.advert.peerId)) excluded.add(c.advert.peerId)
+  const selection = selectParents({
+    nowMs: input.nowMs,
+    selfPeerId: input.selfPeerId,
+    selfIsSeed: input.selfIsSeed,
+    candidates: input.candidates,
+    parents: input.parents,
+    excluded,
+    params: input.params,
+    selfDepth: input.selfIsSeed ? 0 : input.depth,
+    childCount: input.childCount,
+    imageId: input.imageId,
+    rootHex: input.rootHex
+  })
+  const current = new Set(input.parents.map(p => p.peerId))
+  return {
+    selection,
+    refusedUntil,
+    ask: selection.parents.map(peerId => ({ peerId, kept: current.has(peerId) })),
+    leave: selection.dropped.filter(d => d.reason !== 'failed').map(d => d.peerId)
+  }
+}
+
+/** What a peer answered to our admission request. */
+export type AdmissionReply = 'accepted' | 'refused' | 'error'
+
+export interface SettleInput {
+  /** Time the replies were in. */
+  nowMs: number
+  selfIsSeed: boolean
+  /** Our parents before this heartbeat (their sinceMs is kept). */
+  parents: readonly ParentState[]
+  /** One reply per plan.ask entry, by peer id; a missing reply counts as 'error'. */
+  replies: ReadonlyMap<string, AdmissionReply>
+  /** Depth a peer last advertised (null: detached or unknown). */
+  depthOf: (peerId: string) => number | null
+  heartbeatMs: number
+}
+
+export interface HeartbeatResult {
+  /** Parents to hold (failed ones included, marked). */
+  parents: ParentState[]
+  /** Depth to advertise. */
+  depth: number | null
+  /** Refusals in force after this heartbeat. */
+  refusedUntil: Map<string, number>
+  /** Peers that refused or failed admission now. */
+  refused: string[]
+  /** A kept parent failed to answer: run the heartbeat again now to replace it. */
+  again: boolean
+  /** The parent set differs from the one before. */
+  changed: boolean
+}
+
+export function settleHeartbeat (plan: HeartbeatPlan, input: SettleInput): HeartbeatResult {
+  const refusedUntil = new Map(plan.refusedUntil)
+  const previous = new Map(input.parents.map(p => [p.peerId, p]))
+  const parents: ParentState[] = []
+  const refused: string[] = []
+  for (const { peerId } of plan.ask) {
+    const reply = input.replies.get(peerId) ?? 'error'
+    const existing = previous.get(peerId)
+    if (reply === 'accepted') {
+      parents.push({ peerId, sinceMs: existing?.sinceMs ?? input.nowMs, failed: false })
+    } else if (reply === 'refused') {
+      refusedUntil.set(peerId, input.nowMs + REFUSAL_EXCLUDE_HEARTBEATS * input.heartbeatMs)
+      refused.push(peerId)
+    } else if (existing !== undefined) {
+      // A kept parent that did not answer is marked failed: the next selection replaces it at once.
+      parents.push({ ...existing, failed: true })
+    } else {
+      refusedUntil.set(peerId, input.nowMs + ADMIT_ERROR_EXCLUDE_HEARTBEATS * input.heartbeatMs)
+      refused.push(peerId)
+    }
+  }
+  const working = parents.filter(p => !p.failed)
+  const depth = input.selfIsSeed ? 0 : depthFromParents(working.map(p => input.depthOf(p.peerId)))
+  const changed = parents.length !== previous.size || parents.some(p => !previous.has(p.peerId))
+  return { parents, depth, refusedUntil, refused, again: parents.some(p => p.failed), changed }
+}
