@@ -4,7 +4,10 @@
 import type { Manifest } from '../blockstack/manifest.js'
 import { holdProbability } from './advert.js'
 import type { PeerDirectory, SourceInfo } from './peer-source.js'
-import type { ImageState, ServiceComponents } from './components.js'
+import { isSeed, type ImageState, type ServiceComponents } from './components.js'
+
+/** A VM's reads wait at most this long (or one heartbeat) for the image's first parents before other peers are asked. */
+const MIN_ATTACH_GRACE_MS = 1000
 
 export interface DirectoryInit {
   /** A parent failed a request: replace it. */
@@ -31,6 +34,11 @@ export const createDirectory = (init: DirectoryInit) => (components: ServiceComp
         })
       }
       return out
+    },
+    attaching (manifest) {
+      const state = byRoot.get(manifest.rootHex)
+      if (state === undefined || isSeed(state) || state.parents.some(p => !p.failed)) return false
+      return components.clock.nowMs() - state.addedAtMs < Math.max(components.params.heartbeatMs, MIN_ATTACH_GRACE_MS)
     },
     link: peers.link,
     isBanned: peers.isBanned,

@@ -56,6 +56,8 @@ export interface SourceInfo {
 /** What the peer source needs from the service: who can serve an image, links, and where to report. */
 export interface PeerDirectory {
   sources: (manifest: Manifest) => SourceInfo[]
+  /** True while the agent has no parent for the image and its short attach grace runs (see pickSource). */
+  attaching: (manifest: Manifest) => boolean
   link: (peerId: string) => PeerLink
   isBanned: (peerId: string) => boolean
   /** A request to this peer failed (stream error, timeout): the parent is replaced at the next heartbeat. */
@@ -256,9 +258,12 @@ export class PeerSource implements BlockSource {
     const all = usable.filter(info => info.holdProbability(job.index) > 0)
     const notFull = all.filter(info => !info.full)
     // A peer whose child slots are all taken (typically a busy seed) is asked only as a last resort, and never
-    // for a hedge (an extra copy). An agent still attaching (no parent yet) reads from it rather than wait:
-    // a VM's first reads must not wait for the tree.
-    const lastResort = hedge ? [] : all
+    // for a hedge (an extra copy). An agent still attaching (no parent yet) gives its parents one heartbeat
+    // (directory.attaching) before a VM's read goes there: long enough for most first parents to come, so a
+    // wave of agents does not pull its first reads from the origin, short enough that a first read does not
+    // wait for the tree. Prefetch waits for parents: no VM waits for it.
+    const attaching = parents.length === 0 && (job.priority !== 'demand' || this.directory.attaching(job.manifest))
+    const lastResort = hedge || attaching ? [] : all
     for (const group of [parents, notFull, lastResort]) {
       if (group.length === 0) continue
       const choice = chooseSource({ blockIndex: job.index, sizeBytes: job.bytes }, this.sourceStates(job, group), this.params)

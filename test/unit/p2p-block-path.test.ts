@@ -122,6 +122,7 @@ test('block server: requests over the queue bound get busy; a cancelled request 
 function directoryOf (manifest: Manifest, servers: Array<{ server: Server, parent: boolean }>, links: Map<string, PeerLink>, failed: string[]): PeerDirectory {
   return {
     sources: () => servers.map(({ server, parent }) => ({ peerId: server.peerId, isParent: parent, holdProbability: () => 1, full: false })),
+    attaching: () => false,
     link: peerId => links.get(peerId) as PeerLink,
     isBanned: () => false,
     reportFailed: (_m, peerId, err) => { failed.push(`${peerId}:${err.name}`) },
