@@ -26,6 +26,8 @@ const [mode, ...rest] = process.argv.slice(2)
 const opt = new Map<string, string>()
 for (let i = 0; i < rest.length; i += 2) opt.set(rest[i].replace(/^--/, ''), rest[i + 1])
 const RPC_TIMEOUT_MS = 120_000
+/** --think 1: each read at its trace time (the boot's own pace), not back to back. */
+const think = opt.get('think') === '1'
 /** How long a driver whose agent died waits for the orchestrator's RESUME. */
 const RESUME_TIMEOUT_MS = 120_000
 const need = (k: string): string => {
@@ -76,7 +78,7 @@ async function main (): Promise<void> {
       const conn = await nbdConnect(opt.has('socket')
         ? { socketPath: need('socket'), exportName: opt.get('export') ?? '' }
         : { host: need('host'), port: Number(need('port')), exportName: opt.get('export') ?? '' })
-      const replay = await replayNbd(trace, conn)
+      const replay = await replayNbd(trace, conn, undefined, { think })
       await conn.close()
       return { replay }
     }
@@ -92,6 +94,7 @@ async function main (): Promise<void> {
       if (opt.get('create') !== 'before') await create()
       const fetchMs = performance.now() - t0 // here: the time instance.create took
       const replay = await replayNbdResumable(trace, {
+        think,
         connect: async () => await nbdConnect({ socketPath, exportName }),
         onLost: async (err) => {
           console.error(`bench-host: agent lost (${err.message}); waiting for RESUME`)
@@ -110,7 +113,7 @@ async function main (): Promise<void> {
       const t0 = performance.now()
       await runToEnd('curl', ['-sS', '--fail', '--max-time', '3000', '-o', dest, url])
       const fetchMs = performance.now() - t0
-      return { replay: await replayFile(trace, dest), fetchMs }
+      return { replay: await replayFile(trace, dest, undefined, { think }), fetchMs }
     }
   } else if (mode === 'bt') {
     const torrent = need('torrent')
@@ -141,7 +144,7 @@ async function main (): Promise<void> {
       if (!existsSync(marker)) await Promise.race([seen, exited])
       ac.abort()
       const fetchMs = performance.now() - t0
-      return { replay: await replayFile(trace, dest), fetchMs }
+      return { replay: await replayFile(trace, dest, undefined, { think }), fetchMs }
     }
   } else {
     console.error(`bench-host: unknown mode ${String(mode)}`)

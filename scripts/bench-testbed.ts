@@ -15,7 +15,7 @@
 //
 // Usage (root): npm run bench:testbed -- [--hosts 8] [--rate 1gbit] [--origin-rate RATE] [--trace FILE]
 //   [--image trace|guest|FILE] [--systems vmthunderd,nbdkit,http,bittorrent,vmthunderd-failure] [--json] [--out DIR]
-//   [--prefix vmtb] [--vmt-config FILE (merged into the agents' config)] [--vmt-create at-go|before]
+//   [--prefix vmtb] [--vmt-config FILE (merged into the agents' config)] [--vmt-create at-go|before] [--think]
 //   [--timeout-s S (per system; default from the full-copy worst case)] [--vmt-timeout-s 600]
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
 import { mkdtemp, mkdir, rm, writeFile, symlink, stat, readFile } from 'node:fs/promises'
@@ -127,6 +127,9 @@ export interface BenchResults {
   code?: string
   /** 'trace' (generated from the trace), 'guest', or the file given. */
   image?: string
+  /** --think: every host replays with the trace's think times; localThinkMs is the same replay from a local file. */
+  think?: boolean
+  localThinkMs?: number
   systems: Partial<Record<SystemName, SystemResult>>
   skipped: Partial<Record<SystemName, string>>
 }
@@ -157,6 +160,8 @@ export interface HostControl {
 }
 
 export interface SystemContext {
+  /** Hosts replay with the trace's think times. */
+  think: boolean
   tb: Testbed
   /** The image on the origin, its size, and a work directory per node (origin: `workDir/origin`). */
   image: string
@@ -556,7 +561,7 @@ async function runSystem (name: SystemName, ctx: SystemContext, trace: string, r
   const drivers: ChildProcess[] = []
   try {
     for (const [i, h] of tb.hosts.entries()) {
-      drivers.push(startIn(h.ns, process.execPath, ['--import', 'tsx', HOST_DRIVER, ...sys.hostArgs(i, h), '--trace', trace], { cwd: REPO_ROOT, stdin: true }))
+      drivers.push(startIn(h.ns, process.execPath, ['--import', 'tsx', HOST_DRIVER, ...sys.hostArgs(i, h), '--trace', trace, ...(ctx.think ? ['--think', '1'] : [])], { cwd: REPO_ROOT, stdin: true }))
     }
     await Promise.all(drivers.map((d) => waitForLine(d, (l) => l === 'READY', READY_TIMEOUT_MS, ctx.signal)))
     const originBefore = await linkCounters(tb.origin.ns)
@@ -651,6 +656,7 @@ export function markdownTable (r: BenchResults, command: string): string {
   return [
     `${r.hosts} hosts at ${r.rate} (origin ${r.originRate}), trace ${basename(r.trace)} (${mib(r.distinctBytes)} MiB distinct), image ${r.image ?? ''} ${mib(r.imageBytes)} MiB.`,
     `Command: \`${command}\`${r.code !== undefined ? ` (code ${r.code})` : ''}`,
+    ...(r.localThinkMs !== undefined ? [`Think times: every host reads at the trace's pace; a local file replay takes ${secs(r.localThinkMs)} s. Seconds added over it (slowest host): ${ran.filter((n) => r.systems[n] !== undefined).map((n) => `${n} +${secs(r.systems[n]!.maxMs - r.localThinkMs!)}`).join(', ')}.`] : []),
     '',
     '| system | slowest host (s) | median host (s) | slowest vs nbdkit | origin sent MiB (x distinct) | MiB per host | read ms p50 / p90 / max | data ok | load avg (1 min) before / after |',
     '| --- | --- | --- | --- | --- | --- | --- | --- | --- |',
@@ -701,7 +707,7 @@ function parseArgs (argv: string[]): Map<string, string> {
     const a = argv[i]
     if (!a.startsWith('--')) throw new BenchError(`unexpected argument ${a}`)
     const [k, v] = a.includes('=') ? [a.slice(2, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a.slice(2), undefined]
-    if (k === 'json') { m.set(k, 'true'); continue }
+    if (k === 'json' || k === 'think') { m.set(k, 'true'); continue }
     const val = v ?? argv[++i]
     if (val === undefined) throw new BenchError(`--${k} needs a value`)
     m.set(k, val)
@@ -713,6 +719,7 @@ async function main (): Promise<void> {
   const args = parseArgs(process.argv.slice(2))
   const hosts = Number(args.get('hosts') ?? 8)
   const rate = args.get('rate') ?? '1gbit'
+  const think = args.get('think') === 'true'
   const originRate = args.get('origin-rate') ?? rate
   const prefix = args.get('prefix') ?? 'vmtb'
   const trace = resolve(args.get('trace') ?? join(REPO_ROOT, 'test', 'fixtures', 'debian12-boot.reads.csv'))
@@ -764,9 +771,11 @@ async function main (): Promise<void> {
     const maxEnd = Math.max(...reads.map((r) => r.offset + r.length))
     if (maxEnd > imageBytes) throw new BenchError(`trace reads up to ${maxEnd} but the image has ${imageBytes} bytes`)
     const refDigest = (await replayFile(reads, image)).digest
+    // With --think, the baseline for 'seconds added': the same paced replay from a local file, in this run.
+    const localThinkMs = think ? (log('local replay with think times (the baseline)...'), (await replayFile(reads, image, ac.signal, { think: true })).elapsedMs) : undefined
     const distinct = distinctBytes(reads)
     tb = await testbedUp({ hosts, rate, originRate, prefix, signal: ac.signal })
-    const ctx: SystemContext = { tb, image, imageBytes, workDir: wd, hostDir: (i) => join(wd, `h${i + 1}`), signal: ac.signal, logDir: join(outDir, 'logs'), vmtConfig, vmtCreate, log }
+    const ctx: SystemContext = { think, tb, image, imageBytes, workDir: wd, hostDir: (i) => join(wd, `h${i + 1}`), signal: ac.signal, logDir: join(outDir, 'logs'), vmtConfig, vmtCreate, log }
     // Bound per system: a few times the slowest plausible case (every host pulling the whole image from
     // the origin), at least 2 minutes.
     const originBps = tb.originRateBytesPerSec
@@ -774,7 +783,7 @@ async function main (): Promise<void> {
     // vmthunderd moves about the trace's distinct bytes once per host at most: a run that has not finished in
     // 10 minutes is stuck (the failure run can be), not slow.
     const vmtTimeoutMs = Number(args.get('vmt-timeout-s') ?? 600) * 1000
-    const results: BenchResults = { distinctBytes: distinct, hosts, rate, originRate, trace, imageBytes, image: imageArg, code: codeVersion(), systems: {}, skipped: {} }
+    const results: BenchResults = { distinctBytes: distinct, hosts, rate, originRate, trace, imageBytes, image: imageArg, code: codeVersion(), think, localThinkMs, systems: {}, skipped: {} }
     for (const name of ALL_SYSTEMS.filter((s) => systems.includes(s))) {
       log(`${name}: starting`)
       const load0 = loadavg()[0]

@@ -212,14 +212,23 @@ export async function nbdConnect (target: NbdTarget, opts: { timeoutMs?: number,
 
 type ReadFn = (offset: number, length: number) => Promise<Buffer>
 
-async function replayWith (reads: TraceRead[], read: ReadFn, signal?: AbortSignal): Promise<ReplayResult> {
+/** Replay options: `think` issues each read at its trace time (the boot's own pace) instead of back to back. */
+export interface ReplayOptions { think?: boolean }
+
+async function replayWith (reads: TraceRead[], read: ReadFn, signal?: AbortSignal, options: ReplayOptions = {}): Promise<ReplayResult> {
   const hash = createHash('sha256')
   let bytes = 0
   let maxReadMs = 0
   const times: number[] = []
   const start = performance.now()
+  const firstMs = reads[0]?.timeMs ?? 0
   for (const r of reads) {
     signal?.throwIfAborted()
+    if (options.think === true) {
+      // Bounded by the trace's own length; a read that is late (the previous one stalled) goes at once.
+      const waitMs = r.timeMs - firstMs - (performance.now() - start)
+      if (waitMs > 0) await new Promise<void>((resolve) => setTimeout(resolve, waitMs))
+    }
     const t0 = performance.now()
     const data = await read(r.offset, r.length)
     const dt = performance.now() - t0
@@ -234,8 +243,8 @@ async function replayWith (reads: TraceRead[], read: ReadFn, signal?: AbortSigna
 }
 
 /** Replays the reads one at a time over an NBD connection. */
-export async function replayNbd (reads: TraceRead[], conn: NbdConnection, signal?: AbortSignal): Promise<ReplayResult> {
-  return await replayWith(reads, conn.read, signal)
+export async function replayNbd (reads: TraceRead[], conn: NbdConnection, signal?: AbortSignal, options: ReplayOptions = {}): Promise<ReplayResult> {
+  return await replayWith(reads, conn.read, signal, options)
 }
 
 /**
@@ -250,6 +259,7 @@ export async function replayNbdResumable (reads: TraceRead[], opts: {
   onLost: (err: Error) => Promise<void>
   maxReconnects?: number
   signal?: AbortSignal
+  think?: boolean
 }): Promise<ReplayResult & { reconnects: number }> {
   const maxReconnects = opts.maxReconnects ?? 3
   let conn = await opts.connect()
@@ -268,7 +278,7 @@ export async function replayNbdResumable (reads: TraceRead[], opts: {
           conn = await opts.connect()
         }
       }
-    }, opts.signal)
+    }, opts.signal, { think: opts.think })
     return { ...result, reconnects }
   } finally {
     await conn.close().catch(() => {})
@@ -276,7 +286,7 @@ export async function replayNbdResumable (reads: TraceRead[], opts: {
 }
 
 /** Replays the reads one at a time with pread on a local file (after a full download). */
-export async function replayFile (reads: TraceRead[], path: string, signal?: AbortSignal): Promise<ReplayResult> {
+export async function replayFile (reads: TraceRead[], path: string, signal?: AbortSignal, options: ReplayOptions = {}): Promise<ReplayResult> {
   const fh = await open(path, 'r')
   try {
     return await replayWith(reads, async (offset, length) => {
@@ -284,7 +294,7 @@ export async function replayFile (reads: TraceRead[], path: string, signal?: Abo
       const { bytesRead } = await fh.read(buf, 0, length, offset)
       if (bytesRead !== length) throw new NbdClientError(`short read at ${offset}: ${bytesRead}/${length}`)
       return buf
-    }, signal)
+    }, signal, options)
   } finally {
     await fh.close()
   }
