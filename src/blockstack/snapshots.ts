@@ -2,7 +2,7 @@
 // (nbd+unix:///IMAGE?socket=SOCK). VM writes land only in the overlay; reads of untouched clusters go to the
 // export, i.e. to the block cache. qcow2 stores the backing URI, so the NBD socket path must stay stable.
 
-import { mkdir, rm, stat } from 'node:fs/promises'
+import { mkdir, readdir, rm, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { execa } from 'execa'
 import { InstanceExistsError, InstanceInUseError, InstanceNotFoundError, InvalidNameError, SnapshotToolError } from './errors.js'
@@ -47,7 +47,22 @@ export class SnapshotStore {
     for await (const [name, record] of init.db.iterator() as AsyncIterable<[string, InstanceRecord]>) {
       store.instances.set(name, record)
     }
+    await store.removeOrphans()
     return store
+  }
+
+  /**
+   * An overlay is created before its record is saved, and its record deleted before the file: a crash between
+   * the two leaves an overlay nobody was ever given (or that was already destroyed). Those are removed at open;
+   * only files named as this store names overlays are touched.
+   */
+  private async removeOrphans (): Promise<void> {
+    const recorded = new Set([...this.instances.values()].map(r => r.path))
+    for (const file of await readdir(this.init.instancesDir)) {
+      if (!file.endsWith('.qcow2') || !NAME_PATTERN.test(file.slice(0, -'.qcow2'.length))) continue
+      const path = join(this.init.instancesDir, file)
+      if (!recorded.has(path)) await rm(path, { force: true })
+    }
   }
 
   list (): InstanceRecord[] {
