@@ -1,7 +1,8 @@
 // Complete agents become seeds, on real daemons: an origin that takes one child per image, two agents that
 // only read on demand (no prefetch) and one agent that idle-prefetches the whole image. Once it holds every
 // block it advertises depth 0 (a seed), and the other agents take it as a parent at depth 1 (or are seeds
-// themselves: a relay caches the blocks it relays to the prefetcher).
+// themselves: a relay caches the blocks it relays to the prefetcher), and a reader that joins later attaches
+// under one of the new seeds.
 
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
@@ -15,6 +16,7 @@ let dir: string
 let origin: TestDaemon
 let readers: TestDaemon[] = []
 let prefetcher: TestDaemon
+let joinArgs: string[]
 
 before(async () => {
   dir = await makeTempDir('vmt-pf-seed')
@@ -23,6 +25,7 @@ before(async () => {
   // The origin's upload is limited so that the prefetching agent completes the image after the others attached.
   const started = await startOrigin(dir, { p2p: { heartbeatMs: 300, originChildLimit: 1, uploadLimitBytesPerSec: 4 * MiB }, prefetch: { enabled: false } })
   origin = started.origin
+  joinArgs = started.joinArgs
   await origin.call('image.register', { id: 'img', path: image })
   const quiet = { p2p: { heartbeatMs: 300 }, prefetch: { enabled: false } }
   readers = await Promise.all(['r1', 'r2'].map(async name => await startAgent(dir, name, started.joinArgs, quiet)))
@@ -60,15 +63,25 @@ test('an agent that completes the image advertises itself as a seed and the othe
     const s = await imageStatus(prefetcher, 'img')
     return s.parents.length === 0 && s.depth === 0 ? s : undefined
   }, 30_000)
-  // Every reader either became a seed too (a relay on the prefetcher's path caches what it relays) or takes the
-  // new seed as a parent and sits at depth 1; at least one does the latter.
+  // Every reader either became a seed too (a relay on the prefetcher's path caches what it relays: with the
+  // origin's one child slot the readers often relay the whole image) or takes the new seed as a parent and
+  // sits at depth 1.
   let last: any[] = []
-  await waitUntil('the readers to move to the seed', async () => {
+  const finalReaders = await waitUntil('the readers to move to the seed or become seeds', async () => {
     const s = await Promise.all(readers.map(async r => await imageStatus(r, 'img')))
     last = s
-    const moved = s.filter(x => x.parents.includes(pfId) && x.depth === 1)
-    return moved.length > 0 && s.every(x => moved.includes(x) || (x.seed === true && x.depth === 0)) ? s : undefined
+    return s.every(x => (x.parents.includes(pfId) && x.depth === 1) || (x.seed === true && x.depth === 0 && x.parents.length === 0)) ? s : undefined
   }, 60_000).catch(err => {
     throw new Error(`${(err as Error).message}: ${JSON.stringify({ seed: pfId, readers: last.map(x => ({ parents: x.parents, depth: x.depth, seed: x.seed })) })}`)
   })
+  // A reader that joins now attaches under the new seeds at depth 1, not under the origin's one child slot.
+  const origins = new Set([(await origin.call('node.status')).peerId])
+  const seeds = new Set([pfId, ...(await Promise.all(readers.map(async (r, i) => finalReaders[i].seed === true ? (await r.call('node.status')).peerId : undefined))).filter((x): x is string => x !== undefined)])
+  const late = await startAgent(dir, 'late', joinArgs, { p2p: { heartbeatMs: 300 }, prefetch: { enabled: false } })
+  readers.push(late) // stopped in after()
+  await late.call('instance.create', { name: 'late', image: 'img' })
+  await waitUntil('a late reader to attach under a new seed', async () => {
+    const s = await imageStatus(late, 'img')
+    return s.depth === 1 && s.parents.some((p: string) => seeds.has(p) && !origins.has(p)) ? s : undefined
+  }, 60_000)
 })
