@@ -258,10 +258,9 @@ export class PeerSource implements BlockSource {
     const all = usable.filter(info => info.holdProbability(job.index) > 0)
     const notFull = all.filter(info => !info.full)
     // A peer whose child slots are all taken (typically a busy seed) is asked only as a last resort, and never
-    // for a hedge (an extra copy). An agent still attaching (no parent yet) gives its parents one heartbeat
-    // (directory.attaching) before a VM's read goes there: long enough for most first parents to come, so a
-    // wave of agents does not pull its first reads from the origin, short enough that a first read does not
-    // wait for the tree. Prefetch waits for parents: no VM waits for it.
+    // for a hedge (an extra copy). An agent still attaching (no parent yet) gives its first parents a grace
+    // (directory.attaching) before a VM's read goes there, so a wave of agents does not pull its first reads
+    // from the origin; after it, a read goes there rather than wait longer. Prefetch waits for parents.
     const attaching = parents.length === 0 && (job.priority !== 'demand' || this.directory.attaching(job.manifest))
     const lastResort = hedge || attaching ? [] : all
     for (const group of [parents, notFull, lastResort]) {
