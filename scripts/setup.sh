@@ -20,7 +20,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 stamp=node_modules/.vmthunder-lock-sha
-want=$(sha256sum package-lock.json | cut -d' ' -f1)
+# The lock file and the patches applied to dependencies (npm ci runs 'prepare': patch-package).
+want=$(cat package-lock.json patches/*.patch | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: npm ci" >&2
   npm ci --no-audit --no-fund --loglevel=error >&2

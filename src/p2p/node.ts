@@ -60,6 +60,17 @@ export interface NodeInit {
   yamuxWindowBytes?: number
 }
 
+/**
+ * Socket write buffer before write() reports backpressure. Node's default (16 KiB) is below one block frame,
+ * so every frame made each layer above (noise, yamux, the stream) stop and wait for a 'drain' event.
+ */
+export const SOCKET_HIGH_WATER_MARK_BYTES = 1024 * 1024
+// Passed through to net.connect and net.createServer (TCPSocketOptions does not list highWaterMark).
+const socketOptions = {
+  dialOpts: { highWaterMark: SOCKET_HIGH_WATER_MARK_BYTES },
+  listenOpts: { highWaterMark: SOCKET_HIGH_WATER_MARK_BYTES }
+}
+
 export async function createNode (init: NodeInit): Promise<P2PNode> {
   const { identity } = init
   const raw = new Uint8Array(64)
@@ -73,7 +84,7 @@ export async function createNode (init: NodeInit): Promise<P2PNode> {
   return await createLibp2p({
     privateKey,
     addresses: { listen: [...init.listen] },
-    transports: [tcp()],
+    transports: [tcp(socketOptions as any)],
     connectionEncrypters: encrypters,
     streamMuxers: [yamux({
       maxMessageSize: init.yamuxMaxMessageBytes ?? DEFAULT_YAMUX_MAX_MESSAGE_BYTES,
