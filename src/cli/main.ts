@@ -12,7 +12,8 @@ import { watchStatus } from './watch.js'
 import { waitPreheat } from './preheat.js'
 import { formatDuration } from './progress.js'
 import { writeSwarmSvg } from './swarm.js'
-import type { ImagePrefetchStatus, ImageSummary, InstanceCreated, InstanceEntry, NodeStatus, PreheatClusterStatus, PreheatRequest } from '../rpc/types.js'
+import { showRegisterProgress } from './register.js'
+import type { ImagePrefetchStatus, ImageRegisterStatus, ImageSummary, InstanceCreated, InstanceEntry, NodeStatus, PreheatClusterStatus, PreheatRequest } from '../rpc/types.js'
 
 export const EXIT_OK = 0
 export const EXIT_REFUSED = 1
@@ -21,7 +22,9 @@ export const EXIT_UNREACHABLE = 3
 
 const USAGE = `usage: vmthunderctl [--socket PATH] [--json] COMMAND
 commands:
-  image register ID FILE [--block-size BYTES]   register a raw image file; this host becomes its origin
+  image register ID FILE [--block-size BYTES] [--interval-s S]
+                                                register a raw image file; this host becomes its origin.
+                                                A progress bar on stderr (a line per percent off a terminal)
   image list                                    images with their NBD URIs
   image remove ID                               refused while instances use it
   image preheat ID [--wait] [--timeout-s S]     ask every agent that trusts this one to pull the image in the
@@ -87,14 +90,23 @@ export async function run (argv: string[], out: (text: string) => void, err: (te
     }
     switch (`${noun} ${verb ?? ''}`.trim()) {
       case 'image register': {
-        const [id, file] = need(2, 'image register ID FILE [--block-size BYTES]')
+        const [id, file] = need(2, 'image register ID FILE [--block-size BYTES] [--interval-s S]')
         const params: Record<string, unknown> = { id, path: resolve(file) }
         if (values['block-size'] !== undefined) {
           const size = Number(values['block-size'])
           if (!Number.isInteger(size)) throw new UsageError('--block-size takes a whole number of bytes')
           params.blockSizeBytes = size
         }
-        const image: ImageSummary = await withIndicator(`registering ${id}: hashing and signing ${file}`, err, async () => await call('image.register', params))
+        const intervalS = Number(values['interval-s'] ?? (process.stderr.isTTY === true ? 0.25 : 1))
+        if (!(intervalS >= 0.1)) throw new UsageError('--interval-s takes seconds (at least 0.1)')
+        // The bar goes to stderr: stdout carries the result (and stays plain JSON with --json).
+        const image: ImageSummary = await showRegisterProgress({
+          register: call('image.register', params),
+          status: async () => await callRpc(socket, 'image.register.status', { id }, { timeoutMs: 10_000 }) as ImageRegisterStatus,
+          out: err,
+          tty: process.stderr.isTTY === true,
+          intervalMs: intervalS * 1000
+        })
         print(image, () => `registered ${image.id}: ${formatBytes(image.sizeBytes)}, ${image.cache.blockCount} blocks of ${formatBytes(image.blockSizeBytes)}\nroot ${image.root}\nnbd  ${image.nbd}\n`)
         return EXIT_OK
       }
@@ -227,26 +239,6 @@ export async function run (argv: string[], out: (text: string) => void, err: (te
     }
     err(`vmthunderctl: ${(e as Error).message}\n`)
     return EXIT_REFUSED
-  }
-}
-
-/**
- * A live line on stderr while a long call runs (only on a terminal): what it does and for how long. The
- * daemon reports no progress of image.register while it hashes, so this shows time, not a fraction.
- */
-async function withIndicator<T> (label: string, err: (text: string) => void, work: () => Promise<T>): Promise<T> {
-  if (process.stderr.isTTY !== true) return await work()
-  const startMs = Date.now()
-  const frames = ['|', '/', '-', '\\']
-  let frame = 0
-  const draw = (): void => { err(`\r\x1b[2K${frames[frame++ % frames.length]} ${label}  ${formatDuration(Date.now() - startMs)}`) }
-  draw()
-  const timer = setInterval(draw, 250)
-  try {
-    return await work()
-  } finally {
-    clearInterval(timer)
-    err('\r\x1b[2K')
   }
 }
 
