@@ -11,7 +11,7 @@ import { waitReady, NotReadyError } from './wait-ready.js'
 import { watchStatus } from './watch.js'
 import { waitPreheat } from './preheat.js'
 import { formatDuration } from './progress.js'
-import { writeSwarmSvg } from './swarm.js'
+import { socketNames, writeSwarmSvg } from './swarm.js'
 import { showRegisterProgress } from './register.js'
 import type { ImagePrefetchStatus, ImageRegisterStatus, ImageSummary, InstanceCreated, InstanceEntry, NodeStatus, PreheatClusterStatus, PreheatRequest } from '../rpc/types.js'
 
@@ -36,9 +36,10 @@ commands:
   instance list
   status [--watch [--interval-s 2] [--count N]]  this agent: peer id, images, parents, prefetch; --watch redraws
                                                 it live with rates (Ctrl-C ends it)
-  swarm --svg FILE [--image ID] [--count N --interval-s S]
-                                                picture of the swarm as this agent sees it: who it fetched
-                                                from, bytes per peer, its depth over time, the origin's share
+  swarm --svg FILE [--image ID] [--count N --interval-s S] [--socket A --socket B ...]
+                                                picture of the swarm as the agents of the sockets see it:
+                                                who fetched from whom, bytes per peer, parents, depth over
+                                                time, the origin's share; several sockets are merged
   wait-ready [--timeout-s S]                    return once the RPC and NBD sockets answer (systemd ExecStartPost)`
 
 class UsageError extends Error {
@@ -53,7 +54,8 @@ export async function run (argv: string[], out: (text: string) => void, err: (te
     parsed = parseArgs({
       args: argv,
       options: {
-        socket: { type: 'string' },
+        // Repeatable for swarm (one picture from several agents); other commands take one.
+        socket: { type: 'string', multiple: true },
         json: { type: 'boolean' },
         image: { type: 'string' },
         'block-size': { type: 'string' },
@@ -78,7 +80,8 @@ export async function run (argv: string[], out: (text: string) => void, err: (te
     (values.help === true ? out : err)(USAGE + '\n')
     return values.help === true ? EXIT_OK : EXIT_USAGE
   }
-  const socket = values.socket ?? DEFAULT_SOCKET
+  const sockets = values.socket ?? [DEFAULT_SOCKET]
+  const socket = sockets[0]
   const json = values.json === true
   const call = async (method: string, params: Record<string, unknown> = {}): Promise<any> => await callRpc(socket, method, params)
   const print = (value: unknown, human: () => string): void => { out(json ? JSON.stringify(value, null, 2) + '\n' : human()) }
@@ -88,7 +91,9 @@ export async function run (argv: string[], out: (text: string) => void, err: (te
       if (rest.length !== count) throw new UsageError(`usage: vmthunderctl ${usage}`)
       return rest
     }
-    switch (`${noun} ${verb ?? ''}`.trim()) {
+    const command = `${noun} ${verb ?? ''}`.trim()
+    if (sockets.length > 1 && command !== 'swarm') throw new UsageError('only swarm takes more than one --socket')
+    switch (command) {
       case 'image register': {
         const [id, file] = need(2, 'image register ID FILE [--block-size BYTES] [--interval-s S]')
         const params: Record<string, unknown> = { id, path: resolve(file) }
@@ -204,12 +209,14 @@ export async function run (argv: string[], out: (text: string) => void, err: (te
         return final.agents.some(a => a.state === 'failed') ? EXIT_REFUSED : EXIT_OK
       }
       case 'swarm': {
-        if (verb !== undefined || values.svg === undefined) throw new UsageError('usage: vmthunderctl swarm --svg FILE [--image ID] [--count N --interval-s S]')
+        if (verb !== undefined || values.svg === undefined) throw new UsageError('usage: vmthunderctl swarm --svg FILE [--image ID] [--count N --interval-s S] [--socket A --socket B ...]')
         const count = Number(values.count ?? 1)
         const intervalS = Number(values['interval-s'] ?? 1)
         if (!Number.isInteger(count) || count < 1 || count > 3600 || !(intervalS >= 0.1)) throw new UsageError('--count takes 1 to 3600, --interval-s at least 0.1')
-        const result = await writeSwarmSvg({ status: async () => await call('node.status') as NodeStatus, file: values.svg, imageId: values.image, count, intervalMs: intervalS * 1000 })
-        print({ file: values.svg, ...result }, () => `wrote ${values.svg}: ${result.imageId}, ${result.samples} sample(s), ${result.edges} peer(s) fetched from\n`)
+        const names = socketNames(sockets)
+        const sources = sockets.map((path, i) => ({ name: names[i], status: async () => await callRpc(path, 'node.status') as NodeStatus }))
+        const result = await writeSwarmSvg({ sources, file: values.svg, imageId: values.image, count, intervalMs: intervalS * 1000 })
+        print({ file: values.svg, ...result }, () => `wrote ${values.svg}: ${result.imageId}, ${result.samples} sample(s), ${result.agents} agent(s), ${result.edges} edge(s)\n`)
         return EXIT_OK
       }
       case 'wait-ready': {
