@@ -7,7 +7,7 @@
 import { mkdir, rm, readdir, readFile, writeFile, rename, stat, realpath } from 'node:fs/promises'
 import { isAbsolute, join, sep } from 'node:path'
 import { BlockCache, silentLogger, type Logger } from './cache.js'
-import { decodeManifest, manifestFromFile, validateImageId, type Manifest } from './manifest.js'
+import { blockLength, decodeManifest, manifestFromFile, validateImageId, type Manifest } from './manifest.js'
 import { levelPresenceStore, type ChunkDb } from './presence.js'
 import { ImageExistsError, ImageFileError, ImageNotFoundError, ImageInUseError, ImagePathNotAllowedError } from './errors.js'
 import type { SigningKey } from './signing.js'
@@ -54,6 +54,20 @@ export interface RegisterOptions {
   /** The file must resolve (symlinks followed) to a path under one of these; empty: nothing is allowed. */
   allowedDirs: readonly string[]
   signal?: AbortSignal
+  /** Called as the registration moves (the same values registration() returns). */
+  onProgress?: (progress: RegistrationProgress) => void
+}
+
+/**
+ * Where a registration is: it reads the file twice, once to hash it into the manifest and once to copy its
+ * blocks into the cache (through the verified path peers' blocks take), so each phase has its own count.
+ */
+export interface RegistrationProgress {
+  imageId: string
+  phase: 'hashing' | 'copying'
+  doneBytes: number
+  totalBytes: number
+  startedAtMs: number
 }
 
 /** Blocks the origin copies from its file per ensure() call at registration. */
@@ -89,6 +103,8 @@ export class ImageRegistry {
   private readonly images = new Map<string, Image>()
   /** Image ids with a registration or removal under way. */
   private readonly busy = new Set<string>()
+  /** Registrations under way, for progress reports while the register call runs. */
+  private readonly registering = new Map<string, RegistrationProgress>()
   private readonly records: any
   private readonly logger: Logger
   private readonly now: () => number
@@ -154,6 +170,12 @@ export class ImageRegistry {
     return this.images.get(imageId)
   }
 
+  /** The progress of a registration under way, or undefined when none is (not started, or finished). */
+  registration (imageId: string): RegistrationProgress | undefined {
+    const progress = this.registering.get(imageId)
+    return progress === undefined ? undefined : { ...progress }
+  }
+
   require (imageId: string): Image {
     const image = this.images.get(imageId)
     if (image === undefined) throw new ImageNotFoundError(`no image '${imageId}'`)
@@ -177,31 +199,62 @@ export class ImageRegistry {
     if (info.isFile() && info.size === 0) throw new ImageFileError(`'${path}' is empty`)
     return await this.exclusive(imageId, async () => {
       this.assertAbsent(imageId)
-      let manifest: Manifest
+      const progress: RegistrationProgress = { imageId, phase: 'hashing', doneBytes: 0, totalBytes: info.size, startedAtMs: this.now() }
+      const report = (phase: RegistrationProgress['phase'], doneBytes: number, totalBytes: number): void => {
+        Object.assign(progress, { phase, doneBytes, totalBytes })
+        options.onProgress?.({ ...progress })
+      }
+      this.registering.set(imageId, progress)
       try {
-        manifest = await manifestFromFile({ imageId, path, blockSizeBytes: options.blockSizeBytes, key: this.init.key, signal: options.signal, nowMs: this.now() })
-      } catch (err) {
-        if ((err as Error).name === 'AbortError' || (err as Error).name === 'InvalidImageIdError') throw err
-        throw new ImageFileError(`cannot read image file '${path}': ${(err as Error).message}`)
+        return await this.registerFile(imageId, path, options, report)
+      } finally {
+        this.registering.delete(imageId)
       }
-      const record: ImageRecord = {
+    })
+  }
+
+  private async registerFile (imageId: string, path: string, options: RegisterOptions,
+    report: (phase: RegistrationProgress['phase'], doneBytes: number, totalBytes: number) => void): Promise<Image> {
+    let manifest: Manifest
+    try {
+      manifest = await manifestFromFile({
         imageId,
-        rootHex: manifest.rootHex,
-        sizeBytes: manifest.sizeBytes,
-        blockSizeBytes: manifest.blockSizeBytes,
-        origin: true,
-        sourcePath: path,
-        addedAtMs: this.now()
-      }
-      return await this.install(record, manifest, async cache => {
-        const signal = options.signal ?? AbortSignal.timeout(3_600_000)
-        const missing: number[] = []
-        for (let i = 0; i < manifest.blockCount; i++) if (!cache.has(i)) missing.push(i)
-        for (let i = 0; i < missing.length; i += REGISTER_BATCH_BLOCKS) {
-          await cache.ensure(missing.slice(i, i + REGISTER_BATCH_BLOCKS), { signal, priority: 'prefetch' })
-        }
-        await cache.flush()
+        path,
+        blockSizeBytes: options.blockSizeBytes,
+        key: this.init.key,
+        signal: options.signal,
+        nowMs: this.now(),
+        onProgress: (doneBytes, totalBytes) => report('hashing', doneBytes, totalBytes)
       })
+    } catch (err) {
+      if ((err as Error).name === 'AbortError' || (err as Error).name === 'InvalidImageIdError') throw err
+      throw new ImageFileError(`cannot read image file '${path}': ${(err as Error).message}`)
+    }
+    const record: ImageRecord = {
+      imageId,
+      rootHex: manifest.rootHex,
+      sizeBytes: manifest.sizeBytes,
+      blockSizeBytes: manifest.blockSizeBytes,
+      origin: true,
+      sourcePath: path,
+      addedAtMs: this.now()
+    }
+    return await this.install(record, manifest, async cache => {
+      const signal = options.signal ?? AbortSignal.timeout(3_600_000)
+      const missing: number[] = []
+      let doneBytes = 0
+      for (let i = 0; i < manifest.blockCount; i++) {
+        if (cache.has(i)) doneBytes += blockLength(manifest, i)
+        else missing.push(i)
+      }
+      report('copying', doneBytes, manifest.sizeBytes)
+      for (let i = 0; i < missing.length; i += REGISTER_BATCH_BLOCKS) {
+        const batch = missing.slice(i, i + REGISTER_BATCH_BLOCKS)
+        await cache.ensure(batch, { signal, priority: 'prefetch' })
+        for (const index of batch) doneBytes += blockLength(manifest, index)
+        report('copying', doneBytes, manifest.sizeBytes)
+      }
+      await cache.flush()
     })
   }
 

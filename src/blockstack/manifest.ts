@@ -225,6 +225,11 @@ export interface HashFileOptions {
   nowMs?: number
   /** Called for every block in order, after it was hashed (used to copy the image into a cache in one pass). */
   onBlock?: (index: number, data: Uint8Array, isZero: boolean) => Promise<void> | void
+  /**
+   * Called with the bytes hashed so far and the file's size: once with 0 before the first read, then after
+   * every chunk (8 MiB or one block), so that a large image shows progress rather than a silent wait.
+   */
+  onProgress?: (doneBytes: number, totalBytes: number) => void
 }
 
 /** Reads a raw image file once, hashing each block, and returns its signed manifest. */
@@ -242,6 +247,7 @@ export async function manifestFromFile (options: HashFileOptions): Promise<Manif
     // Read in large chunks: one syscall per many blocks.
     const chunkBlocks = Math.max(1, Math.floor((8 * 1024 * 1024) / blockSizeBytes))
     const chunk = Buffer.allocUnsafe(chunkBlocks * blockSizeBytes)
+    options.onProgress?.(0, sizeBytes)
     for (let first = 0; first < blockCount; first += chunkBlocks) {
       options.signal?.throwIfAborted()
       const offset = first * blockSizeBytes
@@ -259,6 +265,7 @@ export async function manifestFromFile (options: HashFileOptions): Promise<Manif
         blockHashes.set(hash, i * HASH_BYTES)
         if (options.onBlock !== undefined) await options.onBlock(i, data, zeroHashOf(data.length).equals(hash))
       }
+      options.onProgress?.(offset + want, sizeBytes)
     }
     return signManifest({
       imageId: options.imageId,

@@ -11,8 +11,9 @@ import { waitReady, NotReadyError } from './wait-ready.js'
 import { watchStatus } from './watch.js'
 import { waitPreheat } from './preheat.js'
 import { formatDuration } from './progress.js'
-import { writeSwarmSvg } from './swarm.js'
-import type { ImagePrefetchStatus, ImageSummary, InstanceCreated, InstanceEntry, NodeStatus, PreheatClusterStatus, PreheatRequest } from '../rpc/types.js'
+import { socketNames, writeSwarmSvg } from './swarm.js'
+import { showRegisterProgress } from './register.js'
+import type { ImagePrefetchStatus, ImageRegisterStatus, ImageSummary, InstanceCreated, InstanceEntry, NodeStatus, PreheatClusterStatus, PreheatRequest } from '../rpc/types.js'
 
 export const EXIT_OK = 0
 export const EXIT_REFUSED = 1
@@ -21,7 +22,9 @@ export const EXIT_UNREACHABLE = 3
 
 const USAGE = `usage: vmthunderctl [--socket PATH] [--json] COMMAND
 commands:
-  image register ID FILE [--block-size BYTES]   register a raw image file; this host becomes its origin
+  image register ID FILE [--block-size BYTES] [--interval-s S]
+                                                register a raw image file; this host becomes its origin.
+                                                A progress bar on stderr (a line per percent off a terminal)
   image list                                    images with their NBD URIs
   image remove ID                               refused while instances use it
   image preheat ID [--wait] [--timeout-s S]     ask every agent that trusts this one to pull the image in the
@@ -33,9 +36,10 @@ commands:
   instance list
   status [--watch [--interval-s 2] [--count N]]  this agent: peer id, images, parents, prefetch; --watch redraws
                                                 it live with rates (Ctrl-C ends it)
-  swarm --svg FILE [--image ID] [--count N --interval-s S]
-                                                picture of the swarm as this agent sees it: who it fetched
-                                                from, bytes per peer, its depth over time, the origin's share
+  swarm --svg FILE [--image ID] [--count N --interval-s S] [--socket A --socket B ...]
+                                                picture of the swarm as the agents of the sockets see it:
+                                                who fetched from whom, bytes per peer, parents, depth over
+                                                time, the origin's share; several sockets are merged
   wait-ready [--timeout-s S]                    return once the RPC and NBD sockets answer (systemd ExecStartPost)`
 
 class UsageError extends Error {
@@ -50,7 +54,8 @@ export async function run (argv: string[], out: (text: string) => void, err: (te
     parsed = parseArgs({
       args: argv,
       options: {
-        socket: { type: 'string' },
+        // Repeatable for swarm (one picture from several agents); other commands take one.
+        socket: { type: 'string', multiple: true },
         json: { type: 'boolean' },
         image: { type: 'string' },
         'block-size': { type: 'string' },
@@ -75,7 +80,8 @@ export async function run (argv: string[], out: (text: string) => void, err: (te
     (values.help === true ? out : err)(USAGE + '\n')
     return values.help === true ? EXIT_OK : EXIT_USAGE
   }
-  const socket = values.socket ?? DEFAULT_SOCKET
+  const sockets = values.socket ?? [DEFAULT_SOCKET]
+  const socket = sockets[0]
   const json = values.json === true
   const call = async (method: string, params: Record<string, unknown> = {}): Promise<any> => await callRpc(socket, method, params)
   const print = (value: unknown, human: () => string): void => { out(json ? JSON.stringify(value, null, 2) + '\n' : human()) }
@@ -85,16 +91,27 @@ export async function run (argv: string[], out: (text: string) => void, err: (te
       if (rest.length !== count) throw new UsageError(`usage: vmthunderctl ${usage}`)
       return rest
     }
-    switch (`${noun} ${verb ?? ''}`.trim()) {
+    const command = `${noun} ${verb ?? ''}`.trim()
+    if (sockets.length > 1 && command !== 'swarm') throw new UsageError('only swarm takes more than one --socket')
+    switch (command) {
       case 'image register': {
-        const [id, file] = need(2, 'image register ID FILE [--block-size BYTES]')
+        const [id, file] = need(2, 'image register ID FILE [--block-size BYTES] [--interval-s S]')
         const params: Record<string, unknown> = { id, path: resolve(file) }
         if (values['block-size'] !== undefined) {
           const size = Number(values['block-size'])
           if (!Number.isInteger(size)) throw new UsageError('--block-size takes a whole number of bytes')
           params.blockSizeBytes = size
         }
-        const image: ImageSummary = await withIndicator(`registering ${id}: hashing and signing ${file}`, err, async () => await call('image.register', params))
+        const intervalS = Number(values['interval-s'] ?? (process.stderr.isTTY === true ? 0.25 : 1))
+        if (!(intervalS >= 0.1)) throw new UsageError('--interval-s takes seconds (at least 0.1)')
+        // The bar goes to stderr: stdout carries the result (and stays plain JSON with --json).
+        const image: ImageSummary = await showRegisterProgress({
+          register: call('image.register', params),
+          status: async () => await callRpc(socket, 'image.register.status', { id }, { timeoutMs: 10_000 }) as ImageRegisterStatus,
+          out: err,
+          tty: process.stderr.isTTY === true,
+          intervalMs: intervalS * 1000
+        })
         print(image, () => `registered ${image.id}: ${formatBytes(image.sizeBytes)}, ${image.cache.blockCount} blocks of ${formatBytes(image.blockSizeBytes)}\nroot ${image.root}\nnbd  ${image.nbd}\n`)
         return EXIT_OK
       }
@@ -192,12 +209,14 @@ export async function run (argv: string[], out: (text: string) => void, err: (te
         return final.agents.some(a => a.state === 'failed') ? EXIT_REFUSED : EXIT_OK
       }
       case 'swarm': {
-        if (verb !== undefined || values.svg === undefined) throw new UsageError('usage: vmthunderctl swarm --svg FILE [--image ID] [--count N --interval-s S]')
+        if (verb !== undefined || values.svg === undefined) throw new UsageError('usage: vmthunderctl swarm --svg FILE [--image ID] [--count N --interval-s S] [--socket A --socket B ...]')
         const count = Number(values.count ?? 1)
         const intervalS = Number(values['interval-s'] ?? 1)
         if (!Number.isInteger(count) || count < 1 || count > 3600 || !(intervalS >= 0.1)) throw new UsageError('--count takes 1 to 3600, --interval-s at least 0.1')
-        const result = await writeSwarmSvg({ status: async () => await call('node.status') as NodeStatus, file: values.svg, imageId: values.image, count, intervalMs: intervalS * 1000 })
-        print({ file: values.svg, ...result }, () => `wrote ${values.svg}: ${result.imageId}, ${result.samples} sample(s), ${result.edges} peer(s) fetched from\n`)
+        const names = socketNames(sockets)
+        const sources = sockets.map((path, i) => ({ name: names[i], status: async () => await callRpc(path, 'node.status') as NodeStatus }))
+        const result = await writeSwarmSvg({ sources, file: values.svg, imageId: values.image, count, intervalMs: intervalS * 1000 })
+        print({ file: values.svg, ...result }, () => `wrote ${values.svg}: ${result.imageId}, ${result.samples} sample(s), ${result.agents} agent(s), ${result.edges} edge(s)\n`)
         return EXIT_OK
       }
       case 'wait-ready': {
@@ -227,26 +246,6 @@ export async function run (argv: string[], out: (text: string) => void, err: (te
     }
     err(`vmthunderctl: ${(e as Error).message}\n`)
     return EXIT_REFUSED
-  }
-}
-
-/**
- * A live line on stderr while a long call runs (only on a terminal): what it does and for how long. The
- * daemon reports no progress of image.register while it hashes, so this shows time, not a fraction.
- */
-async function withIndicator<T> (label: string, err: (text: string) => void, work: () => Promise<T>): Promise<T> {
-  if (process.stderr.isTTY !== true) return await work()
-  const startMs = Date.now()
-  const frames = ['|', '/', '-', '\\']
-  let frame = 0
-  const draw = (): void => { err(`\r\x1b[2K${frames[frame++ % frames.length]} ${label}  ${formatDuration(Date.now() - startMs)}`) }
-  draw()
-  const timer = setInterval(draw, 250)
-  try {
-    return await work()
-  } finally {
-    clearInterval(timer)
-    err('\r\x1b[2K')
   }
 }
 

@@ -13,6 +13,8 @@ export interface SwarmAgentSample {
   heldFraction: number
   /** Cumulative bytes received from each peer. */
   bytesReceivedByPeer: Record<string, number>
+  /** Peers this agent serves: their parent relation is known here even when they are not sampled. */
+  children?: string[]
 }
 
 export interface SwarmSample {
@@ -20,6 +22,15 @@ export interface SwarmSample {
   agents: SwarmAgentSample[]
   /** Cumulative bytes the origin sent. */
   originBytesSent: number
+  /** The origin's children, when the origin itself was sampled. */
+  originChildren?: string[]
+}
+
+/** An arrow of the picture: bytes `from` sent `to`, or 0 for a parent relation that moved nothing yet. */
+export interface SwarmEdge {
+  from: string
+  to: string
+  bytes: number
 }
 
 export interface SwarmRecording {
@@ -68,6 +79,28 @@ function bootDepth (id: string, samples: SwarmSample[]): number | null {
   return deepest ?? last
 }
 
+/**
+ * Every edge the samples know: who sent bytes to whom (cumulative, so past parents stay), and every parent
+ * relation of the last sample, told by the child (its parents) or by the parent (its children).
+ */
+export function swarmEdges (rec: SwarmRecording): SwarmEdge[] {
+  const final = rec.samples.at(-1)
+  const edges = new Map<string, SwarmEdge>()
+  const add = (from: string, to: string, bytes: number): void => {
+    const key = `${from} ${to}`
+    if (!edges.has(key) || bytes > 0) edges.set(key, { from, to, bytes })
+  }
+  for (const a of final?.agents ?? []) {
+    for (const parent of a.parents) add(parent, a.id, 0)
+    for (const child of a.children ?? []) add(a.id, child, 0)
+  }
+  for (const child of final?.originChildren ?? []) add(rec.originId, child, 0)
+  for (const a of final?.agents ?? []) {
+    for (const [peer, bytes] of Object.entries(a.bytesReceivedByPeer)) if (bytes > 0) add(peer, a.id, bytes)
+  }
+  return [...edges.values()]
+}
+
 export function renderSwarmSvg (rec: SwarmRecording): string {
   const samples = rec.samples
   const final = samples.at(-1)
@@ -76,13 +109,9 @@ export function renderSwarmSvg (rec: SwarmRecording): string {
   // Nodes: the origin, the sampled agents, and any other peer someone fetched from.
   const depthOf = new Map<string, number | null>([[rec.originId, 0]])
   for (const a of agents) depthOf.set(a.id, a.id === rec.originId ? 0 : bootDepth(a.id, samples))
-  const edges: Array<{ from: string, to: string, bytes: number }> = []
-  for (const a of agents) {
-    for (const [peer, bytes] of Object.entries(a.bytesReceivedByPeer)) {
-      if (bytes <= 0) continue
-      if (!depthOf.has(peer)) depthOf.set(peer, null)
-      edges.push({ from: peer, to: a.id, bytes })
-    }
+  const edges = swarmEdges(rec)
+  for (const e of edges) {
+    for (const id of [e.from, e.to]) if (!depthOf.has(id)) depthOf.set(id, null)
   }
   const maxEdge = Math.max(1, ...edges.map(e => e.bytes))
   const rows = new Map<number, string[]>()
@@ -134,11 +163,13 @@ export function renderSwarmSvg (rec: SwarmRecording): string {
     const cx = (x1 + x2) / 2 + (skips > 0 ? (boxW * 0.9 + 30 * skips) * (x2 >= x1 ? 1 : -1) : 0)
     const cy = (y1 + y2) / 2 + (down ? 0 : bend)
     const w = 1 + 7 * Math.sqrt(e.bytes / maxEdge)
-    out.push(`<path d="M ${x1} ${y1} Q ${cx} ${cy} ${x2} ${y2}" fill="none" stroke="#446" stroke-opacity="0.55" stroke-width="${w.toFixed(1)}" marker-end="url(#arrow)"/>`)
+    // A parent that sent nothing yet is dashed: the relation is known, no bytes moved on it.
+    const dash = e.bytes > 0 ? '' : ' stroke-dasharray="5 4"'
+    out.push(`<path d="M ${x1} ${y1} Q ${cx} ${cy} ${x2} ${y2}" fill="none" stroke="#446" stroke-opacity="0.55" stroke-width="${w.toFixed(1)}"${dash} marker-end="url(#arrow)"/>`)
     // The label sits on the curve's midpoint (a quadratic's midpoint is halfway to its control point).
     const mx = (x1 + x2) / 4 + cx / 2
     const my = (y1 + y2) / 4 + cy / 2
-    out.push(`<text x="${mx + 5}" y="${my}" font-size="9" fill="#224">${esc(formatBytes(e.bytes))}</text>`)
+    out.push(`<text x="${mx + 5}" y="${my}" font-size="9" fill="#224">${esc(e.bytes > 0 ? formatBytes(e.bytes) : 'parent')}</text>`)
   }
   for (const [id, p] of pos) {
     const d = depthOf.get(id)
@@ -199,11 +230,14 @@ export function renderSwarmSvg (rec: SwarmRecording): string {
 }
 
 /** One sample from node.status results: `origin` is the origin's status, `agents` the others'. */
-export function swarmSample (atMs: number, imageId: string, originStatus: { images: Record<string, { bytesSent?: number }> } | undefined,
-  agents: Array<{ label: string, status: { peerId: string, images: Record<string, { depth?: number | null, parents?: string[], heldFraction: number, bytesReceivedByPeer?: Record<string, number> }> } }>): SwarmSample {
+export function swarmSample (atMs: number, imageId: string, originStatus: { images: Record<string, { bytesSent?: number, children?: string[] }> } | undefined,
+  agents: Array<{ label: string, status: { peerId: string, images: Record<string, { depth?: number | null, parents?: string[], children?: string[], heldFraction: number, bytesReceivedByPeer?: Record<string, number> }> } }>): SwarmSample {
+  // Older daemons reported a count of children here, not their ids.
+  const originChildren = originStatus?.images[imageId]?.children
   return {
     atMs,
     originBytesSent: originStatus?.images[imageId]?.bytesSent ?? 0,
+    ...(Array.isArray(originChildren) ? { originChildren } : {}),
     agents: agents.map(({ label, status }) => {
       const i = status.images[imageId]
       return {
@@ -212,7 +246,8 @@ export function swarmSample (atMs: number, imageId: string, originStatus: { imag
         depth: i?.depth ?? null,
         parents: i?.parents ?? [],
         heldFraction: i?.heldFraction ?? 0,
-        bytesReceivedByPeer: i?.bytesReceivedByPeer ?? {}
+        bytesReceivedByPeer: i?.bytesReceivedByPeer ?? {},
+        children: Array.isArray(i?.children) ? i.children : []
       }
     })
   }

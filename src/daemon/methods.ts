@@ -10,11 +10,13 @@ export class ProfileUnavailableError extends Error {
 }
 import type { Daemon } from './daemon.js'
 import type { Image } from '../blockstack/images.js'
+import type { ImageRegisterStatus } from '../rpc/types.js'
 
 const name = z.string().min(1).max(64)
 
 const schemas = {
   'image.register': z.object({ id: name, path: z.string().min(1).max(4096), blockSizeBytes: z.number().int().optional() }).strict(),
+  'image.register.status': z.object({ id: name }).strict(),
   'image.list': z.object({}).strict(),
   'image.remove': z.object({ id: name }).strict(),
   'instance.create': z.object({ name, image: name }).strict(),
@@ -75,6 +77,12 @@ export function createMethods (getDaemon: () => Daemon): Record<string, RpcMetho
       const image = await daemon.images.register(p.id, p.path, { blockSizeBytes: p.blockSizeBytes ?? daemon.config.blockSizeBytes, allowedDirs: daemon.config.images.allowedDirs, signal })
       await daemon.attachImage(image)
       return imageSummary(daemon, image)
+    },
+    // image.register answers once the image is registered; this reports how far it is meanwhile, so that a
+    // client polls it on a second connection (one request, one response each: plain JSON-RPC 2.0).
+    'image.register.status': async (params): Promise<ImageRegisterStatus> => {
+      const p = parse(schemas['image.register.status'], params)
+      return getDaemon().images.registration(p.id) ?? null
     },
     'image.list': async (params) => {
       parse(schemas['image.list'], params)

@@ -3,8 +3,17 @@
 
 import type { CacheStats } from '../blockstack/cache.js'
 import type { ImagePrefetchStatus } from '../daemon/prefetch-manager.js'
+import type { RegistrationProgress } from '../blockstack/images.js'
 
-export type { CacheStats, ImagePrefetchStatus }
+export type { CacheStats, ImagePrefetchStatus, RegistrationProgress }
+
+/**
+ * image.register.status { id }: how far the registration of `id` is while image.register runs (on another
+ * connection): phase 'hashing' (reading the file into the manifest) then 'copying' (into the cache), each
+ * counting doneBytes of totalBytes (the file's size), and startedAtMs. null when no registration of `id` is
+ * under way: not started yet, finished (image.register has answered), or failed.
+ */
+export type ImageRegisterStatus = RegistrationProgress | null
 
 /** image.register, image.list: one image on this host. */
 export interface ImageSummary {

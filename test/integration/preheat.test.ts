@@ -84,9 +84,36 @@ test('vmthunderctl swarm --svg draws what a live agent fetched from whom', { tim
   assert.ok(peers.length >= 1, 'the agent fetched the image from someone')
   const svg = await readFile(file, 'utf8')
   assert.match(svg, />this agent</)
-  // One edge per peer it received bytes from.
-  assert.equal((svg.match(/marker-end="url\(#arrow\)"/g) ?? []).length, peers.length)
+  // An edge per peer it received bytes from, and per parent or child it has (those may change between samples).
+  const arrows = (svg.match(/marker-end="url\(#arrow\)"/g) ?? []).length
+  assert.ok(arrows >= peers.length, `${arrows} arrows, ${peers.length} peers sent bytes`)
+  assert.equal(result.edges, arrows)
   await execa('xmllint', ['--noout', file])
+})
+
+test('vmthunderctl swarm --svg with several sockets merges the agents\' views into one picture', { timeout: 60_000 }, async () => {
+  const file = join(dir, 'swarm-merged.svg')
+  // Bytes received only grow: every edge that moved bytes before the picture is in it.
+  const moved = new Set<string>()
+  for (const agent of trusting) {
+    const status = await agent.call('node.status')
+    for (const [from, bytes] of Object.entries(status.images.base.bytesReceivedByPeer as Record<string, number>)) if (bytes > 0) moved.add(`${from} ${status.peerId}`)
+  }
+  assert.ok(moved.size >= 2, 'both agents fetched the image')
+  const sockets = [origin, ...trusting].flatMap(d => ['--socket', d.socket])
+  const result = JSON.parse((await execa(process.execPath, [CTL_BIN, ...sockets, '--json', 'swarm', '--svg', file, '--image', 'base'])).stdout)
+  assert.equal(result.agents, 3)
+  const svg = await readFile(file, 'utf8')
+  for (const label of ['origin', 'a0', 'a1']) assert.match(svg, new RegExp(`>${label}<`))
+  const arrows = (svg.match(/marker-end="url\(#arrow\)"/g) ?? []).length
+  assert.ok(arrows >= moved.size, `${arrows} arrows, ${moved.size} edges moved bytes`)
+  assert.equal(result.edges, arrows)
+  assert.match(svg, /swarm of base as 3 agents see it/)
+  await execa('xmllint', ['--noout', file])
+  // Other commands take one socket.
+  const refused = await execa(process.execPath, [CTL_BIN, ...sockets, 'image', 'list'], { reject: false })
+  assert.equal(refused.exitCode, 2)
+  assert.match(refused.stderr, /only swarm takes more than one --socket/)
 })
 
 test('image.preheat of an unknown image is refused with a clear error', { timeout: 90_000 }, async () => {
