@@ -9,6 +9,10 @@
 //   vmthunderd-failure   the same, and one relay host's agent is killed (SIGKILL) once a child has read
 //               through it, then restarted as a service manager would; every host must still read correct data
 //   vmthunderd-noprefetch  the same with the prefetcher off: the on-demand path alone (not in the default list)
+//   vmthunderd-churn     churn during the boot wave: a quarter of the host agents (at least one) each get SIGKILL
+//               twice at random moments (seeded: --seed) and are restarted at once; every host's data checked,
+//               the longest read stall per host reported, and each restarted agent checked to serve again
+//   vmthunderd-churn-origin  the same, then the origin agent killed and restarted twice too (not in the default list)
 // Reports per system the slowest host (maxMs), the median host, the bytes the origin sent (its eth0 tx
 // counter) and the bytes each host received, checks every host read the same data as a local replay, and
 // writes results.json, results.md and results.svg to --out.
@@ -16,7 +20,7 @@
 // Usage (root): npm run bench:testbed -- [--hosts 8] [--rate 1gbit] [--origin-rate RATE] [--trace FILE]
 //   [--image trace|guest|FILE] [--systems vmthunderd,nbdkit,http,bittorrent,vmthunderd-failure] [--json] [--out DIR]
 //   [--prefix vmtb] [--vmt-config FILE (merged into the agents' config)] [--vmt-create at-go|before] [--think]
-//   [--timeout-s S (per system; default from the full-copy worst case)] [--vmt-timeout-s 600]
+//   [--timeout-s S (per system; default from the full-copy worst case)] [--vmt-timeout-s 600] [--seed S (churn runs)]
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
 import { mkdtemp, mkdir, rm, writeFile, symlink, stat, readFile } from 'node:fs/promises'
 import { createWriteStream, type WriteStream } from 'node:fs'
@@ -29,6 +33,7 @@ import { loadTrace, distinctBytes, replayFile } from './lib/nbd-replay.js'
 import { DAEMON_BIN } from './lib/agent-process.js'
 import { makeTraceImage } from './lib/trace-image.js'
 import { callRpc } from '../src/rpc/client.js'
+import { mulberry32 as seededRandom } from './lib/trial-utils.js'
 
 const REPO_ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '..')
 const HOST_DRIVER = join(REPO_ROOT, 'scripts', 'bench-testbed-host.ts')
@@ -36,7 +41,7 @@ const NBD_PORT = 10809
 const HTTP_PORT = 8080
 const TRACKER_PORT = 6969
 const READY_TIMEOUT_MS = 60_000
-const ALL_SYSTEMS = ['vmthunderd', 'nbdkit', 'http', 'bittorrent', 'vmthunderd-failure', 'vmthunderd-noprefetch'] as const
+const ALL_SYSTEMS = ['vmthunderd', 'nbdkit', 'http', 'bittorrent', 'vmthunderd-failure', 'vmthunderd-noprefetch', 'vmthunderd-churn', 'vmthunderd-churn-origin'] as const
 const DEFAULT_SYSTEMS = ['vmthunderd', 'nbdkit', 'http', 'bittorrent', 'vmthunderd-failure']
 type SystemName = typeof ALL_SYSTEMS[number]
 const IMAGE_ID = 'guest'
@@ -44,6 +49,9 @@ const TRACE_IMAGE_BYTES = 1024 ** 3
 // Generous: nine agents compile and start at once, and on a shared 2-core machine that can take a minute.
 const AGENT_START_TIMEOUT_MS = 180_000
 const AGENT_RPC_TIMEOUT_MS = 120_000
+/** Churn runs: each victim's kills come this long apart at random (ms), the first after GO. */
+const CHURN_GAP_MS: [number, number] = [500, 4000]
+const CHURN_KILLS_PER_VICTIM = 2
 /** Failure run: node.status is polled this often to find a relay to kill. */
 const FAILURE_POLL_MS = 50
 
@@ -81,6 +89,8 @@ export interface SystemResult {
   cpuMsPerMiBMoved?: number
   /** vmthunderd-failure: what was killed and what it cost. */
   failure?: FailureReport
+  /** vmthunderd-churn(-origin): the kills and what they cost. */
+  churn?: ChurnReport
 }
 
 export interface AgentReport {
@@ -113,6 +123,26 @@ export interface FailureReport {
   survivorsMaxReadMs?: number
   /** Longest single read on the killed host (includes its agent's restart). */
   killedHostMaxReadMs?: number
+  note?: string
+}
+
+export interface ChurnKill {
+  agent: string
+  /** ms after GO. */
+  atMs: number
+  /** From SIGKILL until the restarted agent logged 'vmthunderd started'. */
+  restartMs: number
+}
+
+export interface ChurnReport {
+  seed: number
+  kills: ChurnKill[]
+  /** Longest single read per host, in host order (a killed host's includes its own agent's restart). */
+  maxReadMsPerHost: number[]
+  /** Hosts whose agent was killed. */
+  churnedHosts: string[]
+  /** Per restarted agent: bytes it sent to peers since its last restart, and whether its NBD export served its VM again. */
+  servesAgain: Array<{ agent: string, sentToPeersBytes: number, exportServed: boolean | null }>
   note?: string
 }
 
@@ -174,6 +204,8 @@ export interface SystemContext {
   /** vmthunderd: config merged into the agents' (--vmt-config), and when instances are created. */
   vmtConfig: Record<string, unknown>
   vmtCreate: 'at-go' | 'before'
+  /** Seeds the random choices of the churn runs (--seed). */
+  seed: number
   log: (s: string) => void
 }
 
@@ -371,6 +403,16 @@ async function cpuMsOf (pid: number | undefined): Promise<number> {
   } catch { return 0 }
 }
 
+/** Rewrites the agent's `--listen .../tcp/0` to the port it got, for restarts. */
+async function pinListenPort (a: Agent): Promise<void> {
+  const st = await rpc(a, 'node.status')
+  const mine = (st.listenAddrs as string[]).find((x) => x.includes(`/ip4/${a.node.ip}/tcp/`))
+  const port = mine?.match(/\/tcp\/(\d+)/)?.[1]
+  if (port === undefined) throw new BenchError(`${a.name} listens on no ${a.node.ip} address: ${JSON.stringify(st.listenAddrs)}`)
+  const at = a.args.indexOf('--listen')
+  a.args[at + 1] = `/ip4/${a.node.ip}/tcp/${port}`
+}
+
 const rpc = async (a: Agent, method: string, params: Record<string, unknown> = {}, timeoutMs = AGENT_RPC_TIMEOUT_MS): Promise<any> =>
   await callRpc(a.socket, method, params, { timeoutMs })
 
@@ -391,7 +433,7 @@ function mergeConfig (base: Record<string, unknown>, over: Record<string, unknow
  * connected and the image registered before GO; each host's driver creates its instance at GO (--vmt-create
  * before: while preparing) and replays over its own agent's NBD socket. With `failure`, one relay is killed.
  */
-function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: SystemName }) {
+function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: SystemName, churn?: 'hosts' | 'hosts+origin' }) {
   return async (ctx: SystemContext): Promise<SystemRun> => {
     const { tb } = ctx
     const base = join(ctx.workDir, variant.name)
@@ -427,6 +469,9 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
         await new Promise((resolve) => setTimeout(resolve, 100))
       }
       ctx.log(`${variant.name}: origin and ${hosts.length} agents up and connected`)
+      // A restarted agent listens on the port it had (a host's agent has a fixed port, config p2p.listen): the
+      // others re-dial the address they know, the hosts the origin's bootstrap address.
+      await Promise.all(agents.map(async (a) => { await pinListenPort(a) }))
 
       const nameOf = async (): Promise<Map<string, string>> => {
         const m = new Map<string, string>([[originPeer, 'origin']])
@@ -441,6 +486,63 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
       const afterGo = async (signal: AbortSignal, control: HostControl): Promise<void> => {
         cpuAtGo = await cpuNow()
         if (variant.failure) await killRelay(signal, control)
+        if (variant.churn !== undefined) await runChurn(signal, control)
+      }
+      let churn: ChurnReport | undefined
+      /**
+       * Churn: victims (a quarter of the hosts, at least one; then the origin, with 'hosts+origin') each get
+       * SIGKILL CHURN_KILLS_PER_VICTIM times, CHURN_GAP_MS apart at random, and are restarted at once as a
+       * service manager would. Host victims run concurrently; the origin's kills come after theirs. A victim
+       * whose host finished is spared (its VM booted; killing it then tests nothing of the wave).
+       */
+      const runChurn = async (signal: AbortSignal, control: HostControl): Promise<void> => {
+        const goMs = performance.now()
+        const random = seededRandom(ctx.seed)
+        const victimCount = Math.max(1, Math.floor(hosts.length / 4))
+        const order = hosts.map((_, i) => i)
+        for (let i = order.length - 1; i > 0; i--) { const j = Math.floor(random() * (i + 1)); [order[i], order[j]] = [order[j], order[i]] }
+        const victims = order.slice(0, victimCount)
+        churn = { seed: ctx.seed, kills: [], maxReadMsPerHost: [], churnedHosts: victims.map((i) => hosts[i].name), servesAgain: [] }
+        let finished = false
+        void control.allDone.finally(() => { finished = true }).catch(() => {})
+        const pause = async (): Promise<void> => {
+          const ms = CHURN_GAP_MS[0] + random() * (CHURN_GAP_MS[1] - CHURN_GAP_MS[0])
+          await new Promise<void>((resolve) => { const t = setTimeout(resolve, ms); signal.addEventListener('abort', () => { clearTimeout(t); resolve() }, { once: true }) })
+        }
+        const killAndRestart = async (a: Agent): Promise<void> => {
+          const killedAt = performance.now()
+          const closed = new Promise<void>((resolve) => { a.proc.once('close', () => { resolve() }) })
+          a.proc.kill('SIGKILL')
+          await closed
+          a.proc = await spawnAgent(a, logDir, signal)
+          const kill = { agent: a.name, atMs: Math.round(killedAt - goMs), restartMs: Math.round(performance.now() - killedAt) }
+          churn?.kills.push(kill)
+          ctx.log(`${variant.name}: ${a.name}'s agent killed at ${secs(kill.atMs)} s, up again after ${secs(kill.restartMs)} s`)
+        }
+        // A host's driver creates its instance at GO and cannot resume a create its agent died in: the first
+        // kill waits until the instance exists (polled, bounded by the run).
+        const instanceExists = async (i: number): Promise<boolean> => {
+          const list = await rpc(hosts[i], 'instance.list', {}, 5000).catch(() => undefined) as { instances?: Array<{ name: string }> } | Array<{ name: string }> | undefined
+          const entries = Array.isArray(list) ? list : list?.instances ?? []
+          return entries.some((x) => x.name === `vm-h${i + 1}`)
+        }
+        await Promise.all(victims.map(async (i) => {
+          while (!finished && !signal.aborted && !(await instanceExists(i))) await new Promise((resolve) => setTimeout(resolve, FAILURE_POLL_MS))
+          for (let k = 0; k < CHURN_KILLS_PER_VICTIM; k++) {
+            await pause()
+            if (finished || signal.aborted || control.doneHosts.has(i)) return
+            await killAndRestart(hosts[i])
+            control.tell(i, 'RESUME')
+          }
+        }))
+        if (variant.churn === 'hosts+origin') {
+          for (let k = 0; k < CHURN_KILLS_PER_VICTIM; k++) {
+            await pause()
+            if (finished || signal.aborted) break
+            await killAndRestart(origin)
+          }
+        }
+        if (churn.kills.length === 0) churn.note = 'every host finished before the first kill was due: nothing was killed'
       }
       const killRelay = async (signal: AbortSignal, control: HostControl): Promise<void> => {
           const goMs = performance.now()
@@ -485,7 +587,8 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
         afterGo,
         report: async (done) => {
           const cpuEnd = await cpuNow()
-          const cpuOf = (name: string): number => Math.max(0, (cpuEnd.get(name) ?? 0) - (failure?.killedHost === name ? 0 : cpuAtGo.get(name) ?? 0))
+          const restarted = new Set(churn?.kills.map((k) => k.agent) ?? [])
+          const cpuOf = (name: string): number => Math.max(0, (cpuEnd.get(name) ?? 0) - (failure?.killedHost === name || restarted.has(name) ? 0 : cpuAtGo.get(name) ?? 0))
           const names2 = await nameOf()
           const agentsOut: AgentReport[] = []
           for (const [i, h] of hosts.entries()) {
@@ -512,6 +615,15 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
             failure.killedHostMaxReadMs = finiteMax([done[ki].maxReadMs])
           }
           const originImg = (await rpc(origin, 'node.status')).images?.[IMAGE_ID] ?? {}
+          if (churn !== undefined) {
+            churn.maxReadMsPerHost = done.map((d) => Math.round(d.maxReadMs))
+            // Counters start again at a restart: what a restarted agent sent, it sent since its last start.
+            for (const name of restarted) {
+              const sent = name === 'origin' ? Number(originImg.bytesSent ?? 0) : agentsOut.find((a) => a.host === name)?.bytesSent ?? 0
+              const hi = hosts.findIndex((h) => h.name === name)
+              churn.servesAgain.push({ agent: name, sentToPeersBytes: sent, exportServed: hi < 0 ? null : Number.isFinite(done[hi].maxReadMs) && (done[hi].reconnects ?? 0) > 0 })
+            }
+          }
           const cpus = agentsOut.map((a) => a.cpuMs)
           const movedBytes = agentsOut.reduce((sum, a) => sum + a.bytesFromOrigin + a.bytesFromPeers + a.bytesSent, 0) + Number(originImg.bytesSent ?? 0)
           const startups = agentsOut.map((a) => a.startupCpuMs).filter((x): x is number => x !== undefined)
@@ -522,7 +634,8 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
             cpuPerHostMaxMs: Math.max(0, ...cpus),
             ...(startups.length > 0 ? { startupCpuMedianMs: Math.round(median(startups)) } : {}),
             ...(movedBytes > 0 ? { cpuMsPerMiBMoved: Math.round(100 * (cpus.reduce((a, b) => a + b, 0) + cpuOf('origin')) / (movedBytes / 2 ** 20)) / 100 } : {}),
-            ...(failure !== undefined ? { failure } : {})
+            ...(failure !== undefined ? { failure } : {}),
+            ...(churn !== undefined ? { churn } : {})
           }
         },
         stop: stopAll
@@ -538,6 +651,8 @@ const SYSTEMS: Record<SystemName, (ctx: SystemContext) => Promise<SystemRun | un
   vmthunderd: vmthunderd({ name: 'vmthunderd', prefetch: true, failure: false }),
   'vmthunderd-failure': vmthunderd({ name: 'vmthunderd-failure', prefetch: true, failure: true }),
   'vmthunderd-noprefetch': vmthunderd({ name: 'vmthunderd-noprefetch', prefetch: false, failure: false }),
+  'vmthunderd-churn': vmthunderd({ name: 'vmthunderd-churn', prefetch: true, failure: false, churn: 'hosts' }),
+  'vmthunderd-churn-origin': vmthunderd({ name: 'vmthunderd-churn-origin', prefetch: true, failure: false, churn: 'hosts+origin' }),
   nbdkit: runNbdkit,
   http: runHttp,
   bittorrent: runBittorrent
@@ -645,6 +760,16 @@ export function markdownTable (r: BenchResults, command: string): string {
         `start-up until GO, median ${secs(s.startupCpuMedianMs ?? 0)} s (not included); ${s.cpuMsPerMiBMoved ?? '-'} CPU-ms per MiB moved (all agents' CPU over the bytes their p2p layers received and sent).`)
     }
     for (const fh of s.failedHosts ?? []) details.push('', `${name}: ${fh.host} failed: ${fh.error}`)
+    const c = s.churn
+    if (c !== undefined) {
+      const survivors = s.agents.map((a, i) => ({ host: a.host, ms: c.maxReadMsPerHost[i] })).filter((x) => !c.churnedHosts.includes(x.host))
+      const churned = s.agents.map((a, i) => ({ host: a.host, ms: c.maxReadMsPerHost[i] })).filter((x) => c.churnedHosts.includes(x.host))
+      details.push('', `${name} (seed ${c.seed}): ${c.kills.length} kills (SIGKILL, restarted at once): ${c.kills.map((k) => `${k.agent} at ${secs(k.atMs)} s (up after ${secs(k.restartMs)} s)`).join(', ') || 'none'}. ` +
+        `Longest read stall per host: ${[...survivors, ...churned].map((x) => `${x.host} ${ms(x.ms)} ms`).join(', ')}; ` +
+        `hosts whose agent was not killed: max ${ms(Math.max(0, ...survivors.map((x) => x.ms)))} ms (goal <= 2000). ` +
+        `Restarted agents serving again: ${c.servesAgain.map((x) => `${x.agent}: ${mib(x.sentToPeersBytes)} MiB to peers since restart${x.exportServed === null ? '' : x.exportServed ? ', its VM read on through it' : ', its VM did NOT read through it again'}`).join('; ')}. ` +
+        `Data ${s.dataOk ? 'correct on every host' : 'WRONG on some host'}.${c.note !== undefined ? ` ${c.note}.` : ''}`)
+    }
     const f = s.failure
     if (f !== undefined) {
       details.push('', f.killedHost === null
@@ -729,6 +854,8 @@ async function main (): Promise<void> {
   const vmtConfig = args.has('vmt-config') ? JSON.parse(await readFile(resolve(args.get('vmt-config') as string), 'utf8')) as Record<string, unknown> : {}
   const vmtCreate = args.get('vmt-create') ?? 'at-go'
   if (vmtCreate !== 'at-go' && vmtCreate !== 'before') throw new BenchError('--vmt-create takes at-go or before')
+  const seed = args.has('seed') ? Number(args.get('seed')) : Math.floor(Math.random() * 2 ** 31)
+  if (!Number.isSafeInteger(seed)) throw new BenchError('--seed takes an integer')
   for (const s of systems) if (!ALL_SYSTEMS.includes(s)) throw new BenchError(`unknown system ${s} (have ${ALL_SYSTEMS.join(', ')})`)
   const log = (s: string): void => { process.stderr.write(`bench-testbed: ${s}\n`) }
 
@@ -775,7 +902,7 @@ async function main (): Promise<void> {
     const localThinkMs = think ? (log('local replay with think times (the baseline)...'), (await replayFile(reads, image, ac.signal, { think: true })).elapsedMs) : undefined
     const distinct = distinctBytes(reads)
     tb = await testbedUp({ hosts, rate, originRate, prefix, signal: ac.signal })
-    const ctx: SystemContext = { think, tb, image, imageBytes, workDir: wd, hostDir: (i) => join(wd, `h${i + 1}`), signal: ac.signal, logDir: join(outDir, 'logs'), vmtConfig, vmtCreate, log }
+    const ctx: SystemContext = { think, tb, image, imageBytes, workDir: wd, hostDir: (i) => join(wd, `h${i + 1}`), signal: ac.signal, logDir: join(outDir, 'logs'), vmtConfig, vmtCreate, seed, log }
     // Bound per system: a few times the slowest plausible case (every host pulling the whole image from
     // the origin), at least 2 minutes.
     const originBps = tb.originRateBytesPerSec
