@@ -27,6 +27,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get -qq -y install --no-install-recommends "${missing[@]}" >&2
 fi
 
+# The agents run the packaged build (dist/, what `npm install -g` of the tarball runs), built here from the
+# current tree: start-up and restart times (the churn runs) are those of the package, not of tsx compiling
+# src/ at every start. VMTHUNDER_DIST=0 runs src/ through tsx instead.
+if [ "${VMTHUNDER_DIST:-1}" = 1 ]; then
+  echo "bench-testbed: building dist/ (npm run build)" >&2
+  npm run --silent build >&2
+  export VMTHUNDER_DIST=1
+else
+  unset VMTHUNDER_DIST
+fi
+
 trap 'bash scripts/testbed.sh down --prefix "$PREFIX" >/dev/null 2>&1 || true' EXIT
 trap 'exit 130' INT TERM
 node --import tsx scripts/bench-testbed.ts "$@"

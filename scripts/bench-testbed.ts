@@ -109,6 +109,8 @@ export interface AgentReport {
   /** Time instance.create took (manifest fetch, cache and overlay), ms. */
   createMs?: number
   maxReadMs: number
+  /** Adverts the agent published for the image (since its last start), GO to the end of the run included. */
+  advertsPublished?: number
 }
 
 export interface FailureReport {
@@ -605,7 +607,8 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
               cpuMs: cpuOf(h.name),
               startupCpuMs: cpuAtGo.get(h.name),
               createMs: done[i].fetchMs === undefined ? undefined : Math.round(done[i].fetchMs),
-              maxReadMs: Math.round(done[i].maxReadMs)
+              maxReadMs: Math.round(done[i].maxReadMs),
+              advertsPublished: img.advertsPublished
             })
           }
           if (failure?.killedHost !== undefined && failure.killedHost !== null) {
@@ -757,7 +760,8 @@ export function markdownTable (r: BenchResults, command: string): string {
       `| origin | | | | | | | | ${secs(s.originCpuMs ?? 0)} | | 0 |`)
     if (s.cpuPerHostMedianMs !== undefined) {
       details.push('', `${name}: agent CPU per host per boot (from /proc, GO until every host was done): median ${secs(s.cpuPerHostMedianMs)} s, max ${secs(s.cpuPerHostMaxMs ?? 0)} s; ` +
-        `start-up until GO, median ${secs(s.startupCpuMedianMs ?? 0)} s (not included); ${s.cpuMsPerMiBMoved ?? '-'} CPU-ms per MiB moved (all agents' CPU over the bytes their p2p layers received and sent).`)
+        `start-up until GO, median ${secs(s.startupCpuMedianMs ?? 0)} s (not included); ${s.cpuMsPerMiBMoved ?? '-'} CPU-ms per MiB moved (all agents' CPU over the bytes their p2p layers received and sent); ` +
+        `adverts published per host agent (start to end, median): ${median(s.agents.map((a) => a.advertsPublished ?? 0))}.`)
     }
     for (const fh of s.failedHosts ?? []) details.push('', `${name}: ${fh.host} failed: ${fh.error}`)
     const c = s.churn

@@ -12,6 +12,7 @@ import { levelPresenceStore, type ChunkDb } from './presence.js'
 import { ImageExistsError, ImageFileError, ImageNotFoundError, ImageInUseError, ImagePathNotAllowedError } from './errors.js'
 import type { SigningKey } from './signing.js'
 import type { BlockSource } from './types.js'
+import { sourceSizeBytes } from './device-size.js'
 import type { ScrubOptions } from './scrub.js'
 
 export interface ImageRecord {
@@ -191,15 +192,16 @@ export class ImageRegistry {
     path = await allowedImagePath(path, options.allowedDirs)
     let info
     try {
-      info = await stat(path)
+      info = await stat(path, { bigint: true })
     } catch (err) {
       throw new ImageFileError(`cannot read image file '${path}': ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
     }
     if (!info.isFile() && !info.isBlockDevice()) throw new ImageFileError(`'${path}' is not a regular file or a block device`)
-    if (info.isFile() && info.size === 0) throw new ImageFileError(`'${path}' is empty`)
+    const sizeBytes = await sourceSizeBytes(path, info).catch((err: Error) => { throw new ImageFileError(err.message) })
+    if (sizeBytes === 0) throw new ImageFileError(`'${path}' is empty`)
     return await this.exclusive(imageId, async () => {
       this.assertAbsent(imageId)
-      const progress: RegistrationProgress = { imageId, phase: 'hashing', doneBytes: 0, totalBytes: info.size, startedAtMs: this.now() }
+      const progress: RegistrationProgress = { imageId, phase: 'hashing', doneBytes: 0, totalBytes: sizeBytes, startedAtMs: this.now() }
       const report = (phase: RegistrationProgress['phase'], doneBytes: number, totalBytes: number): void => {
         Object.assign(progress, { phase, doneBytes, totalBytes })
         options.onProgress?.({ ...progress })

@@ -11,6 +11,7 @@
 import { createHash } from 'node:crypto'
 import { open } from 'node:fs/promises'
 import { ManifestDecodeError, ManifestSignatureError, UntrustedOriginError, InvalidImageIdError } from './errors.js'
+import { sourceSizeBytes } from './device-size.js'
 import { signEd25519, verifyEd25519, type SigningKey } from './signing.js'
 
 export const MANIFEST_MAGIC = 'VMTM'
@@ -238,9 +239,9 @@ export async function manifestFromFile (options: HashFileOptions): Promise<Manif
   const blockSizeBytes = validateBlockSize(options.blockSizeBytes)
   const handle = await open(options.path, 'r')
   try {
-    const stat = await handle.stat()
+    const stat = await handle.stat({ bigint: true })
     if (!stat.isFile() && !stat.isBlockDevice()) throw new RangeError(`${options.path} is not a regular file`)
-    const sizeBytes = stat.size
+    const sizeBytes = await sourceSizeBytes(options.path, stat)
     if (sizeBytes === 0) throw new RangeError(`${options.path} is empty`)
     const blockCount = Math.ceil(sizeBytes / blockSizeBytes)
     const blockHashes = new Uint8Array(blockCount * HASH_BYTES)
