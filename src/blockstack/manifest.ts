@@ -148,7 +148,7 @@ export function signManifest (fields: ManifestFields, key: SigningKey): Manifest
  * Decodes a manifest and checks its structure and its signature against the key it names. Whether that key
  * is trusted is a separate question: see checkTrusted.
  */
-export function decodeManifest (bytes: Uint8Array): Manifest {
+export function decodeManifest (bytes: Uint8Array, options: { trustedKeys?: readonly Uint8Array[] } = {}): Manifest {
   if (bytes.byteLength > MAX_MANIFEST_BYTES) throw new ManifestDecodeError(`manifest is ${bytes.byteLength} bytes, over the ${MAX_MANIFEST_BYTES} limit`)
   const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
   const need = (n: number, what: string): void => {
@@ -174,6 +174,8 @@ export function decodeManifest (bytes: Uint8Array): Manifest {
   const sizeBytes = Number(sizeBig)
   let at = 30 + idLength
   const originPublicKey = new Uint8Array(buf.subarray(at, at + PUBLIC_KEY_BYTES))
+  // Trust first: a manifest from an untrusted origin costs no hashing of its (up to MAX_MANIFEST_BYTES) body.
+  if (options.trustedKeys !== undefined) checkTrustedKey(imageId, originPublicKey, options.trustedKeys)
   at += PUBLIC_KEY_BYTES
   const blockCount = buf.readUInt32BE(at)
   at += 4
@@ -204,17 +206,19 @@ export function decodeManifest (bytes: Uint8Array): Manifest {
 
 /** Throws UntrustedOriginError unless the manifest's origin key is one of `trustedKeys` (raw 32 bytes each). */
 export function checkTrusted (manifest: Manifest, trustedKeys: readonly Uint8Array[]): void {
-  const origin = Buffer.from(manifest.originPublicKey)
+  checkTrustedKey(manifest.imageId, manifest.originPublicKey, trustedKeys)
+}
+
+function checkTrustedKey (imageId: string, originPublicKey: Uint8Array, trustedKeys: readonly Uint8Array[]): void {
+  const origin = Buffer.from(originPublicKey)
   if (!trustedKeys.some(key => origin.equals(key))) {
-    throw new UntrustedOriginError(`manifest of ${manifest.imageId} is signed by ${origin.toString('hex')}, which is not a trusted origin`)
+    throw new UntrustedOriginError(`manifest of ${imageId} is signed by ${origin.toString('hex')}, which is not a trusted origin`)
   }
 }
 
-/** Decodes, verifies the signature, and checks that the origin is trusted. */
+/** Checks that the origin is trusted (before any hashing), decodes, and verifies the signature. */
 export function acceptManifest (bytes: Uint8Array, trustedKeys: readonly Uint8Array[]): Manifest {
-  const manifest = decodeManifest(bytes)
-  checkTrusted(manifest, trustedKeys)
-  return manifest
+  return decodeManifest(bytes, { trustedKeys })
 }
 
 export interface HashFileOptions {

@@ -37,6 +37,10 @@ test('manifest: build, encode, decode, verify, trust', { timeout: 10_000 }, asyn
     const tampered = Buffer.from(m.encoded)
     tampered[tampered.length - 100] ^= 1 // a block hash
     assert.throws(() => decodeManifest(tampered), { name: 'ManifestSignatureError' })
+    // Trust is checked before the body is hashed: an untrusted origin's manifest is refused as untrusted even
+    // when its signature would not verify either.
+    assert.throws(() => acceptManifest(tampered, [signingKeyFromSeed(randomBytes(32)).publicKey]), { name: 'UntrustedOriginError' })
+    assert.throws(() => acceptManifest(tampered, [key.publicKey]), { name: 'ManifestSignatureError' })
     assert.throws(() => decodeManifest(m.encoded.subarray(0, 50)), { name: 'ManifestDecodeError' })
     assert.throws(() => decodeManifest(randomBytes(300)), { name: 'ManifestDecodeError' })
     await assert.rejects(manifestFromFile({ imageId: '../etc', path: image, blockSizeBytes: BS, key }), { name: 'InvalidImageIdError' })
