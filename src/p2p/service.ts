@@ -23,7 +23,7 @@ import { DEFAULT_TOPOLOGY_PARAMS, type TopologyParams } from '../topology/index.
 import { createNode, Bootstrapper, type Encryption, type P2PNode } from './node.js'
 import { readPskFile } from './psk.js'
 import { imageIdFromTopic, imageTopic } from './advert.js'
-import { serveBlockStream } from './block-server.js'
+import { serveBlockStream, type BlockServerInit } from './block-server.js'
 import { PeerLink } from './peer-link.js'
 import { PeerSource } from './peer-source.js'
 import { serveManifestStream, MANIFEST_PROTOCOL } from './manifest-protocol.js'
@@ -85,6 +85,11 @@ export interface P2PServiceInit {
   profiles?: ProfileProvider
   /** When adverts are published (advert-policy.ts); the keep-alive also sets how long a silent peer is kept. */
   advertPolicy?: Partial<AdvertPolicyParams>
+  /**
+   * Test-only (hostile-peer tests wrap it with a fault layer): the block server's BLOCKS frame encoder. The
+   * daemon builds this init from named config fields (src/daemon/peers.ts), so no config file reaches it.
+   */
+  frameEncoder?: BlockServerInit['frameEncoder']
 }
 
 export interface ImageStatus {
@@ -372,6 +377,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       logger,
       relay,
       frameBudgetBytes: init.frameBudgetBytes,
+      frameEncoder: init.frameEncoder,
       onSent: (rootHex: string, _peer: string, bytes: number) => {
         uploadMeter.add(bytes)
         const state = byRoot.get(rootHex)
