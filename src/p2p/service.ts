@@ -9,8 +9,9 @@
 //   block-server.ts     the serving side, and relay.ts: a parent fetching for its children)
 //   manifest-finder.ts  fetching an image's manifest from peers
 //   profile-fetcher.ts  fetching newer boot profiles from peers
-// A peer that served a corrupt block is banned for banMs: dropped as parent, disconnected, refused at the
-// connection gater, and given a large negative gossipsub app score.
+// A peer that served a corrupt block (or a malformed frame, or flooded us with adverts) is banned for banMs:
+// dropped as parent, disconnected, refused at the connection gater, and given a large negative gossipsub app
+// score.
 
 import '../polyfill.js'
 import { setMaxListeners } from 'node:events'
@@ -245,7 +246,8 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     childLimitOf: children.limitOf,
     scheduleHeartbeat: state => { heartbeat.schedule(state) },
     maybeFetchProfile: maybeFetchProfiles,
-    policy: advertPolicy
+    policy: advertPolicy,
+    ban: (peerId, reason) => { ban(peerId, reason) }
   })(components)
   const heartbeat = createHeartbeat({
     liveChildren: children.live,
