@@ -2,16 +2,24 @@
 // libp2p agents in one process over TCP on loopback. One agent serves flipped bits, truncated blocks,
 // truncated wire frames or stalls to a victim that also has an honest parent; the victim must read the exact
 // image, ban a peer that sent bad data, route around a staller, and get every faulty block from elsewhere.
+// Then a flooder process (test/helpers/advert-flooder.ts) floods adverts at an agent, whose CPU is reported
+// idle and flooded; the asserts are on what gossipsub does with the flooder, never on time or CPU.
 
 import '../../src/polyfill.js'
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { createInterface } from 'node:readline'
+import { fileURLToPath } from 'node:url'
 import { blockLength } from '../../src/blockstack/manifest.js'
 import { encodeBlocksFrame } from '../../src/p2p/wire.js'
 import type { BlockCache } from '../../src/blockstack/cache.js'
 import type { ServedStore } from '../../src/p2p/service.js'
 import { mulberry32 } from '../../scripts/lib/trial-utils.js'
-import { IMAGE_ID, cluster, join_, readAll, type Cluster } from '../helpers/p2p-cluster.js'
+import { imageTopic } from '../../src/p2p/advert.js'
+import { IMAGE_ID, cluster, join_, readAll, type Cluster, type GossipSubScores } from '../helpers/p2p-cluster.js'
+import type { FlooderCommand } from '../helpers/advert-flooder.js'
 import { blockFaultLayer, fractionOfBlocks, truncatedFrameLayer, type FaultCounts, type FaultyFrameEncoder } from '../helpers/fault-layers.js'
 
 const HOSTILE = 0
@@ -132,3 +140,110 @@ test('hostile: a peer that stalls on some blocks is routed around by hedging; re
     assertRefetched(run, layer!.faults)
   })
 })
+
+// ---- advert flood ----
+
+const FLOODER_SCRIPT = fileURLToPath(new URL('../helpers/advert-flooder.ts', import.meta.url))
+/** The fixed window over which the victim's CPU is measured, idle and flooded. */
+const FLOOD_WINDOW_MS = 3000
+const FLOOD_PER_SECOND = 400
+/** gossipsub's default: a peer scored below it has its RPCs dropped unread (no signature checks). */
+const GRAYLIST_THRESHOLD = -80
+
+interface Flooder {
+  peerId: string
+  /** Runs one command in the flooder process; resolves with the messages it published. */
+  run: (command: FlooderCommand) => Promise<number>
+  stop: () => Promise<void>
+}
+
+/** Starts the flooder process against the victim and waits (bounded) until it is in the image topic. */
+async function startFlooder (c: Cluster, victimAddr: string): Promise<Flooder> {
+  const child = spawn(process.execPath, ['--import', 'tsx', FLOODER_SCRIPT, victimAddr, IMAGE_ID, c.manifest.rootHex, String(c.manifest.blockCount)],
+    { stdio: ['pipe', 'pipe', 'pipe'] })
+  let stderr = ''
+  child.stderr.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
+  const lines = createInterface({ input: child.stdout })
+  const exited = new Promise<number | null>(resolve => child.once('exit', code => resolve(code)))
+  const nextEvent = async (timeoutMs: number): Promise<{ event: string, peerId?: string, published?: number }> => {
+    const [line] = await Promise.race([
+      once(lines, 'line', { signal: AbortSignal.timeout(timeoutMs) }) as Promise<[string]>,
+      exited.then(code => { throw new Error(`flooder exited with ${code}: ${stderr}`) })
+    ])
+    return JSON.parse(line)
+  }
+  const ready = await nextEvent(30_000)
+  assert.equal(ready.event, 'ready')
+  return {
+    peerId: ready.peerId!,
+    async run (command) {
+      child.stdin.write(JSON.stringify(command) + '\n')
+      const done = await nextEvent(command.windowMs + 20_000)
+      assert.equal(done.event, 'done')
+      return done.published!
+    },
+    async stop () {
+      child.stdin.end()
+      const timer = setTimeout(() => { child.kill('SIGKILL') }, 10_000)
+      await exited
+      clearTimeout(timer)
+    }
+  }
+}
+
+/** CPU (user + system, ms) this process spends while `work` runs. */
+async function cpuDuring (work: () => Promise<number>): Promise<{ cpuMs: number, result: number }> {
+  const before = process.cpuUsage()
+  const result = await work()
+  const used = process.cpuUsage(before)
+  return { cpuMs: (used.user + used.system) / 1000, result }
+}
+
+for (const mode of ['garbage', 'replay', 'fresh'] as const) {
+  test(`hostile: an advert flood (${mode}) from one peer is cut off by the victim`, { timeout: 120_000 }, async t => {
+    // The victim is the origin, the only agent in this process: process.cpuUsage is its CPU (plus the test's).
+    const c = await cluster({ agents: 0, sizeBytes: 1024 * 1024 })
+    let flooder: Flooder | undefined
+    try {
+      const pubsub = c.origin.service.node().services.pubsub as unknown as GossipSubScores
+      // A counting layer over the image topic's validator: it sees every flood message whose signature was
+      // checked, i.e. every one the victim did not drop unread.
+      const topic = imageTopic(IMAGE_ID)
+      const inner = pubsub.topicValidators.get(topic)!
+      let validated = 0
+      pubsub.topicValidators.set(topic, async (from, message) => {
+        if (message.type === 'signed' && message.from.toString() === flooder?.peerId) validated++
+        return await inner(from, message)
+      })
+      const victimAddr = c.origin.service.multiaddrs().find(a => a.includes('127.0.0.1'))!
+      flooder = await startFlooder(c, victimAddr)
+      const idle = await cpuDuring(async () => await flooder!.run({ cmd: 'idle', windowMs: FLOOD_WINDOW_MS }))
+      const floodCommand: FlooderCommand = { cmd: 'flood', mode, perSecond: FLOOD_PER_SECOND, windowMs: FLOOD_WINDOW_MS }
+      // First window: the flood until the victim cuts the flooder off (a burst passes the advert rate bound,
+      // then Rejects cost it gossip score until it is graylisted, and a direct flooder is banned); second
+      // window: what a cut-off flooder still costs.
+      const first = await cpuDuring(async () => await flooder!.run(floodCommand))
+      const validatedFirst = validated
+      const score = pubsub.getScore(flooder.peerId)
+      const banned = c.origin.service.status().banned.includes(flooder.peerId)
+      const second = await cpuDuring(async () => await flooder!.run(floodCommand))
+      const validatedSecond = validated - validatedFirst
+      const figures = `advert flood ${mode} at ${FLOOD_PER_SECOND}/s: victim CPU per ${FLOOD_WINDOW_MS} ms window: idle ${idle.cpuMs.toFixed(0)} ms, ` +
+        `first flooded window ${first.cpuMs.toFixed(0)} ms (${first.result} published, ${validatedFirst} validated), ` +
+        `second ${second.cpuMs.toFixed(0)} ms (${second.result} published, ${validatedSecond} validated); ` +
+        `after the first: flooder ${banned ? 'banned' : 'not banned'}, gossip score ${score.toFixed(0)}`
+      t.diagnostic(figures)
+      console.log(`# ${figures}`)
+      assert.ok(first.result > 100 && second.result > 100, 'the flooder did flood')
+      // Garbage is rejected by content from the first message, so it may be graylisted before the rate
+      // bound's ban; validly signed floods pass the content check and are cut off by the rate bound.
+      assert.ok(banned || score < GRAYLIST_THRESHOLD, `the flooder is banned or graylisted (score ${score})`)
+      if (mode !== 'garbage') assert.ok(banned, 'a direct flooder of valid adverts is banned')
+      // Cut off: its messages are dropped before their signatures are checked, so the validator sees none.
+      assert.equal(validatedSecond, 0, 'no message of a cut-off flooder is validated')
+    } finally {
+      await flooder?.stop()
+      await c.close()
+    }
+  })
+}
