@@ -1,7 +1,8 @@
 // Hostile peers, composed from the fault layers of test/helpers/fault-layers.ts (no monkey-patching): real
 // libp2p agents in one process over TCP on loopback. One agent serves flipped bits, truncated blocks,
-// truncated wire frames or stalls to a victim that also has an honest parent; the victim must read the exact
-// image, ban a peer that sent bad data, route around a staller, and get every faulty block from elsewhere.
+// truncated wire frames or stalls to a victim (whose other source is the origin, or for the staller an honest
+// parent); the victim must read the exact image, ban a peer that sent bad data, route around a staller, and
+// get every faulty block from elsewhere.
 // Then a flooder process (test/helpers/advert-flooder.ts) floods adverts at an agent, whose CPU is reported
 // idle and flooded; the asserts are on what gossipsub does with the flooder, never on time or CPU.
 
@@ -20,52 +21,56 @@ import { mulberry32 } from '../../scripts/lib/trial-utils.js'
 import { imageTopic } from '../../src/p2p/advert.js'
 import { IMAGE_ID, cluster, join_, readAll, type Cluster, type GossipSubScores } from '../helpers/p2p-cluster.js'
 import type { FlooderCommand } from '../helpers/advert-flooder.js'
-import { blockFaultLayer, fractionOfBlocks, truncatedFrameLayer, type FaultCounts, type FaultyFrameEncoder } from '../helpers/fault-layers.js'
+import { blockFaultLayer, fractionOfBlocks, truncatedFrameLayer, type FaultCounts, type FaultyFrameEncoder, type FaultyStore } from '../helpers/fault-layers.js'
 
 const HOSTILE = 0
-const HONEST = 1
-const VICTIM = 2
 const IMAGE_BYTES = 4 * 1024 * 1024
-/** Bound on waiting for the victim to take both seeds as parents (admission runs on the 500 ms heartbeat). */
+/** Bound on waiting for the victim to take its parents (admission runs on the 500 ms heartbeat). */
 const ATTACH_TIMEOUT_MS = 15_000
 
 interface VictimRun {
   c: Cluster
   victim: BlockCache
+  victimIndex: number
   hostileId: string
   /** Bytes the victim received from peers other than the hostile one. */
   fromOthersBytes: number
 }
 
 /**
- * Origin (admits no child, so it is only a last resort), a hostile and an honest agent that both read the
- * whole image first, then a victim that joins with both as parents and reads the whole image.
- * `arm` turns the hostile agent bad after it has the image (a store layer, or flipping a frame layer on).
+ * An origin that admits no child (so it is only a last resort), a hostile agent and, with `honestParent`, an
+ * honest one, that read the whole image first; then a victim that joins with them as its parents and reads
+ * the whole image. `arm` turns the hostile agent bad after it has the image (a store layer, or a frame layer
+ * switched on). Without an honest parent the hostile one is the victim's only parent, so it is certainly asked
+ * first and the victim's cache certainly sees what it sends (with two parents a hedge to the honest one could
+ * win every race); the blocks then come again from the origin.
  */
-async function runVictim (options: { arm: (c: Cluster, hostileCache: BlockCache) => void, frameEncoder?: FaultyFrameEncoder },
+async function runVictim (options: { honestParent: boolean, arm: (c: Cluster, hostileCache: BlockCache) => void, frameEncoder?: FaultyFrameEncoder },
   check: (run: VictimRun) => void): Promise<void> {
+  const seedIndexes = options.honestParent ? [HOSTILE, 1] : [HOSTILE]
+  const victimIndex = seedIndexes.length
   const c = await cluster({
-    agents: 3,
+    agents: victimIndex + 1,
     sizeBytes: IMAGE_BYTES,
     originChildLimit: 0,
     agentInitFor: i => i === HOSTILE && options.frameEncoder !== undefined ? { frameEncoder: options.frameEncoder } : {}
   })
   try {
-    const seeds = await Promise.all([HOSTILE, HONEST].map(async i => await join_(c, c.agents[i], i)))
+    const seeds = await Promise.all(seedIndexes.map(async i => await join_(c, c.agents[i], i)))
     for (const sha of await Promise.all(seeds.map(async cache => await readAll(cache)))) assert.equal(sha, c.sha)
     options.arm(c, seeds[HOSTILE])
-    const victim = await join_(c, c.agents[VICTIM], VICTIM)
-    const victimService = c.agents[VICTIM].service
+    const victim = await join_(c, c.agents[victimIndex], victimIndex)
+    const victimService = c.agents[victimIndex].service
     const hostileId = c.agents[HOSTILE].service.peerId
-    const honestId = c.agents[HONEST].service.peerId
+    const parentIds = seedIndexes.map(i => c.agents[i].service.peerId)
     await victimService.waitFor(() => {
       const parents = victimService.status().images[IMAGE_ID]?.parents ?? []
-      return parents.includes(hostileId) && parents.includes(honestId)
+      return parentIds.every(id => parents.includes(id))
     }, AbortSignal.timeout(ATTACH_TIMEOUT_MS))
     assert.equal(await readAll(victim), c.sha, 'the victim read exactly the origin\'s image')
     const byPeer = victimService.status().images[IMAGE_ID].bytesReceivedByPeer
     const fromOthersBytes = Object.entries(byPeer).filter(([peer]) => peer !== hostileId).reduce((sum, [, bytes]) => sum + bytes, 0)
-    check({ c, victim, hostileId, fromOthersBytes })
+    check({ c, victim, victimIndex, hostileId, fromOthersBytes })
   } finally {
     await c.close()
   }
@@ -88,14 +93,15 @@ function assertRefetched (run: VictimRun, faults: FaultCounts): void {
 }
 
 function assertBanned (run: VictimRun): void {
-  const status = run.c.agents[VICTIM].service.status()
+  const status = run.c.agents[run.victimIndex].service.status()
   assert.ok(status.banned.includes(run.hostileId), 'the hostile peer is banned')
   assert.ok(!status.images[IMAGE_ID].parents.includes(run.hostileId), 'and no longer a parent')
 }
 
 test('hostile: a peer that flips bits in half of its blocks is banned; no corrupt byte reaches the reader', { timeout: 120_000 }, async () => {
-  let layer: ReturnType<ReturnType<typeof blockFaultLayer>> | undefined
+  let layer: FaultyStore | undefined
   await runVictim({
+    honestParent: false,
     arm: (c, cache) => serveThrough(c, cache, next => (layer = blockFaultLayer({ fault: 'flip', select: fractionOfBlocks(0.5, mulberry32(12)) })(next)))
   }, run => {
     assertBanned(run)
@@ -105,8 +111,9 @@ test('hostile: a peer that flips bits in half of its blocks is banned; no corrup
 })
 
 test('hostile: a peer that serves truncated blocks is banned; the reader gets whole blocks', { timeout: 120_000 }, async () => {
-  let layer: ReturnType<ReturnType<typeof blockFaultLayer>> | undefined
+  let layer: FaultyStore | undefined
   await runVictim({
+    honestParent: false,
     arm: (c, cache) => serveThrough(c, cache, next => (layer = blockFaultLayer({ fault: 'truncate', truncateToBytes: 1000 })(next)))
   }, run => {
     assertBanned(run)
@@ -118,7 +125,7 @@ test('hostile: a peer that serves truncated blocks is banned; the reader gets wh
 test('hostile: a peer that sends truncated wire frames is banned at the link; its blocks come from elsewhere', { timeout: 120_000 }, async () => {
   let armed = false
   const frameEncoder = truncatedFrameLayer({ select: () => armed, cutBytes: 100 })(encodeBlocksFrame)
-  await runVictim({ frameEncoder, arm: () => { armed = true } }, run => {
+  await runVictim({ honestParent: false, frameEncoder, arm: () => { armed = true } }, run => {
     assertBanned(run)
     // The frame never decoded, so nothing of it reached the cache's verification.
     assert.equal(run.victim.stats().corruptBlocks, 0)
@@ -127,12 +134,16 @@ test('hostile: a peer that sends truncated wire frames is banned at the link; it
 })
 
 test('hostile: a peer that stalls on some blocks is routed around by hedging; reads complete with correct data', { timeout: 120_000 }, async () => {
-  let layer: ReturnType<ReturnType<typeof blockFaultLayer>> | undefined
+  let layer: FaultyStore | undefined
   await runVictim({
+    // With only the staller as parent a hedge has nowhere to go (the origin is a last resort, never a hedge):
+    // the honest parent is where the slow requests are hedged to. 64 blocks are asked at once, spread over
+    // both parents by queued bytes, so the staller gets some of them.
+    honestParent: true,
     // Stalls until its stream closes (the cluster stops), at most 60 s: longer than the whole test reads.
     arm: (c, cache) => serveThrough(c, cache, next => (layer = blockFaultLayer({ fault: 'stall', stallMs: 60_000, select: fractionOfBlocks(0.3, mulberry32(7)) })(next)))
   }, run => {
-    const victimService = run.c.agents[VICTIM].service
+    const victimService = run.c.agents[run.victimIndex].service
     assert.ok(victimService.peerSource.stats.hedges >= 1, 'slow requests were hedged to another peer')
     // A staller sent nothing bad: it is routed around, not banned.
     assert.ok(!victimService.status().banned.includes(run.hostileId))
@@ -233,7 +244,6 @@ for (const mode of ['garbage', 'replay', 'fresh'] as const) {
         `second ${second.cpuMs.toFixed(0)} ms (${second.result} published, ${validatedSecond} validated); ` +
         `after the first: flooder ${banned ? 'banned' : 'not banned'}, gossip score ${score.toFixed(0)}`
       t.diagnostic(figures)
-      console.log(`# ${figures}`)
       assert.ok(first.result > 100 && second.result > 100, 'the flooder did flood')
       // Garbage is rejected by content from the first message, so it may be graylisted before the rate
       // bound's ban; validly signed floods pass the content check and are cut off by the rate bound.
