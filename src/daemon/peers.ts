@@ -3,9 +3,13 @@
 import '../polyfill.js'
 import { createP2PService } from '../p2p/service.js'
 import type { PeerLayerFactory } from './daemon.js'
+import { testServedStoreLayer } from './test-faults.js'
 
 export const peerLayerFactory: PeerLayerFactory = async ({ config, identity, trustedKeys, logger, profiles }) => {
   const p2p = config.p2p
+  // Undefined in production; hostile-peer tests only (test-faults.ts), and it throws without the env gate.
+  const servedLayer = testServedStoreLayer()
+  if (servedLayer !== undefined) logger.warn('serving peers through a test fault layer', {})
   const service = createP2PService({
     identity,
     listen: p2p.listen,
@@ -27,7 +31,7 @@ export const peerLayerFactory: PeerLayerFactory = async ({ config, identity, tru
     blockSource: service.blockSource,
     start: async () => { await service.start() },
     stop: async () => { await service.stop() },
-    addImage: (cache, options) => { service.addImage(cache, options) },
+    addImage: (cache, options) => { service.addImage(servedLayer?.(cache) ?? cache, options) },
     removeImage: imageId => { service.removeImage(imageId) },
     fetchManifest: async (imageId, options) => await service.fetchManifest(imageId, options),
     status: () => { const status = service.status(); return { ...status, peers: status.peers.length } },

@@ -13,6 +13,28 @@ import { DEFAULT_ADVERT_POLICY, nextAdvertDueMs, type AdvertFacts, type AdvertPo
 /** Adverts are published at most this often (urgent changes; see advert-policy.ts). */
 export const DEFAULT_MIN_ADVERT_INTERVAL_MS = DEFAULT_ADVERT_POLICY.minIntervalMs
 
+/**
+ * Adverts of one image from one sender (the signing author, not the forwarding peer) beyond a burst of this
+ * many, refilled at twice the rate an honest agent can publish (one per minIntervalMs), are rejected before
+ * they are decoded. An honest burst is bounded by gossip's message cache (a reconnecting peer is sent a few
+ * seconds of history), well under it. Without the bound a flood of validly signed adverts (the same advert
+ * seq replayed, or a new seq each time) was validated, message by message, at any rate: 1,200 in 3 s cost
+ * an agent 1.3 CPU-seconds and, as fresh adverts are accepted, every agent they were forwarded to as well.
+ * A Reject costs the delivering peer gossip score (graylisted: its messages are dropped unread, but still
+ * received and decrypted: 0.35-0.4 CPU-seconds per 1,200), and honest forwarders only forward what passed the
+ * same bound. An author that keeps flooding us directly (another ADVERT_BURST rejected in a row) is banned.
+ */
+export const ADVERT_BURST = 20
+/** Senders whose budgets are remembered; beyond it, refilled budgets (same as none) and then the oldest go. */
+const MAX_ADVERT_BUDGETS = 4096
+
+interface AdvertBudget {
+  tokens: number
+  atMs: number
+  /** Adverts rejected since the last one that was let through (the first is logged). */
+  rejected: number
+}
+
 export interface AdvertsInit {
   profiles?: ProfileProvider
   /** Our upload load, 0..1. */
@@ -24,6 +46,8 @@ export interface AdvertsInit {
   /** A peer advertised a profile: maybe fetch it. */
   maybeFetchProfile: (state: ImageState) => void
   policy?: Partial<AdvertPolicyParams>
+  /** Bans a peer (as a corrupt block would): here, the author of an advert flood sent to us directly. */
+  ban: (peerId: string, reason: string) => void
 }
 
 export interface Adverts {
@@ -50,6 +74,33 @@ export const createAdverts = (init: AdvertsInit) => (components: ServiceComponen
   const { logger, clock, params, images, peers, events, selfPeerId } = components
   const policy: AdvertPolicyParams = { ...DEFAULT_ADVERT_POLICY, ...init.policy }
   let publishedCount = 0
+  /** Per image topic and sender: the advert rate bound (see ADVERT_BURST). */
+  const budgets = new Map<string, AdvertBudget>()
+  const refillPerMs = policy.minIntervalMs > 0 ? 2 / policy.minIntervalMs : Infinity
+
+  /** Takes one advert from the sender's budget; returns 0, or when it is spent, the adverts rejected since. */
+  const overBudget = (state: ImageState, sender: string): number => {
+    const key = `${state.topic} ${sender}`
+    const nowMs = clock.nowMs()
+    let budget = budgets.get(key)
+    if (budget === undefined) {
+      if (budgets.size >= MAX_ADVERT_BUDGETS) {
+        for (const [k, b] of budgets) if (b.tokens + (nowMs - b.atMs) * refillPerMs >= ADVERT_BURST) budgets.delete(k)
+        if (budgets.size >= MAX_ADVERT_BUDGETS) budgets.delete(budgets.keys().next().value!)
+      }
+      budget = { tokens: ADVERT_BURST, atMs: nowMs, rejected: 0 }
+      budgets.set(key, budget)
+    }
+    budget.tokens = Math.min(ADVERT_BURST, budget.tokens + (nowMs - budget.atMs) * refillPerMs)
+    budget.atMs = nowMs
+    if (budget.tokens >= 1) {
+      budget.tokens -= 1
+      budget.rejected = 0
+      return 0
+    }
+    if (budget.rejected === 0) logger.warn('adverts over the rate bound rejected', { image: state.imageId, sender, burst: ADVERT_BURST })
+    return ++budget.rejected
+  }
 
   /** Our listen addresses for adverts, without the /p2p suffix; loopback last. */
   const advertAddrs = (): Uint8Array[] => {
@@ -150,6 +201,13 @@ export const createAdverts = (init: AdvertsInit) => (components: ServiceComponen
     const sender = message.from.toString()
     if (sender === selfPeerId) return TopicValidatorResult.Ignore
     if (peers.isBanned(sender)) return TopicValidatorResult.Reject
+    const rejected = overBudget(state, sender)
+    if (rejected > 0) {
+      // Sent to us directly by its author at twice the burst over the bound: a flooder, not gossip's jitter.
+      // Graylisting alone still lets it cost us reading and decrypting every message; a ban hangs up on it.
+      if (rejected >= ADVERT_BURST && from.toString() === sender) init.ban(sender, `flooded adverts of ${state.imageId}`)
+      return TopicValidatorResult.Reject
+    }
     const verdict = validateAdvert(message.data, {
       topicImageId: state.imageId,
       manifest: state.manifest,
@@ -192,6 +250,7 @@ export const createAdverts = (init: AdvertsInit) => (components: ServiceComponen
     pubsub.unsubscribe(state.topic)
     pubsub.topicValidators.delete(state.topic)
     delete scoreTopics(pubsub)[state.topic]
+    for (const key of budgets.keys()) if (key.startsWith(`${state.topic} `)) budgets.delete(key)
   }
 
   return { publish, publishSoon: publish, publishForced, published: () => publishedCount, subscribe, unsubscribe, cancel }

@@ -53,6 +53,11 @@ export interface BlockServerInit {
   prefetchFrameBudgetBytes?: number
   maxQueuedRequests?: number
   maxQueuedBytes?: number
+  /**
+   * Test-only seam (test/helpers/fault-layers.ts wraps it to send truncated frames): how BLOCKS frames are
+   * encoded. Default encodeBlocksFrame; not in the config schema, and the daemon never sets it.
+   */
+  frameEncoder?: typeof encodeBlocksFrame
 }
 
 interface ServeJob {
@@ -76,6 +81,7 @@ export async function serveBlockStream (init: BlockServerInit, stream: Stream, c
   const prefetchFrameBudget = Math.min(frameBudget, init.prefetchFrameBudgetBytes ?? DEFAULT_PREFETCH_FRAME_BUDGET_BYTES)
   const maxQueued = init.maxQueuedRequests ?? DEFAULT_MAX_QUEUED_REQUESTS
   const maxQueuedBytes = init.maxQueuedBytes ?? DEFAULT_MAX_QUEUED_BYTES
+  const encodeFrame = init.frameEncoder ?? encodeBlocksFrame
   const demand: ServeJob[] = []
   const prefetch: ServeJob[] = []
   const byId = new Map<number, ServeJob>()
@@ -149,7 +155,7 @@ export async function serveBlockStream (init: BlockServerInit, stream: Stream, c
           byId.delete(job.reqId)
         }
         await init.uploadBucket.take(sentBytes, signal)
-        await lp.write(encodeBlocksFrame(job.reqId, final, entries), { signal })
+        await lp.write(encodeFrame(job.reqId, final, entries), { signal })
         if (sentBytes > 0) init.onSent?.(job.rootHex, peerId, sentBytes)
       }
     } catch (err) {

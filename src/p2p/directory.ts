@@ -51,6 +51,13 @@ export const createDirectory = (init: DirectoryInit) => (components: ServiceComp
       const state = byRoot.get(manifest.rootHex)
       const parent = state?.parents.find(p => p.peerId === peerId)
       logger.warn('block request failed', { image: manifest.imageId, peer: peerId, error: err.message })
+      // A malformed response frame (the link closed on a WireDecodeError) is a protocol violation no honest
+      // peer commits (noise would catch damage in transit): treated like a corrupt block. A request the peer
+      // refused as malformed is our fault and arrives as a plain WireDecodeError, not as a link's cause.
+      if ((err.cause as Error | undefined)?.name === 'WireDecodeError') {
+        if (!peers.isBanned(peerId)) init.ban(peerId, `sent a malformed frame: ${(err.cause as Error).message}`)
+        return
+      }
       if (state !== undefined && parent !== undefined && !parent.failed && err.name !== 'PeerBusyError') {
         parent.failed = true
         init.scheduleHeartbeat(state)

@@ -205,7 +205,8 @@ export class PeerLink {
   close (err?: Error): void {
     if (this.closed) return
     this.closed = true
-    const reason = new PeerLinkClosedError(`link to ${this.peerId} closed${err !== undefined ? `: ${err.message}` : ''}`)
+    // The cause tells the peer source why: a malformed frame from the peer (WireDecodeError) gets it banned.
+    const reason = new PeerLinkClosedError(`link to ${this.peerId} closed${err !== undefined ? `: ${err.message}` : ''}`, { cause: err })
     for (const [, pending] of this.pending) pending.reject(reason)
     this.pending.clear()
     this.controller.abort(reason)

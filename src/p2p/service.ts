@@ -9,8 +9,9 @@
 //   block-server.ts     the serving side, and relay.ts: a parent fetching for its children)
 //   manifest-finder.ts  fetching an image's manifest from peers
 //   profile-fetcher.ts  fetching newer boot profiles from peers
-// A peer that served a corrupt block is banned for banMs: dropped as parent, disconnected, refused at the
-// connection gater, and given a large negative gossipsub app score.
+// A peer that served a corrupt block (or a malformed frame, or flooded us with adverts) is banned for banMs:
+// dropped as parent, disconnected, refused at the connection gater, and given a large negative gossipsub app
+// score.
 
 import '../polyfill.js'
 import { setMaxListeners } from 'node:events'
@@ -23,7 +24,7 @@ import { DEFAULT_TOPOLOGY_PARAMS, type TopologyParams } from '../topology/index.
 import { createNode, Bootstrapper, type Encryption, type P2PNode } from './node.js'
 import { readPskFile } from './psk.js'
 import { imageIdFromTopic, imageTopic } from './advert.js'
-import { serveBlockStream } from './block-server.js'
+import { serveBlockStream, type BlockServerInit } from './block-server.js'
 import { PeerLink } from './peer-link.js'
 import { PeerSource } from './peer-source.js'
 import { serveManifestStream, MANIFEST_PROTOCOL } from './manifest-protocol.js'
@@ -85,6 +86,11 @@ export interface P2PServiceInit {
   profiles?: ProfileProvider
   /** When adverts are published (advert-policy.ts); the keep-alive also sets how long a silent peer is kept. */
   advertPolicy?: Partial<AdvertPolicyParams>
+  /**
+   * Test-only (hostile-peer tests wrap it with a fault layer): the block server's BLOCKS frame encoder. The
+   * daemon builds this init from named config fields (src/daemon/peers.ts), so no config file reaches it.
+   */
+  frameEncoder?: BlockServerInit['frameEncoder']
 }
 
 export interface ImageStatus {
@@ -240,7 +246,8 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     childLimitOf: children.limitOf,
     scheduleHeartbeat: state => { heartbeat.schedule(state) },
     maybeFetchProfile: maybeFetchProfiles,
-    policy: advertPolicy
+    policy: advertPolicy,
+    ban: (peerId, reason) => { ban(peerId, reason) }
   })(components)
   const heartbeat = createHeartbeat({
     liveChildren: children.live,
@@ -372,6 +379,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       logger,
       relay,
       frameBudgetBytes: init.frameBudgetBytes,
+      frameEncoder: init.frameEncoder,
       onSent: (rootHex: string, _peer: string, bytes: number) => {
         uploadMeter.add(bytes)
         const state = byRoot.get(rootHex)
