@@ -60,9 +60,9 @@ async function until<T> (what: string, check: () => Promise<T | undefined>): Pro
 
 interface Started { daemon: TestDaemon, wallMs: number, cpuMs: number }
 
-async function start (dir: string, args: string[]): Promise<Started> {
+async function start (dir: string, args: string[], allowImageDirs?: string[]): Promise<Started> {
   const t0 = performance.now()
-  const daemon = await startDaemon({ dir, args, timeoutMs: WAIT_LIMIT_MS })
+  const daemon = await startDaemon({ dir, args, timeoutMs: WAIT_LIMIT_MS, allowImageDirs })
   return { daemon, wallMs: performance.now() - t0, cpuMs: await cpuMsOf(daemon.process.pid) }
 }
 
@@ -111,7 +111,7 @@ async function main (): Promise<void> {
     await writeFile(config, JSON.stringify({ prefetch: { enabled: false } }) + '\n')
     const common = ['--config', config, '--listen', '/ip4/127.0.0.1/tcp/0']
 
-    const origin = await start(join(base, 'origin'), common)
+    const origin = await start(join(base, 'origin'), common, [base])
     daemons.push(origin.daemon)
     await origin.daemon.call('image.register', { id: 'guest', path: image })
     const os = await origin.daemon.call('node.status')

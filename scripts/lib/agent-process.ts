@@ -51,7 +51,9 @@ export async function startDaemon (options: StartDaemonOptions = {}): Promise<Te
   const nbdSocket = join(dir, 'nbd.sock')
   const allow = (options.allowImageDirs ?? []).flatMap(d => ['--allow-image-dir', d])
   const args = ['--data-dir', dataDir, '--socket', socket, ...allow, ...(options.args ?? ['--no-p2p'])]
-  const daemon = options.bin === undefined ? [process.execPath, DAEMON_BIN] : [options.bin]
+  // VMT_AGENT_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") goes to each daemon's node: for profiling.
+  const nodeArgs = (process.env.VMT_AGENT_NODE_ARGS ?? '').split(' ').filter(x => x !== '')
+  const daemon = options.bin === undefined ? [process.execPath, ...nodeArgs, DAEMON_BIN] : [options.bin]
   const [command, ...commandArgs] = [...(options.wrapper ?? []), ...daemon, ...args]
   const child = spawn(command, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env } })
   let output = ''
