@@ -704,6 +704,7 @@ export class BlockCache implements BlockStore {
 
   /** Starts the background scrub (idempotent); close() stops it. */
   startScrub (options: ScrubOptions = {}): Scrubber {
+    let scrubScratch: Buffer | undefined
     this.scrubber ??= startScrubber({
       blockCount: this.manifest.blockCount,
       idle: () => this.demandWaiting === 0 && performance.now() - this.lastReadAtMs >= SCRUB_IDLE_AFTER_MS,
@@ -711,7 +712,10 @@ export class BlockCache implements BlockStore {
         signal.throwIfAborted()
         if (this.closed) throw new CacheClosedError(`cache of ${this.manifest.imageId} is closed`)
         if (!all && !this.unchecked.get(index)) return { result: 'skipped', bytes: 0 }
-        const result = await this.checkStored(index)
+        // One buffer for the whole scrub (it checks one block at a time): a first pass reads every stored block,
+        // holes included, and a fresh buffer each made garbage collection most of an idle agent's CPU.
+        scrubScratch ??= Buffer.allocUnsafe(this.manifest.blockSizeBytes)
+        const result = await this.checkStored(index, scrubScratch)
         if (result === 'corrupt') this.refetch(index)
         return { result, bytes: result === 'skipped' ? 0 : blockLength(this.manifest, index) }
       }
@@ -732,22 +736,23 @@ export class BlockCache implements BlockStore {
   }
 
   /** Reads a stored block back and verifies it (one check per block at a time, shared). */
-  private async checkStored (index: number): Promise<ScrubResult> {
+  private async checkStored (index: number, scratch?: Buffer): Promise<ScrubResult> {
     const shared = this.checking.get(index)
     if (shared !== undefined) return await shared
-    const run = this.checkStoredNow(index).finally(() => { this.checking.delete(index) })
+    const run = this.checkStoredNow(index, scratch).finally(() => { this.checking.delete(index) })
     this.checking.set(index, run)
     return await run
   }
 
-  private async checkStoredNow (index: number): Promise<ScrubResult> {
+  /** `scratch`: a buffer of a block's size the caller lends for the read (the scrub, one block at a time). */
+  private async checkStoredNow (index: number, scratch?: Buffer): Promise<ScrubResult> {
     const length = blockLength(this.manifest, index)
     for (let attempt = 0; attempt < MAX_READ_ATTEMPTS_UNDER_EVICTION; attempt++) {
       this.assertOpen()
       // Not stored, or waiting for its commit: it was verified when it came in.
       if (!this.durable.get(index) || this.pending.has(index)) { this.unchecked.clear(index); return 'skipped' }
       const epoch = this.evictEpoch
-      const data = Buffer.allocUnsafe(length)
+      const data = scratch !== undefined && scratch.byteLength >= length ? scratch.subarray(0, length) : Buffer.allocUnsafe(length)
       await this.readFully(data, index * this.manifest.blockSizeBytes)
       if (epoch !== this.evictEpoch) continue
       const zero = isZeroBlock(this.manifest, index)
