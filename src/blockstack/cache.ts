@@ -275,6 +275,11 @@ export class BlockCache implements BlockStore {
     return this.verified.count()
   }
 
+  /** Blocks written and recorded (they survive a crash); presentCount() also counts those waiting for their commit. */
+  durableCount (): number {
+    return this.durable.count()
+  }
+
   presentBitmap (): Uint8Array {
     return this.verified.toBytes()
   }

@@ -17,8 +17,11 @@ import { makeTempDir, removeDir, ROOT } from '../helpers/daemon.js'
 
 const FILLER = join(ROOT, 'test', 'helpers', 'fill-cache.ts')
 
-/** Runs the filler until it has printed `batches` lines of verified blocks (or finished), then SIGKILLs it. */
-async function fillAndKill (dir: string, batches: number): Promise<string> {
+/**
+ * Runs the filler until it reports at least `durable` blocks durable (or finished), then SIGKILLs it: the
+ * kill lands at a known amount of committed progress, whatever the machine's speed and the commit delay.
+ */
+async function fillAndKill (dir: string, durable: number): Promise<string> {
   const child = spawn(process.execPath, ['--import', 'tsx', FILLER, dir], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
   let out = ''
   let err = ''
@@ -27,7 +30,8 @@ async function fillAndKill (dir: string, batches: number): Promise<string> {
     const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`filler stuck: ${out} ${err}`)) }, 60_000)
     child.stdout.on('data', chunk => {
       out += chunk
-      if ((out.match(/^verified/gm) ?? []).length >= batches) child.kill('SIGKILL')
+      const reported = [...out.matchAll(/^verified .* durable (\d+)$/gm)].map(m => Number(m[1]))
+      if (reported.length > 0 && Math.max(...reported) >= durable) child.kill('SIGKILL')
     })
     child.on('exit', (code, signal) => {
       clearTimeout(timer)
@@ -65,8 +69,9 @@ test('kill -9 during cache fill leaves every present block verifiable', { timeou
     const manifest = await manifestFromFile({ imageId: 'crash', path: image, blockSizeBytes: 16384, key: signingKeyFromSeed(randomBytes(32)) })
     await writeFile(join(dir, 'manifest'), manifest.encoded)
     const counts: number[] = []
-    for (const batches of [1, 4, 16, 40]) {
-      await fillAndKill(dir, batches)
+    // Durable blocks to wait for before each kill (of 1,536): the first kill comes at the first verified batch.
+    for (const durable of [0, 1, 200, 500]) {
+      await fillAndKill(dir, durable)
       const { present, blockCount } = await verifyPresent(dir)
       counts.push(present)
       assert.ok(present < blockCount)
