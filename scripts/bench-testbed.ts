@@ -405,6 +405,13 @@ async function cpuMsOf (pid: number | undefined): Promise<number> {
   } catch { return 0 }
 }
 
+/** SIGKILL, as a crash; resolves once the process is gone. */
+async function killAgent (a: Agent): Promise<void> {
+  const closed = new Promise<void>((resolve) => { a.proc.once('close', () => { resolve() }) })
+  a.proc.kill('SIGKILL')
+  await closed
+}
+
 /** Rewrites the agent's `--listen .../tcp/0` to the port it got, for restarts. */
 async function pinListenPort (a: Agent): Promise<void> {
   const st = await rpc(a, 'node.status')
@@ -513,9 +520,7 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
         }
         const killAndRestart = async (a: Agent): Promise<void> => {
           const killedAt = performance.now()
-          const closed = new Promise<void>((resolve) => { a.proc.once('close', () => { resolve() }) })
-          a.proc.kill('SIGKILL')
-          await closed
+          await killAgent(a)
           a.proc = await spawnAgent(a, logDir, signal)
           const kill = { agent: a.name, atMs: Math.round(killedAt - goMs), restartMs: Math.round(performance.now() - killedAt) }
           churn?.kills.push(kill)
@@ -567,9 +572,7 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
               const [xi, children] = [...through.entries()].sort((a, b) => b[1].length - a[1].length)[0]
               const victim = hosts[xi]
               const killedAt = performance.now()
-              const closed = new Promise<void>((resolve) => { victim.proc.once('close', () => { resolve() }) })
-              victim.proc.kill('SIGKILL')
-              await closed
+              await killAgent(victim)
               failure = { killedHost: victim.name, killedAtMs: Math.round(killedAt - goMs), childrenAtKill: children }
               ctx.log(`${variant.name}: killed ${victim.name}'s agent (SIGKILL) at ${secs(killedAt - goMs)} s; children that read through it: ${children.join(', ')}`)
               // Restarted at once, as a service manager would; its host's driver resumes on the same export.
