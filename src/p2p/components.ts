@@ -39,6 +39,8 @@ export interface ImageState {
   lastSeq: Map<string, number>
   parents: ParentState[]
   depth: number | null
+  /** Since when the orphan hold keeps our depth with no parent (src/topology/driver.ts); null: not held. */
+  orphanedSinceMs: number | null
   /** peerId -> lease expiry (ms). */
   children: Map<string, number>
   /** peerId -> excluded until (ms): refused admission. */
@@ -115,6 +117,7 @@ export function newImageState (imageId: string, topic: string, nowMs: number): I
     lastSeq: new Map(),
     parents: [],
     depth: null,
+    orphanedSinceMs: null,
     children: new Map(),
     refused: new Map(),
     bytesSent: 0,

@@ -132,14 +132,22 @@ export const createHeartbeat = (init: HeartbeatInit) => (components: ServiceComp
       parents: state.parents,
       replies,
       depthOf: peerId => state.candidates.get(peerId)?.advert.depth ?? null,
-      heartbeatMs: params.heartbeatMs
+      heartbeatMs: params.heartbeatMs,
+      orphanedSinceMs: state.orphanedSinceMs
     })
     state.parents = settled.parents
     state.refused = settled.refusedUntil
     state.depth = settled.depth
-    if (settled.changed) {
+    const holdChanged = (settled.orphanedSinceMs === null) !== (state.orphanedSinceMs === null)
+    state.orphanedSinceMs = settled.orphanedSinceMs
+    if (settled.changed || holdChanged) {
       logger.info('parents changed', {
-        image: state.imageId, parents: state.parents.map(p => p.peerId), depth: state.depth, dropped: plan.selection.dropped, refused: settled.refused
+        image: state.imageId,
+        parents: state.parents.map(p => p.peerId),
+        depth: state.depth,
+        orphaned: state.orphanedSinceMs !== null,
+        dropped: plan.selection.dropped,
+        refused: settled.refused
       })
     }
     // A failed parent is replaced now, not a heartbeat later.

@@ -8,6 +8,16 @@
 //                                            did not answer is marked failed (and `again` asks for a re-run),
 //                                            depth recomputed from the parents that are working
 //
+// Orphan hold: an agent with children that loses every parent (typically the seed's child when the seed
+// dies) keeps advertising the depth it had, for at most ORPHAN_HOLD_HEARTBEATS, instead of going detached.
+// Going detached would dissolve its whole subtree by cascade (each child drops a parent of unknown depth,
+// then its own children drop it, ...) although every edge of that subtree is alive and still acyclic, and
+// the tree would then be rebuilt level by level. Holding is loop-free: the held depth does not grow, and
+// the orphan (like any attached agent) takes only parents shallower than it, i.e. it re-attaches at once
+// when a shallower peer (the seed, back) has a slot. The hold ends when a peer that advertised a free slot
+// refused it (the slot went to another agent: let the subtree rebuild around that one) or after the bound;
+// then it detaches as before.
+//
 // One selection per heartbeat (SELECTIONS_PER_HEARTBEAT): a refused agent tries again at its next heartbeat
 // or when the caller re-runs it early (a newly eligible advert, a failed parent). No I/O, no timers.
 
@@ -21,6 +31,8 @@ export const REFUSAL_EXCLUDE_HEARTBEATS = 5
 export const ADMIT_ERROR_EXCLUDE_HEARTBEATS = 1
 /** Selections per heartbeat: the daemon's admission is a network exchange, so one per tick. */
 export const SELECTIONS_PER_HEARTBEAT = 1
+/** An orphan (children, no parent left) keeps its depth at most this many heartbeats (see the top). */
+export const ORPHAN_HOLD_HEARTBEATS = 30
 
 export interface HeartbeatInput {
   nowMs: number
@@ -48,6 +60,9 @@ export interface HeartbeatPlan {
   ask: Array<{ peerId: string, kept: boolean }>
   /** Dropped parents to tell that we left (a failed one is not told: it is gone or broken). */
   leave: string[]
+  /** The depth we advertised and our children when planned (the orphan hold needs both). */
+  selfDepth: number | null
+  childCount: number
 }
 
 export function planHeartbeat (input: HeartbeatInput): HeartbeatPlan {
@@ -73,7 +88,9 @@ export function planHeartbeat (input: HeartbeatInput): HeartbeatPlan {
     selection,
     refusedUntil,
     ask: selection.parents.map(peerId => ({ peerId, kept: current.has(peerId) })),
-    leave: selection.dropped.filter(d => d.reason !== 'failed').map(d => d.peerId)
+    leave: selection.dropped.filter(d => d.reason !== 'failed').map(d => d.peerId),
+    selfDepth: input.selfIsSeed ? 0 : input.depth,
+    childCount: input.childCount
   }
 }
 
@@ -91,6 +108,8 @@ export interface SettleInput {
   /** Depth a peer last advertised (null: detached or unknown). */
   depthOf: (peerId: string) => number | null
   heartbeatMs: number
+  /** Since when we hold our depth without a parent (the last result's orphanedSinceMs; null: not orphaned). */
+  orphanedSinceMs: number | null
 }
 
 export interface HeartbeatResult {
@@ -106,6 +125,8 @@ export interface HeartbeatResult {
   again: boolean
   /** The parent set differs from the one before. */
   changed: boolean
+  /** Set while the orphan hold keeps our depth with no parent: pass it to the next settleHeartbeat. */
+  orphanedSinceMs: number | null
 }
 
 export function settleHeartbeat (plan: HeartbeatPlan, input: SettleInput): HeartbeatResult {
@@ -113,6 +134,7 @@ export function settleHeartbeat (plan: HeartbeatPlan, input: SettleInput): Heart
   const previous = new Map(input.parents.map(p => [p.peerId, p]))
   const parents: ParentState[] = []
   const refused: string[] = []
+  let slotRefused = false
   for (const { peerId } of plan.ask) {
     const reply = input.replies.get(peerId) ?? 'error'
     const existing = previous.get(peerId)
@@ -121,6 +143,8 @@ export function settleHeartbeat (plan: HeartbeatPlan, input: SettleInput): Heart
     } else if (reply === 'refused') {
       refusedUntil.set(peerId, input.nowMs + REFUSAL_EXCLUDE_HEARTBEATS * input.heartbeatMs)
       refused.push(peerId)
+      // A seed asked regardless of its slots (fallbackToSeed) refusing says nothing new: it was full.
+      if (plan.selection.fallbackToSeed !== true) slotRefused = true
     } else if (existing !== undefined) {
       // A kept parent that did not answer is marked failed: the next selection replaces it at once.
       parents.push({ ...existing, failed: true })
@@ -130,7 +154,15 @@ export function settleHeartbeat (plan: HeartbeatPlan, input: SettleInput): Heart
     }
   }
   const working = parents.filter(p => !p.failed)
-  const depth = input.selfIsSeed ? 0 : depthFromParents(working.map(p => input.depthOf(p.peerId)))
+  let depth = input.selfIsSeed ? 0 : depthFromParents(working.map(p => input.depthOf(p.peerId)))
+  let orphanedSinceMs: number | null = null
+  if (!input.selfIsSeed && working.length === 0 && plan.selfDepth !== null && plan.childCount > 0 && !slotRefused) {
+    const sinceMs = input.orphanedSinceMs ?? input.nowMs
+    if (input.nowMs - sinceMs < ORPHAN_HOLD_HEARTBEATS * input.heartbeatMs) {
+      depth = plan.selfDepth
+      orphanedSinceMs = sinceMs
+    }
+  }
   const changed = parents.length !== previous.size || parents.some(p => !previous.has(p.peerId))
-  return { parents, depth, refusedUntil, refused, again: parents.some(p => p.failed), changed }
+  return { parents, depth, refusedUntil, refused, again: parents.some(p => p.failed), changed, orphanedSinceMs }
 }

@@ -20,7 +20,9 @@
 //    minParentHoldMs is replaced by a candidate scoring more than (1 + replaceMargin) times its score.
 //    We move to a shallower level only when its best set is worth (1 + replaceMargin) times ours and every
 //    current parent has been held minParentHoldMs. A set's worth is s1 + s2/2 + s3/4 ... (scores sorted
-//    descending): the best parent counts fully, extra parents add redundancy.
+//    descending): the best parent counts fully, extra parents add redundancy. Such a move never takes a
+//    seed's last free slot: that one is left to an agent with no working parent (an orphan reconnects its
+//    whole subtree with it, e.g. when the only seed restarts).
 // 7. With no candidate at all, the agent goes to the best seed regardless of its free slots
 //    (fallbackToSeed; the seed may refuse, and the driver then excludes it for a while).
 
@@ -33,6 +35,8 @@ type DropReason = SelectionResult['dropped'][number]['reason']
 interface Scored {
   peerId: string
   depth: number
+  /** Child slots the candidate advertised free. */
+  freeSlots: number
   score: number
   sinceMs: number
   isParent: boolean
@@ -96,7 +100,7 @@ export function selectParents (input: SelectionInput): SelectionResult {
     if (c === undefined) { drop(p.peerId, 'silent'); continue }
     const d = c.advert.depth
     if (!usableDepth(d) || (selfDepth !== null && d >= selfDepth)) { drop(p.peerId, 'depth'); continue }
-    kept.push({ peerId: p.peerId, depth: d, score: scoreCandidate(selfPeerId, c, params.score, true), sinceMs: p.sinceMs, isParent: true })
+    kept.push({ peerId: p.peerId, depth: d, freeSlots: c.advert.childLimit - c.advert.childCount, score: scoreCandidate(selfPeerId, c, params.score, true), sinceMs: p.sinceMs, isParent: true })
   }
   // Rule 3: all parents at the lowest depth among them.
   if (kept.length > 0) {
@@ -121,7 +125,7 @@ export function selectParents (input: SelectionInput): SelectionResult {
     if (selfDepth !== null && a.depth >= selfDepth) continue
     if (detachedWithChildren && a.depth !== 0) continue
     if (!(a.childCount < a.childLimit)) continue
-    const s: Scored = { peerId: a.peerId, depth: a.depth, score: scoreCandidate(selfPeerId, c, params.score), sinceMs: nowMs, isParent: false }
+    const s: Scored = { peerId: a.peerId, depth: a.depth, freeSlots: a.childLimit - a.childCount, score: scoreCandidate(selfPeerId, c, params.score), sinceMs: nowMs, isParent: false }
     const list = levels.get(a.depth)
     if (list === undefined) levels.set(a.depth, [s]); else list.push(s)
   }
@@ -171,7 +175,10 @@ export function selectParents (input: SelectionInput): SelectionResult {
     if (allHeld) {
       for (const [d, pool] of levels) {
         if (d >= m) continue
-        const set = pool.slice(0, k)
+        // A seed's last free slot is left to agents without a working parent (detached, or an orphan
+        // holding its depth: it reconnects a whole subtree), not taken by one that already has a path.
+        const set = pool.filter(c => !(c.depth === 0 && c.freeSlots === 1)).slice(0, k)
+        if (set.length === 0) continue
         const w = worth(set.map(p => p.score))
         if (w > hereWorth * margin && (best === undefined || w > best.worth)) best = { set, worth: w }
       }
@@ -199,7 +206,7 @@ export function selectParents (input: SelectionInput): SelectionResult {
   for (const c of fresh.values()) {
     const a = c.advert
     if (a.depth !== 0 || droppedIds.has(a.peerId) || input.excluded.has(a.peerId)) continue
-    const s: Scored = { peerId: a.peerId, depth: 0, score: scoreCandidate(selfPeerId, c, params.score), sinceMs: nowMs, isParent: false }
+    const s: Scored = { peerId: a.peerId, depth: 0, freeSlots: a.childLimit - a.childCount, score: scoreCandidate(selfPeerId, c, params.score), sinceMs: nowMs, isParent: false }
     if (seed === undefined || byScore(s, seed) < 0) seed = s
   }
   if (seed !== undefined) return finish([seed], [seed], true)

@@ -141,6 +141,8 @@ interface VState {
   depth: number | null
   /** Refusals in force (the driver's map). */
   refusedUntil: Map<string, number>
+  /** The daemon's orphan hold (src/topology/driver.ts). */
+  orphanedSinceMs: number | null
   /** The last two adverts published (gossip delivers the newest one old enough). */
   cur: Published | undefined
   prev: Published | undefined
@@ -252,7 +254,7 @@ class VmThunderd implements System {
   onNodeAdded (n: SimNode): void {
     this.hops = Math.max(1, Math.ceil(Math.log(this.e.nodes.length) / Math.log(GOSSIP_D)))
     this.st[n.idx] = {
-      parents: [], parentIdx: [], depth: n.isSeed ? 0 : null, refusedUntil: new Map(), cur: undefined, prev: undefined, seq: 0,
+      parents: [], parentIdx: [], depth: n.isSeed ? 0 : null, refusedUntil: new Map(), orphanedSinceMs: null, cur: undefined, prev: undefined, seq: 0,
       lastBusyMs: 0, load: 0, lastPublishMs: -Infinity, publishPending: false, addedAtMs: n.startMs, cand: [], tried: new Map(),
       src: new Map(), hedgeScanAtMs: Infinity, sendKeys: keyRing(), recvKeys: keyRing(), waitKeys: keyRing()
     }
@@ -404,8 +406,10 @@ class VmThunderd implements System {
         replies.set(peerId, ok ? 'accepted' : 'refused')
       }
       const res = settleHeartbeat(plan, {
-        nowMs: now, selfIsSeed: n.promoted, parents: s.parents, replies, heartbeatMs: this.params.heartbeatMs, depthOf: id => depthOf.get(id) ?? null
+        nowMs: now, selfIsSeed: n.promoted, parents: s.parents, replies, heartbeatMs: this.params.heartbeatMs, depthOf: id => depthOf.get(id) ?? null,
+        orphanedSinceMs: s.orphanedSinceMs
       })
+      s.orphanedSinceMs = res.orphanedSinceMs
       s.parents = res.parents
       s.parentIdx = res.parents.filter(p => !p.failed).map(p => Number(p.peerId.slice(1)))
       s.refusedUntil = res.refusedUntil

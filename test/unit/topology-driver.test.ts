@@ -2,7 +2,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import {
-  ADMIT_ERROR_EXCLUDE_HEARTBEATS, DEFAULT_TOPOLOGY_PARAMS, planHeartbeat, REFUSAL_EXCLUDE_HEARTBEATS, settleHeartbeat
+  ADMIT_ERROR_EXCLUDE_HEARTBEATS, DEFAULT_TOPOLOGY_PARAMS, ORPHAN_HOLD_HEARTBEATS, planHeartbeat, REFUSAL_EXCLUDE_HEARTBEATS, settleHeartbeat
 } from '../../src/topology/index.js'
 import type { AdmissionReply, Advert, Candidate, HeartbeatInput } from '../../src/topology/index.js'
 
@@ -27,7 +27,7 @@ test('a refuser is excluded for the daemon\'s 5 heartbeats, then asked again', {
   assert.equal(plan.ask.length, 3)
   const refuser = plan.ask[0].peerId
   const replies = new Map<string, AdmissionReply>(plan.ask.map(a => [a.peerId, a.peerId === refuser ? 'refused' : 'accepted']))
-  const r = settleHeartbeat(plan, { nowMs: NOW, selfIsSeed: false, parents: [], replies, depthOf, heartbeatMs: P.heartbeatMs })
+  const r = settleHeartbeat(plan, { nowMs: NOW, selfIsSeed: false, parents: [], replies, depthOf, heartbeatMs: P.heartbeatMs, orphanedSinceMs: null })
   assert.deepEqual(r.refused, [refuser])
   assert.equal(r.refusedUntil.get(refuser), NOW + REFUSAL_EXCLUDE_HEARTBEATS * P.heartbeatMs)
   assert.equal(r.parents.length, 2)
@@ -50,7 +50,7 @@ test('a kept parent that does not answer is marked failed and asks for a re-run;
   assert.deepEqual(plan.ask.find(x => x.peerId === 'a'), { peerId: 'a', kept: true })
   const fresh = plan.ask.find(x => !x.kept)?.peerId as string
   const replies = new Map<string, AdmissionReply>(plan.ask.map(x => [x.peerId, x.peerId === 'a' || x.peerId === fresh ? 'error' : 'accepted']))
-  const r = settleHeartbeat(plan, { nowMs: NOW, selfIsSeed: false, parents, replies, depthOf, heartbeatMs: P.heartbeatMs })
+  const r = settleHeartbeat(plan, { nowMs: NOW, selfIsSeed: false, parents, replies, depthOf, heartbeatMs: P.heartbeatMs, orphanedSinceMs: null })
   const a = r.parents.find(p => p.peerId === 'a')
   assert.deepEqual(a, { peerId: 'a', sinceMs: 0, failed: true })
   assert.equal(r.again, true)
@@ -70,7 +70,76 @@ test('a seed keeps depth 0 and no parents; leaving parents are told', { timeout:
   const plan = planHeartbeat(input({ selfIsSeed: true, candidates: [cand('s', 0)], parents, depth: 1 }))
   assert.deepEqual(plan.ask, [])
   assert.deepEqual(plan.leave, ['s'])
-  const r = settleHeartbeat(plan, { nowMs: NOW, selfIsSeed: true, parents, replies: new Map(), depthOf, heartbeatMs: P.heartbeatMs })
+  const r = settleHeartbeat(plan, { nowMs: NOW, selfIsSeed: true, parents, replies: new Map(), depthOf, heartbeatMs: P.heartbeatMs, orphanedSinceMs: null })
   assert.equal(r.depth, 0)
   assert.deepEqual(r.parents, [])
+})
+
+// The seed's only child loses it (the seed died): with children it keeps its depth (its subtree stays), asks
+// only for shallower parents, and attaches as soon as the seed advertises a free slot again.
+test('an orphan with children holds its depth until the seed is back; without children it detaches', { timeout: 5000 }, () => {
+  const seedFull = { ...cand('s', 0), advert: { ...cand('s', 0).advert, childCount: 1, childLimit: 1 } }
+  const parents = [{ peerId: 's', sinceMs: 0, failed: true }]
+  const lost = planHeartbeat(input({ candidates: [seedFull, cand('x', 2)], parents, depth: 1, childCount: 3 }))
+  assert.deepEqual(lost.ask, [], 'the failed seed is dropped and not asked again in the same heartbeat')
+  const held = settleHeartbeat(lost, { nowMs: NOW, selfIsSeed: false, parents, replies: new Map(), depthOf, heartbeatMs: P.heartbeatMs, orphanedSinceMs: null })
+  assert.deepEqual(held.parents, [])
+  assert.equal(held.depth, 1, 'the orphan keeps the depth its children rely on')
+  assert.equal(held.orphanedSinceMs, NOW)
+  // while the seed is down: it is asked (the only shallower peer; the dial fails) and the hold goes on
+  let nowMs = NOW + P.heartbeatMs
+  const down = planHeartbeat(input({ nowMs, candidates: [seedFull, cand('x', 2)], parents: held.parents, depth: held.depth, childCount: 3 }))
+  assert.deepEqual(down.ask, [{ peerId: 's', kept: false }], 'only a shallower peer: the seed, whatever its slots')
+  const stillHeld = settleHeartbeat(down, { nowMs, selfIsSeed: false, parents: [], replies: new Map([['s', 'error']]), depthOf, heartbeatMs: P.heartbeatMs, orphanedSinceMs: held.orphanedSinceMs })
+  assert.equal(stillHeld.depth, 1)
+  assert.equal(stillHeld.orphanedSinceMs, NOW, 'the hold counts from the first heartbeat without a parent')
+  // the seed is back with a free slot: asked and taken at once
+  nowMs += P.heartbeatMs
+  const back = planHeartbeat(input({ nowMs, candidates: [cand('s', 0, nowMs), cand('x', 2, nowMs)], parents: [], depth: 1, childCount: 3, refusedUntil: new Map() }))
+  assert.deepEqual(back.ask, [{ peerId: 's', kept: false }])
+  const attached = settleHeartbeat(back, { nowMs, selfIsSeed: false, parents: [], replies: new Map([['s', 'accepted']]), depthOf, heartbeatMs: P.heartbeatMs, orphanedSinceMs: stillHeld.orphanedSinceMs })
+  assert.deepEqual(attached.parents.map(p => p.peerId), ['s'])
+  assert.equal(attached.depth, 1)
+  assert.equal(attached.orphanedSinceMs, null)
+  // a leaf (no children) has nothing to keep: it detaches and may attach anywhere
+  const leaf = settleHeartbeat(planHeartbeat(input({ candidates: [seedFull], parents, depth: 1, childCount: 0 })),
+    { nowMs: NOW, selfIsSeed: false, parents, replies: new Map(), depthOf, heartbeatMs: P.heartbeatMs, orphanedSinceMs: null })
+  assert.equal(leaf.depth, null)
+  assert.equal(leaf.orphanedSinceMs, null)
+})
+
+test('the orphan hold ends when a peer with a free slot refuses it, and after ORPHAN_HOLD_HEARTBEATS', { timeout: 5000 }, () => {
+  const seedFull = { ...cand('s', 0), advert: { ...cand('s', 0).advert, childCount: 1, childLimit: 1 } }
+  const seedFree = { ...cand('s', 0), advert: { ...cand('s', 0).advert, childCount: 0, childLimit: 1 } }
+  const settle = (plan: ReturnType<typeof planHeartbeat>, reply: AdmissionReply, orphanedSinceMs: number, nowMs = NOW) =>
+    settleHeartbeat(plan, { nowMs, selfIsSeed: false, parents: [], replies: new Map([['s', reply]]), depthOf, heartbeatMs: P.heartbeatMs, orphanedSinceMs })
+  // the seed advertised a free slot and refused: the slot went to another agent, our subtree rebuilds around it
+  const free = planHeartbeat(input({ candidates: [seedFree], parents: [], depth: 1, childCount: 2 }))
+  assert.deepEqual(free.ask, [{ peerId: 's', kept: false }])
+  assert.notEqual(free.selection.fallbackToSeed, true)
+  const refused = settle(free, 'refused', NOW - P.heartbeatMs)
+  assert.equal(refused.depth, null)
+  assert.equal(refused.orphanedSinceMs, null)
+  // a full seed asked as the last resort refusing says nothing new: the hold goes on
+  const full = planHeartbeat(input({ candidates: [seedFull], parents: [], depth: 1, childCount: 2 }))
+  assert.equal(full.selection.fallbackToSeed, true)
+  assert.equal(settle(full, 'refused', NOW - P.heartbeatMs).depth, 1)
+  // bounded: the seed never answers
+  const sinceMs = NOW - ORPHAN_HOLD_HEARTBEATS * P.heartbeatMs
+  const expired = settle(full, 'error', sinceMs)
+  assert.equal(expired.depth, null)
+  assert.equal(expired.orphanedSinceMs, null)
+  assert.equal(settle(full, 'error', sinceMs, NOW - 1).depth, 1)
+})
+
+test('an attached agent moving up does not take a seed\'s last free slot (left to an orphan or a detached agent)', { timeout: 5000 }, () => {
+  const seedOneSlot = { ...cand('s', 0), advert: { ...cand('s', 0).advert, childCount: 0, childLimit: 1 } }
+  const parents = [{ peerId: 'a', sinceMs: 0, failed: false }]
+  const attached = planHeartbeat(input({ candidates: [seedOneSlot, cand('a', 1)], parents, depth: 2, childCount: 0 }))
+  assert.deepEqual(attached.ask, [{ peerId: 'a', kept: true }])
+  const seedTwoSlots = { ...seedOneSlot, advert: { ...seedOneSlot.advert, childLimit: 2 } }
+  const moves = planHeartbeat(input({ candidates: [seedTwoSlots, cand('a', 1)], parents, depth: 2, childCount: 0 }))
+  assert.deepEqual(moves.ask, [{ peerId: 's', kept: false }], 'with slots to spare it still moves up')
+  const orphan = planHeartbeat(input({ candidates: [seedOneSlot, cand('a', 1)], parents: [], depth: 1, childCount: 3 }))
+  assert.deepEqual(orphan.ask, [{ peerId: 's', kept: false }])
 })

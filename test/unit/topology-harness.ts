@@ -13,6 +13,8 @@ export interface HarnessAgent {
   alive: boolean
   parents: ParentState[]
   depth: number | null
+  /** The driver's orphan hold state. */
+  orphanedSinceMs: number | null
   children: Set<string>
   /** Refusals in force: peer → until (ms), as the driver keeps them. */
   excludedUntilMs: Map<string, number>
@@ -30,6 +32,8 @@ export interface HarnessOptions {
   /** Relative RTT noise per measurement, e.g. 0.1 for ±10 %. */
   rttNoise: number
   totalBlocks?: number
+  /** Child limit of the seeds (the daemon's origin has 1: config p2p.originChildLimit); default params.childLimit. */
+  seedChildLimit?: number
 }
 
 export class Harness {
@@ -50,12 +54,16 @@ export class Harness {
   addAgent (isSeed: boolean): HarnessAgent {
     const id = `${isSeed ? 's' : 'a'}${this.agents.length}`
     const a: HarnessAgent = {
-      id, isSeed, alive: true, parents: [], depth: isSeed ? 0 : null, children: new Set(), excludedUntilMs: new Map(),
+      id, isSeed, alive: true, parents: [], depth: isSeed ? 0 : null, orphanedSinceMs: null, children: new Set(), excludedUntilMs: new Map(),
       x: this.rng.next(), y: this.rng.next(), heldBlocks: isSeed ? this.totalBlocks : 0, changes: 0
     }
     this.agents.push(a)
     this.byId.set(id, a)
     return a
+  }
+
+  childLimitOf (a: HarnessAgent): number {
+    return a.isSeed ? this.opts.seedChildLimit ?? this.opts.params.childLimit : this.opts.params.childLimit
   }
 
   get nowMs (): number { return this.round * this.opts.params.heartbeatMs }
@@ -72,7 +80,7 @@ export class Harness {
         advert: {
           peerId: a.id, imageId: 'img', rootHex: 'root', seq: this.round, depth: a.depth,
           heldBlocks: a.heldBlocks, totalBlocks: this.totalBlocks, childCount: a.children.size,
-          childLimit: this.opts.params.childLimit, uploadLoad: Math.min(1, a.children.size / Math.max(1, this.opts.params.childLimit))
+          childLimit: this.childLimitOf(a), uploadLoad: Math.min(1, a.children.size / Math.max(1, this.childLimitOf(a)))
         }
       })
     }
@@ -109,15 +117,17 @@ export class Harness {
       const p = this.byId.get(peerId)
       if (p === undefined || !p.alive) { replies.set(peerId, 'error'); continue }
       const ok = kept || admitChild({
-        childCount: p.children.size, childLimit: this.opts.params.childLimit, isAlreadyChild: p.children.has(a.id), selfDepth: p.depth
+        childCount: p.children.size, childLimit: this.childLimitOf(p), isAlreadyChild: p.children.has(a.id), selfDepth: p.depth
       }).admit
       if (ok) p.children.add(a.id)
       replies.set(peerId, ok ? 'accepted' : 'refused')
     }
     const res = settleHeartbeat(plan, {
       nowMs, selfIsSeed: a.isSeed, parents: a.parents, replies, heartbeatMs: this.opts.params.heartbeatMs,
-      depthOf: id => this.published.get(id)?.advert.depth ?? null
+      depthOf: id => this.published.get(id)?.advert.depth ?? null,
+      orphanedSinceMs: a.orphanedSinceMs
     })
+    a.orphanedSinceMs = res.orphanedSinceMs
     if (res.changed) a.changes++
     a.parents = res.parents
     a.excludedUntilMs = res.refusedUntil
@@ -135,6 +145,16 @@ export class Harness {
       if (reported) for (const p of child.parents) if (p.peerId === a.id) p.failed = true
     }
     a.children.clear()
+  }
+
+  /** A crashed agent starts again (same id, as a restarted daemon): no parents, no children, a seed at depth 0. */
+  restart (a: HarnessAgent): void {
+    a.alive = true
+    a.parents = []
+    a.children.clear()
+    a.excludedUntilMs = new Map()
+    a.orphanedSinceMs = null
+    a.depth = a.isSeed ? 0 : null
   }
 
   parentGraph (): Map<string, string[]> {

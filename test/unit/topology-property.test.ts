@@ -68,3 +68,33 @@ test('no flapping: with ±10 % RTT noise parents do not change once settled', { 
     assert.ok(h.agents.filter(a => a.parents.length > 1).length > h.agents.length / 2, 'most agents hold several parents')
   }
 })
+
+test('the only seed lost and restarted: the tree stands meanwhile and re-attaches at the seed\'s first advert', { timeout: 30_000 }, () => {
+  for (const seed of [11, 12, 13]) {
+    // One seed with one child slot, as the daemon's origin (p2p.originChildLimit 1); totalBlocks 1: no hold drift.
+    const h = new Harness({ agents: 60, seeds: 1, seed, params, rttNoise: 0.1, totalBlocks: 1, seedChildLimit: 1 })
+    for (let r = 0; r < 30; r++) { h.step(); checkRound(h) }
+    assert.deepEqual(h.unreachable(), [], `seed ${seed}: settled`)
+    const origin = h.agents[0]
+    assert.ok(origin.isSeed)
+    const orphans = h.agents.filter(a => a.parents.some(p => p.peerId === origin.id)).map(a => a.id)
+    h.crash(origin, true)
+    // Down for longer than advertTimeoutMs (its last advert ages out): every edge that does not lead to the
+    // seed is alive, so nobody detaches and the subtrees keep their shape.
+    const rounds = Math.ceil(params.advertTimeoutMs / params.heartbeatMs) + 3
+    for (let r = 0; r < rounds; r++) {
+      h.step(); checkRound(h)
+      const detached = h.agents.filter(a => a.alive && !a.isSeed && a.depth === null).map(a => a.id)
+      assert.deepEqual(detached, [], `seed ${seed}, round ${r} of the outage: detached agents (the subtree dissolved)`)
+      for (const a of h.agents) {
+        if (!a.alive || a.isSeed || orphans.includes(a.id)) continue
+        assert.ok(a.parents.length > 0, `seed ${seed}, round ${r}: ${a.id} lost its parents although they are alive`)
+      }
+    }
+    h.restart(origin)
+    // The restarted seed's advert is out at the end of its first round; the orphans attach in the next.
+    h.step(); checkRound(h)
+    h.step(); checkRound(h)
+    assert.deepEqual(h.unreachable(), [], `seed ${seed}: every agent reaches the restarted seed two rounds after it is back`)
+  }
+})
