@@ -109,6 +109,13 @@ export interface AgentReport {
   /** Time instance.create took (manifest fetch, cache and overlay), ms. */
   createMs?: number
   maxReadMs: number
+  /** Of the bytes fetched, those prefetch (read-ahead or idle) asked for: no VM read waited on them. */
+  prefetchedBytes?: number
+  /** VM reads whose blocks were all local when they arrived, and those that waited for a fetch. */
+  readsLocal?: number
+  readsFetched?: number
+  /** The agent's block requests to peers (node.status p2p.blockRequests). */
+  blockRequests?: { requests: number, hedges: number, cancelled: number, failovers: number, duplicateBlocks: number }
   /** Adverts the agent published for the image (since its last start), GO to the end of the run included. */
   advertsPublished?: number
 }
@@ -597,7 +604,8 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
           const names2 = await nameOf()
           const agentsOut: AgentReport[] = []
           for (const [i, h] of hosts.entries()) {
-            const img = (await rpc(h, 'node.status')).images?.[IMAGE_ID] ?? {}
+            const st = await rpc(h, 'node.status')
+            const img = st.images?.[IMAGE_ID] ?? {}
             const byPeer = (img.bytesReceivedByPeer ?? {}) as Record<string, number>
             const fromOrigin = byPeer[originPeer] ?? 0
             agentsOut.push({
@@ -611,7 +619,11 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
               startupCpuMs: cpuAtGo.get(h.name),
               createMs: done[i].fetchMs === undefined ? undefined : Math.round(done[i].fetchMs),
               maxReadMs: Math.round(done[i].maxReadMs),
-              advertsPublished: img.advertsPublished
+              advertsPublished: img.advertsPublished,
+              prefetchedBytes: img.prefetch?.prefetchedBytes,
+              readsLocal: img.prefetch?.readsLocal,
+              readsFetched: img.prefetch?.readsFetched,
+              blockRequests: st.p2p?.blockRequests
             })
           }
           if (failure?.killedHost !== undefined && failure.killedHost !== null) {
@@ -740,6 +752,16 @@ async function runSystem (name: SystemName, ctx: SystemContext, trace: string, r
 
 const mib = (b: number): string => (b / 2 ** 20).toFixed(1)
 const secs = (ms: number): string => (ms / 1000).toFixed(2)
+/** The hosts' block requests summed: how many, and how many were hedged, cancelled, failed over, or duplicated. */
+const requestTotals = (agents: AgentReport[]): string => {
+  const sum = (k: keyof NonNullable<AgentReport['blockRequests']>): number => agents.reduce((a, x) => a + (x.blockRequests?.[k] ?? 0), 0)
+  return `${sum('requests')} (hedged ${sum('hedges')}, cancelled ${sum('cancelled')}, failed over ${sum('failovers')}, blocks received twice ${sum('duplicateBlocks')})`
+}
+/** Share of a host's VM reads that found every block local. */
+const localShare = (a: AgentReport): string => {
+  const n = (a.readsLocal ?? 0) + (a.readsFetched ?? 0)
+  return n === 0 ? '' : `${Math.round(100 * (a.readsLocal ?? 0) / n)} %`
+}
 
 export function markdownTable (r: BenchResults, command: string): string {
   const base = r.systems.nbdkit
@@ -757,14 +779,15 @@ export function markdownTable (r: BenchResults, command: string): string {
     if (s?.agents === undefined) continue
     const ms = (x: number | undefined): string => x === undefined || !Number.isFinite(x) ? '-' : String(Math.round(x))
     details.push('', `${name}, per host (parents and depth at the end of the run; bytes as the agents counted them):`, '',
-      '| host | done (s) | create (s) | longest read (ms) | eth0 rx MiB | from origin MiB | from peers MiB | sent to children MiB | agent CPU (s) | parents | depth |',
-      '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
-      ...s.agents.map((a, i) => `| ${a.host} | ${Number.isFinite(s.perHostMs[i]) ? secs(s.perHostMs[i]) : 'FAILED'} | ${a.createMs === undefined ? '' : secs(a.createMs)} | ${ms(a.maxReadMs)} | ${mib(s.perHostRxBytes[i])} | ${mib(a.bytesFromOrigin)} | ${mib(a.bytesFromPeers)} | ${mib(a.bytesSent)} | ${secs(a.cpuMs)} | ${a.parents.join(', ') || '-'} | ${a.depth ?? '-'} |`),
-      `| origin | | | | | | | | ${secs(s.originCpuMs ?? 0)} | | 0 |`)
+      '| host | done (s) | create (s) | longest read (ms) | eth0 rx MiB | from origin MiB | from peers MiB | of which prefetched MiB | reads local | sent to children MiB | agent CPU (s) | parents | depth |',
+      '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+      ...s.agents.map((a, i) => `| ${a.host} | ${Number.isFinite(s.perHostMs[i]) ? secs(s.perHostMs[i]) : 'FAILED'} | ${a.createMs === undefined ? '' : secs(a.createMs)} | ${ms(a.maxReadMs)} | ${mib(s.perHostRxBytes[i])} | ${mib(a.bytesFromOrigin)} | ${mib(a.bytesFromPeers)} | ${a.prefetchedBytes === undefined ? '' : mib(a.prefetchedBytes)} | ${localShare(a)} | ${mib(a.bytesSent)} | ${secs(a.cpuMs)} | ${a.parents.join(', ') || '-'} | ${a.depth ?? '-'} |`),
+      `| origin | | | | | | | | | | ${secs(s.originCpuMs ?? 0)} | | 0 |`)
     if (s.cpuPerHostMedianMs !== undefined) {
       details.push('', `${name}: agent CPU per host per boot (from /proc, GO until every host was done): median ${secs(s.cpuPerHostMedianMs)} s, max ${secs(s.cpuPerHostMaxMs ?? 0)} s; ` +
         `start-up until GO, median ${secs(s.startupCpuMedianMs ?? 0)} s (not included); ${s.cpuMsPerMiBMoved ?? '-'} CPU-ms per MiB moved (all agents' CPU over the bytes their p2p layers received and sent); ` +
-        `adverts published per host agent (start to end, median): ${median(s.agents.map((a) => a.advertsPublished ?? 0))}.`)
+        `adverts published per host agent (start to end, median): ${median(s.agents.map((a) => a.advertsPublished ?? 0))}; ` +
+        `block requests to peers, all hosts: ${requestTotals(s.agents)}.`)
     }
     for (const fh of s.failedHosts ?? []) details.push('', `${name}: ${fh.host} failed: ${fh.error}`)
     const c = s.churn

@@ -207,7 +207,9 @@ export class PrefetchManager {
       idle: { busyAbove: Math.min(1, this.init.idleLinkFraction + 0.1), idleBelow: this.init.idleLinkFraction },
       idleEnabled: this.idleAllowed,
       // The wave's reads first: the whole-image pull waits until no peer boots the image.
-      idleGate: () => (this.init.peersBooting?.(state.image.record.imageId) ?? 0) === 0
+      idleGate: () => (this.init.peersBooting?.(state.image.record.imageId) ?? 0) === 0,
+      // Sequential guesses only for a lone boot: in a wave the peers' live profiles say what comes next.
+      sequentialGate: () => (this.init.peersBooting?.(state.image.record.imageId) ?? 0) === 0
     })
     state.prefetcher = prefetcher
     prefetcher.start()

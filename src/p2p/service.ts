@@ -26,7 +26,7 @@ import { readPskFile } from './psk.js'
 import { imageIdFromTopic, imageTopic } from './advert.js'
 import { serveBlockStream, type BlockServerInit } from './block-server.js'
 import { PeerLink } from './peer-link.js'
-import { PeerSource } from './peer-source.js'
+import { PeerSource, type PeerSourceStats } from './peer-source.js'
 import { serveManifestStream, MANIFEST_PROTOCOL } from './manifest-protocol.js'
 import { BLOCKS_PROTOCOL } from './wire.js'
 import { PROFILE_PROTOCOL, createProfileServer, createLiveProfileFetcher, type LiveProfileFetcher, type ProfileProvider } from './profile-protocol.js'
@@ -119,6 +119,8 @@ export interface P2PStatus {
   listenAddrs: string[]
   peers: string[]
   banned: string[]
+  /** The peer source's request counters (see PeerSourceStats). */
+  blockRequests: PeerSourceStats
   images: Record<string, ImageStatus>
 }
 
@@ -459,6 +461,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       listenAddrs: node?.getMultiaddrs().map(a => a.toString()) ?? [],
       peers: node?.getPeers().map(p => p.toString()) ?? [],
       banned: peers.banned(),
+      blockRequests: { ...peerSource.stats },
       images: {}
     }
     for (const state of images.values()) {

@@ -80,6 +80,14 @@ export interface PrefetcherInit {
   idleEnabled?: boolean
   /** Asked at every tick: false holds idle prefetch back (e.g. while peers boot the image). Read-ahead goes on. */
   idleGate?: () => boolean
+  /**
+   * Asked at every tick: false holds sequential read-ahead back. In a boot wave (peers boot the image too) a
+   * host follows their live first-touch order instead of guessing: each sequential guess that misses is a
+   * block moved through the tree for nothing: in the 8-host testbed each host received 64 MiB with the guesses
+   * and 52 without (50 is what its reads touch in 64 KiB blocks), and the origin sent 1.58x the boot's bytes
+   * against 1.26x.
+   */
+  sequentialGate?: () => boolean
   rateBytesPerSec?: number
   burstBytes?: number
   abortInFlightOnDemand?: boolean
@@ -292,7 +300,7 @@ export function createPrefetcher (init: PrefetcherInit): Prefetcher {
       if (index !== undefined && onProfile.length > 0 && readAheadInFlight < maxReadAheadInFlight) {
         launchReadAhead(planReadAhead(index, onProfile, filter, raParams, maxReadAheadInFlight - readAheadInFlight))
       }
-      if (sequentialFrom.size > 0 && seqParams.windowBlocks > 0 && readAheadInFlight < maxReadAheadInFlight) {
+      if (sequentialFrom.size > 0 && seqParams.windowBlocks > 0 && readAheadInFlight < maxReadAheadInFlight && init.sequentialGate?.() !== false) {
         launchReadAhead(planSequential([...sequentialFrom.values()], store.blockCount, filter, seqParams, maxReadAheadInFlight - readAheadInFlight))
       }
     }

@@ -371,6 +371,25 @@ test('first boot (no profile): sequential read-ahead after each read, also while
   await p.stop()
 })
 
+test('sequential read-ahead waits while the gate is shut (peers boot the image: a wave), and resumes when it opens', { timeout: 10_000 }, async () => {
+  const store = makeStore(64)
+  const link = new FakeLink(store)
+  const time = new ManualTime()
+  let peersBooting = 2
+  const p = createPrefetcher({
+    store, fetch: link.fetch, clock: time.clock, scheduler: time, batchBlocks: 8, maxInFlightBatches: 2,
+    idle: { idleHoldMs: 60_000 }, sequential: { windowBlocks: 3, scanBlocks: 8 }, sequentialGate: () => peersBooting === 0
+  })
+  p.instanceStarted('vm')
+  p.noteRead('vm', 10 * BS, BS, false)
+  assert.equal(p.tick().batchesStarted, 0, 'in a wave no sequential guess is fetched')
+  assert.equal(link.fetchCalls.length, 0)
+  peersBooting = 0
+  assert.deepEqual(p.tick(), { mode: 'readAhead', batchesStarted: 1, blocksRequested: 3 })
+  assert.deepEqual(link.fetchCalls.at(-1)?.blocks, [11, 12, 13])
+  await p.stop()
+})
+
 test('with a profile, a read the profile does not list switches that instance to sequential read-ahead', { timeout: 10_000 }, async () => {
   const store = makeStore(64)
   const link = new FakeLink(store)
