@@ -24,7 +24,7 @@ import { readSync } from 'node:fs'
 import { setTimeout as delay } from 'node:timers/promises'
 import { execa } from 'execa'
 import { blockLength, isZeroBlock, verifyBlock, type Manifest } from './manifest.js'
-import { BlockNotPresentError, BlockVerificationError, CacheClosedError, FetchTimeoutError, ReadRangeError } from './errors.js'
+import { BlockNotPresentError, BlockVerificationError, CacheClosedError, FetchTimeoutError, NoSourceError, ReadRangeError } from './errors.js'
 import type { BlockSource, BlockStore, FetchedBlock, FetchPriority } from './types.js'
 import type { PresenceStore } from './presence.js'
 import { Bitmap } from './bitmap.js'
@@ -36,7 +36,11 @@ export const DEFAULT_MAX_FETCH_ATTEMPTS = 4
 export const DEFAULT_MAX_BLOCKS_PER_FETCH = 32
 /** Verified blocks waiting for their group commit; fetches wait when more than this is buffered. */
 export const DEFAULT_MAX_PENDING_WRITE_BYTES = 64 * 1024 * 1024
-/** Fetch rounds for one batch at most, and the backoff between rounds that failed outright. */
+/**
+ * Fetch rounds for one batch at most, and the backoff after a round that failed outright for a reason other
+ * than NoSourceError (a source that fails without waiting: the peer layer off, a file error, a block no
+ * peer served after many tries).
+ */
 const MAX_FETCH_ROUNDS = 64
 const FETCH_RETRY_BASE_MS = 50
 const FETCH_RETRY_MAX_MS = 2000
@@ -460,9 +464,11 @@ export class BlockCache implements BlockStore {
     let remaining = indexes
     let lastError: Error | undefined
     // Two bounds: rounds in which a source sent corrupt data (maxFetchAttempts: a block nobody serves intact
-    // fails the read), and rounds that failed outright (a relay died, no peer holds the block yet), which
-    // are retried with backoff until the fetch timeout: the tree heals within a few heartbeats, and a VM's
-    // read should outlast that rather than see EIO.
+    // fails the read), and the fetch timeout: the tree heals within a few heartbeats, and a VM's read should
+    // outlast that rather than see EIO. Waiting for a source is the source's job (the peer source waits for
+    // adverts and connections and is woken by them): after a NoSourceError it has waited already, so the next
+    // round starts at once; a backoff here would only delay the read past the source's return (issue 12).
+    // Other outright failures back off, so a source that fails at once cannot spin this loop.
     let corruptRounds = 0
     let failedRounds = 0
     for (let attempt = 0; attempt < MAX_FETCH_ROUNDS && corruptRounds < this.maxFetchAttempts && remaining.length > 0 && !signal.aborted; attempt++) {
@@ -498,8 +504,10 @@ export class BlockCache implements BlockStore {
         lastError = err as Error
         if (signal.aborted) break
         this.logger.warn('fetch failed', { image: this.manifest.imageId, blocks: remaining.length, attempt, error: lastError.message })
-        failedRounds++
-        await delay(Math.min(FETCH_RETRY_MAX_MS, FETCH_RETRY_BASE_MS * 2 ** Math.min(failedRounds - 1, 10)), undefined, { signal }).catch(() => {})
+        if (!(err instanceof NoSourceError)) {
+          failedRounds++
+          await delay(Math.min(FETCH_RETRY_MAX_MS, FETCH_RETRY_BASE_MS * 2 ** Math.min(failedRounds - 1, 10)), undefined, { signal }).catch(() => {})
+        }
       }
       if (corrupt) corruptRounds++
       remaining = [...wanted]

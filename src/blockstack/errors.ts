@@ -37,6 +37,14 @@ export class FetchTimeoutError extends Error {
   override name = 'FetchTimeoutError'
 }
 
+/**
+ * A source found nobody to supply blocks after waiting (bounded) for a holder to appear. The source owns that
+ * wait, so the cache asks again at once rather than backing off on top (see BlockCache.fetchBatch).
+ */
+export class NoSourceError extends Error {
+  override name = 'NoSourceError'
+}
+
 export class ImageNotFoundError extends Error {
   override name = 'ImageNotFoundError'
 }

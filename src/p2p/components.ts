@@ -93,6 +93,11 @@ export interface ServiceComponents {
   peers: PeerBook
   /** Peers with an open connection now (kept by connect/disconnect events: no per-block getPeers()). */
   connected: Set<string>
+  /**
+   * Per connected peer, a number new at each (re)connection (from one counter): a block job asks a peer that
+   * failed it again once the peer is back on a new connection (a restarted seed). Bounded by connected peers.
+   */
+  connectionEpochs: Map<string, number>
   events: ServiceEvents
   /** Aborted when the service stops: everything long-lived listens on it. */
   stopSignal: AbortSignal

@@ -35,7 +35,9 @@ export const createDirectory = (init: DirectoryInit) => (components: ServiceComp
           peerId,
           isParent: parentIds.has(peerId),
           holdProbability: index => holdProbability(advert, index),
-          full: advert.childCount >= advert.childLimit || (advert.depth === 0 && !parentIds.has(peerId))
+          full: advert.childCount >= advert.childLimit || (advert.depth === 0 && !parentIds.has(peerId)),
+          connectionEpoch: components.connectionEpochs.get(peerId),
+          advertSeq: advert.seq
         })
       }
       return out

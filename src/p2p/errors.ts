@@ -1,5 +1,7 @@
 // One error class per condition of the p2p layer, each with a stable `name`.
 
+import { NoSourceError } from '../blockstack/errors.js'
+
 export class PskFormatError extends Error {
   override name = 'PskFormatError'
 }
@@ -18,9 +20,17 @@ export class BlocksUnavailableError extends Error {
   constructor (message: string, readonly blockIndexes: readonly number[] = []) { super(message) }
 }
 
-/** No connected peer holds (or advertises) a block that was asked for. */
-export class NoPeerForBlockError extends Error {
+/**
+ * No peer could be asked for a block within the peer source's wait for one (it waited for adverts, parents,
+ * connections). A NoSourceError: the cache asks again at once, without a backoff of its own.
+ */
+export class NoPeerForBlockError extends NoSourceError {
   override name = 'NoPeerForBlockError'
+}
+
+/** A block job was placed on as many peers as it may be (maxAssignments) and none served it. */
+export class PeerTriesExhaustedError extends Error {
+  override name = 'PeerTriesExhaustedError'
 }
 
 /** A request to a peer took longer than its timeout. */

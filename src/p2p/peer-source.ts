@@ -11,6 +11,16 @@
 // A request whose every block was settled elsewhere (the loser of a hedge) is cancelled at once (CANCEL
 // frame), so the slower peer stops spending upload on it.
 // reportCorrupt (from the cache, which verifies every block) bans the sender through the directory.
+//
+// This is the one layer that retries a block (the cache above retries only corrupt data, see cache.ts
+// fetchBatch). A peer that failed a job is not asked for it again until something about that peer changed
+// that could make it answer: it reconnected (a restarted seed), its advert claims the block more strongly
+// (the summary's levels only rise as it fetches: at most three times), it became our parent, or it is our
+// parent (it relays) and sent a new advert; a busy peer, at the image's next source change. With nobody left
+// to ask, the job waits for the image's next source change (an advert, a parent, a connection) and tries the
+// peers that changed, so a read proceeds as soon as a holder of its block is back, and an outage costs a
+// bounded number of requests however many adverts arrive meanwhile. Bounds: the caller's signal,
+// noSourceWaitMs of waiting in all per job (on the injected clock), and maxAssignments requests per job.
 
 import { setMaxListeners } from 'node:events'
 import type { Manifest } from '../blockstack/manifest.js'
@@ -19,7 +29,7 @@ import type { BlockSource, FetchedBlock, FetchOptions, FetchPriority } from '../
 import {
   DEFAULT_SCHEDULER_PARAMS, chooseSource, hedgeDeadlineMs, type SchedulerParams, type SourceState
 } from '../topology/scheduler.js'
-import { NoPeerForBlockError, PeerTimeoutError, RequestSupersededError } from './errors.js'
+import { NoPeerForBlockError, PeerTimeoutError, PeerTriesExhaustedError, RequestSupersededError } from './errors.js'
 import type { PeerLink } from './peer-link.js'
 import { PRIORITY_DEMAND, PRIORITY_PREFETCH, MAX_INDEXES_PER_GET } from './wire.js'
 import type { TokenBucket } from './rate-limit.js'
@@ -35,9 +45,14 @@ export const DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
 export const DEFAULT_MAX_LAST_RESORT_INFLIGHT_BYTES_PER_PEER = 256 * 1024
 /** A request that has not completed in this time fails (and its peer is reported failed). */
 export const DEFAULT_REQUEST_TIMEOUT_MS = 15_000
-/** A job placed on this many peers without success fails. */
-export const DEFAULT_MAX_ASSIGNMENTS = 8
-/** With no peer for a block, wait this long for adverts or parents to appear before failing. */
+/**
+ * A job placed this many times without success fails. A peer is asked again only after it changed (see the
+ * top), so this is a backstop against peers that keep claiming a block they do not serve, not the pace of
+ * retries: with every failure re-asked at each advert (the old policy, 8 tries), an outage of the only seed
+ * burned a job's tries within a second.
+ */
+export const DEFAULT_MAX_ASSIGNMENTS = 32
+/** A job waits at most this long in all for a peer to ask (the cache then starts a fresh one). */
 export const DEFAULT_NO_SOURCE_WAIT_MS = 10_000
 
 /** One possible source of an image's blocks. */
@@ -51,6 +66,13 @@ export interface SourceInfo {
    * taken, or it is a seed that is not our parent (a seed's upload is for its children).
    */
   full: boolean
+  /**
+   * Changes whenever we (re)connect to the peer (a restarted seed comes back with a new epoch): what it
+   * failed over an earlier connection is asked of it again. Absent: never changes.
+   */
+  connectionEpoch?: number
+  /** The sequence number of the peer's current advert (it changes with each advert). Absent: never changes. */
+  advertSeq?: number
 }
 
 /** What the peer source needs from the service: who can serve an image, links, and where to report. */
@@ -83,18 +105,34 @@ export interface PeerSourceInit {
   clock?: Clock
 }
 
+/** What a peer looked like to a job when the job was placed there: it is asked again only once that changed. */
+interface Attempt {
+  connectionEpoch: number | undefined
+  advertSeq: number | undefined
+  holdProbability: number
+  isParent: boolean
+  /** It refused as busy: asked again at the image's next source change. */
+  busy: boolean
+}
+
 interface Job {
   manifest: Manifest
   index: number
   bytes: number
   priority: FetchPriority
-  /** Peers this job was sent to (or that failed it). */
-  tried: Set<string>
+  /** Peers this job was sent to (or that failed it), as they were then. */
+  tried: Map<string, Attempt>
+  /** Peers it is queued at or in flight to, as they were when it was placed there. */
+  placed: Map<string, Attempt>
   /** Peers it is queued at or in flight to. */
   active: Set<string>
   assignments: number
   hedged: boolean
   done: boolean
+  /** Waiting for the image's sources to change (waitAndAssign runs). */
+  waiting: boolean
+  /** Time spent waiting so far (ms, on the injected clock): bounded by noSourceWaitMs. */
+  waitedMs: number
   /** Requests in flight that ask for this job's block. */
   requests: Set<InflightRequest>
   signal: AbortSignal
@@ -128,6 +166,10 @@ export interface PeerSourceStats {
   cancelled: number
   failovers: number
   duplicateBlocks: number
+  /** Jobs that found nobody to ask and waited for the image's sources to change. */
+  waits: number
+  /** Waiting jobs placed again after a source change (a peer came back, claimed the block, became a parent). */
+  wakeups: number
 }
 
 export class PeerSource implements BlockSource {
@@ -143,7 +185,7 @@ export class PeerSource implements BlockSource {
   private readonly noSourceWaitMs: number
   private readonly clock: Clock
   private readonly stopController = new AbortController()
-  readonly stats: PeerSourceStats = { requests: 0, hedges: 0, cancelled: 0, failovers: 0, duplicateBlocks: 0 }
+  readonly stats: PeerSourceStats = { requests: 0, hedges: 0, cancelled: 0, failovers: 0, duplicateBlocks: 0, waits: 0, wakeups: 0 }
 
   constructor (private readonly init: PeerSourceInit) {
     this.directory = init.directory
@@ -170,8 +212,8 @@ export class PeerSource implements BlockSource {
     const promises = blockIndexes.map(async index => {
       const { promise, resolve, reject } = Promise.withResolvers<FetchedBlock>()
       const job: Job = {
-        manifest, index, bytes: blockLength(manifest, index), priority, tried: new Set(), active: new Set(), assignments: 0,
-        hedged: false, done: false, requests: new Set(), signal, onBlock: options.onBlock, resolve, reject
+        manifest, index, bytes: blockLength(manifest, index), priority, tried: new Map(), placed: new Map(), active: new Set(), assignments: 0,
+        hedged: false, done: false, waiting: false, waitedMs: 0, requests: new Set(), signal, onBlock: options.onBlock, resolve, reject
       }
       jobs.push(job)
       return await promise
@@ -199,8 +241,7 @@ export class PeerSource implements BlockSource {
     const queue = this.queues.get(peer)
     if (queue === undefined) return
     for (const job of [...queue.demand, ...queue.prefetch]) {
-      job.active.delete(peer)
-      job.tried.add(peer)
+      this.markFailed(job, peer, false)
       this.assign(job)
     }
     queue.demand = []
@@ -245,13 +286,49 @@ export class PeerSource implements BlockSource {
     })
   }
 
-  /** Picks a peer for the job: parents that probably hold it first, then any peer that advertises it. */
-  private pick (job: Job, exclude: ReadonlySet<string>, hedge = false): string | null {
-    return this.pickSource(job, exclude, hedge)?.peerId ?? null
+  /** Picks a peer for a hedge: never one the job is at or was at. */
+  private pickHedge (job: Job, slowPeer: string): { peerId: string, info: SourceInfo } | null {
+    return this.pickSource(job, new Set([...job.tried.keys(), slowPeer]), true)
   }
 
-  private pickSource (job: Job, exclude: ReadonlySet<string>, hedge = false): { peerId: string, lastResort: boolean } | null {
-    const usable = this.directory.sources(job.manifest).filter(info => !this.directory.isBanned(info.peerId) && !exclude.has(info.peerId))
+  /**
+   * May the job be placed on this peer? Not while it is there already; a peer that failed it only once it
+   * changed in a way that could make it answer (see the top of the file).
+   */
+  private askable (job: Job, info: SourceInfo): boolean {
+    if (job.active.has(info.peerId)) return false
+    const last = job.tried.get(info.peerId)
+    if (last === undefined) return true
+    if (info.connectionEpoch !== last.connectionEpoch) return true
+    // A parent relays what it lacks, holding our request until its own parents deliver (bounded by the relay
+    // timeout): one that answered 'not present' is asked again once it sends a new advert (its situation
+    // changed), so a long outage costs one request per parent advert, not one per advert of the image.
+    if (info.isParent && (!last.isParent || info.advertSeq !== last.advertSeq)) return true
+    return info.holdProbability(job.index) > last.holdProbability
+  }
+
+  private attemptOf (job: Job, info: SourceInfo): Attempt {
+    return {
+      connectionEpoch: info.connectionEpoch,
+      advertSeq: info.advertSeq,
+      holdProbability: info.holdProbability(job.index),
+      isParent: info.isParent,
+      busy: false
+    }
+  }
+
+  /** The job failed at this peer (not present, link error, timeout, busy): remember the peer as it was then. */
+  private markFailed (job: Job, peer: string, busy: boolean): void {
+    job.active.delete(peer)
+    const attempt = job.placed.get(peer) ?? { connectionEpoch: undefined, advertSeq: undefined, holdProbability: 1, isParent: false, busy }
+    job.placed.delete(peer)
+    job.tried.set(peer, { ...attempt, busy })
+  }
+
+  /** Picks a peer for the job: parents that probably hold it first, then any peer that advertises it. */
+  private pickSource (job: Job, exclude: ReadonlySet<string>, hedge = false): { peerId: string, info: SourceInfo, lastResort: boolean } | null {
+    const usable = this.directory.sources(job.manifest).filter(info =>
+      !this.directory.isBanned(info.peerId) && !exclude.has(info.peerId) && this.askable(job, info))
     // Parents relay blocks they lack (they fetch them from their own parents), at the scheduler's relay
     // penalty; other peers are asked only for blocks they advertise.
     const parents = usable.filter(info => info.isParent)
@@ -266,31 +343,34 @@ export class PeerSource implements BlockSource {
     for (const group of [parents, notFull, lastResort]) {
       if (group.length === 0) continue
       const choice = chooseSource({ blockIndex: job.index, sizeBytes: job.bytes }, this.sourceStates(job, group), this.params)
-      if (choice !== null) return { peerId: choice.peerId, lastResort: group === lastResort && group.find(i => i.peerId === choice.peerId)?.full === true }
+      if (choice === null) continue
+      const info = group.find(i => i.peerId === choice.peerId) as SourceInfo
+      return { peerId: choice.peerId, info, lastResort: group === lastResort && info.full }
     }
     return null
   }
 
   private assign (job: Job): void {
-    if (job.done) return
+    if (job.done || job.waiting) return
     if (job.assignments >= this.maxAssignments) {
-      this.fail(job, new NoPeerForBlockError(`block ${job.index} of ${job.manifest.imageId}: no peer served it after ${job.assignments} tries`))
+      this.fail(job, new PeerTriesExhaustedError(`block ${job.index} of ${job.manifest.imageId}: no peer served it after ${job.assignments} tries`))
       return
     }
-    const exclude = new Set([...job.tried, ...job.active])
-    const choice = this.pickSource(job, exclude)
+    const choice = this.pickSource(job, EMPTY)
     if (choice === null) {
       if (job.active.size > 0) return // still pending somewhere else
       void this.waitAndAssign(job)
       return
     }
-    this.enqueue(job, choice.peerId, choice.lastResort)
+    this.enqueue(job, choice.info, choice.lastResort)
   }
 
   /** Puts the job on the peer's queue (demand or prefetch) and lets that queue dispatch. */
-  private enqueue (job: Job, peer: string, lastResort = false): void {
+  private enqueue (job: Job, info: SourceInfo, lastResort = false): void {
+    const peer = info.peerId
     job.assignments++
     job.active.add(peer)
+    job.placed.set(peer, this.attemptOf(job, info))
     const queue = this.queue(peer)
     queue.lastResort = lastResort
     ;(job.priority === 'demand' ? queue.demand : queue.prefetch).push(job)
@@ -298,30 +378,42 @@ export class PeerSource implements BlockSource {
     void this.dispatch(queue)
   }
 
-  /** No peer has the block yet: wait (bounded) for adverts or parents to change, then try again. */
+  /**
+   * Nobody to ask: wait for the image's sources to change (an advert, a parent, a connection), then place the
+   * job on a peer that is new or changed (askable). Woken by those events only, never by a timer; the clock
+   * bounds the wait (noSourceWaitMs in all per job), the caller's signal ends it.
+   */
   private async waitAndAssign (job: Job): Promise<void> {
-    const signal = AbortSignal.any([job.signal, AbortSignal.timeout(this.noSourceWaitMs)])
-    while (!job.done) {
-      try {
+    job.waiting = true
+    this.stats.waits++
+    const startedAtMs = this.clock.nowMs()
+    const timeout = new AbortController()
+    const stopTimer = new AbortController()
+    const remainingMs = Math.max(0, this.noSourceWaitMs - job.waitedMs)
+    this.clock.sleep(remainingMs, stopTimer.signal).then(() => {
+      timeout.abort(new NoPeerForBlockError(`no peer could serve block ${job.index} of ${job.manifest.imageId} within ${this.noSourceWaitMs} ms`))
+    }, () => {})
+    const signal = AbortSignal.any([job.signal, timeout.signal])
+    try {
+      while (!job.done) {
         await this.directory.waitForSources(job.manifest, signal)
-      } catch {
-        if (!job.done) {
-          this.fail(job, job.signal.aborted ? job.signal.reason as Error
-            : new NoPeerForBlockError(`no peer holds block ${job.index} of ${job.manifest.imageId}`))
+        if (job.done) return
+        // A busy peer may have room now; anything else is asked again only once it changed (askable).
+        for (const [peer, attempt] of job.tried) if (attempt.busy) job.tried.delete(peer)
+        const choice = this.pickSource(job, EMPTY)
+        if (choice !== null) {
+          this.stats.wakeups++
+          job.waiting = false
+          this.enqueue(job, choice.info, choice.lastResort)
+          return
         }
-        return
       }
-      if (job.done) return
-      if (this.pick(job, new Set([...job.tried, ...job.active])) !== null) {
-        this.assign(job)
-        return
-      }
-      // Peers tried in an earlier round may hold the block by now (they fetch too): try them again.
-      if (job.tried.size > 0 && this.pick(job, job.active) !== null) {
-        job.tried.clear()
-        this.assign(job)
-        return
-      }
+    } catch (err) {
+      if (!job.done) this.fail(job, (job.signal.aborted ? job.signal.reason : timeout.signal.aborted ? timeout.signal.reason : err) as Error)
+    } finally {
+      job.waiting = false
+      job.waitedMs += this.clock.nowMs() - startedAtMs
+      stopTimer.abort()
     }
   }
 
@@ -388,7 +480,7 @@ export class PeerSource implements BlockSource {
       job.active.delete(peer)
       job.requests.delete(inflight)
       if (data === null) {
-        job.tried.add(peer)
+        this.markFailed(job, peer, false)
         this.stats.failovers++
         this.assign(job)
         return
@@ -406,9 +498,9 @@ export class PeerSource implements BlockSource {
     } catch (err) {
       const superseded = controller.signal.reason instanceof RequestSupersededError
       if (!this.stopController.signal.aborted && !superseded) this.directory.reportFailed(manifest, peer, err as Error)
+      const busy = (err as Error).name === 'PeerBusyError'
       for (const [, job] of byIndex) {
-        job.active.delete(peer)
-        job.tried.add(peer)
+        this.markFailed(job, peer, busy)
         this.stats.failovers++
         this.assign(job)
       }
@@ -439,10 +531,10 @@ export class PeerSource implements BlockSource {
     for (const job of batch) {
       if (job.done || job.hedged) continue
       job.hedged = true
-      const peer = this.pick(job, new Set([...job.active, ...job.tried, slowPeer]), true)
-      if (peer === null) continue
+      const choice = this.pickHedge(job, slowPeer)
+      if (choice === null) continue
       this.stats.hedges++
-      this.enqueue(job, peer)
+      this.enqueue(job, choice.info)
     }
   }
 
@@ -452,6 +544,8 @@ export class PeerSource implements BlockSource {
     job.reject(err)
   }
 }
+
+const EMPTY: ReadonlySet<string> = new Set()
 
 /** Drops finished jobs from a queue (a hedge or failover settled them elsewhere). */
 function prune (list: Job[], queue: PeerQueue): void {

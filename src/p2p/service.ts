@@ -181,6 +181,8 @@ export function createP2PService (init: P2PServiceInit): P2PService {
   let bootstrapper: Bootstrapper | undefined
   let started = false
   let stopped = false
+  /** Numbers each (re)connection of a peer: components.connectionEpochs. */
+  let connectionCount = 0
 
   const requireNode = (): P2PNode => {
     if (node === undefined) throw new ServiceStoppedError('p2p service is not started')
@@ -219,6 +221,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     byRoot,
     peers,
     connected: new Set(),
+    connectionEpochs: new Map(),
     events,
     stopSignal: stopController.signal,
     node: () => node,
@@ -406,6 +409,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     node.addEventListener('peer:disconnect', event => {
       const peerId = event.detail.toString()
       components.connected.delete(peerId)
+      components.connectionEpochs.delete(peerId)
       peers.closeLink(peerId)
       for (const state of images.values()) {
         const parent = state.parents.find(p => p.peerId === peerId)
@@ -417,10 +421,14 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     })
     node.addEventListener('peer:connect', event => {
       components.connected.add(event.detail.toString())
+      components.connectionEpochs.set(event.detail.toString(), ++connectionCount)
       events.notify()
       events.sourcesChanged()
     })
-    for (const peer of node.getPeers()) components.connected.add(peer.toString())
+    for (const peer of node.getPeers()) {
+      components.connected.add(peer.toString())
+      components.connectionEpochs.set(peer.toString(), ++connectionCount)
+    }
     // A peer subscribed to one of our image topics: tell it about us now, not at the next heartbeat.
     node.services.pubsub.addEventListener('subscription-change', event => {
       for (const sub of event.detail.subscriptions) {

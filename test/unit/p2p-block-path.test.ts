@@ -1,6 +1,8 @@
 // The block path between real libp2p nodes over TCP on 127.0.0.1: the block server's busy and CANCEL paths,
-// and the peer source's failover on busy and hedge with the loser cancelled. Slowness is made with a gate on
-// the server's store (a read that waits until the test opens it), not with timing.
+// and the peer source's failover on busy and hedge with the loser cancelled; a cache read through the peer
+// source across an outage of the only holder (it waits for the holder's return, woken by source changes, not
+// by timers). Slowness is made with a gate on the server's store (a read that waits until the test opens it),
+// not with timing; time for the peer source's bounds is a virtual clock that moves only when the test says.
 
 import '../../src/polyfill.js'
 import { test } from 'node:test'
@@ -12,7 +14,9 @@ import { randomBytes } from 'node:crypto'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { manifestFromFile, type Manifest } from '../../src/blockstack/manifest.js'
 import type { BlockStore } from '../../src/blockstack/types.js'
-import { silentLogger } from '../../src/blockstack/cache.js'
+import { BlockCache, silentLogger } from '../../src/blockstack/cache.js'
+import { memoryPresenceStore } from '../../src/blockstack/presence.js'
+import type { Clock } from '../../src/p2p/clock.js'
 import { identityFromSeed } from '../../src/identity/key.js'
 import { createNode, type P2PNode } from '../../src/p2p/node.js'
 import { serveBlockStream, type BlockServerInit } from '../../src/p2p/block-server.js'
@@ -31,10 +35,10 @@ interface Server {
   open: () => void
 }
 
-function memoryStore (manifest: Manifest, bytes: Buffer, gate?: Promise<void>): BlockStore {
+function memoryStore (manifest: Manifest, bytes: Buffer, gate?: Promise<void>, holds: (index: number) => boolean = () => true): BlockStore {
   return {
     manifest,
-    has: index => index < manifest.blockCount,
+    has: index => index < manifest.blockCount && holds(index),
     readBlock: async index => {
       await gate
       return bytes.subarray(index * BLOCK, (index + 1) * BLOCK)
@@ -211,6 +215,184 @@ test('block server: a demand request that arrives behind a prefetch request is a
   } finally {
     await client.stop()
     await s.node.stop()
+    await rm(dir, { recursive: true, force: true })
+  }
+})
+
+/**
+ * A swarm the test changes by hand: which peers are sources (connected, with their advert's claims), and the
+ * source-change events a real service sends at every advert, parent change and connection.
+ */
+class HandSwarm {
+  readonly entries = new Map<string, { isParent: boolean, full: boolean, holds: (index: number) => boolean, connectionEpoch: number, advertSeq?: number }>()
+  /** waitForSources calls so far (a job found nobody to ask and started waiting). */
+  waits = 0
+  private readonly waiters = new Set<() => void>()
+  private waitSeen = Promise.withResolvers<void>()
+
+  constructor (readonly links: Map<string, PeerLink>) {}
+
+  /** A source-change event of the image: what an advert, a parent change or a connection sends. */
+  change (): void {
+    const woken = [...this.waiters]
+    this.waiters.clear()
+    for (const wake of woken) wake()
+  }
+
+  /** Resolves at the next waitForSources call. */
+  async nextWait (): Promise<void> { await this.waitSeen.promise }
+
+  readonly directory: PeerDirectory = {
+    sources: () => [...this.entries].map(([peerId, e]) => ({ ...e, peerId, holdProbability: (index: number) => e.holds(index) ? 1 : 0 })),
+    attaching: () => false,
+    link: peerId => this.links.get(peerId) as PeerLink,
+    isBanned: () => false,
+    reportFailed: () => {},
+    reportCorrupt: () => {},
+    onReceived: () => {},
+    waitForSources: async (_m, signal) => {
+      signal.throwIfAborted()
+      this.waits++
+      const seen = this.waitSeen
+      this.waitSeen = Promise.withResolvers<void>()
+      await new Promise<void>((resolve, reject) => {
+        const wake = (): void => { signal.removeEventListener('abort', onAbort); resolve() }
+        const onAbort = (): void => { this.waiters.delete(wake); reject(signal.reason) }
+        this.waiters.add(wake)
+        signal.addEventListener('abort', onAbort, { once: true })
+        seen.resolve()
+      })
+    }
+  }
+}
+
+/** A clock that stands still: its sleeps end only when the test calls expire() (or their signal aborts). */
+function standingClock (): Clock & { expire: () => void, sleeping: () => number } {
+  const sleeps = new Set<() => void>()
+  return {
+    nowMs: () => 0,
+    sleep: async (_ms, signal) => {
+      await new Promise<void>((resolve, reject) => {
+        const done = (): void => { sleeps.delete(done); signal?.removeEventListener('abort', onAbort); resolve() }
+        const onAbort = (): void => { sleeps.delete(done); reject(signal?.reason) }
+        sleeps.add(done)
+        signal?.addEventListener('abort', onAbort, { once: true })
+      })
+    },
+    expire: () => { for (const done of [...sleeps]) done() },
+    sleeping: () => sleeps.size
+  }
+}
+
+/** Counts the cache's fetch rounds through the source, and those that failed outright. */
+function countingSource (source: PeerSource): { source: PeerSource, rounds: () => number, failed: string[] } {
+  let rounds = 0
+  const failed: string[] = []
+  const counted = Object.create(source) as PeerSource
+  counted.fetch = async (manifest, indexes, options) => {
+    rounds++
+    try {
+      return await source.fetch(manifest, indexes, options)
+    } catch (err) {
+      failed.push((err as Error).name)
+      throw err
+    }
+  }
+  return { source: counted, rounds: () => rounds, failed }
+}
+
+test('peer source: reads wait through an outage of the only holder and go on at its return, woken by adverts, not by timers', { timeout: 60_000 }, async () => {
+  const { dir, manifest, bytes, client, linkTo } = await setup(4)
+  // The holder (the origin) serves nothing while it is down; the parent (an orphaned relay) gets block 2 later.
+  let holderUp = false
+  const parentHolds = new Set<number>()
+  const holder = await server(manifest, bytes, { resolve: () => memoryStore(manifest, bytes, undefined, () => holderUp) })
+  const parent = await server(manifest, bytes, { resolve: () => memoryStore(manifest, bytes, undefined, index => parentHolds.has(index)) })
+  const clock = standingClock()
+  try {
+    const swarm = new HandSwarm(new Map([[holder.peerId, await linkTo(holder)], [parent.peerId, await linkTo(parent)]]))
+    swarm.entries.set(parent.peerId, { isParent: true, full: false, holds: index => parentHolds.has(index), connectionEpoch: 1, advertSeq: 1 })
+    swarm.entries.set(holder.peerId, { isParent: false, full: true, holds: () => true, connectionEpoch: 1 })
+    const peerSource = new PeerSource({ directory: swarm.directory, clock })
+    const counted = countingSource(peerSource)
+    const cache = await BlockCache.open({ manifest, path: join(dir, 'cache'), presence: memoryPresenceStore(), source: counted.source })
+    const signal = AbortSignal.timeout(30_000)
+    const waitsReach = async (n: number): Promise<void> => { while (swarm.waits < n) await swarm.nextWait() }
+    const read1 = cache.read(1 * BLOCK, BLOCK, signal)
+    const read2 = cache.read(2 * BLOCK, BLOCK, signal)
+    await waitsReach(2)
+    // Both jobs asked the parent (a relay with nothing) and the holder (going down) once each, and now wait.
+    const requestsAtOutage = peerSource.stats.requests
+    assert.ok(requestsAtOutage <= 4, `requests before the outage: ${requestsAtOutage}`)
+    // The holder's connection is gone; adverts keep coming (several a second in a swarm) for a while.
+    swarm.entries.delete(holder.peerId)
+    for (let i = 0; i < 20; i++) {
+      const waitsBefore = swarm.waits
+      swarm.change()
+      // Each job looked again, found nobody new to ask, and waits again (the old policy asked the parent again).
+      await waitsReach(waitsBefore + 2)
+    }
+    assert.equal(peerSource.stats.requests, requestsAtOutage, 'no request while nobody new could serve the blocks')
+    // The parent sends an advert of its own (still without the blocks): it relays, so each job asks it once
+    // more, then waits again.
+    const waitsBefore = swarm.waits
+    ;(swarm.entries.get(parent.peerId) as { advertSeq?: number }).advertSeq = 2
+    swarm.change()
+    await waitsReach(waitsBefore + 2)
+    assert.equal(peerSource.stats.requests, requestsAtOutage + 2, 'one request per job after the parent\'s advert')
+    // The parent got block 2 and its advert says so: that read goes on, from it.
+    parentHolds.add(2)
+    swarm.change()
+    assert.deepEqual(Buffer.from(await read2), bytes.subarray(2 * BLOCK, 3 * BLOCK))
+    // The holder restarts: a new connection, its advert back. Block 1 comes from it.
+    holderUp = true
+    swarm.entries.set(holder.peerId, { isParent: false, full: true, holds: () => true, connectionEpoch: 2 })
+    swarm.change()
+    assert.deepEqual(Buffer.from(await read1), bytes.subarray(1 * BLOCK, 2 * BLOCK))
+    assert.equal(peerSource.stats.requests, requestsAtOutage + 4, 'one request each after the blocks became available')
+    assert.equal(peerSource.stats.wakeups, 4)
+    // One fetch round of the cache per read, none failed: nothing backed off, and the clock (the only timer of
+    // the peer source's waits) never moved: the events alone made the reads complete.
+    assert.equal(counted.rounds(), 2)
+    assert.deepEqual(counted.failed, [])
+    assert.equal(clock.sleeping(), 0, 'no wait bound left running')
+    await cache.close()
+    peerSource.stop()
+    for (const link of swarm.links.values()) link.close()
+  } finally {
+    await client.stop()
+    await holder.node.stop()
+    await parent.node.stop()
+    await rm(dir, { recursive: true, force: true })
+  }
+})
+
+test('peer source: a job that finds nobody fails with NoPeerForBlockError when its wait ends; the cache asks again at once', { timeout: 60_000 }, async () => {
+  const { dir, manifest, client } = await setup(4)
+  const clock = standingClock()
+  try {
+    const swarm = new HandSwarm(new Map())
+    const peerSource = new PeerSource({ directory: swarm.directory, clock })
+    const counted = countingSource(peerSource)
+    const cache = await BlockCache.open({ manifest, path: join(dir, 'cache'), presence: memoryPresenceStore(), source: counted.source })
+    const reader = new AbortController()
+    let waited = swarm.nextWait()
+    const read = cache.read(0, BLOCK, reader.signal)
+    await waited
+    assert.equal(clock.sleeping(), 1, 'the wait is bounded on the clock')
+    waited = swarm.nextWait()
+    clock.expire()
+    // The job failed; the cache's next round started at once (a backoff would be a real timer) and waits again.
+    await waited
+    assert.deepEqual(counted.failed, ['NoPeerForBlockError'])
+    assert.equal(counted.rounds(), 2)
+    assert.equal(peerSource.stats.requests, 0)
+    reader.abort(new Error('the reader gave up'))
+    await assert.rejects(read, /the reader gave up/)
+    await cache.close()
+    peerSource.stop()
+  } finally {
+    await client.stop()
     await rm(dir, { recursive: true, force: true })
   }
 })
