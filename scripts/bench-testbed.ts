@@ -757,6 +757,11 @@ const requestTotals = (agents: AgentReport[]): string => {
   const sum = (k: keyof NonNullable<AgentReport['blockRequests']>): number => agents.reduce((a, x) => a + (x.blockRequests?.[k] ?? 0), 0)
   return `${sum('requests')} (hedged ${sum('hedges')}, cancelled ${sum('cancelled')}, failed over ${sum('failovers')}, blocks received twice ${sum('duplicateBlocks')})`
 }
+/** The median host's share of VM reads that found every block local. */
+const medianLocalShare = (agents: AgentReport[]): string => {
+  const shares = agents.filter((a) => (a.readsLocal ?? 0) + (a.readsFetched ?? 0) > 0).map((a) => (a.readsLocal ?? 0) / ((a.readsLocal ?? 0) + (a.readsFetched ?? 0)))
+  return shares.length === 0 ? '-' : `${Math.round(100 * median(shares))} %`
+}
 /** Share of a host's VM reads that found every block local. */
 const localShare = (a: AgentReport): string => {
   const n = (a.readsLocal ?? 0) + (a.readsFetched ?? 0)
@@ -787,7 +792,7 @@ export function markdownTable (r: BenchResults, command: string): string {
       details.push('', `${name}: agent CPU per host per boot (from /proc, GO until every host was done): median ${secs(s.cpuPerHostMedianMs)} s, max ${secs(s.cpuPerHostMaxMs ?? 0)} s; ` +
         `start-up until GO, median ${secs(s.startupCpuMedianMs ?? 0)} s (not included); ${s.cpuMsPerMiBMoved ?? '-'} CPU-ms per MiB moved (all agents' CPU over the bytes their p2p layers received and sent); ` +
         `adverts published per host agent (start to end, median): ${median(s.agents.map((a) => a.advertsPublished ?? 0))}; ` +
-        `block requests to peers, all hosts: ${requestTotals(s.agents)}.`)
+        `block requests to peers, all hosts: ${requestTotals(s.agents)}; VM reads that were local, median host: ${medianLocalShare(s.agents)}.`)
     }
     for (const fh of s.failedHosts ?? []) details.push('', `${name}: ${fh.host} failed: ${fh.error}`)
     const c = s.churn
