@@ -22,7 +22,6 @@
 import { open, type FileHandle } from 'node:fs/promises'
 import { readSync } from 'node:fs'
 import { setTimeout as delay } from 'node:timers/promises'
-import { execa } from 'execa'
 import { blockLength, isZeroBlock, verifyBlock, type Manifest } from './manifest.js'
 import { BlockNotPresentError, BlockVerificationError, CacheClosedError, FetchTimeoutError, NoSourceError, ReadRangeError } from './errors.js'
 import type { BlockSource, BlockStore, FetchedBlock, FetchPriority } from './types.js'
@@ -141,6 +140,8 @@ export type PunchHole = (path: string, offset: number, length: number, signal?: 
 
 /** `fallocate --punch-hole` (util-linux): frees the range, keeps the file size. */
 export const fallocatePunchHole: PunchHole = async (path, offset, length, signal) => {
+  // Loaded at first use (as in snapshots.ts): evictions are rare, every start would pay for it.
+  const { execa } = await import('execa')
   await execa('fallocate', ['--punch-hole', '--keep-size', '--offset', String(offset), '--length', String(length), path], {
     timeout: EVICT_PUNCH_TIMEOUT_MS, cancelSignal: signal
   })
@@ -218,7 +219,8 @@ export class BlockCache implements BlockStore {
   private spillRetryMs = SPILL_RETRY_MIN_MS
   private spillTimer: NodeJS.Timeout | undefined
   private readonly maxSpillBytes: number
-  private lastReadAtMs = Number.NEGATIVE_INFINITY
+  /** Opening counts as a read: the scrub waits one idle period, so it does not compete with a daemon's start. */
+  private lastReadAtMs = performance.now()
   private scrubber: Scrubber | undefined
 
   private constructor (init: BlockCacheInit) {

@@ -4,7 +4,6 @@
 
 import { mkdir, readdir, rm, stat } from 'node:fs/promises'
 import { join } from 'node:path'
-import { execa } from 'execa'
 import { InstanceExistsError, InstanceInUseError, InstanceNotFoundError, InvalidNameError, SnapshotToolError } from './errors.js'
 
 export interface InstanceRecord {
@@ -86,6 +85,8 @@ export class SnapshotStore {
     try {
       await rm(path, { force: true })
       try {
+        // Loaded at first use: evaluating execa cost every daemon start CPU, and most starts run no tool.
+        const { execa } = await import('execa')
         await execa(this.init.qemuImg ?? 'qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', backing, path, String(sizeBytes)], {
           cancelSignal: options.signal,
           timeout: this.init.toolTimeoutMs ?? 60_000,
@@ -127,6 +128,7 @@ export class SnapshotStore {
    * while a VM holds the overlay for writing. Backing files are not opened, so the NBD export is not touched.
    */
   private async assertNotHeld (record: InstanceRecord, signal?: AbortSignal): Promise<void> {
+    const { execa } = await import('execa')
     const result = await execa(this.init.qemuImg ?? 'qemu-img', ['info', '--output=json', '-f', 'qcow2', record.path], {
       cancelSignal: signal,
       timeout: this.init.toolTimeoutMs ?? 60_000,

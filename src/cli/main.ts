@@ -293,6 +293,7 @@ function formatProfile (p: ImagePrefetchStatus | undefined): string {
   return (p.profileBoots ?? 0) === 0 ? `none${local}` : `${p.profileBoots} boot(s), ${p.profileEntries} blocks${local}`
 }
 
-
-const code = await run(process.argv.slice(2), t => process.stdout.write(t), t => process.stderr.write(t))
-process.exitCode = code
+/** The command: bin/entry.js calls it (loading this module runs nothing, as for the daemon's main.ts). */
+export async function main (argv: string[]): Promise<number> {
+  return await run(argv, t => process.stdout.write(t), t => process.stderr.write(t))
+}

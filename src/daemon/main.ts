@@ -1,5 +1,7 @@
 // vmthunderd: the agent. `vmthunderd [--config FILE] [--data-dir DIR] [--socket PATH] [--nbd-socket PATH]
 // [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--trust PUBKEY]... [--psk FILE]`. SIGTERM/SIGINT stop it.
+// bin/entry.js calls main(): the module itself does nothing when loaded, so the packaged bundle can be
+// loaded once to make its V8 code cache (bin/load-bundle.js).
 
 import '../polyfill.js'
 import { parseArgs } from 'node:util'
@@ -12,10 +14,11 @@ const USAGE = `usage: vmthunderd [--config FILE] [--data-dir DIR] [--socket PATH
                   [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--trust PUBKEY]... [--psk FILE] [--no-p2p]
                   [--allow-image-dir DIR]... (image.register exports files under these only)`
 
-async function main (): Promise<number> {
+export async function main (argv: string[]): Promise<number> {
   let args
   try {
     args = parseArgs({
+      args: argv,
       options: {
         config: { type: 'string' },
         'data-dir': { type: 'string' },
@@ -84,5 +87,3 @@ async function main (): Promise<number> {
   await daemon.stop()
   return 0
 }
-
-process.exitCode = await main()

@@ -176,7 +176,12 @@ export const createAdverts = (init: AdvertsInit) => (components: ServiceComponen
   }
 
   const publish = (state: ImageState): void => {
-    if (components.node() === undefined || components.stopped()) return
+    const node = components.node()
+    if (node === undefined || components.stopped()) return
+    // Gossip delivers an advert only to the topic's subscribers, and one that subscribes later is sent one at
+    // once (publishForced): with none, signing an advert is waste. It was most of a start's peer-layer work
+    // (an advert per image, before any peer connects), and a lone agent's keep-alives at rest.
+    if (node.services.pubsub.getSubscribers(state.topic).length === 0) return
     const facts = factsOf(state)
     if (facts === undefined) return
     const dueMs = nextAdvertDueMs({ facts, last: state.lastPublished, lastPublishMs: state.lastPublishMs, forced: state.advertForced, params: policy })

@@ -26,14 +26,26 @@ after(async () => {
 })
 
 test('the tarball holds compiled JavaScript only, and the install has no TypeScript runtime', { timeout: 30_000 }, async () => {
-  assert.ok(pkg.files.includes('dist/vmthunderd.mjs'), pkg.files.join('\n'))
-  assert.ok(pkg.files.includes('dist/vmthunderctl.mjs'))
+  assert.ok(pkg.files.includes('dist/vmthunderd.cjs'), pkg.files.join('\n'))
+  assert.ok(pkg.files.includes('dist/vmthunderctl.cjs'))
+  // V8 code caches are made on the host, for its node (postinstall), never packed.
+  assert.deepEqual(pkg.files.filter(f => f.endsWith('.v8cache')), [])
   assert.deepEqual(pkg.files.filter(f => f.endsWith('.ts') || f.startsWith('src/') || f.startsWith('test/') || f.startsWith('dist/src/')), [])
   for (const name of BUILD_ONLY_PACKAGES) {
     await assert.rejects(access(join(pkg.packageDir, 'node_modules', name)), { code: 'ENOENT' })
   }
   const help = await execa(pkg.vmthunderd, ['--help'])
   assert.match(help.stdout, /^usage: vmthunderd/)
+})
+
+test('the install wrote the bundles\' V8 code caches, and this node accepts them', { timeout: 60_000 }, async () => {
+  const loader = join(pkg.packageDir, 'bin', 'load-bundle.js')
+  for (const name of ['vmthunderd', 'vmthunderctl']) {
+    const bundle = join(pkg.packageDir, 'dist', `${name}.cjs`)
+    const loaded = await execa(process.execPath, ['--input-type=module', '-e',
+      `import { loadBundle } from ${JSON.stringify(loader)}; process.stdout.write(loadBundle(${JSON.stringify(bundle)}).cache)`])
+    assert.equal(loaded.stdout, 'used', name)
+  }
 })
 
 test('installed vmthunderd + vmthunderctl: register, instance create, nbdinfo and nbdcopy read it back', { timeout: 120_000 }, async () => {

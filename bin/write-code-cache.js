@@ -1,0 +1,29 @@
+#!/usr/bin/env node
+// Writes the V8 code cache of each packaged bundle (load-bundle.js says why and how it is checked).
+//   node bin/write-code-cache.js              after the build (scripts/bundle.mjs): a failure fails the build
+//   node bin/write-code-cache.js --postinstall  npm's postinstall, with the node that will run the daemon: a
+//                                               checkout without dist/ has nothing to do, and a failure only
+//                                               warns (the daemon then compiles its bundle at each start)
+import { existsSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
+import { writeCodeCache } from './load-bundle.js'
+
+const BUNDLES = ['vmthunderd', 'vmthunderctl']
+const postinstall = process.argv.includes('--postinstall')
+
+for (const name of BUNDLES) {
+  const bundle = fileURLToPath(new URL(`../dist/${name}.cjs`, import.meta.url))
+  if (!existsSync(bundle)) {
+    if (postinstall) continue
+    process.stderr.write(`write-code-cache: ${bundle} is missing (npm run build makes it)\n`)
+    process.exit(1)
+  }
+  try {
+    const { cachePath, bytes } = writeCodeCache(bundle)
+    if (!postinstall) process.stdout.write(`${cachePath}: ${(bytes / 1024 / 1024).toFixed(1)} MiB\n`)
+  } catch (err) {
+    process.stderr.write(`write-code-cache: cannot write the code cache of ${bundle}: ${err.message}\n`)
+    if (!postinstall) process.exit(1)
+    process.stderr.write('write-code-cache: vmthunderd works without it, but starts with more CPU\n')
+  }
+}
