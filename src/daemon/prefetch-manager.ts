@@ -18,7 +18,8 @@
 // it (the wave's reads go first, and the whole-image pull comes after, through the tree). While this host
 // boots an image it has no learned profile of, it follows the live first-touch order of a booting peer (the
 // peer layer fetches it: src/p2p/profile-protocol.ts) and serves its own: whoever is ahead in the wave shows
-// the others what comes next. A live profile is never stored or advertised as a learned one.
+// the others what comes next. Sequential guesses (read-ahead for reads no profile lists) are for a lone boot
+// only: in a wave each host's misses would be guessed for separately and moved through the tree for nothing. A live profile is never stored or advertised as a learned one.
 
 import type { NbdExport } from '../blockstack/types.js'
 import type { Image } from '../blockstack/images.js'
