@@ -93,6 +93,8 @@ export interface System {
   requestWaitMs?: (n: SimNode, b: number, s: SimNode, r: Req) => number
   /** CPU work at an agent before its VM's first read (instance creation: manifest, cache, export). */
   startCpuMs?: number
+  /** Bytes that move when s sends block b to n (default: the whole block). */
+  transferBytes?: (s: SimNode, to: SimNode, b: number) => number
 }
 
 export interface CheckStats {
@@ -138,6 +140,8 @@ export class Engine {
   readonly originEgressPerS: number[] = []
   seedEgressBytes = 0
   wastedBytes = 0
+  /** Block requests sent to agents that are not seeds (hedges included): the testbed counts these. */
+  peerBlockRequests = 0
   /** Failure injections: time and the heal time found by the checker (-1 until healed). */
   readonly failures: Array<{ atMs: number, kind: string, healedAtMs: number }> = []
   readonly check: CheckStats = {
@@ -312,6 +316,7 @@ export class Engine {
     const r: Req = { src, startedAtMs: this.nowMs, expectedMs, hedged: hedge, prefetch: n.prefetchOnly.has(b), serial: ++this.reqSerial, arrivalMs: -1 }
     if (!hedge) n.req.set(b, r)
     const s = this.nodes[src]
+    if (!s.isSeed) this.peerBlockRequests++
     const reachMs = this.nowMs + this.net.latencyMs(n.idx, src)
     // The source holds the block: queue the transfer now, ready when the request reaches it (saves an
     // event per block). Otherwise the request is handled when it arrives (relay, or lost if s is dead).
@@ -345,7 +350,7 @@ export class Engine {
   }
 
   private transmit (s: SimNode, to: SimNode, b: number, r: Req, readyMs: number): void {
-    const size = this.blockSizeBytes
+    const size = this.system.transferBytes?.(s, to, b) ?? this.blockSizeBytes
     const sendCpu = this.system.sendCpuMs?.(s, to, b, r) ?? 0
     if (sendCpu > 0) readyMs = this.net.cpu(s.idx, sendCpu, readyMs)
     let arrival = this.net.transfer(s.idx, to.idx, size, readyMs) + (this.system.requestWaitMs?.(to, b, s, r) ?? 0)

@@ -48,6 +48,10 @@ export class Network {
    * agent: taken off the capacity left for block work.
    */
   backgroundCpuMsPerS = 0
+  /** Background CPU per agent so far (ms): the systems add each second's rate as it is set. */
+  backgroundCpuMsPerAgent = 0
+  /** CPU work queued at each host (ms of one core, blocks and instance creation; background not included). */
+  readonly cpuWorkMs: number[] = []
   private sharedCpu: Port | undefined
   readonly rackUp: Port[] = []
   readonly rackDown: Port[] = []
@@ -64,6 +68,7 @@ export class Network {
    */
   cpu (a: number, cpuMs: number, readyMs: number): number {
     const p = this.sharedCpu ?? this.cpus[a]
+    this.cpuWorkMs[a] += cpuMs
     const agents = this.sharedCpu !== undefined ? this.hosts.length : 1
     const cores = p.capBytesPerMs
     // background work takes its share first; at least 5 % of the cores stay for blocks (the loop still turns)
@@ -93,6 +98,7 @@ export class Network {
     }
     this.hosts.push(host)
     this.cpus.push({ capBytesPerMs: this.cpuProfile.coresPerHost, freeAtMs: 0, busyMs: 0 })
+    this.cpuWorkMs.push(0)
     return i
   }
 

@@ -43,6 +43,14 @@ export interface SystemResult {
    * per agent per second (mean over the run's booting seconds). Every agent on the topic receives each one.
    */
   adverts?: { published: number, peakTopicPerS: number, meanPerAgentPerS: number }
+  /**
+   * What the testbed also measures, per booting agent: bytes received (duplicates included), CPU work (blocks,
+   * instance creation and background; 0 for central and volt, which pay no costs); and block requests to
+   * agents that are not seeds, and requests charged the per-request CPU (vmthunderd), for all agents.
+   */
+  perAgent: { receivedBytes: number, cpuMs: number }
+  peerBlockRequests: number
+  requestsCharged: number
   /** For the plots. */
   series: { completionsMs: number[], originEgressPerS: number[], depthHistogram: number[], unreachable: Array<[number, number]> }
 }
@@ -105,8 +113,12 @@ export function runSystem (name: SystemName, o: RunOptions, withPrefetch = false
   const gossip = (system as Partial<{ gossip: GossipStats }>).gossip
   const completions: number[] = []
   let unfinished = 0; let crashed = 0
+  let booting = 0; let received = 0; let cpuMs = 0
   for (const n of e.nodes) {
     if (!n.boots) continue
+    booting++
+    received += n.held * e.blockSizeBytes
+    cpuMs += e.net.cpuWorkMs[n.idx]
     if (!n.alive) { crashed++; continue }
     if (n.doneMs >= 0) completions.push(n.doneMs - n.startMs); else unfinished++
   }
@@ -127,6 +139,11 @@ export function runSystem (name: SystemName, o: RunOptions, withPrefetch = false
     unfinished,
     crashed,
     wastedBytes: e.wastedBytes,
+    perAgent: booting === 0
+      ? { receivedBytes: 0, cpuMs: 0 }
+      : { receivedBytes: (received + e.wastedBytes) / booting, cpuMs: cpuMs / booting + e.net.backgroundCpuMsPerAgent },
+    peerBlockRequests: e.peerBlockRequests,
+    requestsCharged: (system as Partial<{ requestsCharged: number }>).requestsCharged ?? 0,
     crossRackBytes: e.net.crossRackBytes,
     prefetchBlocks: prefetch instanceof PlannerPrefetch ? prefetch.issuedBlocks : 0,
     promotedAgents: e.nodes.filter(n => n.promoted).length,

@@ -70,6 +70,12 @@ export const scenarioSchema = z.object({
    * other depth-0 parent), so its egress is seedChildLimit × image; 2 keeps it at volt's level.
    */
   seedChildLimit: z.number().int().positive().max(4096).default(2),
+  /**
+   * central: 'blocks', each agent pulls every block its reads touch, whole (a block-granular server); 'reads',
+   * each block moves only the bytes the trace's reads ask of it, repeats included, as a cacheless NBD client of
+   * nbdkit does (the testbed's replay: 41.9 MiB per boot where the blocks hold 50.1 MiB).
+   */
+  centralTransfer: z.enum(['blocks', 'reads']).default('blocks'),
   /** Candidates kept per agent (the bounded candidate table of the p2p layer). */
   candidateTable: z.number().int().min(4).max(256).default(16),
   /**

@@ -1,5 +1,6 @@
 // The three systems compared on the same scenario:
-// - central: every agent reads every block from the origin (failover to another seed after 30 s).
+// - central: every agent reads every block from the origin (failover to another seed after 30 s); whole blocks,
+//   or with scenario.centralTransfer 'reads' only the bytes its reads ask for (nbdkit and a cacheless client).
 // - volt: VMThunder's master builds one binary tree per image, breadth-first into the first free slot
 //   (fan-out 2, one parent per agent); it notices a dead agent after 30 s and re-attaches the orphans.
 // - vmthunderd: each agent runs the daemon's heartbeat (src/topology/driver.ts: planHeartbeat, admission with
@@ -33,7 +34,11 @@ class Central implements System {
   readonly name = 'central' as const
   readonly fanoutLimit = Infinity
   private server = -1
-  constructor (private readonly e: Engine) {}
+  readonly transferBytes?: (s: SimNode, to: SimNode, b: number) => number
+  constructor (private readonly e: Engine) {
+    // nbdkit serves each NBD read's bytes; the testbed's replay keeps no cache (scenario.centralTransfer)
+    if (e.opts.scenario.centralTransfer === 'reads') this.transferBytes = (_s, _to, b) => e.opts.trace.readBytes[b]
+  }
 
   init (): void { this.server = this.e.seeds[0] }
   onNodeAdded (): void {}
@@ -206,6 +211,8 @@ class VmThunderd implements System {
   readonly costs: CostParams
   readonly startCpuMs: number
   readonly gossip: GossipStats = { advertsPublished: 0, perSecond: [] }
+  /** Requests charged the per-request CPU at their receiver (blocks of one read to one peer grouped). */
+  requestsCharged = 0
   private st: VState[] = []
   private hops = 1
   private eligibleAll: number[] = []
@@ -240,6 +247,7 @@ class VmThunderd implements System {
       const received = live === 0 ? 0 : published * Math.min(1, this.topicAgents / live)
       this.e.net.backgroundCpuMsPerS = this.costs.idleCpuMsPerS + received * this.costs.advertCpuMs +
         Math.min(live - 1, NEIGHBOURS_MAX) * this.costs.neighbourCpuMsPerS
+      this.e.net.backgroundCpuMsPerAgent += this.e.net.backgroundCpuMsPerS
       this.e.at(this.e.nowMs + 1000, perSecond)
     }
     if (this.costs.idleCpuMsPerS > 0 || this.costs.advertCpuMs > 0 || this.costs.neighbourCpuMsPerS > 0) this.e.at(1000, perSecond)
@@ -597,7 +605,9 @@ class VmThunderd implements System {
   }
 
   recvCpuMs (n: SimNode, _b: number, s: SimNode, r: Req): number {
-    return this.costs.blockRecvCpuMs + (this.firstOfRequest(n, 'recvKeys', s, r) ? this.costs.requestRecvCpuMs : 0)
+    if (!this.firstOfRequest(n, 'recvKeys', s, r)) return this.costs.blockRecvCpuMs
+    this.requestsCharged++
+    return this.costs.blockRecvCpuMs + this.costs.requestRecvCpuMs
   }
 
   requestWaitMs (n: SimNode, _b: number, s: SimNode, r: Req): number {

@@ -2,7 +2,8 @@
 // testbed's measured figures (config/sim/testbed-measured.json, the one file to update with new measurements),
 // with the error. `npm run sim:testbed` prints the table; `testbedTable()` is what the test checks for shape.
 //
-// Usage: npm run sim:testbed -- [--seeds 3] [--costs measured|none]
+// Usage: npm run sim:testbed -- [--seeds 3] [--costs scenario|measured|none]
+// (scenario, the default: each scenario file's costs; measured: config/sim/costs.json as written; none: network only)
 
 import { readFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
@@ -17,12 +18,18 @@ import type { Trace } from './trace.js'
 
 const ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..')
 
+type Range = [number, number]
+
+/** The testbed's other figures for vmthunderd (ranges; per host: per booting host). */
+export interface MeasuredDetail { originMiB: Range, receivedMiBPerHost: Range, cpuSPerHost: Range, peerBlockRequests: Range }
+
 interface MeasuredRow {
   name: string
   scenario: string
   thinkTimeScale: number
   metric: 'slowest' | 'added'
-  measuredS: Record<'central' | 'vmthunderd', [number, number]>
+  measuredS: Record<'central' | 'vmthunderd', Range>
+  vmthunderd?: MeasuredDetail
 }
 
 export interface TableRow {
@@ -33,7 +40,12 @@ export interface TableRow {
   predictedS: number
   /** (predicted - measured midpoint) / midpoint; null without a measurement. */
   error: number | null
+  /** Means over seeds of the figures beside the time (MeasuredDetail's), with the measured ones if any. */
+  detail: { predicted: Record<keyof MeasuredDetail, number>, measured: MeasuredDetail | null }
 }
+
+const MiB = 2 ** 20
+const DETAIL_KEYS = ['originMiB', 'receivedMiBPerHost', 'cpuSPerHost', 'peerBlockRequests'] as const
 
 export function loadMeasured (): { source: string, rows: MeasuredRow[] } {
   return JSON.parse(readFileSync(join(SCENARIO_DIR, 'testbed-measured.json'), 'utf8'))
@@ -44,35 +56,57 @@ export function testbedTable (trace: Trace, seeds: readonly number[], over: Part
   for (const row of loadMeasured().rows) {
     const scenario = { ...loadScenario(row.scenario), thinkTimeScale: row.thinkTimeScale, ...over }
     const sums = { central: 0, volt: 0, vmthunderd: 0 }
+    const zero = (): Record<keyof MeasuredDetail, number> => ({ originMiB: 0, receivedMiBPerHost: 0, cpuSPerHost: 0, peerBlockRequests: 0 })
+    const details = { central: zero(), volt: zero(), vmthunderd: zero() }
     for (const seed of seeds) {
       const r = runScenario({ scenario, trace, agents: scenario.agents, seed })
       for (const sys of ['central', 'volt', 'vmthunderd'] as const) {
-        const max = r.systems[sys].completionMaxMs ?? NaN
+        const s = r.systems[sys]
+        const max = s.completionMaxMs ?? NaN
         sums[sys] += (row.metric === 'added' ? max - trace.thinkTotalMs : max) / 1000 / seeds.length
+        const d = details[sys]
+        d.originMiB += s.originEgressBytes / MiB / seeds.length
+        d.receivedMiBPerHost += s.perAgent.receivedBytes / MiB / seeds.length
+        d.cpuSPerHost += s.perAgent.cpuMs / 1000 / seeds.length
+        d.peerBlockRequests += s.peerBlockRequests / seeds.length
       }
     }
     for (const sys of ['central', 'volt', 'vmthunderd'] as const) {
       const m = sys === 'volt' ? null : row.measuredS[sys]
       const mid = m === null ? 0 : (m[0] + m[1]) / 2
-      out.push({ name: row.name, system: sys, measuredS: m, predictedS: sums[sys], error: m === null ? null : (sums[sys] - mid) / mid })
+      out.push({
+        name: row.name, system: sys, measuredS: m, predictedS: sums[sys], error: m === null ? null : (sums[sys] - mid) / mid,
+        detail: { predicted: details[sys], measured: sys === 'vmthunderd' ? row.vmthunderd ?? null : null }
+      })
     }
   }
   return out
 }
 
 async function main (): Promise<void> {
-  const { values } = parseArgs({ options: { seeds: { type: 'string', default: '3' }, costs: { type: 'string', default: 'measured' } } })
+  const { values } = parseArgs({ options: { seeds: { type: 'string', default: '3' }, costs: { type: 'string', default: 'scenario' } } })
   const seeds = Array.from({ length: Math.max(1, Math.min(20, Number(values.seeds))) }, (_, i) => i + 1)
   const trace = loadTrace(join(ROOT, 'test/fixtures/debian12-boot.reads.csv'))
-  const costs = values.costs === 'none' ? 'none' as const : 'measured' as const
+  const costs = values.costs === 'none' ? 'none' as const : values.costs === 'measured' ? 'measured' as const : undefined
   const c = measuredCosts()
+  const file = `config/sim/costs.json, calibrated on ${c.commit ?? '?'} at ${c.measuredAt ?? '?'}`
   console.log(`testbed in the simulator; measured: ${loadMeasured().source}`)
-  console.log(`costs: ${costs}${costs === 'measured' ? ` (config/sim/costs.json, calibrated on ${c.commit ?? '?'} at ${c.measuredAt ?? '?'})` : ''}; seeds ${seeds.join(',')}`)
+  console.log(`costs: ${costs === undefined ? `each scenario's (${file}, with the scenario's overrides)` : costs === 'measured' ? `measured (${file}, as written)` : 'none'}; seeds ${seeds.join(',')}`)
   console.log('configuration                                   system       measured s     predicted s   error')
-  for (const r of testbedTable(trace, seeds, { costs })) {
+  const rows = testbedTable(trace, seeds, costs === undefined ? {} : { costs })
+  const range = (m: Range, digits: number): string => m[0] === m[1] ? m[0].toFixed(digits) : `${m[0].toFixed(digits)}-${m[1].toFixed(digits)}`
+  for (const r of rows) {
     const m = r.measuredS === null ? '-' : r.measuredS[0] === r.measuredS[1] ? r.measuredS[0].toFixed(2) : `${r.measuredS[0].toFixed(1)}-${r.measuredS[1].toFixed(1)}`
     const err = r.error === null ? '-' : `${r.error >= 0 ? '+' : ''}${(r.error * 100).toFixed(0)} %`
     console.log(`${r.name.padEnd(47)} ${r.system.padEnd(11)} ${m.padStart(11)} ${r.predictedS.toFixed(2).padStart(14)} ${err.padStart(8)}`)
+  }
+  console.log('\nvmthunderd beside the time, measured / predicted (per host: mean per booting host; requests: all hosts)')
+  console.log('configuration                                   origin MiB        MiB per host      CPU-s per host    block requests to peers')
+  for (const r of rows) {
+    if (r.system !== 'vmthunderd') continue
+    const p = r.detail.predicted
+    const cell = (k: typeof DETAIL_KEYS[number], digits: number): string => `${r.detail.measured === null ? '-' : range(r.detail.measured[k], digits)} / ${p[k].toFixed(digits)}`.padEnd(18)
+    console.log(`${r.name.padEnd(47)} ${cell('originMiB', 1)}${cell('receivedMiBPerHost', 1)}${cell('cpuSPerHost', 1)}${cell('peerBlockRequests', 0)}`)
   }
 }
 

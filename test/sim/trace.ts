@@ -25,6 +25,8 @@ export interface Trace {
   distinctBytes: number
   /** Sum of think times: the boot's duration with instant reads. */
   thinkTotalMs: number
+  /** Per dense id: bytes of that block the reads ask for, repeats included (what a cacheless NBD client moves). */
+  readBytes: number[]
 }
 
 export function parseTrace (text: string, blockSizeBytes = 64 * 1024, maxReads = 1_000_000): Trace {
@@ -43,6 +45,7 @@ export function parseTrace (text: string, blockSizeBytes = 64 * 1024, maxReads =
   if (raw.length === 0) throw new TraceFormatError('no reads')
   const dense = new Map<number, number>()
   const imageBlocks: number[] = []
+  const readBytes: number[] = []
   const reads: TraceRead[] = []
   let prevT = 0
   let thinkTotalMs = 0
@@ -54,8 +57,9 @@ export function parseTrace (text: string, blockSizeBytes = 64 * 1024, maxReads =
     const blocks: number[] = []
     for (let b = Math.floor(r.off / blockSizeBytes); b <= Math.floor((r.off + r.len - 1) / blockSizeBytes); b++) {
       let id = dense.get(b)
-      if (id === undefined) { id = dense.size; dense.set(b, id); imageBlocks.push(b) }
+      if (id === undefined) { id = dense.size; dense.set(b, id); imageBlocks.push(b); readBytes.push(0) }
       blocks.push(id)
+      readBytes[id] += Math.min(r.off + r.len, (b + 1) * blockSizeBytes) - Math.max(r.off, b * blockSizeBytes)
     }
     blocks.sort((a, b) => a - b)
     reads.push({ thinkMs, blocks })
@@ -68,7 +72,7 @@ export function parseTrace (text: string, blockSizeBytes = 64 * 1024, maxReads =
     if (s > curE) { if (curE > curS) distinctBytes += curE - curS; curS = s; curE = e } else if (e > curE) curE = e
   }
   if (curE > curS) distinctBytes += curE - curS
-  return { reads, blockSizeBytes, blockCount: dense.size, imageBlocks, distinctBytes, thinkTotalMs }
+  return { reads, blockSizeBytes, blockCount: dense.size, imageBlocks, distinctBytes, thinkTotalMs, readBytes }
 }
 
 export function loadTrace (path: string, blockSizeBytes?: number): Trace {
