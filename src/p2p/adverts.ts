@@ -231,15 +231,10 @@ export const createAdverts = (init: AdvertsInit) => (components: ServiceComponen
     }
     const previous = state.candidates.get(sender)
     state.candidates.set(sender, { advert: verdict.advert, receivedAtMs: clock.nowMs() })
-    // A candidate that just became eligible (new, attached: depth known, or a child slot free again: a seed
-    // back after a restart) while we lack parents: select now rather than at the next heartbeat (an orphaned
-    // subtree re-attaches within one admission exchange of the seed's return).
-    // The slot test only without a working parent: other agents' slots come and go all the time.
-    const workingParents = state.parents.filter(p => !p.failed).length
-    const hasSlot = (a: AdvertBody): boolean => a.childCount < a.childLimit
-    const newlyEligible = verdict.advert.depth !== null && (previous === undefined || previous.advert.depth === null ||
-      (workingParents === 0 && hasSlot(verdict.advert) && !hasSlot(previous.advert)))
-    if (newlyEligible && workingParents < params.parentCount && state.store !== undefined && !isSeed(state)) init.scheduleHeartbeat(state)
+    // A candidate that just became eligible (new, or attached: depth known) while we lack parents: select now
+    // rather than at the next heartbeat.
+    const newlyEligible = verdict.advert.depth !== null && (previous === undefined || previous.advert.depth === null)
+    if (newlyEligible && state.parents.length < params.parentCount && state.store !== undefined && !isSeed(state)) init.scheduleHeartbeat(state)
     if (verdict.advert.profile !== undefined || verdict.advert.booting !== undefined) init.maybeFetchProfile(state)
     events.notify()
     events.sourcesChanged(verdict.advert.rootHex)
