@@ -258,17 +258,22 @@ export class BlockCache implements BlockStore {
     this.handle = handle
     const { size } = await handle.stat()
     const stored = await this.presence.load(this.manifest.blockCount)
+    let madeNow = false
     if (size !== this.manifest.sizeBytes) {
       // A new file, or one from something else: nothing in it can be trusted.
       await handle.truncate(0)
       await handle.truncate(this.manifest.sizeBytes)
       await this.presence.clear()
+      madeNow = true
     } else {
       this.durable.or(stored)
     }
     this.durable.or(this.manifest.zeroBlocks)
     this.verified.or(this.durable.bits)
-    this.unchecked.or(this.durable.bits)
+    // Only what was on disk before this open can have rotted. A file made just now is all holes: its zero blocks
+    // read back as zeros, so they are not checked (the scrub of a 1 GiB image's ~10,000 zero blocks was 625 MiB
+    // of reads and zero scans, about 40 % of an agent's CPU while its VM thinks, during the first boot).
+    if (!madeNow) this.unchecked.or(this.durable.bits)
   }
 
   // ---- BlockStore: what peers may be served ----

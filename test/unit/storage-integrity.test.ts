@@ -74,6 +74,30 @@ async function presentAgain (cache: BlockCache, block: number, signal: AbortSign
   })
 }
 
+test('a cache file made now has nothing to check; reopened, its stored and zero blocks are checked', { timeout: 20_000 }, async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'vmt-integ-'))
+  try {
+    const bytes = Buffer.concat([randomBytes(BS * DATA_BLOCKS), Buffer.alloc(BS * ZERO_BLOCKS)])
+    const image = join(dir, 'img.raw')
+    await writeFile(image, bytes)
+    const manifest = await manifestFromFile({ imageId: 'img', path: image, blockSizeBytes: BS, key: signingKeyFromSeed(randomBytes(32)) })
+    const presence = memoryPresenceStore()
+    const file = fileBlockSource(image)
+    const cache = await BlockCache.open({ manifest, path: join(dir, 'cache'), presence, source: file })
+    // The zero blocks are present (holes of the new file) but there is nothing on disk that could have rotted.
+    assert.equal(cache.presentCount(), ZERO_BLOCKS)
+    // So the first scrub pass (it covers the unchecked blocks) reads nothing.
+    assert.equal(cache.stats().uncheckedBlocks, 0)
+    await cache.read(0, BS * 2, AbortSignal.timeout(5000))
+    await cache.flush()
+    await cache.close()
+    const reopened = await BlockCache.open({ manifest, path: join(dir, 'cache'), presence, source: file })
+    assert.equal(reopened.stats().uncheckedBlocks, ZERO_BLOCKS + 2)
+    await reopened.close()
+    await file.close()
+  } finally { await rm(dir, { recursive: true, force: true }) }
+})
+
 test('first read after a restart verifies stored blocks: flipped bytes are never returned', { timeout: 20_000 }, async () => {
   const f = await filledCache()
   try {
