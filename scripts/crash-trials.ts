@@ -129,6 +129,13 @@ export async function runCrashTrials (options: { trials: number, seed: number, i
       return hash.digest('hex')
     }
 
+    // Blocks on disk before the first kill, whatever the kill moments: on a slow machine every kill could come
+    // before a fetch completes, and the trials would check no stored data (a fresh-clone suite run at load 8-14
+    // found presentBlocksChecked 0). A clean stop writes them out.
+    await readAll(victim, images[0], AbortSignal.timeout(120_000))
+    await victim.stop()
+    victim = await startDaemon({ dir: victimDir, args: victimArgs, timeoutMs: 180_000 })
+
     const act = async (d: TestDaemon, scenario: Scenario, signal: AbortSignal): Promise<void> => {
       const image = pick(images)
       const other = images.find(i => i !== image)!
