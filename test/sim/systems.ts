@@ -243,6 +243,9 @@ class VmThunderd implements System {
   }
 
   private indexAtMs = -Infinity
+  /** When each agent published its newest and its previous advert (Infinity: not yet): the `cur`/`prev` times. */
+  private curAtMs = new Float64Array(0)
+  private prevAtMs = new Float64Array(0)
 
   init (): void {
     // Once a second: every agent's background CPU (idle work and the adverts it received last second).
@@ -266,6 +269,11 @@ class VmThunderd implements System {
   }
 
   onNodeAdded (n: SimNode): void {
+    if (n.idx >= this.curAtMs.length) {
+      const grow = (a: Float64Array): Float64Array => { const b = new Float64Array(Math.max(1024, 2 * n.idx)).fill(Infinity); b.set(a); return b }
+      this.curAtMs = grow(this.curAtMs)
+      this.prevAtMs = grow(this.prevAtMs)
+    }
     this.hops = Math.max(1, Math.ceil(Math.log(this.e.nodes.length) / Math.log(GOSSIP_D)))
     this.st[n.idx] = {
       parents: [], parentIdx: [], depth: n.isSeed ? 0 : null, refusedUntil: new Map(), orphanedSinceMs: null, cur: undefined, prev: undefined, seq: 0,
@@ -327,6 +335,8 @@ class VmThunderd implements System {
     s.lastPublishMs = now
     s.lastFacts = facts
     s.prev = s.cur
+    this.prevAtMs[n.idx] = this.curAtMs[n.idx]
+    this.curAtMs[n.idx] = now
     s.cur = {
       atMs: now,
       advert: {
@@ -358,11 +368,11 @@ class VmThunderd implements System {
 
   /** The newest advert of `from` that has reached `to` by now. */
   private seen (from: number, to: number): Published | undefined {
-    const s = this.st[from]
+    // publish times in flat arrays: most calls are answered without touching the agent's state
     const d = this.gossipDelayMs(from, to)
     const now = this.e.nowMs
-    if (s.cur !== undefined && s.cur.atMs + d <= now) return s.cur
-    if (s.prev !== undefined && s.prev.atMs + d <= now) return s.prev
+    if (this.curAtMs[from] + d <= now) return this.st[from].cur
+    if (this.prevAtMs[from] + d <= now) return this.st[from].prev
     return undefined
   }
 
@@ -615,7 +625,8 @@ class VmThunderd implements System {
   }
 
   onDeliver (n: SimNode, b: number): void {
-    this.st[n.idx].tried.delete(b)
+    const tried = this.st[n.idx].tried
+    if (tried.size > 0) tried.delete(b)
     // a complete agent becomes a seed at once (the daemon re-advertises on the last block), not at its next heartbeat
     if (this.e.opts.promoteComplete === true && !n.isSeed && !n.promoted && n.held === this.e.blockCount) this.e.at(this.e.nowMs, () => { if (n.alive) this.tick(n) })
     else this.advertise(n) // blocks added: the policy decides when to say so
