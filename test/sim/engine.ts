@@ -130,6 +130,8 @@ export interface EngineOptions {
   promoteComplete?: boolean
   /** Checker period (ms). */
   checkIntervalMs?: number
+  /** Called every simulated second, for progress reports (reads the engine, changes nothing). */
+  progress?: (e: Engine) => void
 }
 
 export class Engine {
@@ -162,7 +164,8 @@ export class Engine {
   /** Cumulative think time before each read (the trace's own schedule). */
   private readonly dueMs: Float64Array
   private reqSerial = 0
-  private booting = 0
+  /** Agents whose VM has not finished (or crashed) yet. */
+  booting = 0
   private pendingScenarioEvents = 0
   private stopped = false
   readonly checkIntervalMs: number
@@ -244,6 +247,11 @@ export class Engine {
     for (const n of this.nodes) system.onNodeAdded(n)
     this.scheduleScenario()
     this.at(0, () => this.runCheck('periodic'))
+    const progress = this.opts.progress
+    if (progress !== undefined) {
+      const tick = (): void => { progress(this); if (!this.stopped) this.at(this.nowMs + 1000, tick) }
+      this.at(1000, tick)
+    }
     const maxMs = sc.maxSimMs
     for (;;) {
       const e = this.heap.pop()

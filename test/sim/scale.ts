@@ -8,7 +8,7 @@
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import type { SystemName } from './engine.js'
+import type { Engine, SystemName } from './engine.js'
 import { costsOf } from './costs.js'
 import { lowerBoundMs, runSystem } from './run.js'
 import type { SystemResult } from './run.js'
@@ -28,6 +28,8 @@ function main (): void {
       system: { type: 'string', default: 'vmthunderd' },
       think: { type: 'string' },
       'topic-agents': { type: 'string' },
+      /** Print a progress line to stderr at most this often (wall seconds); 0: never. */
+      'progress-s': { type: 'string', default: '0' },
       json: { type: 'boolean', default: false }
     }
   })
@@ -41,7 +43,19 @@ function main (): void {
   const agents = Number(values.agents)
   const cpu0 = process.cpuUsage()
   const t0 = performance.now()
-  const { result: r, engine } = runSystem(values.system as SystemName, { scenario, trace, agents, seed: Number(values.seed) })
+  const progressS = Number(values['progress-s'])
+  let lastProgressMs = t0
+  const progress = progressS > 0
+    ? (e: Engine): void => {
+        const now = performance.now()
+        if (now - lastProgressMs < progressS * 1000) return
+        lastProgressMs = now
+        const c = process.cpuUsage(cpu0)
+        console.error(`progress: sim ${(e.nowMs / 1000).toFixed(0)} s, ${e.eventsRun} events, ${agents - e.booting} of ${agents} booted, ` +
+          `wall ${((now - t0) / 1000).toFixed(0)} s, cpu ${((c.user + c.system) / 1e6).toFixed(0)} s, RSS ${(process.memoryUsage.rss() / 2 ** 20).toFixed(0)} MiB`)
+      }
+    : undefined
+  const { result: r, engine } = runSystem(values.system as SystemName, { scenario, trace, agents, seed: Number(values.seed), progress })
   const wallS = (performance.now() - t0) / 1000
   const c = process.cpuUsage(cpu0)
   const cpuS = (c.user + c.system) / 1e6
