@@ -51,7 +51,9 @@ function main (): void {
         if (now - lastProgressMs < progressS * 1000) return
         lastProgressMs = now
         const c = process.cpuUsage(cpu0)
+        const unreachable = e.check.unreachable[e.check.unreachable.length - 1]?.[1] ?? 0
         console.error(`progress: sim ${(e.nowMs / 1000).toFixed(0)} s, ${e.eventsRun} events, ${agents - e.booting} of ${agents} booted, ` +
+          `${unreachable} cut off from a seed, ${meanHeld(e).toFixed(0)} of ${e.blockCount} blocks held on average, origin ${(e.originEgressBytes / 1e9).toFixed(2)} GB, ` +
           `wall ${((now - t0) / 1000).toFixed(0)} s, cpu ${((c.user + c.system) / 1e6).toFixed(0)} s, RSS ${(process.memoryUsage.rss() / 2 ** 20).toFixed(0)} MiB`)
       }
     : undefined
@@ -82,6 +84,13 @@ function main (): void {
       `per agent: publishes ${g.publishedPerAgentPerS}/s, validates ${g.topicMeanPerS}/s (peak ${g.topicPeakPerS}), receives ~${g.copiesPeakPerS}/s copies at peak, ` +
       `advert CPU ${g.advertCpuMsPerSMean} ms/s mean, ${g.advertCpuMsPerSPeak} ms/s peak`)
   }
+}
+
+/** Blocks an agent that boots holds, on average. */
+function meanHeld (e: Engine): number {
+  let sum = 0; let n = 0
+  for (const x of e.nodes) if (x.boots) { sum += x.held; n++ }
+  return n === 0 ? 0 : sum / n
 }
 
 /**

@@ -244,8 +244,8 @@ class VmThunderd implements System {
 
   private indexAtMs = -Infinity
   /** When each agent published its newest and its previous advert (Infinity: not yet): the `cur`/`prev` times. */
-  private curAtMs = new Float64Array(0)
-  private prevAtMs = new Float64Array(0)
+  private curAtMs: Float64Array = new Float64Array(0)
+  private prevAtMs: Float64Array = new Float64Array(0)
 
   init (): void {
     // Once a second: every agent's background CPU (idle work and the adverts it received last second).
