@@ -17,7 +17,7 @@ import {
 } from '../../src/topology/index.js'
 import type { AdmissionReply, Advert, Candidate, ParentState, SourceState, TopologyParams } from '../../src/topology/index.js'
 import { DEFAULT_ADVERT_POLICY, nextAdvertDueMs } from '../../src/p2p/advert-policy.js'
-import type { AdvertFacts } from '../../src/p2p/advert-policy.js'
+import type { AdvertFacts, AdvertPolicyParams } from '../../src/p2p/advert-policy.js'
 import { costsOf, NEIGHBOURS_MAX } from './costs.js'
 import type { CostParams } from './costs.js'
 import type { Engine, Req, SimNode, System } from './engine.js'
@@ -184,8 +184,6 @@ const GOSSIP_HOP_MS = 1
 const PING_TIMEOUT_MS = 500
 /** A detached agent looks again this soon (the daemon re-runs its heartbeat when a newly eligible advert arrives). */
 const DETACHED_RETRY_MS = 25
-/** The daemon's advert policy (src/p2p/advert-policy.ts), defaults as src/p2p/service.ts runs it. */
-const ADVERT_POLICY = DEFAULT_ADVERT_POLICY
 /** The daemon's attach grace (src/p2p/service.ts): 3 heartbeats, at least 5 s. */
 const ATTACH_GRACE_HEARTBEATS = 3
 const MIN_ATTACH_GRACE_MS = 5000
@@ -209,6 +207,7 @@ class VmThunderd implements System {
   readonly params: Required<TopologyParams>
   readonly fanoutLimit: number
   readonly costs: CostParams
+  readonly advertPolicy: AdvertPolicyParams
   readonly startCpuMs: number
   /** Wall time of a request beyond CPU, on its first block; absent when 0 (calibrate reports it, scenarios may set it). */
   readonly requestWaitMs?: (n: SimNode, b: number, s: SimNode, r: Req) => number
@@ -229,8 +228,10 @@ class VmThunderd implements System {
 
   constructor (private readonly e: Engine) {
     const params = validateTopologyParams({ ...DEFAULT_TOPOLOGY_PARAMS, ...(e.opts.scenario.topology as Partial<TopologyParams>) })
+    // the daemon's advert policy, with the scenario's overrides as src/p2p/service.ts takes them
+    this.advertPolicy = { ...DEFAULT_ADVERT_POLICY, ...e.opts.scenario.advertPolicy }
     // as src/p2p/service.ts: adverts without news come only every keep-alive, a peer is forgotten after three missed
-    params.advertTimeoutMs = Math.max(params.advertTimeoutMs, 3 * Math.max(ADVERT_POLICY.keepAliveMs, params.heartbeatMs))
+    params.advertTimeoutMs = Math.max(params.advertTimeoutMs, 3 * Math.max(this.advertPolicy.keepAliveMs, params.heartbeatMs))
     this.params = params
     this.fanoutLimit = this.params.childLimit
     this.costs = costsOf(e.opts.scenario)
@@ -320,7 +321,7 @@ class VmThunderd implements System {
     if (!n.alive) return
     const s = this.st[n.idx]
     const facts = this.factsOf(n)
-    const dueMs = nextAdvertDueMs({ facts, last: s.lastFacts, lastPublishMs: s.lastPublishMs, params: ADVERT_POLICY })
+    const dueMs = nextAdvertDueMs({ facts, last: s.lastFacts, lastPublishMs: s.lastPublishMs, params: this.advertPolicy })
     const now = this.e.nowMs
     if (dueMs <= now) { this.publishNow(n, facts); return }
     if (s.publishDueMs <= dueMs) return
