@@ -24,6 +24,13 @@ export interface Req {
   serial: number
   /** When the block will have arrived, if known when the request was sent (the source held it). */
   arrivalMs: number
+  /**
+   * The first block of its request: blocks asked of one peer at one moment travel as one request (a GET of up
+   * to 16 blocks), which pays the per-request costs once (costs.ts).
+   */
+  firstOfRequest: boolean
+  /** The system's own record for the request's source (vmthunderd: the scheduler's SourceState). */
+  source: unknown
 }
 
 export interface SimNode {
@@ -52,6 +59,9 @@ export interface SimNode {
   demandWaiting: boolean
   /** The system promoted this agent to a seed once it held every block (issue 5): a root for the checkers. */
   promoted: boolean
+  /** Sources this agent sent requests to at requestsAtMs (grouping blocks into requests). */
+  requestsAtMs: number
+  requestedFrom: number[]
 }
 
 /** Issue 5 hook: a prefetch model proposes blocks to fetch while the VM thinks (between reads). */
@@ -120,6 +130,8 @@ export interface EngineOptions {
   promoteComplete?: boolean
   /** Checker period (ms). */
   checkIntervalMs?: number
+  /** Called every simulated second, for progress reports (reads the engine, changes nothing). */
+  progress?: (e: Engine) => void
 }
 
 export class Engine {
@@ -152,7 +164,8 @@ export class Engine {
   /** Cumulative think time before each read (the trace's own schedule). */
   private readonly dueMs: Float64Array
   private reqSerial = 0
-  private booting = 0
+  /** Agents whose VM has not finished (or crashed) yet. */
+  booting = 0
   private pendingScenarioEvents = 0
   private stopped = false
   readonly checkIntervalMs: number
@@ -200,7 +213,7 @@ export class Engine {
     const n: SimNode = {
       idx, id: `n${idx}`, isSeed, alive: true, deathMs: Infinity, boots, startMs, doneMs: -1, readIdx: 0,
       has: this.presenceFor(idx), held: 0, pending: new Map(), req: new Map(), stalled: new Set(), children: new Set(), prefetchOnly: new Set(),
-      demandWaiting: false, promoted: false
+      demandWaiting: false, promoted: false, requestsAtMs: -1, requestedFrom: []
     }
     if (isSeed) { n.has.fill(1); n.held = this.blockCount; this.seeds.push(idx); this.arrival.fill(0, idx * this.blockCount, (idx + 1) * this.blockCount) }
     this.nodes.push(n)
@@ -210,7 +223,7 @@ export class Engine {
         if (!n.alive) return
         // instance creation is CPU work on the agent's host before the first read (cost model)
         const cpu = this.system.startCpuMs ?? 0
-        if (cpu > 0) this.at(this.net.cpu(idx, cpu, this.nowMs), () => { if (n.alive) this.nextRead(n, true) })
+        if (cpu > 0) this.at(this.net.cpu(idx, cpu, this.nowMs, this.nowMs), () => { if (n.alive) this.nextRead(n, true) })
         else this.nextRead(n, true)
       })
     }
@@ -234,6 +247,11 @@ export class Engine {
     for (const n of this.nodes) system.onNodeAdded(n)
     this.scheduleScenario()
     this.at(0, () => this.runCheck('periodic'))
+    const progress = this.opts.progress
+    if (progress !== undefined) {
+      const tick = (): void => { progress(this); if (!this.stopped) this.at(this.nowMs + 1000, tick) }
+      this.at(1000, tick)
+    }
     const maxMs = sc.maxSimMs
     for (;;) {
       const e = this.heap.pop()
@@ -253,42 +271,55 @@ export class Engine {
 
   private nextRead (n: SimNode, first = false): void {
     const reads = this.opts.trace.reads
-    if (!first) n.readIdx++
-    if (n.readIdx >= reads.length) {
-      n.doneMs = this.nowMs
-      this.booting--
-      this.opts.prefetch?.onBootDone?.(n, this)
-      return
+    // Reads with no think time before them run here, one after another while they hit, instead of as an
+    // event each: back to back that was a third of all events. With a prefetch model they stay events.
+    for (;;) {
+      if (!first) n.readIdx++
+      first = false
+      if (n.readIdx >= reads.length) {
+        n.doneMs = this.nowMs
+        this.booting--
+        this.opts.prefetch?.onBootDone?.(n, this)
+        return
+      }
+      const scale = this.opts.scenario.thinkTimeScale
+      // 'absolute': each read is due at its trace time from the start (the benchmarks' replay: a late read eats
+      // into the next think time); 'relative': the think time follows the previous read's completion
+      const thinkMs = this.opts.scenario.thinkMode === 'absolute'
+        ? Math.max(0, n.startMs + this.dueMs[n.readIdx] * scale - this.nowMs)
+        : reads[n.readIdx].thinkMs * scale
+      if (this.opts.prefetch !== undefined) {
+        for (const b of this.opts.prefetch.onThink(n, n.readIdx, thinkMs, this)) if (b >= 0 && b < this.blockCount) this.need(n, b, noop)
+      }
+      if (thinkMs > 0 || this.opts.prefetch !== undefined) { this.at(this.nowMs + thinkMs, () => { if (n.alive) this.doRead(n) }); return }
+      if (!this.startRead(n)) return
     }
-    const scale = this.opts.scenario.thinkTimeScale
-    // 'absolute': each read is due at its trace time from the start (the benchmarks' replay: a late read eats
-    // into the next think time); 'relative': the think time follows the previous read's completion
-    const thinkMs = this.opts.scenario.thinkMode === 'absolute'
-      ? Math.max(0, n.startMs + this.dueMs[n.readIdx] * scale - this.nowMs)
-      : reads[n.readIdx].thinkMs * scale
-    if (this.opts.prefetch !== undefined) {
-      for (const b of this.opts.prefetch.onThink(n, n.readIdx, thinkMs, this)) if (b >= 0 && b < this.blockCount) this.need(n, b, noop)
-    }
-    this.at(this.nowMs + thinkMs, () => { if (n.alive) this.doRead(n) })
   }
 
   private doRead (n: SimNode): void {
+    if (this.startRead(n)) this.nextRead(n)
+  }
+
+  /** Starts the current read of n; true when every block was present (the read is done, the next is due). */
+  private startRead (n: SimNode): boolean {
     const blocks = this.opts.trace.reads[n.readIdx].blocks
     let missing = 0
     for (const b of blocks) if (n.has[b] !== 1) missing++
     this.opts.prefetch?.onRead?.(n, n.readIdx, missing === 0, this)
-    if (missing === 0) { this.readDone(n, blocks); return }
+    if (missing === 0) return this.readDone(n, blocks)
     n.demandWaiting = true
-    const cb = function (this: Engine): void { if (--missing === 0) this.readDone(n, blocks) }.bind(this)
+    const cb = function (this: Engine): void { if (--missing === 0 && this.readDone(n, blocks)) this.nextRead(n) }.bind(this)
     for (const b of blocks) if (n.has[b] !== 1) this.need(n, b, cb)
+    return false
   }
 
-  private readDone (n: SimNode, blocks: readonly number[]): void {
+  /** The read of `blocks` completed; true when the VM goes on to its next read. */
+  private readDone (n: SimNode, blocks: readonly number[]): boolean {
     n.demandWaiting = false
-    if (!n.alive) return
+    if (!n.alive) return false
     // checker: a read completes only from blocks present (fetched and verified) at this agent
     for (const b of blocks) if (n.has[b] !== 1) this.check.absentReads++
-    this.nextRead(n)
+    return true
   }
 
   // ---- blocks ----
@@ -313,7 +344,13 @@ export class Engine {
   }
 
   sendRequest (n: SimNode, b: number, src: number, hedge: boolean, expectedMs = 0): Req {
-    const r: Req = { src, startedAtMs: this.nowMs, expectedMs, hedged: hedge, prefetch: n.prefetchOnly.has(b), serial: ++this.reqSerial, arrivalMs: -1 }
+    if (n.requestsAtMs !== this.nowMs) { n.requestsAtMs = this.nowMs; n.requestedFrom.length = 0 }
+    const firstOfRequest = !n.requestedFrom.includes(src)
+    if (firstOfRequest) n.requestedFrom.push(src)
+    const r: Req = {
+      src, startedAtMs: this.nowMs, expectedMs, hedged: hedge, prefetch: n.prefetchOnly.has(b), serial: ++this.reqSerial, arrivalMs: -1,
+      firstOfRequest, source: undefined
+    }
     if (!hedge) n.req.set(b, r)
     const s = this.nodes[src]
     if (!s.isSeed) this.peerBlockRequests++
@@ -352,7 +389,7 @@ export class Engine {
   private transmit (s: SimNode, to: SimNode, b: number, r: Req, readyMs: number): void {
     const size = this.system.transferBytes?.(s, to, b) ?? this.blockSizeBytes
     const sendCpu = this.system.sendCpuMs?.(s, to, b, r) ?? 0
-    if (sendCpu > 0) readyMs = this.net.cpu(s.idx, sendCpu, readyMs)
+    if (sendCpu > 0) readyMs = this.net.cpu(s.idx, sendCpu, readyMs, this.nowMs)
     let arrival = this.net.transfer(s.idx, to.idx, size, readyMs) + (this.system.requestWaitMs?.(to, b, s, r) ?? 0)
     const recvCpu = this.system.recvCpuMs?.(to, b, s, r) ?? 0
     r.arrivalMs = arrival
@@ -365,16 +402,18 @@ export class Engine {
         this.originEgressPerS[sec] += size
       }
     }
-    // the receiver's CPU work is queued when the block arrives, not booked ahead: a CPU queue shared by
-    // several agents must not idle behind work that is not there yet
-    if (recvCpu > 0) this.at(arrival, () => { this.at(this.net.cpu(to.idx, recvCpu, this.nowMs), () => this.deliver(to, b, s, r)) })
-    else this.at(arrival, () => this.deliver(to, b, s, r))
+    // the receiver's CPU work is booked now for when the block arrives; the CPU's calendar (cpu-queue.ts)
+    // lets work that is ready earlier use the time before it, so nothing idles behind work not there yet
+    const arrivedMs = arrival
+    if (recvCpu > 0) arrival = this.net.cpu(to.idx, recvCpu, arrival, this.nowMs)
+    this.at(arrival, () => this.deliver(to, b, s, r, arrivedMs))
   }
 
-  private deliver (n: SimNode, b: number, s: SimNode, r: Req): void {
+  /** Block b from s is present at n (it arrived at arrivedMs, then n's CPU took it in). */
+  private deliver (n: SimNode, b: number, s: SimNode, r: Req, arrivedMs: number): void {
     if (!n.alive) return
     this.system.onArrive?.(n, b, s.idx, r)
-    if (!s.alive && s.deathMs < this.nowMs - this.net.latencyMs(s.idx, n.idx)) return // sender died mid-transfer
+    if (!s.alive && s.deathMs < arrivedMs - this.net.latencyMs(s.idx, n.idx)) return // sender died mid-transfer
     if (n.has[b] === 1) { this.wastedBytes += this.blockSizeBytes; return }
     n.has[b] = 1
     this.arrival[n.idx * this.blockCount + b] = this.nowMs

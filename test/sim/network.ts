@@ -10,6 +10,7 @@
 // a bottleneck port equally over time (checked in test/sim/network.test.ts against the fair-share rate).
 // O(ports) per block, no global recomputation: this is what keeps 10,000 agents within seconds.
 
+import { CpuQueue } from './cpu-queue.js'
 import type { LinkProfile } from './scenario.js'
 import type { Rng } from './rng.js'
 
@@ -41,8 +42,8 @@ export interface CpuProfile {
 
 export class Network {
   readonly hosts: Host[] = []
-  /** One CPU queue per host (capacity: cores, in CPU-ms per ms), or one shared by all. */
-  readonly cpus: Port[] = []
+  /** One CPU queue per host, or one shared by all (cpuProfile: cores, in CPU-ms per ms). */
+  readonly cpus: CpuQueue[] = []
   /**
    * CPU that every agent spends regardless of blocks (adverts received, heartbeats), in ms per second per
    * agent: taken off the capacity left for block work.
@@ -52,32 +53,30 @@ export class Network {
   backgroundCpuMsPerAgent = 0
   /** CPU work queued at each host (ms of one core, blocks and instance creation; background not included). */
   readonly cpuWorkMs: number[] = []
-  private sharedCpu: Port | undefined
+  private sharedCpu: CpuQueue | undefined
   readonly rackUp: Port[] = []
   readonly rackDown: Port[] = []
   /** Bytes that crossed a rack uplink (either direction). */
   crossRackBytes = 0
 
   constructor (readonly profile: LinkProfile, private readonly rng: Rng, readonly cpuProfile: CpuProfile = { coresPerHost: 1 }) {
-    if (cpuProfile.sharedCores !== undefined) this.sharedCpu = { capBytesPerMs: cpuProfile.sharedCores, freeAtMs: 0, busyMs: 0 }
+    if (cpuProfile.sharedCores !== undefined) this.sharedCpu = new CpuQueue()
   }
 
   /**
-   * Queues `cpuMs` of CPU work at host a, ready at readyMs; returns when it is done. The work is FIFO on the
-   * host's cores (or the shared pool), at the capacity left by the background load.
+   * Books `cpuMs` of CPU work at host a, ready at readyMs (now or later: the clock is nowMs); returns when it
+   * is done. The work takes the first idle time of the host's cores (or the shared pool) from readyMs on
+   * (cpu-queue.ts), at the capacity left by the background load.
    */
-  cpu (a: number, cpuMs: number, readyMs: number): number {
-    const p = this.sharedCpu ?? this.cpus[a]
+  cpu (a: number, cpuMs: number, readyMs: number, nowMs: number): number {
+    const shared = this.sharedCpu !== undefined
+    const q = this.sharedCpu ?? this.cpus[a]
     this.cpuWorkMs[a] += cpuMs
-    const agents = this.sharedCpu !== undefined ? this.hosts.length : 1
-    const cores = p.capBytesPerMs
+    const agents = shared ? this.hosts.length : 1
+    const cores = shared ? this.cpuProfile.sharedCores as number : this.cpuProfile.coresPerHost
     // background work takes its share first; at least 5 % of the cores stay for blocks (the loop still turns)
     const left = Math.max(0.05 * cores, cores - agents * this.backgroundCpuMsPerS / 1000)
-    const start = p.freeAtMs > readyMs ? p.freeAtMs : readyMs
-    const dur = cpuMs / left
-    p.freeAtMs = start + dur
-    p.busyMs += dur
-    return p.freeAtMs
+    return q.book(nowMs, readyMs, cpuMs / left)
   }
 
   addHost (): number {
@@ -97,7 +96,7 @@ export class Network {
       host = { rack: 0, up: port(cls.upMbps), down: port(cls.downMbps), latencyMs: this.rng.range(p.hostLatencyMinMs, p.hostLatencyMaxMs) }
     }
     this.hosts.push(host)
-    this.cpus.push({ capBytesPerMs: this.cpuProfile.coresPerHost, freeAtMs: 0, busyMs: 0 })
+    this.cpus.push(new CpuQueue())
     this.cpuWorkMs.push(0)
     return i
   }

@@ -82,6 +82,8 @@ export interface RunOptions {
    */
   prefetchVariants?: 'off' | 'both' | 'only'
   prefetchConfig?: PrefetchConfig
+  /** Called once per simulated second (scale runs report progress; it must not change the simulation). */
+  progress?: (e: Engine) => void
 }
 
 /** One system run: a system, with or without the planner's prefetch model. */
@@ -107,7 +109,7 @@ function quantile (sorted: number[], q: number): number | null {
 export function runSystem (name: SystemName, o: RunOptions, withPrefetch = false): { result: SystemResult, engine: Engine } {
   const t0 = performance.now()
   const prefetch = withPrefetch ? makePrefetch(o.trace, o.prefetchConfig) : o.prefetch
-  const e = new Engine({ scenario: o.scenario, trace: o.trace, seed: o.seed, agents: o.agents, prefetch, promoteComplete: withPrefetch })
+  const e = new Engine({ scenario: o.scenario, trace: o.trace, seed: o.seed, agents: o.agents, prefetch, promoteComplete: withPrefetch, progress: o.progress })
   const system = makeSystem(name, e)
   e.run(system)
   const gossip = (system as Partial<{ gossip: GossipStats }>).gossip

@@ -105,6 +105,14 @@ export const scenarioSchema = z.object({
    * as the daemon does today); a number models topic partitioning (test/sim/README.md, gossip at scale).
    */
   advertTopicAgents: z.number().int().positive().optional(),
+  /**
+   * vmthunderd: overrides of the daemon's advert policy (src/p2p/advert-policy.ts AdvertPolicyParams, as the
+   * daemon's `advertPolicy` option takes them), e.g. { "minIntervalMs": 0 } for what-ifs.
+   */
+  advertPolicy: z.object({
+    minIntervalMs: z.number().nonnegative(), softIntervalMs: z.number().nonnegative(), keepAliveMs: z.number().positive(),
+    heldSteps: z.number().int().positive(), loadStep: z.number().positive()
+  }).partial().strict().default({}),
   /** Stop a run at this simulated time even if agents have not finished. */
   maxSimMs: z.number().positive().default(7_200_000)
 })

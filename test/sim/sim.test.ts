@@ -162,3 +162,13 @@ test('CLI writes result.json with every field and the plots', { timeout: 120_000
     }
   } finally { rmSync(out, { recursive: true, force: true }) }
 })
+
+test('vmthunderd advertises by the daemon\'s policy (src/p2p/advert-policy.ts): under one advert per heartbeat, at least the keep-alive', { timeout: 60_000 }, () => {
+  const r = runScenario({ scenario: scenario('uniform'), trace, agents: 40, seed: 1, systems: ['vmthunderd'] })
+  const v = r.systems.vmthunderd
+  assert.ok(v.adverts !== undefined)
+  const perAgentPerS = v.adverts.published / 41 / (v.simEndMs / 1000)
+  // publishing on every heartbeat (1 s), as the simulator once did, gives at least 1
+  assert.ok(perAgentPerS < 0.8, `adverts per agent per second ${perAgentPerS}`)
+  assert.ok(perAgentPerS >= 1 / 5, `adverts per agent per second ${perAgentPerS}: below the 5 s keep-alive`)
+})

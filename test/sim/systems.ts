@@ -5,8 +5,9 @@
 //   (fan-out 2, one parent per agent); it notices a dead agent after 30 s and re-attaches the orphans.
 // - vmthunderd: each agent runs the daemon's heartbeat (src/topology/driver.ts: planHeartbeat, admission with
 //   admitChild at the parent, settleHeartbeat) on a bounded candidate table fed by (delayed) gossip adverts
-//   that carry the daemon's presence summaries (summary.ts), publishes adverts as the daemon does (every
-//   heartbeat and on change, at most every 250 ms), picks sources as src/p2p/peer-source.ts does (parents;
+//   that carry the daemon's presence summaries (summary.ts), publishes adverts when the daemon's policy says
+//   one is due (src/p2p/advert-policy.ts: tree changes at most every 250 ms, other news every 2 s, else a 5 s
+//   keep-alive), picks sources as src/p2p/peer-source.ts does (parents;
 //   then peers advertising the block with free slots; then any advertiser, full ones and seeds included) with
 //   the scheduler's chooseSource and hedging, and pays the measured CPU costs of the daemon (costs.ts).
 
@@ -15,6 +16,8 @@ import {
   settleHeartbeat, validateTopologyParams
 } from '../../src/topology/index.js'
 import type { AdmissionReply, Advert, Candidate, ParentState, SourceState, TopologyParams } from '../../src/topology/index.js'
+import { DEFAULT_ADVERT_POLICY, nextAdvertDueMs } from '../../src/p2p/advert-policy.js'
+import type { AdvertFacts, AdvertPolicyParams } from '../../src/p2p/advert-policy.js'
 import { costsOf, NEIGHBOURS_MAX } from './costs.js'
 import type { CostParams } from './costs.js'
 import type { Engine, Req, SimNode, System } from './engine.js'
@@ -152,10 +155,15 @@ interface VState {
   cur: Published | undefined
   prev: Published | undefined
   seq: number
-  lastBusyMs: number
+  /** Upload load meter (the daemon's uploadMeter): busy time of the upload port over the last heartbeat. */
+  loadAtMs: number
+  loadBusyMs: number
   load: number
   lastPublishMs: number
-  publishPending: boolean
+  /** What the last advert said (the policy compares the next one with it). */
+  lastFacts: AdvertFacts | undefined
+  /** When the pending publish timer fires (Infinity: none); an earlier due time schedules another. */
+  publishDueMs: number
   /** When the image was added (instance created): the daemon's attach grace counts from it. */
   addedAtMs: number
   /** The candidate table of the last heartbeat: the peers this agent knows adverts of (sources too). */
@@ -166,15 +174,7 @@ interface VState {
   src: Map<number, SourceState>
   /** When this agent's hedge scan is next due (Infinity: none scheduled). */
   hedgeScanAtMs: number
-  /** Request grouping for the per-request costs: rings of the last requests seen sending / receiving / waiting. */
-  sendKeys: Float64Array
-  recvKeys: Float64Array
-  waitKeys: Float64Array
 }
-
-/** Requests remembered per agent for grouping blocks into requests (slot 0 counts insertions). */
-const KEY_RING = 32
-function keyRing (): Float64Array { const r = new Float64Array(KEY_RING + 1).fill(-1); r[0] = 0; return r }
 
 /** Gossipsub mesh degree: adverts reach N agents in about log_D(N) hops. */
 export const GOSSIP_D = 6
@@ -184,8 +184,6 @@ const GOSSIP_HOP_MS = 1
 const PING_TIMEOUT_MS = 500
 /** A detached agent looks again this soon (the daemon re-runs its heartbeat when a newly eligible advert arrives). */
 const DETACHED_RETRY_MS = 25
-/** The daemon publishes adverts on change at most this often (src/p2p/service.ts DEFAULT_MIN_ADVERT_INTERVAL_MS). */
-export const MIN_ADVERT_INTERVAL_MS = 250
 /** The daemon's attach grace (src/p2p/service.ts): 3 heartbeats, at least 5 s. */
 const ATTACH_GRACE_HEARTBEATS = 3
 const MIN_ATTACH_GRACE_MS = 5000
@@ -209,7 +207,10 @@ class VmThunderd implements System {
   readonly params: Required<TopologyParams>
   readonly fanoutLimit: number
   readonly costs: CostParams
+  readonly advertPolicy: AdvertPolicyParams
   readonly startCpuMs: number
+  /** Wall time of a request beyond CPU, on its first block; absent when 0 (calibrate reports it, scenarios may set it). */
+  readonly requestWaitMs?: (n: SimNode, b: number, s: SimNode, r: Req) => number
   readonly gossip: GossipStats = { advertsPublished: 0, perSecond: [] }
   /** Requests charged the per-request CPU at their receiver (blocks of one read to one peer grouped). */
   requestsCharged = 0
@@ -226,10 +227,16 @@ class VmThunderd implements System {
   private readonly topicAgents: number
 
   constructor (private readonly e: Engine) {
-    this.params = validateTopologyParams({ ...DEFAULT_TOPOLOGY_PARAMS, ...(e.opts.scenario.topology as Partial<TopologyParams>) })
+    const params = validateTopologyParams({ ...DEFAULT_TOPOLOGY_PARAMS, ...(e.opts.scenario.topology as Partial<TopologyParams>) })
+    // the daemon's advert policy, with the scenario's overrides as src/p2p/service.ts takes them
+    this.advertPolicy = { ...DEFAULT_ADVERT_POLICY, ...e.opts.scenario.advertPolicy }
+    // as src/p2p/service.ts: adverts without news come only every keep-alive, a peer is forgotten after three missed
+    params.advertTimeoutMs = Math.max(params.advertTimeoutMs, 3 * Math.max(this.advertPolicy.keepAliveMs, params.heartbeatMs))
+    this.params = params
     this.fanoutLimit = this.params.childLimit
     this.costs = costsOf(e.opts.scenario)
     this.startCpuMs = this.costs.instanceCreateCpuMs
+    if (this.costs.requestWaitMs > 0) this.requestWaitMs = (_n, _b, _s, r) => r.firstOfRequest ? this.costs.requestWaitMs : 0
     this.summary = new SummaryModel(e.opts.trace, e.opts.scenario.imageBytes)
     this.attachGraceMs = Math.max(ATTACH_GRACE_HEARTBEATS * this.params.heartbeatMs, MIN_ATTACH_GRACE_MS)
     this.readWhileAttaching = e.opts.scenario.readWhileAttaching
@@ -237,6 +244,9 @@ class VmThunderd implements System {
   }
 
   private indexAtMs = -Infinity
+  /** When each agent published its newest and its previous advert (Infinity: not yet): the `cur`/`prev` times. */
+  private curAtMs: Float64Array = new Float64Array(0)
+  private prevAtMs: Float64Array = new Float64Array(0)
 
   init (): void {
     // Once a second: every agent's background CPU (idle work and the adverts it received last second).
@@ -260,13 +270,18 @@ class VmThunderd implements System {
   }
 
   onNodeAdded (n: SimNode): void {
+    if (n.idx >= this.curAtMs.length) {
+      const grow = (a: Float64Array): Float64Array => { const b = new Float64Array(Math.max(1024, 2 * n.idx)).fill(Infinity); b.set(a); return b }
+      this.curAtMs = grow(this.curAtMs)
+      this.prevAtMs = grow(this.prevAtMs)
+    }
     this.hops = Math.max(1, Math.ceil(Math.log(this.e.nodes.length) / Math.log(GOSSIP_D)))
     this.st[n.idx] = {
       parents: [], parentIdx: [], depth: n.isSeed ? 0 : null, refusedUntil: new Map(), orphanedSinceMs: null, cur: undefined, prev: undefined, seq: 0,
-      lastBusyMs: 0, load: 0, lastPublishMs: -Infinity, publishPending: false, addedAtMs: n.startMs, cand: [], tried: new Map(),
-      src: new Map(), hedgeScanAtMs: Infinity, sendKeys: keyRing(), recvKeys: keyRing(), waitKeys: keyRing()
+      loadAtMs: n.startMs, loadBusyMs: 0, load: 0, lastPublishMs: -Infinity, lastFacts: undefined, publishDueMs: Infinity, addedAtMs: n.startMs, cand: [], tried: new Map(),
+      src: new Map(), hedgeScanAtMs: Infinity
     }
-    this.publish(n)
+    this.advertise(n)
     // the first selection runs when the agent starts, then on a heartbeat with a random phase
     const phase = this.e.sysRng.next() * this.params.heartbeatMs
     const tick = (): void => {
@@ -286,21 +301,48 @@ class VmThunderd implements System {
 
   private complete (n: SimNode): boolean { return n.isSeed || n.promoted }
 
-  private publish (n: SimNode): void {
+  /** What an advert of n says now (the policy's facts; src/p2p/adverts.ts factsOf). */
+  private factsOf (n: SimNode): AdvertFacts {
+    const total = this.summary.totalBlocks
+    const limit = this.childLimitOf(n)
+    return {
+      depth: this.st[n.idx].depth, heldBlocks: this.complete(n) ? total : n.held, totalBlocks: total,
+      childCount: Math.min(n.children.size, limit), childLimit: limit, uploadLoad: this.st[n.idx].load,
+      booting: n.boots && n.doneMs < 0 && n.startMs <= this.e.nowMs ? 1 : 0
+    }
+  }
+
+  /**
+   * The daemon's publish (src/p2p/adverts.ts): something may have changed (heartbeat, blocks, children), so
+   * publish now or when advert-policy.ts says one is due; one timer per agent, at the earliest due time, that
+   * re-evaluates when it fires.
+   */
+  private advertise (n: SimNode): void {
+    if (!n.alive) return
+    const s = this.st[n.idx]
+    const facts = this.factsOf(n)
+    const dueMs = nextAdvertDueMs({ facts, last: s.lastFacts, lastPublishMs: s.lastPublishMs, params: this.advertPolicy })
+    const now = this.e.nowMs
+    if (dueMs <= now) { this.publishNow(n, facts); return }
+    if (s.publishDueMs <= dueMs) return
+    s.publishDueMs = dueMs
+    this.e.at(dueMs, () => { if (s.publishDueMs !== dueMs) return; s.publishDueMs = Infinity; this.advertise(n) })
+  }
+
+  private publishNow (n: SimNode, facts: AdvertFacts): void {
     const s = this.st[n.idx]
     const now = this.e.nowMs
-    const up = this.e.net.hosts[n.idx].up
-    const sinceMs = Math.max(1, Math.min(this.params.heartbeatMs, now - s.lastPublishMs))
-    s.load = Math.min(1, (up.busyMs - s.lastBusyMs) / sinceMs)
-    s.lastBusyMs = up.busyMs
+    s.publishDueMs = Infinity
     s.lastPublishMs = now
+    s.lastFacts = facts
     s.prev = s.cur
-    const total = this.summary.totalBlocks
+    this.prevAtMs[n.idx] = this.curAtMs[n.idx]
+    this.curAtMs[n.idx] = now
     s.cur = {
       atMs: now,
       advert: {
-        peerId: n.id, imageId: 'image', rootHex: 'root', seq: ++s.seq, depth: s.depth, heldBlocks: this.complete(n) ? total : n.held,
-        totalBlocks: total, childCount: n.children.size, childLimit: this.childLimitOf(n), uploadLoad: s.load
+        peerId: n.id, imageId: 'image', rootHex: 'root', seq: ++s.seq, depth: facts.depth, heldBlocks: facts.heldBlocks,
+        totalBlocks: facts.totalBlocks, childCount: facts.childCount, childLimit: facts.childLimit, uploadLoad: facts.uploadLoad
       }
     }
     this.gossip.advertsPublished++
@@ -310,14 +352,15 @@ class VmThunderd implements System {
     ps[sec]++
   }
 
-  /** The daemon's publishSoon: at once if the last advert is old enough, else when the rate limit allows. */
-  private publishSoon (n: SimNode): void {
+  /** The upload meter behind the advertised load: the upload port's busy share over the last heartbeat or so. */
+  private meterLoad (n: SimNode): void {
     const s = this.st[n.idx]
-    if (s.publishPending || !n.alive) return
-    const at = s.lastPublishMs + MIN_ADVERT_INTERVAL_MS
-    if (at <= this.e.nowMs) { this.publish(n); return }
-    s.publishPending = true
-    this.e.at(at, () => { s.publishPending = false; if (n.alive) this.publish(n) })
+    const now = this.e.nowMs
+    if (now - s.loadAtMs < this.params.heartbeatMs / 2) return
+    const busyMs = this.e.net.hosts[n.idx].up.busyMs
+    s.load = Math.min(1, Math.max(0, (busyMs - s.loadBusyMs) / (now - s.loadAtMs)))
+    s.loadAtMs = now
+    s.loadBusyMs = busyMs
   }
 
   private gossipDelayMs (from: number, to: number): number {
@@ -326,11 +369,11 @@ class VmThunderd implements System {
 
   /** The newest advert of `from` that has reached `to` by now. */
   private seen (from: number, to: number): Published | undefined {
-    const s = this.st[from]
+    // publish times in flat arrays: most calls are answered without touching the agent's state
     const d = this.gossipDelayMs(from, to)
     const now = this.e.nowMs
-    if (s.cur !== undefined && s.cur.atMs + d <= now) return s.cur
-    if (s.prev !== undefined && s.prev.atMs + d <= now) return s.prev
+    if (this.curAtMs[from] + d <= now) return this.st[from].cur
+    if (this.prevAtMs[from] + d <= now) return this.st[from].prev
     return undefined
   }
 
@@ -399,7 +442,7 @@ class VmThunderd implements System {
       })
       for (const d of plan.selection.dropped) {
         const j = Number(d.peerId.slice(1))
-        if (nodes[j].children.delete(n.idx)) this.publishSoon(nodes[j])
+        if (nodes[j].children.delete(n.idx)) this.advertise(nodes[j])
         s.src.delete(j)
       }
       const replies = new Map<string, AdmissionReply>()
@@ -410,7 +453,7 @@ class VmThunderd implements System {
         if (kept) { replies.set(peerId, 'accepted'); continue }
         if (!pm.alive) { replies.set(peerId, 'error'); continue }
         const ok = admitChild({ childCount: pm.children.size, childLimit: this.childLimitOf(pm), isAlreadyChild: pm.children.has(n.idx), selfDepth: this.st[j].depth }).admit
-        if (ok) { pm.children.add(n.idx); this.publishSoon(pm) }
+        if (ok) { pm.children.add(n.idx); this.advertise(pm) }
         replies.set(peerId, ok ? 'accepted' : 'refused')
       }
       const res = settleHeartbeat(plan, {
@@ -437,7 +480,8 @@ class VmThunderd implements System {
         if (s.parentIdx.length === 0) this.e.at(now + DETACHED_RETRY_MS, () => { if (n.alive && this.st[n.idx].parentIdx.length === 0) this.tick(n) })
       }
     }
-    this.publish(n)
+    this.meterLoad(n)
+    this.advertise(n)
   }
 
   private sourceState (n: SimNode, j: number): SourceState {
@@ -518,7 +562,7 @@ class VmThunderd implements System {
   relays (s: SimNode, to: SimNode): boolean { return s.children.has(to.idx) }
 
   onNotPresent (n: SimNode, b: number, src: number, r: Req): void {
-    this.release(n, src)
+    this.release(r)
     const s = this.st[n.idx]
     const tried = s.tried.get(b)
     if (tried === undefined) s.tried.set(b, [src]); else if (!tried.includes(src)) tried.push(src)
@@ -528,6 +572,7 @@ class VmThunderd implements System {
   onRequest (n: SimNode, _b: number, r: Req): void {
     const s = this.st[n.idx]
     const st = this.sourceState(n, r.src)
+    r.source = st
     st.queuedBytes += this.e.blockSizeBytes
     st.inFlight++
     if (r.hedged) return
@@ -560,16 +605,18 @@ class VmThunderd implements System {
     if (next < Infinity) { s.hedgeScanAtMs = next; this.e.at(next, () => this.hedgeScan(n)) }
   }
 
-  private release (n: SimNode, src: number): SourceState | undefined {
-    const st = this.st[n.idx].src.get(src)
+  /** The request is over (block arrived, or 'not present'): off its source's queue. */
+  private release (r: Req): SourceState | undefined {
+    // the record the request was counted in (a source dropped and met again has a new one, left alone)
+    const st = r.source as SourceState | undefined
     if (st === undefined) return undefined
     st.queuedBytes = Math.max(0, st.queuedBytes - this.e.blockSizeBytes)
     st.inFlight = Math.max(0, st.inFlight - 1)
     return st
   }
 
-  onArrive (n: SimNode, _b: number, src: number, r: Req): void {
-    const st = this.release(n, src)
+  onArrive (_n: SimNode, _b: number, _src: number, r: Req): void {
+    const st = this.release(r)
     if (st === undefined) return
     const elapsedMs = this.e.nowMs - r.startedAtMs
     if (elapsedMs > 0) {
@@ -579,40 +626,28 @@ class VmThunderd implements System {
   }
 
   onDeliver (n: SimNode, b: number): void {
-    this.st[n.idx].tried.delete(b)
+    const tried = this.st[n.idx].tried
+    if (tried.size > 0) tried.delete(b)
     // a complete agent becomes a seed at once (the daemon re-advertises on the last block), not at its next heartbeat
     if (this.e.opts.promoteComplete === true && !n.isSeed && !n.promoted && n.held === this.e.blockCount) this.e.at(this.e.nowMs, () => { if (n.alive) this.tick(n) })
-    else this.publishSoon(n) // blocks added: the daemon re-advertises (rate-limited)
+    else this.advertise(n) // blocks added: the policy decides when to say so
   }
 
   // ---- the cost model (costs.ts): CPU per request and per block at both ends ----
 
-  /**
-   * Blocks of one read asked of one peer at one moment travel as one request (a GET of up to 16 blocks): true
-   * for the first block seen of it. Requests of several children interleave at a relay, so the last
-   * KEY_RING requests are remembered, not only the last.
-   */
-  private firstOfRequest (at: SimNode, field: 'sendKeys' | 'recvKeys' | 'waitKeys', peer: SimNode, r: Req): boolean {
-    const ring = this.st[at.idx][field]
-    const key = peer.idx * 1e8 + r.startedAtMs
-    for (let i = 1; i < ring.length; i++) if (ring[i] === key) return false
-    ring[1 + (ring[0]++ % (ring.length - 1))] = key
-    return true
+  // Blocks of one read asked of one peer at one moment are one request (engine.ts: Req.firstOfRequest); its
+  // first block carries the per-request costs at both ends.
+
+  sendCpuMs (_s: SimNode, _to: SimNode, _b: number, r: Req): number {
+    return this.costs.blockSendCpuMs + (r.firstOfRequest ? this.costs.requestSendCpuMs : 0)
   }
 
-  sendCpuMs (s: SimNode, to: SimNode, _b: number, r: Req): number {
-    return this.costs.blockSendCpuMs + (this.firstOfRequest(s, 'sendKeys', to, r) ? this.costs.requestSendCpuMs : 0)
-  }
-
-  recvCpuMs (n: SimNode, _b: number, s: SimNode, r: Req): number {
-    if (!this.firstOfRequest(n, 'recvKeys', s, r)) return this.costs.blockRecvCpuMs
+  recvCpuMs (_n: SimNode, _b: number, _s: SimNode, r: Req): number {
+    if (!r.firstOfRequest) return this.costs.blockRecvCpuMs
     this.requestsCharged++
     return this.costs.blockRecvCpuMs + this.costs.requestRecvCpuMs
   }
 
-  requestWaitMs (n: SimNode, _b: number, s: SimNode, r: Req): number {
-    return this.firstOfRequest(n, 'waitKeys', s, r) ? this.costs.requestWaitMs : 0
-  }
 
   parentsOf (n: SimNode): readonly number[] { return this.st[n.idx]?.parentIdx ?? [] }
 }
