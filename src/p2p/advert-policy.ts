@@ -2,6 +2,7 @@
 // signature verification in gossipsub's receive path (about 30 % of an agent's CPU in an 8-host boot when
 // adverts went out every heartbeat and up to every 250 ms on new blocks), so an advert goes out only when it
 // says something a peer acts on, soon for what changes the tree and bounded for the rest:
+//   at once: attached (a depth after none), so the next tree level can form;
 //   urgent (at most every minIntervalMs): depth, full/not full, child limit, a held-fraction step crossed,
 //     became a seed, a new profile, started or stopped booting the image, a peer subscribed (it knows nothing
 //     of us yet);
@@ -50,6 +51,11 @@ export function nextAdvertDueMs (input: {
 }): number {
   const p = input.params ?? DEFAULT_ADVERT_POLICY
   const { facts, last, lastPublishMs } = input
+  // Attached (a depth after none): at once. Would-be children pick only attached agents, so in a wave each tree
+  // level formed one minIntervalMs after the level above, and agents still without a parent read from the
+  // origin meanwhile (the simulator at 10k agents: slowest 73 s and the origin 0.76 GB, against 38.7 s and
+  // 0.10 GB with no minimum). At most once per attach, and the heartbeat bounds how often an agent attaches.
+  if (last !== undefined && last.depth === null && facts.depth !== null) return lastPublishMs
   if (last === undefined || input.forced === true || urgentChange(facts, last, p)) return lastPublishMs + p.minIntervalMs
   if (softChange(facts, last, p)) return lastPublishMs + p.softIntervalMs
   return lastPublishMs + p.keepAliveMs

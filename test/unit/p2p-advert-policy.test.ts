@@ -13,6 +13,8 @@ test('advert policy: tree changes are urgent, content changes bounded, silence g
   // urgent
   assert.equal(due({ ...base, depth: 1 }, base), P.minIntervalMs, 'depth')
   assert.equal(due({ ...base, depth: null }, base), P.minIntervalMs, 'detached')
+  assert.equal(due(base, { ...base, depth: null }), 0, 'attached: at once, so children can pick this agent')
+  assert.equal(due({ ...base, depth: null }, { ...base, depth: null, heldBlocks: 1 }), P.softIntervalMs, 'still detached: no hurry')
   assert.equal(due({ ...base, childCount: 8 }, base), P.minIntervalMs, 'became full')
   assert.equal(due(base, { ...base, childCount: 8 }), P.minIntervalMs, 'no longer full')
   assert.equal(due({ ...base, heldBlocks: 16_384 / P.heldSteps }, base), P.minIntervalMs, 'held step crossed')
