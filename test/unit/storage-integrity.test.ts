@@ -21,14 +21,19 @@ const ZERO_BLOCKS = 8
 
 interface Fixture { dir: string, image: string, bytes: Buffer, manifest: Manifest, cachePath: string, presence: PresenceStore & { chunks: Map<number, Uint8Array> } }
 
-async function filledCache (): Promise<Fixture> {
+/** An image of DATA_BLOCKS random blocks then ZERO_BLOCKS zero blocks, its manifest, and no cache file yet. */
+async function emptyCache (): Promise<Fixture> {
   const dir = await mkdtemp(join(tmpdir(), 'vmt-integ-'))
   const bytes = Buffer.concat([randomBytes(BS * DATA_BLOCKS), Buffer.alloc(BS * ZERO_BLOCKS)])
   const image = join(dir, 'img.raw')
   await writeFile(image, bytes)
   const manifest = await manifestFromFile({ imageId: 'img', path: image, blockSizeBytes: BS, key: signingKeyFromSeed(randomBytes(32)) })
-  const presence = memoryPresenceStore()
-  const cachePath = join(dir, 'cache')
+  return { dir, image, bytes, manifest, cachePath: join(dir, 'cache'), presence: memoryPresenceStore() }
+}
+
+async function filledCache (): Promise<Fixture> {
+  const f = await emptyCache()
+  const { dir, image, bytes, manifest, cachePath, presence } = f
   const file = fileBlockSource(image)
   const cache = await BlockCache.open({ manifest, path: cachePath, presence, source: file })
   await cache.read(0, bytes.length, AbortSignal.timeout(5000))
@@ -75,15 +80,10 @@ async function presentAgain (cache: BlockCache, block: number, signal: AbortSign
 }
 
 test('a cache file made now has nothing to check; reopened, its stored and zero blocks are checked', { timeout: 20_000 }, async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'vmt-integ-'))
+  const { dir, image, manifest, cachePath, presence } = await emptyCache()
   try {
-    const bytes = Buffer.concat([randomBytes(BS * DATA_BLOCKS), Buffer.alloc(BS * ZERO_BLOCKS)])
-    const image = join(dir, 'img.raw')
-    await writeFile(image, bytes)
-    const manifest = await manifestFromFile({ imageId: 'img', path: image, blockSizeBytes: BS, key: signingKeyFromSeed(randomBytes(32)) })
-    const presence = memoryPresenceStore()
     const file = fileBlockSource(image)
-    const cache = await BlockCache.open({ manifest, path: join(dir, 'cache'), presence, source: file })
+    const cache = await BlockCache.open({ manifest, path: cachePath, presence, source: file })
     // The zero blocks are present (holes of the new file) but there is nothing on disk that could have rotted.
     assert.equal(cache.presentCount(), ZERO_BLOCKS)
     // So the first scrub pass (it covers the unchecked blocks) reads nothing.
@@ -91,7 +91,7 @@ test('a cache file made now has nothing to check; reopened, its stored and zero 
     await cache.read(0, BS * 2, AbortSignal.timeout(5000))
     await cache.flush()
     await cache.close()
-    const reopened = await BlockCache.open({ manifest, path: join(dir, 'cache'), presence, source: file })
+    const reopened = await BlockCache.open({ manifest, path: cachePath, presence, source: file })
     assert.equal(reopened.stats().uncheckedBlocks, ZERO_BLOCKS + 2)
     await reopened.close()
     await file.close()
