@@ -1,22 +1,27 @@
 // The daemon runs as its own unprivileged user: it owns its data dir and sockets, exports images it can read
 // under the allowed directory, and cannot be made to export a file only root can read (the socket's users get
-// no more than the daemon's user has). Needs root to switch users (setpriv); skipped otherwise.
+// no more than the daemon's user has). Needs root to switch users (setpriv), and a checkout that user can read
+// (a clone inside a 0700 temp dir is not); skipped otherwise, saying which.
 
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { join } from 'node:path'
 import { chmod, chown, mkdir, readFile, writeFile } from 'node:fs/promises'
 import { execa } from 'execa'
-import { startDaemon, makeTempDir, removeDir, type TestDaemon } from '../helpers/daemon.js'
+import { startDaemon, makeTempDir, removeDir, DAEMON_BIN, type TestDaemon } from '../helpers/daemon.js'
 import { makeImage, sha256File } from '../helpers/images.js'
 
 const NOBODY = 65534
 const isRoot = process.getuid?.() === 0
+const AS_NOBODY = ['setpriv', `--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups']
+/** Can the unprivileged user reach the daemon's code at all (every directory above it searchable)? */
+const checkoutReadable = isRoot && (await execa(AS_NOBODY[0], [...AS_NOBODY.slice(1), 'test', '-r', DAEMON_BIN], { reject: false, timeout: 10_000 })).exitCode === 0
+const skipReason = !isRoot ? 'needs root to switch users' : !checkoutReadable ? `uid ${NOBODY} cannot read ${DAEMON_BIN} (a checkout inside a private directory)` : false
 let dir: string
 let daemon: TestDaemon | undefined
 
 before(async () => {
-  if (!isRoot) return
+  if (skipReason !== false) return
   dir = await makeTempDir('vmtuser')
   const images = join(dir, 'images')
   await mkdir(images)
@@ -26,7 +31,7 @@ before(async () => {
   await chmod(join(images, 'img.raw'), 0o644)
   // Root's file inside the allowed directory: the daemon's user cannot read it, so nobody can export it.
   await writeFile(join(images, 'root-only.raw'), Buffer.alloc(65536, 1), { mode: 0o600 })
-  daemon = await startDaemon({ dir, allowImageDirs: [images], wrapper: ['setpriv', `--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups'] })
+  daemon = await startDaemon({ dir, allowImageDirs: [images], wrapper: AS_NOBODY })
 })
 
 after(async () => {
@@ -34,7 +39,7 @@ after(async () => {
   if (dir !== undefined) await removeDir(dir)
 })
 
-test('as an unprivileged user the daemon serves what it can read and refuses what it cannot', { skip: !isRoot && 'needs root to switch users', timeout: 120_000 }, async () => {
+test('as an unprivileged user the daemon serves what it can read and refuses what it cannot', { skip: skipReason, timeout: 120_000 }, async () => {
   assert.ok(daemon !== undefined)
   const status = await readFile(`/proc/${daemon.process.pid}/status`, 'utf8')
   assert.match(status, new RegExp(`^Uid:\\s+${NOBODY}\\s+${NOBODY}`, 'm'))
