@@ -5,8 +5,14 @@ import { admitChild } from '../topology/index.js'
 import type { AdmitReply } from './block-server.js'
 import { isSeed, type ImageState, type ServiceComponents } from './components.js'
 
-/** A child's lease lasts this many heartbeats without renewal. */
+/**
+ * A child's lease lasts this many heartbeats without renewal (or a request from it), and at least
+ * MIN_CHILD_LEASE_MS. A child that leaves says so and one that disconnects is forgotten at once, so the lease
+ * only frees the slot of a hung child; the floor keeps a live child whose heartbeat a loaded host delayed (with
+ * 1.5 s, the origin's only slot changed hands and each new child read the image from the origin again).
+ */
 export const CHILD_LEASE_HEARTBEATS = 3
+export const MIN_CHILD_LEASE_MS = 5000
 
 export interface ChildrenInit {
   /** Our advert's child count changed. */
@@ -22,11 +28,14 @@ export interface Children {
   admit: (peerId: string, rootHex: string, leave: boolean) => AdmitReply | undefined
   /** The peer is gone: its slots are free now. */
   forget: (peerId: string) => void
+  /** A child asked us for blocks: it is alive, so its lease runs on (a renewal delayed on a loaded host does not end it). */
+  touch: (peerId: string, rootHex: string) => void
 }
 
 export const createChildren = (init: ChildrenInit) => (components: ServiceComponents): Children => {
   const { clock, params, byRoot, images, peers } = components
 
+  const leaseMs = (): number => Math.max(CHILD_LEASE_HEARTBEATS * params.heartbeatMs, MIN_CHILD_LEASE_MS)
   const limitOf = (state: ImageState): number => state.childLimit ?? params.childLimit
 
   const live = (state: ImageState): string[] => {
@@ -53,7 +62,7 @@ export const createChildren = (init: ChildrenInit) => (components: ServiceCompon
       selfDepth: isSeed(state) ? 0 : state.depth
     })
     if (result.admit) {
-      state.children.set(peerId, clock.nowMs() + CHILD_LEASE_HEARTBEATS * params.heartbeatMs)
+      state.children.set(peerId, clock.nowMs() + leaseMs())
       if (!isAlreadyChild) init.publishSoon(state)
     }
     return { accepted: result.admit, childCount: live(state).length, childLimit: limitOf(state) }
@@ -67,5 +76,13 @@ export const createChildren = (init: ChildrenInit) => (components: ServiceCompon
     }
   }
 
-  return { live, limitOf, isChild: (state, peerId) => state.children.has(peerId), admit, forget }
+  const touch = (peerId: string, rootHex: string): void => {
+    const state = byRoot.get(rootHex)
+    const expiry = state?.children.get(peerId)
+    const now = clock.nowMs()
+    if (state === undefined || expiry === undefined || expiry <= now) return
+    state.children.set(peerId, now + leaseMs())
+  }
+
+  return { live, limitOf, isChild: (state, peerId) => state.children.has(peerId), admit, forget, touch }
 }

@@ -47,6 +47,19 @@ export const createDirectory = (init: DirectoryInit) => (components: ServiceComp
       if (state === undefined || isSeed(state) || state.parents.some(p => !p.failed)) return false
       return components.clock.nowMs() - state.addedAtMs < Math.max(ATTACH_GRACE_HEARTBEATS * components.params.heartbeatMs, MIN_ATTACH_GRACE_MS)
     },
+    canAttach (manifest) {
+      const state = byRoot.get(manifest.rootHex)
+      if (state === undefined) return false
+      const nowMs = components.clock.nowMs()
+      for (const [peerId, entry] of state.candidates) {
+        const advert = entry.advert
+        if (advert.rootHex !== manifest.rootHex || advert.depth === null || advert.childCount >= advert.childLimit) continue
+        if (nowMs - entry.receivedAtMs > components.params.advertTimeoutMs || !components.connected.has(peerId) || peers.isBanned(peerId)) continue
+        if ((state.refused.get(peerId) ?? -Infinity) > nowMs) continue
+        return true
+      }
+      return false
+    },
     link: peers.link,
     isBanned: peers.isBanned,
     reportFailed (manifest, peerId, err) {

@@ -43,6 +43,8 @@ export class PeerLink {
   /** When rttMs was last sampled (clock ms). */
   rttSampledAtMs: number | undefined
   throughputBytesPerS: number | undefined
+  /** When the last frame of any kind arrived from the peer (clock ms; -Infinity before the first). */
+  lastHeardAtMs = -Infinity
   closed = false
   private stream: Stream | undefined
   private lp: LengthPrefixedStream<Stream> | undefined
@@ -91,6 +93,7 @@ export class PeerLink {
       while (!this.closed) {
         const data = await lp.read({ signal: this.controller.signal })
         const now = this.clock.nowMs()
+        this.lastHeardAtMs = now
         const frame = decodeServerFrame(data, MAX_BLOCK_SIZE_BYTES)
         this.onFrame(frame, data.byteLength, now)
       }

@@ -34,6 +34,7 @@ import type { PeerLink } from './peer-link.js'
 import { PRIORITY_DEMAND, PRIORITY_PREFETCH, MAX_INDEXES_PER_GET } from './wire.js'
 import type { TokenBucket } from './rate-limit.js'
 import { systemClock, type Clock } from './clock.js'
+import { LastResortBudget } from './last-resort-budget.js'
 
 export const DEFAULT_MAX_INFLIGHT_BYTES_PER_PEER = 16 * 1024 * 1024
 export const DEFAULT_MAX_PREFETCH_INFLIGHT_BYTES_PER_PEER = 8 * 1024 * 1024
@@ -80,6 +81,12 @@ export interface PeerDirectory {
   sources: (manifest: Manifest) => SourceInfo[]
   /** True while the agent has no parent for the image and its short attach grace runs (see pickSource). */
   attaching: (manifest: Manifest) => boolean
+  /**
+   * True when a peer in the tree has a child slot free for us (not refused lately): a parent is about a
+   * heartbeat away, so last-resort reads are held to their budget. False when nobody could take us (the
+   * origin admits no child and no relay has room): the last resort is then the only way, and is not budgeted.
+   */
+  canAttach: (manifest: Manifest) => boolean
   link: (peerId: string) => PeerLink
   isBanned: (peerId: string) => boolean
   /** A request to this peer failed (stream error, timeout): the parent is replaced at the next heartbeat. */
@@ -102,6 +109,8 @@ export interface PeerSourceInit {
   requestTimeoutMs?: number
   maxAssignments?: number
   noSourceWaitMs?: number
+  /** Bounds what is taken from last-resort peers (default: a 1 MiB burst, then 64 KiB/s). */
+  lastResortBudget?: LastResortBudget
   clock?: Clock
 }
 
@@ -133,6 +142,8 @@ interface Job {
   waiting: boolean
   /** Time spent waiting so far (ms, on the injected clock): bounded by noSourceWaitMs. */
   waitedMs: number
+  /** Only a last-resort peer could serve it and the budget was spent: wait at most this long for a refill. */
+  budgetWaitMs: number
   /** Requests in flight that ask for this job's block. */
   requests: Set<InflightRequest>
   signal: AbortSignal
@@ -170,6 +181,8 @@ export interface PeerSourceStats {
   waits: number
   /** Waiting jobs placed again after a source change (a peer came back, claimed the block, became a parent). */
   wakeups: number
+  /** Bytes asked of peers only as a last resort (full peers: typically the origin while we attach). */
+  lastResortBytes: number
 }
 
 export class PeerSource implements BlockSource {
@@ -184,8 +197,9 @@ export class PeerSource implements BlockSource {
   private readonly maxAssignments: number
   private readonly noSourceWaitMs: number
   private readonly clock: Clock
+  private readonly lastResortBudget: LastResortBudget
   private readonly stopController = new AbortController()
-  readonly stats: PeerSourceStats = { requests: 0, hedges: 0, cancelled: 0, failovers: 0, duplicateBlocks: 0, waits: 0, wakeups: 0 }
+  readonly stats: PeerSourceStats = { requests: 0, hedges: 0, cancelled: 0, failovers: 0, duplicateBlocks: 0, waits: 0, wakeups: 0, lastResortBytes: 0 }
 
   constructor (private readonly init: PeerSourceInit) {
     this.directory = init.directory
@@ -198,6 +212,7 @@ export class PeerSource implements BlockSource {
     this.maxAssignments = init.maxAssignments ?? DEFAULT_MAX_ASSIGNMENTS
     this.noSourceWaitMs = init.noSourceWaitMs ?? DEFAULT_NO_SOURCE_WAIT_MS
     this.clock = init.clock ?? systemClock
+    this.lastResortBudget = init.lastResortBudget ?? new LastResortBudget(undefined, undefined, this.clock)
     // Every fetch in flight listens on it (bounded by the cache's fetch concurrency).
     setMaxListeners(Infinity, this.stopController.signal)
   }
@@ -213,7 +228,7 @@ export class PeerSource implements BlockSource {
       const { promise, resolve, reject } = Promise.withResolvers<FetchedBlock>()
       const job: Job = {
         manifest, index, bytes: blockLength(manifest, index), priority, tried: new Map(), placed: new Map(), active: new Set(), assignments: 0,
-        hedged: false, done: false, waiting: false, waitedMs: 0, requests: new Set(), signal, onBlock: options.onBlock, resolve, reject
+        hedged: false, done: false, waiting: false, waitedMs: 0, budgetWaitMs: 0, requests: new Set(), signal, onBlock: options.onBlock, resolve, reject
       }
       jobs.push(job)
       return await promise
@@ -337,7 +352,9 @@ export class PeerSource implements BlockSource {
     // A peer whose child slots are all taken (typically a busy seed) is asked only as a last resort, and never
     // for a hedge (an extra copy). An agent still attaching (no parent yet) gives its first parents a grace
     // (directory.attaching) before a VM's read goes there, so a wave of agents does not pull its first reads
-    // from the origin; after it, a read goes there rather than wait longer. Prefetch waits for parents.
+    // from the origin; after it, a read goes there rather than wait longer, within the last-resort budget while
+    // the tree has room for us (last-resort-budget.ts: bytes from a full peer are bytes outside the tree).
+    // Prefetch waits for parents.
     const attaching = parents.length === 0 && (job.priority !== 'demand' || this.directory.attaching(job.manifest))
     const lastResort = hedge || attaching ? [] : all
     for (const group of [parents, notFull, lastResort]) {
@@ -345,7 +362,12 @@ export class PeerSource implements BlockSource {
       const choice = chooseSource({ blockIndex: job.index, sizeBytes: job.bytes }, this.sourceStates(job, group), this.params)
       if (choice === null) continue
       const info = group.find(i => i.peerId === choice.peerId) as SourceInfo
-      return { peerId: choice.peerId, info, lastResort: group === lastResort && info.full }
+      const isLastResort = group === lastResort && info.full
+      if (isLastResort && this.directory.canAttach(job.manifest) && !this.lastResortBudget.tryTake(job.bytes)) {
+        job.budgetWaitMs = this.lastResortBudget.msUntil(job.bytes)
+        return null
+      }
+      return { peerId: choice.peerId, info, lastResort: isLastResort }
     }
     return null
   }
@@ -373,6 +395,7 @@ export class PeerSource implements BlockSource {
     job.placed.set(peer, this.attemptOf(job, info))
     const queue = this.queue(peer)
     queue.lastResort = lastResort
+    if (lastResort) this.stats.lastResortBytes += job.bytes
     ;(job.priority === 'demand' ? queue.demand : queue.prefetch).push(job)
     queue.queuedBytes += job.bytes
     void this.dispatch(queue)
@@ -396,7 +419,7 @@ export class PeerSource implements BlockSource {
     const signal = AbortSignal.any([job.signal, timeout.signal])
     try {
       while (!job.done) {
-        await this.directory.waitForSources(job.manifest, signal)
+        await this.waitForChange(job, signal)
         if (job.done) return
         // A busy peer may have room now; anything else is asked again only once it changed (askable).
         for (const [peer, attempt] of job.tried) if (attempt.busy) job.tried.delete(peer)
@@ -414,6 +437,29 @@ export class PeerSource implements BlockSource {
       job.waiting = false
       job.waitedMs += this.clock.nowMs() - startedAtMs
       stopTimer.abort()
+    }
+  }
+
+  /**
+   * Resolves at the image's next source change, or, when the job is held back only by the last-resort budget,
+   * when the budget has its bytes (whichever is first); rejects when the signal aborts.
+   */
+  private async waitForChange (job: Job, signal: AbortSignal): Promise<void> {
+    const budgetMs = job.budgetWaitMs
+    job.budgetWaitMs = 0
+    if (budgetMs <= 0) {
+      await this.directory.waitForSources(job.manifest, signal)
+      return
+    }
+    const refilled = new AbortController()
+    const either = AbortSignal.any([signal, refilled.signal])
+    this.clock.sleep(budgetMs, either).then(() => { refilled.abort() }, () => {})
+    try {
+      await this.directory.waitForSources(job.manifest, either)
+    } catch (err) {
+      if (signal.aborted || !refilled.signal.aborted) throw err
+    } finally {
+      refilled.abort()
     }
   }
 

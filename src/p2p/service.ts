@@ -379,6 +379,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     const serverInit = {
       resolve: (rootHex: string) => byRoot.get(rootHex)?.store,
       admit: children.admit,
+      onRequest: (rootHex: string, peerId: string) => { children.touch(peerId, rootHex) },
       uploadBucket,
       isBanned,
       logger,

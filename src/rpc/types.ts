@@ -70,7 +70,7 @@ export interface P2PStatusFields {
   /** Peers banned for sending a corrupt block or breaking the protocol. */
   banned?: string[]
   /** Block requests to peers since start: sent, hedged, cancelled (a hedge's loser), failed over, and blocks that arrived twice. */
-  blockRequests?: { requests: number, hedges: number, cancelled: number, failovers: number, duplicateBlocks: number }
+  blockRequests?: { requests: number, hedges: number, cancelled: number, failovers: number, duplicateBlocks: number, waits: number, wakeups: number, lastResortBytes: number }
 }
 
 /** node.status. */

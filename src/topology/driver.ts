@@ -94,8 +94,12 @@ export function planHeartbeat (input: HeartbeatInput): HeartbeatPlan {
   }
 }
 
-/** What a peer answered to our admission request. */
-export type AdmissionReply = 'accepted' | 'refused' | 'error'
+/**
+ * What a peer answered to our admission request. 'late': no answer in time, but the peer was heard from (other
+ * frames arrived) since we asked: it is alive and slow (a loaded host), not gone. A kept parent that is late
+ * stays our parent; a new one counts as an error.
+ */
+export type AdmissionReply = 'accepted' | 'refused' | 'late' | 'error'
 
 export interface SettleInput {
   /** Time the replies were in. */
@@ -145,6 +149,10 @@ export function settleHeartbeat (plan: HeartbeatPlan, input: SettleInput): Heart
       refused.push(peerId)
       // A seed asked regardless of its slots (fallbackToSeed) refusing says nothing new: it was full.
       if (plan.selection.fallbackToSeed !== true) slotRefused = true
+    } else if (existing !== undefined && reply === 'late') {
+      // Still delivering, only slow to renew: dropping it under load freed its slot for another agent and
+      // started a cascade of re-attachments whose orphans read from the origin (cluster test, loaded host).
+      parents.push(existing)
     } else if (existing !== undefined) {
       // A kept parent that did not answer is marked failed: the next selection replaces it at once.
       parents.push({ ...existing, failed: true })

@@ -22,6 +22,7 @@ import { createNode, type P2PNode } from '../../src/p2p/node.js'
 import { serveBlockStream, type BlockServerInit } from '../../src/p2p/block-server.js'
 import { PeerLink } from '../../src/p2p/peer-link.js'
 import { PeerSource, type PeerDirectory } from '../../src/p2p/peer-source.js'
+import { LastResortBudget } from '../../src/p2p/last-resort-budget.js'
 import { BLOCKS_PROTOCOL, PRIORITY_DEMAND, PRIORITY_PREFETCH } from '../../src/p2p/wire.js'
 import { TokenBucket } from '../../src/p2p/rate-limit.js'
 
@@ -127,6 +128,7 @@ function directoryOf (manifest: Manifest, servers: Array<{ server: Server, paren
   return {
     sources: () => servers.map(({ server, parent }) => ({ peerId: server.peerId, isParent: parent, holdProbability: () => 1, full: false })),
     attaching: () => false,
+    canAttach: () => false,
     link: peerId => links.get(peerId) as PeerLink,
     isBanned: () => false,
     reportFailed: (_m, peerId, err) => { failed.push(`${peerId}:${err.name}`) },
@@ -227,6 +229,8 @@ class HandSwarm {
   readonly entries = new Map<string, { isParent: boolean, full: boolean, holds: (index: number) => boolean, connectionEpoch: number, advertSeq?: number }>()
   /** waitForSources calls so far (a job found nobody to ask and started waiting). */
   waits = 0
+  /** What canAttach says: a tree with room for us (last-resort reads are then budgeted). */
+  attachable = false
   private readonly waiters = new Set<() => void>()
   private waitSeen = Promise.withResolvers<void>()
 
@@ -245,6 +249,7 @@ class HandSwarm {
   readonly directory: PeerDirectory = {
     sources: () => [...this.entries].map(([peerId, e]) => ({ ...e, peerId, holdProbability: (index: number) => e.holds(index) ? 1 : 0 })),
     attaching: () => false,
+    canAttach: () => this.attachable,
     link: peerId => this.links.get(peerId) as PeerLink,
     isBanned: () => false,
     reportFailed: () => {},
@@ -395,4 +400,97 @@ test('peer source: a job that finds nobody fails with NoPeerForBlockError when i
     await client.stop()
     await rm(dir, { recursive: true, force: true })
   }
+})
+
+/** A clock the test moves: sleeps end when advance() passes their deadline (or their signal aborts). */
+function steppingClock (): Clock & { advance: (ms: number) => void, sleeping: () => number } {
+  let now = 0
+  const sleeps = new Map<() => void, number>()
+  return {
+    nowMs: () => now,
+    sleep: async (ms, signal) => {
+      await new Promise<void>((resolve, reject) => {
+        const done = (): void => { sleeps.delete(done); signal?.removeEventListener('abort', onAbort); resolve() }
+        const onAbort = (): void => { sleeps.delete(done); reject(signal?.reason) }
+        sleeps.set(done, now + ms)
+        signal?.addEventListener('abort', onAbort, { once: true })
+      })
+    },
+    advance: (ms) => {
+      now += ms
+      for (const [done, until] of [...sleeps]) if (until <= now) done()
+    },
+    sleeping: () => sleeps.size
+  }
+}
+
+test('peer source: a full peer (the origin while we attach) gives at most the last-resort budget; held-back reads go on as it refills', { timeout: 60_000 }, async () => {
+  const { dir, manifest, bytes, client, linkTo } = await setup(4)
+  const origin = await server(manifest, bytes)
+  const clock = steppingClock()
+  try {
+    const swarm = new HandSwarm(new Map([[origin.peerId, await linkTo(origin)]]))
+    swarm.entries.set(origin.peerId, { isParent: false, full: true, holds: () => true, connectionEpoch: 1 })
+    swarm.attachable = true
+    // A burst of two blocks, then one block a second.
+    const budget = new LastResortBudget(2 * BLOCK, BLOCK, clock)
+    const peerSource = new PeerSource({ directory: swarm.directory, clock, lastResortBudget: budget })
+    const signal = AbortSignal.timeout(30_000)
+    const waited = swarm.nextWait()
+    const fetching = peerSource.fetch(manifest, [0, 1, 2, 3], { signal })
+    await waited
+    // Two blocks went to the origin at once; the other two wait, bounded by the refill time, not by events.
+    assert.equal(peerSource.stats.lastResortBytes, 2 * BLOCK)
+    assert.equal(clock.sleeping() >= 2, true, `sleeps ${clock.sleeping()}`)
+    // An advert that changes nothing: still no budget, nothing more asked of the origin.
+    const requests = peerSource.stats.requests
+    let next = swarm.nextWait()
+    swarm.change()
+    await next
+    assert.equal(peerSource.stats.lastResortBytes, 2 * BLOCK, 'no request beyond the budget')
+    // One second refills one block: one more job goes; another second, the last.
+    next = swarm.nextWait()
+    clock.advance(1000)
+    await next
+    assert.equal(peerSource.stats.lastResortBytes, 3 * BLOCK)
+    clock.advance(1000)
+    const blocks = await fetching
+    assert.equal(peerSource.stats.lastResortBytes, 4 * BLOCK)
+    assert.ok(peerSource.stats.requests > requests)
+    assert.deepEqual(blocks.map(b => b.index).sort(), [0, 1, 2, 3])
+    for (const b of blocks) assert.deepEqual(Buffer.from(b.data), bytes.subarray(b.index * BLOCK, (b.index + 1) * BLOCK))
+    assert.equal(clock.sleeping(), 0, 'no wait left running')
+    peerSource.stop()
+    // With no room in the tree (nobody could take us as a child) the last resort is the only way: no budget.
+    swarm.attachable = false
+    const unbudgeted = new PeerSource({ directory: swarm.directory, clock, lastResortBudget: new LastResortBudget(2 * BLOCK, BLOCK, clock) })
+    const all = await unbudgeted.fetch(manifest, [0, 1, 2, 3], { signal })
+    assert.equal(all.length, 4)
+    assert.equal(unbudgeted.stats.lastResortBytes, 4 * BLOCK)
+    assert.equal(unbudgeted.stats.waits, 0)
+    unbudgeted.stop()
+    for (const link of swarm.links.values()) link.close()
+  } finally {
+    await client.stop()
+    await origin.node.stop()
+    await rm(dir, { recursive: true, force: true })
+  }
+})
+
+test('last-resort budget: burst, refill at the rate, never in debt, bad parameters refused', { timeout: 5000 }, () => {
+  let now = 0
+  const budget = new LastResortBudget(2 * BLOCK, BLOCK, { nowMs: () => now, sleep: async () => {} })
+  assert.equal(budget.tryTake(BLOCK), true)
+  assert.equal(budget.tryTake(BLOCK), true)
+  assert.equal(budget.tryTake(BLOCK), false)
+  assert.equal(budget.msUntil(BLOCK), 1000)
+  now += 500
+  assert.equal(budget.tryTake(BLOCK), false, 'half a block is not a block')
+  assert.equal(budget.msUntil(BLOCK), 500)
+  now += 10_000
+  assert.equal(budget.msUntil(3 * BLOCK), 0, 'a take larger than the burst needs a full bucket, not more')
+  assert.equal(budget.tryTake(3 * BLOCK), true)
+  assert.equal(budget.tryTake(1), false)
+  assert.throws(() => new LastResortBudget(0, BLOCK), RangeError)
+  assert.throws(() => new LastResortBudget(BLOCK, Number.NaN), RangeError)
 })

@@ -65,6 +65,19 @@ test('a kept parent that does not answer is marked failed and asks for a re-run;
   assert.ok(!next.ask.some(x => x.peerId === 'd' || x.peerId === 'a'))
 })
 
+test('a kept parent that is late but was heard from stays; a new one that is late counts as an error', { timeout: 5000 }, () => {
+  const candidates = ['a', 'b', 'c', 'd'].map(id => cand(id, 1))
+  const parents = [{ peerId: 'a', sinceMs: 0, failed: false }]
+  const plan = planHeartbeat(input({ candidates, parents, depth: 2 }))
+  const fresh = plan.ask.find(x => !x.kept)?.peerId as string
+  const replies = new Map<string, AdmissionReply>(plan.ask.map(x => [x.peerId, x.peerId === 'a' || x.peerId === fresh ? 'late' : 'accepted']))
+  const r = settleHeartbeat(plan, { nowMs: NOW, selfIsSeed: false, parents, replies, depthOf, heartbeatMs: P.heartbeatMs, orphanedSinceMs: null })
+  assert.deepEqual(r.parents.find(p => p.peerId === 'a'), { peerId: 'a', sinceMs: 0, failed: false })
+  assert.equal(r.again, false, 'nothing to replace')
+  assert.equal(r.refusedUntil.get(fresh), NOW + ADMIT_ERROR_EXCLUDE_HEARTBEATS * P.heartbeatMs)
+  assert.ok(!r.parents.some(p => p.peerId === fresh))
+})
+
 test('a seed keeps depth 0 and no parents; leaving parents are told', { timeout: 5000 }, () => {
   const parents = [{ peerId: 's', sinceMs: 0, failed: false }]
   const plan = planHeartbeat(input({ selfIsSeed: true, candidates: [cand('s', 0)], parents, depth: 1 }))
