@@ -15,20 +15,26 @@ export const TEST_QUIET_MS = 400
 /** A daemon starts in about 1.4 CPU-seconds; on a loaded shared machine that can take far longer in wall time. */
 const START_TIMEOUT_MS = 90_000
 
-/** Polls `probe` until it returns a value other than undefined; fails after `timeoutMs` with the last state. */
-export async function waitUntil<T> (what: string, probe: () => Promise<T | undefined>, timeoutMs = 60_000, pollMs = 50): Promise<T> {
+/**
+ * Polls `probe` until it returns a value other than undefined; fails after `timeoutMs` with the last error and
+ * the last state the probe noted (`note(state)`), so that a timeout on a loaded machine says where it stood.
+ */
+export async function waitUntil<T> (what: string, probe: (note: (state: unknown) => void) => Promise<T | undefined>, timeoutMs = 60_000, pollMs = 50): Promise<T> {
   const deadline = Date.now() + timeoutMs
   let last: unknown
+  let noted: unknown
+  const note = (state: unknown): void => { noted = state }
   while (Date.now() < deadline) {
     try {
-      const value = await probe()
+      const value = await probe(note)
       if (value !== undefined) return value
     } catch (err) {
       last = err
     }
     await new Promise(resolve => setTimeout(resolve, pollMs))
   }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last !== undefined ? ` (last error: ${(last as Error).message})` : ''}`)
+  const state = noted === undefined ? '' : ` (last state: ${JSON.stringify(noted).slice(0, 2000)})`
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last !== undefined ? ` (last error: ${(last as Error).message})` : ''}${state}`)
 }
 
 export async function ctl (daemon: TestDaemon, args: string[]): Promise<{ exitCode: number, stdout: string, stderr: string }> {

@@ -58,15 +58,17 @@ test('a follower in the wave reads ahead in the order the leader is reading, lea
   assert.ok(localShare >= 0.5, `follower's reads local: ${localShare}`)
   await follower.call('instance.destroy', { name: 'f0' })
   await leader.call('instance.destroy', { name: 'l0' })
-  await waitUntil('the leader to learn its boot and stop booting', async () => {
+  await waitUntil('the leader to learn its boot and stop booting', async (note) => {
     const s = await imageStatus(leader, 'img')
+    note({ prefetch: s.prefetch, instances: (await leader.call('instance.list')) })
     return s.prefetch.profileBoots === 1 && s.prefetch.booting === 0 ? s : undefined
   }, 30_000)
 })
 
 test('idle prefetch of an image waits while a peer boots it, and resumes after', { timeout: 180_000 }, async () => {
-  const running = await waitUntil('the follower\'s idle prefetch to run', async () => {
+  const running = await waitUntil('the follower\'s idle prefetch to run', async (note) => {
     const s = await imageStatus(follower, 'img')
+    note({ heldFraction: s.heldFraction, prefetch: s.prefetch })
     return s.prefetch.mode === 'idle' && s.prefetch.peersBooting === 0 && s.heldFraction < 1 ? s : undefined
   }, 60_000)
   assert.ok(running.prefetch.booting === 0)
