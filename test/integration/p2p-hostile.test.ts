@@ -16,7 +16,7 @@ import { fileURLToPath } from 'node:url'
 import { blockLength } from '../../src/blockstack/manifest.js'
 import { encodeBlocksFrame } from '../../src/p2p/wire.js'
 import type { BlockCache } from '../../src/blockstack/cache.js'
-import type { ServedStore } from '../../src/p2p/service.js'
+import type { P2PServiceInit, ServedStore } from '../../src/p2p/service.js'
 import { mulberry32 } from '../../scripts/lib/trial-utils.js'
 import { imageTopic } from '../../src/p2p/advert.js'
 import { IMAGE_ID, cluster, join_, readAll, type Cluster, type GossipSubScores } from '../helpers/p2p-cluster.js'
@@ -45,7 +45,8 @@ interface VictimRun {
  * first and the victim's cache certainly sees what it sends (with two parents a hedge to the honest one could
  * win every race); the blocks then come again from the origin.
  */
-async function runVictim (options: { honestParent: boolean, arm: (c: Cluster, hostileCache: BlockCache) => void, frameEncoder?: FaultyFrameEncoder },
+async function runVictim (options: { honestParent: boolean, arm: (c: Cluster, hostileCache: BlockCache) => void, frameEncoder?: FaultyFrameEncoder,
+  victimInit?: Partial<P2PServiceInit> },
   check: (run: VictimRun) => void): Promise<void> {
   const seedIndexes = options.honestParent ? [HOSTILE, 1] : [HOSTILE]
   const victimIndex = seedIndexes.length
@@ -53,7 +54,7 @@ async function runVictim (options: { honestParent: boolean, arm: (c: Cluster, ho
     agents: victimIndex + 1,
     sizeBytes: IMAGE_BYTES,
     originChildLimit: 0,
-    agentInitFor: i => i === HOSTILE && options.frameEncoder !== undefined ? { frameEncoder: options.frameEncoder } : {}
+    agentInitFor: i => i === HOSTILE && options.frameEncoder !== undefined ? { frameEncoder: options.frameEncoder } : i === victimIndex ? options.victimInit ?? {} : {}
   })
   try {
     const seeds = await Promise.all(seedIndexes.map(async i => await join_(c, c.agents[i], i)))
@@ -140,10 +141,16 @@ test('hostile: a peer that stalls on some blocks is routed around by hedging; re
     // the honest parent is where the slow requests are hedged to. 64 blocks are asked at once, spread over
     // both parents by queued bytes, so the staller gets some of them.
     honestParent: true,
+    // The victim places a block on the parent with the lowest expected completion time, and a parent with a
+    // request in flight counts as full: so its first requests go to both parents whatever their measured RTTs
+    // (with the default of 16 in flight, an RTT sample inflated on a loaded host sent all 64 to the honest one
+    // and nothing was ever asked of the staller).
+    victimInit: { scheduler: { maxInFlightPerSource: 1 } },
     // Stalls until its stream closes (the cluster stops), at most 60 s: longer than the whole test reads.
     arm: (c, cache) => serveThrough(c, cache, next => (layer = blockFaultLayer({ fault: 'stall', stallMs: 60_000, select: fractionOfBlocks(0.3, mulberry32(7)) })(next)))
   }, run => {
     const victimService = run.c.agents[run.victimIndex].service
+    assert.ok(layer!.faults.faulted >= 1, 'the staller was asked and stalled')
     assert.ok(victimService.peerSource.stats.hedges >= 1, 'slow requests were hedged to another peer')
     // A staller sent nothing bad: it is routed around, not banned.
     assert.ok(!victimService.status().banned.includes(run.hostileId))
