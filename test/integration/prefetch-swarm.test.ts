@@ -56,13 +56,15 @@ test('a follower in the wave reads ahead in the order the leader is reading, lea
   t.diagnostic(`follower reads local: ${after.prefetch.readsLocal} of ${after.prefetch.readsLocal + after.prefetch.readsFetched}`)
   // Random offsets: without the leader's order nothing predicts these reads (sequential read-ahead guesses little).
   assert.ok(localShare >= 0.5, `follower's reads local: ${localShare}`)
-  await follower.call('instance.destroy', { name: 'f0' })
+  // The leader first: had the follower learned its boot first, the leader could adopt that profile before its
+  // own destroy and then count two boots (it did once, on a loaded host).
   await leader.call('instance.destroy', { name: 'l0' })
   await waitUntil('the leader to learn its boot and stop booting', async (note) => {
     const s = await imageStatus(leader, 'img')
     note({ prefetch: s.prefetch, instances: (await leader.call('instance.list')) })
     return s.prefetch.profileBoots === 1 && s.prefetch.booting === 0 ? s : undefined
   }, 30_000)
+  await follower.call('instance.destroy', { name: 'f0' })
 })
 
 test('idle prefetch of an image waits while a peer boots it, and resumes after', { timeout: 180_000 }, async () => {
