@@ -6,8 +6,12 @@ import { existsSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { loadBundle } from './load-bundle.js'
 
-/** `entry`: path under src/ without extension; `bundle`: the name of its bundle in dist/. */
-export async function runEntry (entry, bundle) {
+/**
+ * `entry`: path under src/ without extension; `bundle`: the name of its bundle in dist/. `hooks.loaded` runs
+ * once the code is loaded, before its main; main gets `hooks` (the agent calls `started` once it has started:
+ * its V8 flags, v8-flags.js).
+ */
+export async function runEntry (entry, bundle, hooks = {}) {
   const checkout = existsSync(new URL(`../src/${entry}.ts`, import.meta.url))
   let module
   if (!checkout || process.env.VMTHUNDER_DIST === '1') {
@@ -17,5 +21,6 @@ export async function runEntry (entry, bundle) {
     register()
     module = await import(`../src/${entry}.ts`)
   }
-  process.exitCode = await module.main(process.argv.slice(2))
+  hooks.loaded?.()
+  process.exitCode = await module.main(process.argv.slice(2), hooks)
 }

@@ -2,7 +2,7 @@
 # The testbed benchmark of issue 6 (see scripts/bench-testbed.ts for what it measures).
 #   npm run bench:testbed -- --hosts N --rate RATE [--origin-rate RATE] [--trace FILE] [--json] [--out DIR]
 #     [--systems vmthunderd,nbdkit,http,bittorrent,vmthunderd-failure,vmthunderd-noprefetch] [--image trace|guest|FILE]
-#     [--prefix P] [--timeout-s S] [--vmt-config FILE] [--vmt-create at-go|before]
+#     [--prefix P] [--timeout-s S] [--vmt-config FILE] [--vmt-create at-go|before] [--warm-up] [--perf]
 # Installs the Debian packages it needs (idempotent), and always tears the testbed down, even on failure or
 # Ctrl-C (the TypeScript side does it too; this trap is the backstop).
 set -euo pipefail
@@ -17,8 +17,10 @@ for a in "$@"; do
   prev="$a"
 done
 
+PKGS="nbdkit busybox curl opentracker mktorrent aria2 iproute2 qemu-utils"
+for a in "$@"; do [ "$a" = "--perf" ] && PKGS="$PKGS linux-perf"; done
 missing=()
-for p in nbdkit busybox curl opentracker mktorrent aria2 iproute2 qemu-utils; do
+for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -29,10 +31,13 @@ fi
 
 # The agents run the packaged build (dist/, what `npm install -g` of the tarball runs), built here from the
 # current tree: start-up and restart times (the churn runs) are those of the package, not of tsx compiling
-# src/ at every start. VMTHUNDER_DIST=0 runs src/ through tsx instead.
+# src/ at every start. VMTHUNDER_DIST=0 runs src/ through tsx instead; VMT_SKIP_BUILD=1 runs the dist/ there
+# is (interleaved A/B runs of one build).
 if [ "${VMTHUNDER_DIST:-1}" = 1 ]; then
-  echo "bench-testbed: building dist/ (npm run build)" >&2
-  npm run --silent build >&2
+  if [ "${VMT_SKIP_BUILD:-0}" != 1 ]; then
+    echo "bench-testbed: building dist/ (npm run build)" >&2
+    npm run --silent build >&2
+  fi
   export VMTHUNDER_DIST=1
 else
   unset VMTHUNDER_DIST

@@ -21,6 +21,11 @@
 //   [--image trace|guest|FILE] [--systems vmthunderd,nbdkit,http,bittorrent,vmthunderd-failure] [--json] [--out DIR]
 //   [--prefix vmtb] [--vmt-config FILE (merged into the agents' config)] [--vmt-create at-go|before] [--think]
 //   [--timeout-s S (per system; default from the full-copy worst case)] [--vmt-timeout-s 600] [--seed S (churn runs)]
+//   [--warm-up (vmthunderd: before GO every host boots another image of the same trace, then drops it)]
+//   [--perf (vmthunderd: perf record the agents from GO until every host is done; prints where their CPU went)]
+// --warm-up measures agents that have served a boot before, as a long-running agent has: a fresh agent's
+// first boot also pays V8 for compiling its code paths (perf record: about 20 % of a host agent's CPU in
+// TurboFan and 20 % in not yet optimized code in the 8-host wave). The headline figures are those without it.
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
 import { mkdtemp, mkdir, rm, writeFile, symlink, stat, readFile } from 'node:fs/promises'
 import { createWriteStream, type WriteStream } from 'node:fs'
@@ -29,9 +34,11 @@ import { dirname, join, resolve, basename } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { testbedUp, testbedDown, linkCounters, nsSpawn, type Testbed, type TestbedNode } from '../test/helpers/testbed.js'
 import { buildGuest } from '../test/helpers/vm.js'
-import { loadTrace, distinctBytes, replayFile } from './lib/nbd-replay.js'
+import { loadTrace, distinctBytes, replayFile, nbdConnect, replayNbd, type TraceRead } from './lib/nbd-replay.js'
 import { DAEMON_BIN } from './lib/agent-process.js'
 import { makeTraceImage } from './lib/trace-image.js'
+import { ActivityCounter, ACTIVITY_GROUPS, OTHER_ACTIVITY } from './lib/perf-activity.js'
+import { createInterface } from 'node:readline'
 import { callRpc } from '../src/rpc/client.js'
 import { mulberry32 as seededRandom } from './lib/trial-utils.js'
 
@@ -91,6 +98,8 @@ export interface SystemResult {
   failure?: FailureReport
   /** vmthunderd-churn(-origin): the kills and what they cost. */
   churn?: ChurnReport
+  /** vmthunderd --perf: the host agents' on-CPU samples (GO until done) by activity. */
+  perfActivity?: PerfActivity
 }
 
 export interface AgentReport {
@@ -168,6 +177,8 @@ export interface BenchResults {
   image?: string
   /** --think: every host replays with the trace's think times; localThinkMs is the same replay from a local file. */
   think?: boolean
+  /** --warm-up: the agents served one boot of another image before GO. */
+  warmUp?: boolean
   localThinkMs?: number
   systems: Partial<Record<SystemName, SystemResult>>
   skipped: Partial<Record<SystemName, string>>
@@ -213,6 +224,12 @@ export interface SystemContext {
   /** vmthunderd: config merged into the agents' (--vmt-config), and when instances are created. */
   vmtConfig: Record<string, unknown>
   vmtCreate: 'at-go' | 'before'
+  /** vmthunderd: before GO, every host boots another image with the same trace (agents that served a boot before). */
+  warmUp: boolean
+  /** The trace the hosts replay. */
+  reads: readonly TraceRead[]
+  /** vmthunderd: perf record the agents from GO until every host is done (--perf). */
+  perf: boolean
   /** Seeds the random choices of the churn runs (--seed). */
   seed: number
   log: (s: string) => void
@@ -402,6 +419,77 @@ async function startAgent (name: string, node: TestbedNode, dir: string, extraAr
   return { ...a, proc: await spawnAgent(a, logDir, ctx.signal) }
 }
 
+const WARM_UP_IMAGE_ID = 'warmup'
+const PERF_FREQUENCY_HZ = 499
+const PERF_STOP_TIMEOUT_MS = 60_000
+
+interface PerfRun {
+  /** Stops perf; returns the host agents' samples (`pids`) by activity, as shares of them all. */
+  stop: (pids: ReadonlySet<number>) => Promise<PerfActivity>
+}
+
+export interface PerfActivity {
+  samples: number
+  /** activity -> share of the host agents' samples (0..1) */
+  shares: Record<string, number>
+}
+
+/** perf record (call graphs) of the agents' processes, into `out`, until stopped. */
+function startPerf (agents: Agent[], out: string): PerfRun {
+  const pids = agents.map((a) => a.proc.pid).filter((p): p is number => p !== undefined)
+  const rec = spawn('perf', ['record', '-g', '-F', String(PERF_FREQUENCY_HZ), '-o', out, '-p', pids.join(',')], { stdio: ['ignore', 'ignore', 'pipe'] })
+  started.add(rec)
+  let stderr = ''
+  rec.stderr?.on('data', (b: Buffer) => { stderr = (stderr + b.toString()).slice(-4000) })
+  const exited = new Promise<void>((resolve) => { rec.once('close', () => { started.delete(rec); resolve() }) })
+  return {
+    stop: async (hostPids) => {
+      rec.kill('SIGINT')
+      const timer = setTimeout(() => { rec.kill('SIGKILL') }, PERF_STOP_TIMEOUT_MS)
+      await exited
+      clearTimeout(timer)
+      const script = spawn('perf', ['script', '-i', out, '-F', 'pid,tid,ip,sym,dso'], { stdio: ['ignore', 'pipe', 'ignore'] })
+      started.add(script)
+      const counter = new ActivityCounter(hostPids)
+      for await (const line of createInterface({ input: script.stdout })) counter.line(line)
+      started.delete(script)
+      const { samples, byGroup } = counter.result()
+      if (samples === 0) throw new BenchError(`perf recorded no samples of the host agents: ${stderr.trim().slice(-500)}`)
+      const shares: Record<string, number> = {}
+      for (const name of [...ACTIVITY_GROUPS.map(([n]) => n), OTHER_ACTIVITY]) shares[name] = (byGroup.get(name) ?? 0) / samples
+      for (const pid of pids) await rm(`/tmp/perf-${pid}.map`, { force: true })
+      return { samples, shares }
+    }
+  }
+}
+
+/**
+ * The warm-up wave (--warm-up): the origin registers a second image of the trace (other content, so nothing of
+ * it is shared with the measured image), every host creates an instance of it, replays the trace over its
+ * agent's NBD socket at once, and destroys it; then every agent drops the image, so that neither its prefetch
+ * nor its adverts run into the measured wave.
+ */
+async function warmUp (ctx: SystemContext, origin: Agent, hosts: Agent[]): Promise<void> {
+  const t0 = performance.now()
+  const path = join(ctx.workDir, 'warmup-image.raw')
+  await makeTraceImage(path, ctx.reads, ctx.imageBytes)
+  await rpc(origin, 'image.register', { id: WARM_UP_IMAGE_ID, path }, 300_000)
+  await Promise.all(hosts.map(async (h, i) => {
+    const name = `warm-h${i + 1}`
+    await rpc(h, 'instance.create', { name, image: WARM_UP_IMAGE_ID }, 120_000)
+    const conn = await nbdConnect({ socketPath: h.nbdSocket, exportName: WARM_UP_IMAGE_ID }, { signal: ctx.signal })
+    try {
+      await replayNbd([...ctx.reads], conn, ctx.signal)
+    } finally {
+      await conn.close()
+    }
+    await rpc(h, 'instance.destroy', { name }, 60_000)
+  }))
+  await Promise.all([...hosts, origin].map(async (a) => { await rpc(a, 'image.remove', { id: WARM_UP_IMAGE_ID }, 60_000) }))
+  await rm(path, { force: true })
+  ctx.log(`vmthunderd: warm-up wave (another image, same trace) done in ${secs(performance.now() - t0)} s`)
+}
+
 /** CPU time (user + system, ms) the process used so far, from /proc; 0 once it is gone. */
 async function cpuMsOf (pid: number | undefined): Promise<number> {
   if (pid === undefined) return 0
@@ -494,13 +582,16 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
         for (const h of hosts) m.set((await rpc(h, 'node.status')).peerId as string, h.name)
         return m
       }
+      if (ctx.warmUp) await warmUp(ctx, origin, hosts)
       const names = await nameOf()
       let failure: FailureReport | undefined
       let cpuAtGo = new Map<string, number>()
       const cpuNow = async (): Promise<Map<string, number>> => new Map(await Promise.all(agents.map(async (a) => [a.name, await cpuMsOf(a.proc.pid)] as const)))
 
+      let perfRun: PerfRun | undefined
       const afterGo = async (signal: AbortSignal, control: HostControl): Promise<void> => {
         cpuAtGo = await cpuNow()
+        if (ctx.perf) perfRun = startPerf(agents, join(dirname(ctx.logDir), 'perf.data'))
         if (variant.failure) await killRelay(signal, control)
         if (variant.churn !== undefined) await runChurn(signal, control)
       }
@@ -599,6 +690,7 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
         afterGo,
         report: async (done) => {
           const cpuEnd = await cpuNow()
+          const perfActivity = perfRun === undefined ? undefined : await perfRun.stop(new Set(hosts.map((h) => h.proc.pid ?? -1)))
           const restarted = new Set(churn?.kills.map((k) => k.agent) ?? [])
           const cpuOf = (name: string): number => Math.max(0, (cpuEnd.get(name) ?? 0) - (failure?.killedHost === name || restarted.has(name) ? 0 : cpuAtGo.get(name) ?? 0))
           const names2 = await nameOf()
@@ -653,7 +745,8 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
             ...(startups.length > 0 ? { startupCpuMedianMs: Math.round(median(startups)) } : {}),
             ...(movedBytes > 0 ? { cpuMsPerMiBMoved: Math.round(100 * (cpus.reduce((a, b) => a + b, 0) + cpuOf('origin')) / (movedBytes / 2 ** 20)) / 100 } : {}),
             ...(failure !== undefined ? { failure } : {}),
-            ...(churn !== undefined ? { churn } : {})
+            ...(churn !== undefined ? { churn } : {}),
+            ...(perfActivity !== undefined ? { perfActivity } : {})
           }
         },
         stop: stopAll
@@ -794,6 +887,13 @@ export function markdownTable (r: BenchResults, command: string): string {
         `adverts published per host agent (start to end, median): ${median(s.agents.map((a) => a.advertsPublished ?? 0))}; ` +
         `block requests to peers, all hosts: ${requestTotals(s.agents)}; VM reads that were local, median host: ${medianLocalShare(s.agents)}.`)
     }
+    const pa = s.perfActivity
+    const hostCpuMs = s.cpuPerHostMedianMs
+    if (pa !== undefined && hostCpuMs !== undefined) {
+      details.push('', `${name}: where the host agents' CPU went (perf record -g at ${PERF_FREQUENCY_HZ} Hz, GO until every host was done, ${pa.samples} samples; CPU-s per host = share x median host CPU):`, '',
+        '| activity | share | CPU-s per host |', '| --- | --- | --- |',
+        ...Object.entries(pa.shares).sort((a, b) => b[1] - a[1]).map(([k, v]) => `| ${k} | ${(100 * v).toFixed(1)} % | ${(v * hostCpuMs / 1000).toFixed(2)} |`))
+    }
     for (const fh of s.failedHosts ?? []) details.push('', `${name}: ${fh.host} failed: ${fh.error}`)
     const c = s.churn
     if (c !== undefined) {
@@ -814,7 +914,7 @@ export function markdownTable (r: BenchResults, command: string): string {
     }
   }
   return [
-    `${r.hosts} hosts at ${r.rate} (origin ${r.originRate}), trace ${basename(r.trace)} (${mib(r.distinctBytes)} MiB distinct), image ${r.image ?? ''} ${mib(r.imageBytes)} MiB.`,
+    `${r.hosts} hosts at ${r.rate} (origin ${r.originRate}), trace ${basename(r.trace)} (${mib(r.distinctBytes)} MiB distinct), image ${r.image ?? ''} ${mib(r.imageBytes)} MiB.${r.warmUp === true ? ' Agents warmed up: each host booted another image of the same trace before GO (--warm-up).' : ''}`,
     `Command: \`${command}\`${r.code !== undefined ? ` (code ${r.code})` : ''}`,
     ...(r.localThinkMs !== undefined ? [`Think times: every host reads at the trace's pace; a local file replay takes ${secs(r.localThinkMs)} s. Seconds added over it (slowest host): ${ran.filter((n) => r.systems[n] !== undefined).map((n) => `${n} +${secs(r.systems[n]!.maxMs - r.localThinkMs!)}`).join(', ')}.`] : []),
     '',
@@ -867,7 +967,7 @@ function parseArgs (argv: string[]): Map<string, string> {
     const a = argv[i]
     if (!a.startsWith('--')) throw new BenchError(`unexpected argument ${a}`)
     const [k, v] = a.includes('=') ? [a.slice(2, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a.slice(2), undefined]
-    if (k === 'json' || k === 'think') { m.set(k, 'true'); continue }
+    if (k === 'json' || k === 'think' || k === 'warm-up' || k === 'perf') { m.set(k, 'true'); continue }
     const val = v ?? argv[++i]
     if (val === undefined) throw new BenchError(`--${k} needs a value`)
     m.set(k, val)
@@ -888,6 +988,10 @@ async function main (): Promise<void> {
   const systems = (args.get('systems') ?? DEFAULT_SYSTEMS.join(',')).split(',') as SystemName[]
   const vmtConfig = args.has('vmt-config') ? JSON.parse(await readFile(resolve(args.get('vmt-config') as string), 'utf8')) as Record<string, unknown> : {}
   const vmtCreate = args.get('vmt-create') ?? 'at-go'
+  const warmUpWave = args.has('warm-up')
+  const perf = args.has('perf')
+  // Node writes /tmp/perf-PID.map for perf to name JIT-compiled functions.
+  if (perf) process.env.VMTB_AGENT_NODE_ARGS = `${process.env.VMTB_AGENT_NODE_ARGS ?? ''} --perf-basic-prof`
   if (vmtCreate !== 'at-go' && vmtCreate !== 'before') throw new BenchError('--vmt-create takes at-go or before')
   const seed = args.has('seed') ? Number(args.get('seed')) : Math.floor(Math.random() * 2 ** 31)
   if (!Number.isSafeInteger(seed)) throw new BenchError('--seed takes an integer')
@@ -937,7 +1041,7 @@ async function main (): Promise<void> {
     const localThinkMs = think ? (log('local replay with think times (the baseline)...'), (await replayFile(reads, image, ac.signal, { think: true })).elapsedMs) : undefined
     const distinct = distinctBytes(reads)
     tb = await testbedUp({ hosts, rate, originRate, prefix, signal: ac.signal })
-    const ctx: SystemContext = { think, tb, image, imageBytes, workDir: wd, hostDir: (i) => join(wd, `h${i + 1}`), signal: ac.signal, logDir: join(outDir, 'logs'), vmtConfig, vmtCreate, seed, log }
+    const ctx: SystemContext = { think, tb, image, imageBytes, workDir: wd, hostDir: (i) => join(wd, `h${i + 1}`), signal: ac.signal, logDir: join(outDir, 'logs'), vmtConfig, vmtCreate, warmUp: warmUpWave, reads, perf, seed, log }
     // Bound per system: a few times the slowest plausible case (every host pulling the whole image from
     // the origin), at least 2 minutes.
     const originBps = tb.originRateBytesPerSec
@@ -945,7 +1049,7 @@ async function main (): Promise<void> {
     // vmthunderd moves about the trace's distinct bytes once per host at most: a run that has not finished in
     // 10 minutes is stuck (the failure run can be), not slow.
     const vmtTimeoutMs = Number(args.get('vmt-timeout-s') ?? 600) * 1000
-    const results: BenchResults = { distinctBytes: distinct, hosts, rate, originRate, trace, imageBytes, image: imageArg, code: codeVersion(), think, localThinkMs, systems: {}, skipped: {} }
+    const results: BenchResults = { distinctBytes: distinct, hosts, rate, originRate, trace, imageBytes, image: imageArg, code: codeVersion(), think, warmUp: warmUpWave, localThinkMs, systems: {}, skipped: {} }
     for (const name of ALL_SYSTEMS.filter((s) => systems.includes(s))) {
       log(`${name}: starting`)
       const load0 = loadavg()[0]

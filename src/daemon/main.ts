@@ -14,7 +14,12 @@ const USAGE = `usage: vmthunderd [--config FILE] [--data-dir DIR] [--socket PATH
                   [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--trust PUBKEY]... [--psk FILE] [--no-p2p]
                   [--allow-image-dir DIR]... (image.register exports files under these only)`
 
-export async function main (argv: string[]): Promise<number> {
+/** What the entry script may run at points of the agent's life (bin/v8-flags.js: V8 flags once started). */
+export interface MainHooks {
+  started?: () => void
+}
+
+export async function main (argv: string[], hooks: MainHooks = {}): Promise<number> {
   let args
   try {
     args = parseArgs({
@@ -71,6 +76,11 @@ export async function main (argv: string[]): Promise<number> {
     logger.error('cannot start', { error: err })
     process.stderr.write(`vmthunderd: cannot start: ${(err as Error).message}\n`)
     return 1
+  }
+  try {
+    hooks.started?.()
+  } catch (err) {
+    logger.warn('start hook failed', { error: (err as Error).message })
   }
   // Whatever a client sends, the daemon stays up: an unexpected rejection is logged, not fatal.
   process.on('unhandledRejection', reason => logger.error('unhandled rejection', { error: reason }))
