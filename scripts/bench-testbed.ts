@@ -432,7 +432,10 @@ export interface PerfActivity {
   samples: number
   /** activity -> share of the host agents' samples (0..1) */
   shares: Record<string, number>
+  /** The JavaScript functions most often innermost on the stack: [function, share of all samples] */
+  topJsFunctions: Array<[string, number]>
 }
+const PERF_TOP_JS_FUNCTIONS = 25
 
 /** perf record (call graphs) of the agents' processes, into `out`, until stopped. */
 function startPerf (agents: Agent[], out: string): PerfRun {
@@ -453,12 +456,13 @@ function startPerf (agents: Agent[], out: string): PerfRun {
       const counter = new ActivityCounter(hostPids)
       for await (const line of createInterface({ input: script.stdout })) counter.line(line)
       started.delete(script)
-      const { samples, byGroup } = counter.result()
+      const { samples, byGroup, byJsFunction } = counter.result()
       if (samples === 0) throw new BenchError(`perf recorded no samples of the host agents: ${stderr.trim().slice(-500)}`)
       const shares: Record<string, number> = {}
       for (const name of [...ACTIVITY_GROUPS.map(([n]) => n), OTHER_ACTIVITY]) shares[name] = (byGroup.get(name) ?? 0) / samples
       for (const pid of pids) await rm(`/tmp/perf-${pid}.map`, { force: true })
-      return { samples, shares }
+      const topJsFunctions = [...byJsFunction].sort((a, b) => b[1] - a[1]).slice(0, PERF_TOP_JS_FUNCTIONS).map(([f, n]): [string, number] => [f, n / samples])
+      return { samples, shares, topJsFunctions }
     }
   }
 }
@@ -892,7 +896,10 @@ export function markdownTable (r: BenchResults, command: string): string {
     if (pa !== undefined && hostCpuMs !== undefined) {
       details.push('', `${name}: where the host agents' CPU went (perf record -g at ${PERF_FREQUENCY_HZ} Hz, GO until every host was done, ${pa.samples} samples; CPU-s per host = share x median host CPU):`, '',
         '| activity | share | CPU-s per host |', '| --- | --- | --- |',
-        ...Object.entries(pa.shares).sort((a, b) => b[1] - a[1]).map(([k, v]) => `| ${k} | ${(100 * v).toFixed(1)} % | ${(v * hostCpuMs / 1000).toFixed(2)} |`))
+        ...Object.entries(pa.shares).sort((a, b) => b[1] - a[1]).map(([k, v]) => `| ${k} | ${(100 * v).toFixed(1)} % | ${(v * hostCpuMs / 1000).toFixed(2)} |`),
+        '', `${name}: the JavaScript functions most often innermost on the host agents' stacks (their own code and what they called into V8 and node for), share of all samples:`, '',
+        '| function | share |', '| --- | --- |',
+        ...pa.topJsFunctions.map(([f, v]) => `| ${f.replace(/\|/g, '\\|')} | ${(100 * v).toFixed(1)} % |`))
     }
     for (const fh of s.failedHosts ?? []) details.push('', `${name}: ${fh.host} failed: ${fh.error}`)
     const c = s.churn

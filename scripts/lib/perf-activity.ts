@@ -25,11 +25,23 @@ export interface ActivityShares {
   samples: number
   /** group -> samples */
   byGroup: Map<string, number>
+  /** The innermost JavaScript function of each sample that has one (node --perf-basic-prof names) -> samples */
+  byJsFunction: Map<string, number>
+}
+
+/** A JIT frame's name as node --perf-basic-prof writes it ("JS:*name file:///path:line:col"), shortened to name and file:line. */
+export function jsFunctionOf (symbol: string): string | undefined {
+  const m = /^(?:JS|Function|LazyCompile):[*~^+]?(\S*) (\S+?)(?::(\d+))?(?::\d+)?$/.exec(symbol)
+  if (m === null) return undefined
+  const path = m[2].replace(/^file:\/\//, '').replace(/^node:internal\//, 'node:')
+  const file = path.includes('/node_modules/') ? path.replace(/^.*\/node_modules\//, '') : path.replace(/^.*\/(dist|src|bin)\//, '$1/')
+  return `${m[1] === '' ? '(anonymous)' : m[1]} ${file}${m[3] !== undefined ? `:${m[3]}` : ''}`
 }
 
 /** Counts samples line by line (perf script output of a whole run is large: it is streamed). */
 export class ActivityCounter {
   readonly byGroup = new Map<string, number>()
+  readonly byJsFunction = new Map<string, number>()
   samples = 0
   private pid: number | undefined
   private frames: string[] = []
@@ -47,7 +59,7 @@ export class ActivityCounter {
   /** Ends the last sample; returns the counts. */
   result (): ActivityShares {
     this.flush()
-    return { samples: this.samples, byGroup: this.byGroup }
+    return { samples: this.samples, byGroup: this.byGroup, byJsFunction: this.byJsFunction }
   }
 
   private flush (): void {
@@ -61,6 +73,10 @@ export class ActivityCounter {
       // A sample counts as kernel only when it is in the kernel (its leaf), not when a syscall merely sits below.
       if (group === 'kernel' && !frames[0].startsWith('[k] ')) group = OTHER_ACTIVITY
       this.byGroup.set(group, (this.byGroup.get(group) ?? 0) + 1)
+      for (const f of frames) {
+        const js = jsFunctionOf(f)
+        if (js !== undefined) { this.byJsFunction.set(js, (this.byJsFunction.get(js) ?? 0) + 1); break }
+      }
     }
     this.pid = undefined
     this.frames = []

@@ -3,7 +3,7 @@
 
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { activityOf, OTHER_ACTIVITY } from '../../scripts/lib/perf-activity.js'
+import { activityOf, jsFunctionOf, OTHER_ACTIVITY } from '../../scripts/lib/perf-activity.js'
 
 const sample = (pid: number, frames: Array<[string, string]>): string =>
   [`    ${pid}/${pid + 1}     `, ...frames.map(([sym, dso]) => `\t    7f00deadbeef ${sym} (${dso})`), ''].join('\n')
@@ -34,4 +34,13 @@ test('samples count once, for the first activity any frame matches; other pids a
 test('empty or garbled input counts nothing', () => {
   assert.equal(activityOf('').samples, 0)
   assert.equal(activityOf('not perf output\n\n  12 x\n').samples, 0)
+})
+
+test('JIT frame names shorten to function and file:line; other symbols are not JavaScript', () => {
+  assert.equal(jsFunctionOf('JS:*consume file:///w/node_modules/uint8arraylist/dist/src/index.js:226:12'), 'consume uint8arraylist/dist/src/index.js:226')
+  assert.equal(jsFunctionOf('JS:~read file:///opt/vmthunderd/dist/vmthunderd.cjs:123:4567'), 'read dist/vmthunderd.cjs:123')
+  assert.equal(jsFunctionOf('JS:~ node:internal/streams/readable:1:2'), '(anonymous) node:streams/readable:1')
+  assert.equal(jsFunctionOf('Builtins_LoadIC'), undefined)
+  const text = sample(10, [['Builtins_LoadIC', NODE], ['JS:~onFrame file:///x/dist/vmthunderd.cjs:9:1', '/tmp/perf-10.map'], ['JS:*outer file:///x/dist/vmthunderd.cjs:2:1', '/tmp/perf-10.map']])
+  assert.deepEqual([...activityOf(text).byJsFunction], [['onFrame dist/vmthunderd.cjs:9', 1]])
 })
