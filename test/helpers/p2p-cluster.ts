@@ -65,7 +65,9 @@ export function agentInit (identity: Identity, extra: Partial<P2PServiceInit>): 
 
 export async function cluster (options: { agents: number, sizeBytes: number, originChildLimit?: number, psk?: Uint8Array,
   /** Extra service init of agent i (e.g. a test-only fault layer). */
-  agentInitFor?: (i: number) => Partial<P2PServiceInit> }): Promise<Cluster> {
+  agentInitFor?: (i: number) => Partial<P2PServiceInit>
+  /** Extra service init of the origin. */
+  originInit?: Partial<P2PServiceInit> }): Promise<Cluster> {
   const dir = await mkdtemp(join(tmpdir(), 'vmt-p2p-'))
   const bytes = await makeImage(dir, options.sizeBytes)
   const originId = identityFromSeed(randomBytes(32))
@@ -77,7 +79,7 @@ export async function cluster (options: { agents: number, sizeBytes: number, ori
   assert.ok(originCache.isComplete())
   const origin: Agent = {
     identity: originId,
-    service: createP2PService(agentInit(originId, { childLimit: options.originChildLimit ?? 1, psk: options.psk })),
+    service: createP2PService(agentInit(originId, { childLimit: options.originChildLimit ?? 1, psk: options.psk, ...options.originInit })),
     cache: originCache
   }
   origin.service.addImage(originCache)

@@ -75,6 +75,21 @@ test('p2p: killing a relay mid-read leaves every read completing with correct da
   }
 })
 
+test('p2p: a new subscriber gets the origin\'s advert at once, not at its keep-alive (its subscription can arrive before gossip can answer it)', { timeout: 60_000 }, async () => {
+  // The origin's keep-alive is 10 minutes: only the advert that answers the subscription can tell the agent
+  // where the manifest is. Before the fix that advert often went out before gossipsub had a stream to the
+  // new subscriber, and the agent waited for the keep-alive (the fetch below timed out).
+  const c = await cluster({ agents: 1, sizeBytes: 1024 * 1024, originInit: { advertPolicy: { keepAliveMs: 600_000 } } })
+  try {
+    const agent = c.agents[0]
+    await waitUntil('the agent is connected to the origin', () => agent.service.status().peers.includes(c.origin.service.peerId))
+    const manifest = await agent.service.fetchManifest(IMAGE_ID, { signal: AbortSignal.timeout(20_000) })
+    assert.equal(manifest.rootHex, c.manifest.rootHex)
+  } finally {
+    await c.close()
+  }
+})
+
 test('p2p: a node with a wrong PSK cannot connect; the right PSK can', { timeout: 60_000 }, async () => {
   const psk = generatePsk()
   const c = await cluster({ agents: 1, sizeBytes: 1024 * 1024, psk })
