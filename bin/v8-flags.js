@@ -7,8 +7,8 @@
 // another 19 %. With four times V8's default interrupt budget before a function is considered for TurboFan,
 // and baseline (Sparkplug) code for each function at its first compile, the compiler took 5 % and the host
 // agents' CPU per boot fell by about a sixth (5 interleaved runs each: sum over 8 hosts 60.4 s -> 50.8 s).
-// Sparkplug for every function is turned on once the agent has started: during start-up it compiled
-// baseline code for everything start-up runs once (+0.1 CPU-s per start, npm run bench:package).
+// Sparkplug for every function is turned on once the agent has started: at load it would compile baseline
+// code for everything start-up runs once (npm run bench:package, one pair of runs: 0.39 against 0.27 CPU-s).
 // Both take effect at run time (checked: a function compiled afterwards gets Sparkplug code at once, and a hot
 // function is marked for TurboFan after 750 instead of fewer than 250 calls).
 //
