@@ -10,15 +10,13 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench-testbed: must run as root (network namespaces)" >&2; exit 1; }
 
 PREFIX=vmtb
+PKGS="nbdkit busybox curl opentracker mktorrent aria2 iproute2 qemu-utils"
 prev=""
 for a in "$@"; do
   [ "$prev" = "--prefix" ] && PREFIX="$a"
-  case "$a" in --prefix=*) PREFIX="${a#--prefix=}" ;; esac
+  case "$a" in --prefix=*) PREFIX="${a#--prefix=}" ;; --perf) PKGS="$PKGS linux-perf" ;; esac
   prev="$a"
 done
-
-PKGS="nbdkit busybox curl opentracker mktorrent aria2 iproute2 qemu-utils"
-for a in "$@"; do [ "$a" = "--perf" ] && PKGS="$PKGS linux-perf"; done
 missing=()
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -460,7 +460,7 @@ function startPerf (agents: Agent[], out: string): PerfRun {
       if (samples === 0) throw new BenchError(`perf recorded no samples of the host agents: ${stderr.trim().slice(-500)}`)
       const shares: Record<string, number> = {}
       for (const name of [...ACTIVITY_GROUPS.map(([n]) => n), OTHER_ACTIVITY]) shares[name] = (byGroup.get(name) ?? 0) / samples
-      if (process.env.VMTB_KEEP_PERF_MAPS !== "1") for (const pid of pids) await rm(`/tmp/perf-${pid}.map`, { force: true })
+      if (process.env.VMTB_KEEP_PERF_MAPS !== '1') for (const pid of pids) await rm(`/tmp/perf-${pid}.map`, { force: true })
       const topJsFunctions = [...byJsFunction].sort((a, b) => b[1] - a[1]).slice(0, PERF_TOP_JS_FUNCTIONS).map(([f, n]): [string, number] => [f, n / samples])
       return { samples, shares, topJsFunctions }
     }
@@ -483,7 +483,7 @@ async function warmUp (ctx: SystemContext, origin: Agent, hosts: Agent[]): Promi
     await rpc(h, 'instance.create', { name, image: WARM_UP_IMAGE_ID }, 120_000)
     const conn = await nbdConnect({ socketPath: h.nbdSocket, exportName: WARM_UP_IMAGE_ID }, { signal: ctx.signal })
     try {
-      await replayNbd([...ctx.reads], conn, ctx.signal)
+      await replayNbd(ctx.reads, conn, ctx.signal)
     } finally {
       await conn.close()
     }

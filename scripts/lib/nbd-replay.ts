@@ -215,7 +215,7 @@ type ReadFn = (offset: number, length: number) => Promise<Buffer>
 /** Replay options: `think` issues each read at its trace time (the boot's own pace) instead of back to back. */
 export interface ReplayOptions { think?: boolean }
 
-async function replayWith (reads: TraceRead[], read: ReadFn, signal?: AbortSignal, options: ReplayOptions = {}): Promise<ReplayResult> {
+async function replayWith (reads: readonly TraceRead[], read: ReadFn, signal?: AbortSignal, options: ReplayOptions = {}): Promise<ReplayResult> {
   const hash = createHash('sha256')
   let bytes = 0
   let maxReadMs = 0
@@ -243,7 +243,7 @@ async function replayWith (reads: TraceRead[], read: ReadFn, signal?: AbortSigna
 }
 
 /** Replays the reads one at a time over an NBD connection. */
-export async function replayNbd (reads: TraceRead[], conn: NbdConnection, signal?: AbortSignal, options: ReplayOptions = {}): Promise<ReplayResult> {
+export async function replayNbd (reads: readonly TraceRead[], conn: NbdConnection, signal?: AbortSignal, options: ReplayOptions = {}): Promise<ReplayResult> {
   return await replayWith(reads, conn.read, signal, options)
 }
 

@@ -6,7 +6,8 @@
 //
 // Input: the text of `perf script -F pid,tid,ip,sym,dso` (a "PID/TID" line, then one "ADDR SYMBOL (DSO)" line
 // per frame, leaf first, then a blank line). Each sample counts once, for the first group (in the order below)
-// that any of its frames matches.
+// that any of its frames matches. Kernel frames are only ever the leaf end of a stack, so 'kernel' is time
+// spent in the kernel itself.
 
 export const ACTIVITY_GROUPS: ReadonlyArray<readonly [string, RegExp]> = [
   ['V8 optimizing compiler (TurboFan)', /v8::internal::compiler::|OptimizedCompilationJob|PipelineCompilationJob|TurbofanCompilationJob/],
@@ -70,8 +71,6 @@ export class ActivityCounter {
       for (const [name, re] of ACTIVITY_GROUPS) {
         if (frames.some((f) => re.test(f))) { group = name; break }
       }
-      // A sample counts as kernel only when it is in the kernel (its leaf), not when a syscall merely sits below.
-      if (group === 'kernel' && !frames[0].startsWith('[k] ')) group = OTHER_ACTIVITY
       this.byGroup.set(group, (this.byGroup.get(group) ?? 0) + 1)
       for (const f of frames) {
         const js = jsFunctionOf(f)

@@ -431,9 +431,10 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       components.connectionEpochs.set(peer.toString(), ++connectionCount)
     }
     // A peer subscribed to one of our image topics: tell it about us now, not at the next heartbeat.
+    const imageOfTopic = (topic: string): ImageState | undefined => images.get(imageIdFromTopic(topic) ?? '')
     node.services.pubsub.addEventListener('subscription-change', event => {
       for (const sub of event.detail.subscriptions) {
-        const state = sub.subscribe ? images.get(imageIdFromTopic(sub.topic) ?? '') : undefined
+        const state = sub.subscribe ? imageOfTopic(sub.topic) : undefined
         if (state !== undefined) adverts.publishForced(state)
       }
     })
@@ -443,7 +444,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     // instead of 0.1 s). Its GRAFT comes once it has our subscriptions, i.e. once our stream is open. The
     // advert policy bounds these (one per minIntervalMs).
     node.services.pubsub.addEventListener('gossipsub:graft', event => {
-      const state = event.detail.direction === 'inbound' ? images.get(imageIdFromTopic(event.detail.topic) ?? '') : undefined
+      const state = event.detail.direction === 'inbound' ? imageOfTopic(event.detail.topic) : undefined
       if (state !== undefined) adverts.publishForced(state)
     })
     for (const state of images.values()) adverts.subscribe(state)
