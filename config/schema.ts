@@ -45,6 +45,11 @@ export const configFileSchema = z.object({
     psk: z.string().min(1).nullable(),
     /** 'plaintext' only on trusted networks: blocks are verified against the signed manifest either way. */
     encryption: z.enum(['noise', 'plaintext']),
+    /**
+     * Port of the data channel (blocks on a direct, sealed TCP connection beside libp2p, on the host of the first
+     * TCP listen address); 0: any free port; null: none (blocks stay on the libp2p stream).
+     */
+    dataChannelPort: z.number().int().min(0).max(65535).nullable(),
     heartbeatMs: duration.min(50),
     manifestTimeoutMs: duration.min(100).max(3_600_000),
     parents: z.number().int().min(1).max(16),

@@ -106,7 +106,13 @@ interface ReplayStats {
 
 interface Forwarder { port: number, bytes: () => number, close: () => Promise<void> }
 
-async function startForwarder (targetPort: number, delayMs: number): Promise<Forwarder> {
+// The agents reach the parent at this address, the forwarders' (the parent listens on 127.0.0.1): an agent's
+// data channel goes to the address its libp2p connection reached, at the parent's data channel port, so a
+// second forwarder on that port here carries it through the same delay (and into the byte count).
+const FORWARDER_HOST = '127.0.0.2'
+
+/** Forwards LISTEN_HOST:listenPort (0: any) to 127.0.0.1:targetPort. */
+async function startForwarder (targetPort: number, delayMs: number, listenPort = 0): Promise<Forwarder> {
   let bytes = 0
   const sockets = new Set<Socket>()
   const server: Server = createServer(client => {
@@ -124,7 +130,7 @@ async function startForwarder (targetPort: number, delayMs: number): Promise<For
     pipeDelayed(client, upstream, delayMs, 8 * 1024 * 1024, count)
     pipeDelayed(upstream, client, delayMs, 8 * 1024 * 1024, count)
   })
-  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+  await new Promise<void>(resolve => server.listen(listenPort, FORWARDER_HOST, resolve))
   const port = (server.address() as { port: number }).port
   return {
     port,
@@ -216,8 +222,15 @@ async function main (): Promise<number> {
     if (WAVE_AGENTS > 0) await origin.call('image.register', { id: WAVE_IMAGE, path: image })
     const originStatus = await origin.call('node.status')
     const originPort = Number(/\/tcp\/(\d+)/.exec(originStatus.listenAddrs[0])![1])
-    forwarder = await startForwarder(originPort, LATENCY_MS)
-    const bootstrap = `/ip4/127.0.0.1/tcp/${forwarder.port}/p2p/${originStatus.peerId}`
+    const libp2pForwarder = await startForwarder(originPort, LATENCY_MS)
+    const channelPort = originStatus.p2p.dataChannels?.port as number | null | undefined
+    const channelForwarder = channelPort == null ? undefined : await startForwarder(channelPort, LATENCY_MS, channelPort)
+    forwarder = {
+      port: libp2pForwarder.port,
+      bytes: () => libp2pForwarder.bytes() + (channelForwarder?.bytes() ?? 0),
+      close: async () => { await libp2pForwarder.close(); await channelForwarder?.close() }
+    }
+    const bootstrap = `/ip4/${FORWARDER_HOST}/tcp/${forwarder.port}/p2p/${originStatus.peerId}`
 
     // An earlier boot, on the parent: it learns the profile that cold agents fetch.
     if (MODES.includes('profile')) {

@@ -125,6 +125,8 @@ export interface AgentReport {
   readsFetched?: number
   /** The agent's block requests to peers (node.status p2p.blockRequests). */
   blockRequests?: { requests: number, hedges: number, cancelled: number, failovers: number, duplicateBlocks: number }
+  /** The agent's data channels at the end (node.status p2p.dataChannels): links on one, connections served. */
+  dataChannels?: { port: number | null, outbound: number, inbound: number }
   /** Adverts the agent published for the image (since its last start), GO to the end of the run included. */
   advertsPublished?: number
 }
@@ -719,7 +721,8 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
               prefetchedBytes: img.prefetch?.prefetchedBytes,
               readsLocal: img.prefetch?.readsLocal,
               readsFetched: img.prefetch?.readsFetched,
-              blockRequests: st.p2p?.blockRequests
+              blockRequests: st.p2p?.blockRequests,
+              dataChannels: st.p2p?.dataChannels
             })
           }
           if (failure?.killedHost !== undefined && failure.killedHost !== null) {
@@ -852,7 +855,9 @@ const secs = (ms: number): string => (ms / 1000).toFixed(2)
 /** The hosts' block requests summed: how many, and how many were hedged, cancelled, failed over, or duplicated. */
 const requestTotals = (agents: AgentReport[]): string => {
   const sum = (k: keyof NonNullable<AgentReport['blockRequests']>): number => agents.reduce((a, x) => a + (x.blockRequests?.[k] ?? 0), 0)
-  return `${sum('requests')} (hedged ${sum('hedges')}, cancelled ${sum('cancelled')}, failed over ${sum('failovers')}, blocks received twice ${sum('duplicateBlocks')})`
+  const channels = agents.reduce((a, x) => a + (x.dataChannels?.outbound ?? 0), 0)
+  return `${sum('requests')} (hedged ${sum('hedges')}, cancelled ${sum('cancelled')}, failed over ${sum('failovers')}, blocks received twice ${sum('duplicateBlocks')}); ` +
+    `links to peers on a data channel at the end, all hosts: ${channels}`
 }
 /** The median host's share of VM reads that found every block local. */
 const medianLocalShare = (agents: AgentReport[]): string => {

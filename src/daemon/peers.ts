@@ -16,6 +16,7 @@ export const peerLayerFactory: PeerLayerFactory = async ({ config, identity, tru
     bootstrap: p2p.bootstrap,
     pskFile: p2p.psk ?? undefined,
     encryption: p2p.encryption,
+    dataChannel: p2p.dataChannelPort === null ? false : { port: p2p.dataChannelPort },
     trustedKeys,
     heartbeatMs: p2p.heartbeatMs,
     topologyParams: { parentCount: p2p.parents, childLimit: p2p.childLimit, heartbeatMs: p2p.heartbeatMs },

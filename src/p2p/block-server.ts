@@ -10,7 +10,9 @@
 import '../polyfill.js'
 import { setMaxListeners } from 'node:events'
 import { lpStream } from '@libp2p/utils'
+import type { Socket } from 'node:net'
 import type { Connection, Stream } from '@libp2p/interface'
+import type { Uint8ArrayList } from 'uint8arraylist'
 import { blockLength } from '../blockstack/manifest.js'
 import type { BlockStore } from '../blockstack/types.js'
 import type { Logger } from '../blockstack/cache.js'
@@ -19,6 +21,8 @@ import {
   type BlockEntry, type ClientFrame
 } from './wire.js'
 import type { TokenBucket } from './rate-limit.js'
+import { SealedChannel } from './sealed-channel.js'
+import type { ChannelKeys, DataChannelOffer } from './data-channel.js'
 
 export const DEFAULT_FRAME_BUDGET_BYTES = 1024 * 1024
 /** Prefetch frames are small: a demand request that arrives meanwhile waits for at most this (1 ms at 1 Gb/s). */
@@ -58,6 +62,8 @@ export interface BlockServerInit {
    * encoded. Default encodeBlocksFrame; not in the config schema, and the daemon never sets it.
    */
   frameEncoder?: typeof encodeBlocksFrame
+  /** Data channels this agent offers (CHANNEL on the stream); absent: none, blocks stay on the stream. */
+  dataChannels?: { offer: (peerId: string) => DataChannelOffer | undefined }
 }
 
 interface ServeJob {
@@ -73,10 +79,21 @@ interface ServeJob {
   relaying: boolean
 }
 
-/** Handles one inbound block stream until it ends. */
-export async function serveBlockStream (init: BlockServerInit, stream: Stream, connection: Connection, stopSignal: AbortSignal): Promise<void> {
-  const peerId = connection.remotePeer.toString()
-  const lp = lpStream(stream, { maxDataLength: MAX_REQUEST_FRAME_BYTES })
+/** Where a frame server writes its frames: a length-prefixed libp2p stream or a sealed data channel. */
+export interface FrameSink {
+  write: (frame: Uint8Array | Uint8ArrayList, options: { signal: AbortSignal }) => Promise<void>
+}
+
+interface FrameServer {
+  /** Handles one request frame (throws WireDecodeError on a malformed one). */
+  onFrame: (data: Uint8Array | Uint8ArrayList) => void
+  /** Ends the server: queued jobs stop, the reason (if any) is in `controller.signal.reason`. */
+  controller: AbortController
+  signal: AbortSignal
+}
+
+/** The request handling shared by both carriers. `onStream`: CHANNEL may be asked (only on the libp2p stream). */
+function createFrameServer (init: BlockServerInit, peerId: string, sink: FrameSink, stopSignal: AbortSignal, onStream: boolean): FrameServer {
   const frameBudget = init.frameBudgetBytes ?? DEFAULT_FRAME_BUDGET_BYTES
   const prefetchFrameBudget = Math.min(frameBudget, init.prefetchFrameBudgetBytes ?? DEFAULT_PREFETCH_FRAME_BUDGET_BYTES)
   const maxQueued = init.maxQueuedRequests ?? DEFAULT_MAX_QUEUED_REQUESTS
@@ -92,7 +109,7 @@ export async function serveBlockStream (init: BlockServerInit, stream: Stream, c
   setMaxListeners(Infinity, signal)
 
   const writeSmall = (bytes: Uint8Array): void => {
-    lp.write(bytes, { signal }).catch(err => { controller.abort(err) })
+    sink.write(bytes, { signal }).catch(err => { controller.abort(err) })
   }
 
   const ready = (job: ServeJob): boolean => !job.cancelled && (!job.relaying || job.store.has(job.indexes[job.next]))
@@ -155,7 +172,7 @@ export async function serveBlockStream (init: BlockServerInit, stream: Stream, c
           byId.delete(job.reqId)
         }
         await init.uploadBucket.take(sentBytes, signal)
-        await lp.write(encodeFrame(job.reqId, final, entries), { signal })
+        await sink.write(encodeFrame(job.reqId, final, entries), { signal })
         if (sentBytes > 0) init.onSent?.(job.rootHex, peerId, sentBytes)
       }
     } catch (err) {
@@ -170,6 +187,13 @@ export async function serveBlockStream (init: BlockServerInit, stream: Stream, c
       case FrameType.Ping:
         writeSmall(encodeServerFrame({ type: FrameType.Pong, reqId: frame.reqId }))
         return
+      case FrameType.Channel: {
+        const offer = onStream && init.isBanned?.(peerId) !== true ? init.dataChannels?.offer(peerId) : undefined
+        writeSmall(offer === undefined
+          ? encodeServerFrame({ type: FrameType.Error, reqId: frame.reqId, code: ErrorCode.Unsupported })
+          : encodeServerFrame({ type: FrameType.ChannelOffer, reqId: frame.reqId, ...offer }))
+        return
+      }
       case FrameType.Admit: {
         const rootHex = Buffer.from(frame.root).toString('hex')
         const reply = init.isBanned?.(peerId) === true
@@ -226,6 +250,14 @@ export async function serveBlockStream (init: BlockServerInit, stream: Stream, c
     }
   }
 
+  return { onFrame: data => { onFrame(decodeClientFrame(data)) }, controller, signal }
+}
+
+/** Handles one inbound block stream until it ends. */
+export async function serveBlockStream (init: BlockServerInit, stream: Stream, connection: Connection, stopSignal: AbortSignal): Promise<void> {
+  const peerId = connection.remotePeer.toString()
+  const lp = lpStream(stream, { maxDataLength: MAX_REQUEST_FRAME_BYTES })
+  const { onFrame, controller, signal } = createFrameServer(init, peerId, lp, stopSignal, true)
   try {
     while (!signal.aborted) {
       let data
@@ -235,7 +267,7 @@ export async function serveBlockStream (init: BlockServerInit, stream: Stream, c
         if (signal.aborted || (err as Error).name === 'UnexpectedEOFError') break
         throw err
       }
-      onFrame(decodeClientFrame(data))
+      onFrame(data)
     }
     if (controller.signal.aborted) throw controller.signal.reason
     await stream.close().catch(() => {})
@@ -245,4 +277,26 @@ export async function serveBlockStream (init: BlockServerInit, stream: Stream, c
   } finally {
     controller.abort()
   }
+}
+
+/** Serves block frames on an authenticated data channel socket (data-channel.ts) for `peerId` until it closes. */
+export function serveDataChannel (init: BlockServerInit, peerId: string, socket: Socket, keys: ChannelKeys, stopSignal: AbortSignal): SealedChannel {
+  // The sink is the channel, built right after: frames only arrive once both exist.
+  let channel: SealedChannel | undefined
+  const sink: FrameSink = { write: async (frame, options) => { await channel!.write(frame, options.signal) } }
+  const server = createFrameServer(init, peerId, sink, stopSignal, false)
+  channel = new SealedChannel({
+    socket,
+    sendKey: keys.sendKey,
+    receiveKey: keys.receiveKey,
+    maxReceiveFrameBytes: MAX_REQUEST_FRAME_BYTES,
+    onFrame: data => { server.onFrame(data) },
+    onClose: err => {
+      if (err !== undefined && err.name !== 'AbortError') init.logger.warn('data channel closed on error', { peer: peerId, error: err.message })
+      server.controller.abort(err)
+    }
+  })
+  // A server error (a write that failed) or the service stopping ends the channel too.
+  server.signal.addEventListener('abort', () => { channel?.destroy(server.controller.signal.aborted ? server.controller.signal.reason as Error : undefined) }, { once: true })
+  return channel
 }

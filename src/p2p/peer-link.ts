@@ -18,6 +18,8 @@ import {
 import type { P2PNode } from './node.js'
 import { systemClock, type Clock } from './clock.js'
 import type { AdmitReply } from './block-server.js'
+import { SealedChannel } from './sealed-channel.js'
+import { connectDataChannel, type DataChannelOffer } from './data-channel.js'
 
 export const LINK_OPEN_TIMEOUT_MS = 10_000
 /** Largest response frame: one block of the largest size, or a frame budget's worth, plus its header. */
@@ -28,7 +30,9 @@ const EWMA_ALPHA = 0.2
 export type BlockCallback = (index: number, data: Uint8Array | null) => void
 
 interface Pending {
-  kind: 'get' | 'admit' | 'ping'
+  kind: 'get' | 'admit' | 'ping' | 'channel'
+  /** Sent on the data channel (a CANCEL must follow it there). */
+  onChannel: boolean
   sentAtMs: number
   resolve: (value: any) => void
   reject: (err: Error) => void
@@ -36,6 +40,14 @@ interface Pending {
   received?: Map<number, Uint8Array | null>
   expected?: number
 }
+
+export interface PeerLinkOptions {
+  /** Ask the peer for a data channel (data-channel.ts) once the stream is open; requests use it once it is up. */
+  dataChannel?: boolean
+}
+
+/** How long asking for and connecting a data channel may take before the link stays on its stream. */
+export const CHANNEL_SETUP_TIMEOUT_MS = 5_000
 
 export class PeerLink {
   readonly peerId: string
@@ -53,9 +65,12 @@ export class PeerLink {
   private readonly pending = new Map<number, Pending>()
   private lastFrameAtMs = 0
   private readonly controller = new AbortController()
+  private channel: SealedChannel | undefined
+  /** Frames received on the data channel (tests and status). */
+  channelFrames = 0
 
   constructor (private readonly node: P2PNode, private readonly remote: PeerId, private readonly logger: Logger,
-    private readonly clock: Clock = systemClock) {
+    private readonly clock: Clock = systemClock, private readonly options: PeerLinkOptions = {}) {
     this.peerId = remote.toString()
     // Each write waiting for the stream to drain listens on it (bounded by the requests in flight).
     setMaxListeners(Infinity, this.controller.signal)
@@ -79,6 +94,7 @@ export class PeerLink {
       this.stream = stream
       this.lp = lpStream(stream, { maxDataLength: MAX_RESPONSE_FRAME_BYTES, maxBufferSize: READ_BUFFER_BYTES })
       void this.readLoop(this.lp)
+      if (this.options.dataChannel === true) void this.upgrade()
     })()
     try {
       await this.opening
@@ -99,6 +115,47 @@ export class PeerLink {
       }
     } catch (err) {
       this.close(err as Error)
+    }
+  }
+
+  /** True once requests travel on a data channel. */
+  get onDataChannel (): boolean {
+    return this.channel !== undefined && !this.channel.closed
+  }
+
+  /**
+   * Moves requests to a data channel: asks for one on the stream, connects to the address this peer's libp2p
+   * connection reached. Any failure leaves the link on its stream (the peer may not offer one).
+   */
+  private async upgrade (): Promise<void> {
+    try {
+      const signal = AbortSignal.any([this.controller.signal, AbortSignal.timeout(CHANNEL_SETUP_TIMEOUT_MS)])
+      const offer = await this.send<DataChannelOffer>('channel', reqId => encodeClientFrame({ type: FrameType.Channel, reqId }), signal)
+      const host = this.node.getConnections(this.remote).flatMap(c => c.remoteAddr.getComponents())
+        .find(c => (c.name === 'ip4' || c.name === 'ip6') && c.value !== undefined)?.value
+      if (host === undefined) return
+      const socket = await connectDataChannel(host, offer, signal)
+      if (this.closed) { socket.destroy(); return }
+      this.channel = new SealedChannel({
+        socket,
+        sendKey: offer.clientKey,
+        receiveKey: offer.serverKey,
+        maxReceiveFrameBytes: MAX_RESPONSE_FRAME_BYTES,
+        onFrame: data => {
+          try {
+            const now = this.clock.nowMs()
+            this.lastHeardAtMs = now
+            this.channelFrames++
+            this.onFrame(decodeServerFrame(data, MAX_BLOCK_SIZE_BYTES), data.byteLength, now)
+          } catch (err) {
+            this.close(err as Error)
+          }
+        },
+        // Requests in flight on it are lost with it: the link ends and its users ask again.
+        onClose: err => { this.close(err ?? new PeerLinkClosedError('data channel ended')) }
+      })
+    } catch (err) {
+      if (!this.closed) this.logger.info('no data channel; blocks stay on the stream', { peer: this.peerId, error: (err as Error).message })
     }
   }
 
@@ -130,6 +187,12 @@ export class PeerLink {
         }
         return
       }
+      case FrameType.ChannelOffer: {
+        if (pending.kind !== 'channel') throw new WireDecodeError('CHANNEL_OFFER for a request that is not a CHANNEL')
+        this.pending.delete(frame.reqId)
+        pending.resolve(frame)
+        return
+      }
       case FrameType.Admitted:
       case FrameType.Pong: {
         this.pending.delete(frame.reqId)
@@ -143,7 +206,9 @@ export class PeerLink {
           ? new PeerBusyError(`${this.peerId} is busy`)
           : frame.code === ErrorCode.UnknownImage
             ? new BlocksUnavailableError(`${this.peerId} does not have the image`)
-            : new WireDecodeError(`${this.peerId} refused the request as malformed`))
+            : frame.code === ErrorCode.Unsupported
+              ? new BlocksUnavailableError(`${this.peerId} offers no data channel`)
+              : new WireDecodeError(`${this.peerId} refused the request as malformed`))
       }
     }
   }
@@ -160,16 +225,18 @@ export class PeerLink {
     const reqId = this.nextReqId
     this.nextReqId = this.nextReqId >= 0xffffffff ? 1 : this.nextReqId + 1
     const { promise, resolve, reject } = Promise.withResolvers<T>()
-    const pending: Pending = { kind, sentAtMs: this.clock.nowMs(), resolve, reject, ...extra }
+    // A CHANNEL request goes on the stream: the channel is what it asks for.
+    const onChannel = kind !== 'channel' && this.onDataChannel
+    const pending: Pending = { kind, onChannel, sentAtMs: this.clock.nowMs(), resolve, reject, ...extra }
     this.pending.set(reqId, pending)
     const onAbort = (): void => {
       if (!this.pending.has(reqId)) return
       this.pending.delete(reqId)
-      if (cancellable) this.write(encodeClientFrame({ type: FrameType.Cancel, reqId }))
+      if (cancellable) this.write(encodeClientFrame({ type: FrameType.Cancel, reqId }), onChannel)
       reject(signal.reason)
     }
     signal.addEventListener('abort', onAbort, { once: true })
-    this.write(build(reqId))
+    this.write(build(reqId), onChannel)
     try {
       return await promise
     } finally {
@@ -177,7 +244,11 @@ export class PeerLink {
     }
   }
 
-  private write (frame: Uint8Array): void {
+  private write (frame: Uint8Array, onChannel: boolean): void {
+    if (onChannel) {
+      this.channel?.write(frame, this.controller.signal).catch(err => { this.close(err as Error) })
+      return
+    }
     const lp = this.lp
     if (lp === undefined) return
     lp.write(frame, { signal: this.controller.signal }).catch(err => { this.close(err as Error) })
@@ -213,6 +284,7 @@ export class PeerLink {
     for (const [, pending] of this.pending) pending.reject(reason)
     this.pending.clear()
     this.controller.abort(reason)
+    this.channel?.destroy()
     if (this.stream !== undefined) {
       if (err !== undefined) this.stream.abort(err)
       else void this.stream.close().catch(() => {})

@@ -24,7 +24,8 @@ import { DEFAULT_TOPOLOGY_PARAMS, type TopologyParams } from '../topology/index.
 import { createNode, Bootstrapper, type Encryption, type P2PNode } from './node.js'
 import { readPskFile } from './psk.js'
 import { imageIdFromTopic, imageTopic } from './advert.js'
-import { serveBlockStream, type BlockServerInit } from './block-server.js'
+import { serveBlockStream, serveDataChannel, type BlockServerInit } from './block-server.js'
+import { DataChannelServer } from './data-channel.js'
 import { PeerLink } from './peer-link.js'
 import { PeerSource, type PeerSourceStats } from './peer-source.js'
 import { serveManifestStream, MANIFEST_PROTOCOL } from './manifest-protocol.js'
@@ -91,6 +92,21 @@ export interface P2PServiceInit {
    * daemon builds this init from named config fields (src/daemon/peers.ts), so no config file reaches it.
    */
   frameEncoder?: BlockServerInit['frameEncoder']
+  /**
+   * Data channels (data-channel.ts): blocks between agents on a direct, sealed TCP connection beside the libp2p
+   * stream. `port` of the listener (0: any free one) on the host of the first TCP listen address; false: off,
+   * blocks stay on the libp2p stream. Default { port: 0 }.
+   */
+  dataChannel?: { port: number } | false
+}
+
+/** The host of the first TCP listen address (/ip4/H/tcp/P or /ip6/H/tcp/P), where the data channel listens. */
+export function dataChannelHost (listen: readonly string[]): string | undefined {
+  for (const addr of listen) {
+    const m = /^\/(ip4|ip6)\/([^/]+)\/tcp\/\d+/.exec(addr)
+    if (m !== null) return m[2]
+  }
+  return undefined
 }
 
 export interface ImageStatus {
@@ -121,6 +137,8 @@ export interface P2PStatus {
   banned: string[]
   /** The peer source's request counters (see PeerSourceStats). */
   blockRequests: PeerSourceStats
+  /** Data channels: the listener's port (null: none), links to peers on one, connections served. */
+  dataChannels: { port: number | null, outbound: number, inbound: number }
   images: Record<string, ImageStatus>
 }
 
@@ -178,6 +196,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
   // Every stream, heartbeat and relay listens on it: one listener each, released when they end.
   setMaxListeners(Infinity, stopController.signal)
   let node: P2PNode | undefined
+  let dataChannels: DataChannelServer | undefined
   let bootstrapper: Bootstrapper | undefined
   let started = false
   let stopped = false
@@ -200,7 +219,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     link: (peerId: string): PeerLink => {
       let link = links.get(peerId)
       if (link === undefined || link.closed) {
-        link = new PeerLink(requireNode(), peerIdFromString(peerId), logger, clock)
+        link = new PeerLink(requireNode(), peerIdFromString(peerId), logger, clock, { dataChannel: dataChannels !== undefined })
         links.set(peerId, link)
       }
       return link
@@ -376,7 +395,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       isDenied: isBanned,
       yamuxMaxMessageBytes: init.yamuxMaxMessageBytes
     })
-    const serverInit = {
+    const baseServerInit = {
       resolve: (rootHex: string) => byRoot.get(rootHex)?.store,
       admit: children.admit,
       onRequest: (rootHex: string, peerId: string) => { children.touch(peerId, rootHex) },
@@ -392,6 +411,22 @@ export function createP2PService (init: P2PServiceInit): P2PService {
         if (state !== undefined) state.bytesSent += bytes
       }
     }
+    const channelHost = init.dataChannel === false ? undefined : dataChannelHost(init.listen)
+    if (channelHost !== undefined) {
+      const server: DataChannelServer = new DataChannelServer({
+        host: channelHost,
+        port: init.dataChannel === false ? 0 : init.dataChannel?.port ?? 0,
+        logger,
+        nowMs: () => clock.nowMs(),
+        serve: (peerId, socket, keys) => {
+          if (isBanned(peerId)) { socket.destroy(); return }
+          serveDataChannel(serverInit, peerId, socket, keys, stopController.signal)
+        }
+      })
+      await server.start()
+      dataChannels = server
+    }
+    const serverInit: BlockServerInit = { ...baseServerInit, dataChannels }
     await node.handle(BLOCKS_PROTOCOL, (stream, connection) => {
       void serveBlockStream(serverInit, stream, connection, stopController.signal)
     }, { maxInboundStreams: 8, maxOutboundStreams: 8 })
@@ -470,6 +505,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     links.clear()
     events.notify()
     events.sourcesChanged()
+    await dataChannels?.stop()
     await node?.stop()
   }
 
@@ -481,6 +517,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       peers: node?.getPeers().map(p => p.toString()) ?? [],
       banned: peers.banned(),
       blockRequests: { ...peerSource.stats },
+      dataChannels: { port: dataChannels?.port ?? null, outbound: [...links.values()].filter(l => l.onDataChannel).length, inbound: dataChannels?.connections ?? 0 },
       images: {}
     }
     for (const state of images.values()) {

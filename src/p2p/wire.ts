@@ -7,13 +7,18 @@
 //   CANCEL  2 | reqId u32
 //   ADMIT   3 | reqId u32 | root 32 | leave u8       (join or renew a child lease; leave = 1 ends it)
 //   PING    4 | reqId u32
+//   CHANNEL 5 | reqId u32                             (asks for a data channel: data-channel.ts)
 // server -> client
 //   BLOCKS  0x81 | reqId u32 | final u8 | n u16 | n x (index u32 | status u8 | length u32) | the data of the
 //           DATA entries, concatenated in order. A GET is answered by one or more BLOCKS frames, the last
 //           with final = 1; every asked index appears exactly once.
 //   ADMITTED 0x83 | reqId u32 | accepted u8 | childCount u16 | childLimit u16
 //   PONG    0x84 | reqId u32
+//   CHANNEL_OFFER 0x85 | reqId u32 | port u16 | token 16 | client key 32 | server key 32
 //   ERROR   0x8f | reqId u32 | code u8 (see ErrorCode)
+//
+// The same frames travel on a data channel once one is up (sealed records instead of length prefixes); a
+// CHANNEL there is refused (ERROR unsupported).
 
 import { Uint8ArrayList } from 'uint8arraylist'
 import { WireDecodeError } from './errors.js'
@@ -28,9 +33,11 @@ export enum FrameType {
   Cancel = 2,
   Admit = 3,
   Ping = 4,
+  Channel = 5,
   Blocks = 0x81,
   Admitted = 0x83,
   Pong = 0x84,
+  ChannelOffer = 0x85,
   Error = 0x8f
 }
 
@@ -44,8 +51,14 @@ export enum ErrorCode {
   Busy = 1,
   /** The server has no image with that root. */
   UnknownImage = 2,
-  BadRequest = 3
+  BadRequest = 3,
+  /** The server offers no data channel (none configured, over its ticket bounds, or asked on a channel). */
+  Unsupported = 4
 }
+
+const TOKEN_BYTES = 16
+const KEY_BYTES = 32
+const CHANNEL_OFFER_BYTES = 1 + 4 + 2 + TOKEN_BYTES + 2 * KEY_BYTES
 
 export type Priority = 0 | 1
 export const PRIORITY_DEMAND: Priority = 0
@@ -56,6 +69,7 @@ export type ClientFrame =
   | { type: FrameType.Cancel, reqId: number }
   | { type: FrameType.Admit, reqId: number, root: Uint8Array, leave: boolean }
   | { type: FrameType.Ping, reqId: number }
+  | { type: FrameType.Channel, reqId: number }
 
 export interface BlockEntry {
   index: number
@@ -68,6 +82,7 @@ export type ServerFrame =
   | { type: FrameType.Blocks, reqId: number, final: boolean, entries: BlockEntry[] }
   | { type: FrameType.Admitted, reqId: number, accepted: boolean, childCount: number, childLimit: number }
   | { type: FrameType.Pong, reqId: number }
+  | { type: FrameType.ChannelOffer, reqId: number, port: number, token: Uint8Array, clientKey: Uint8Array, serverKey: Uint8Array }
   | { type: FrameType.Error, reqId: number, code: ErrorCode }
 
 export function encodeClientFrame (frame: ClientFrame): Uint8Array {
@@ -84,7 +99,8 @@ export function encodeClientFrame (frame: ClientFrame): Uint8Array {
       return out
     }
     case FrameType.Cancel:
-    case FrameType.Ping: {
+    case FrameType.Ping:
+    case FrameType.Channel: {
       const out = Buffer.allocUnsafe(5)
       out.writeUInt8(frame.type, 0)
       out.writeUInt32BE(frame.reqId, 1)
@@ -127,6 +143,7 @@ export function decodeClientFrame (data: Uint8Array | Uint8ArrayList): ClientFra
     }
     case FrameType.Cancel:
     case FrameType.Ping:
+    case FrameType.Channel:
       if (buf.length !== 5) fail('bad length')
       return { type, reqId }
     case FrameType.Admit:
@@ -170,6 +187,17 @@ export function encodeServerFrame (frame: Exclude<ServerFrame, { type: FrameType
       const out = Buffer.allocUnsafe(5)
       out.writeUInt8(frame.type, 0)
       out.writeUInt32BE(frame.reqId, 1)
+      return out
+    }
+    case FrameType.ChannelOffer: {
+      const out = Buffer.allocUnsafe(CHANNEL_OFFER_BYTES)
+      if (frame.token.byteLength !== TOKEN_BYTES || frame.clientKey.byteLength !== KEY_BYTES || frame.serverKey.byteLength !== KEY_BYTES) throw new RangeError('bad CHANNEL_OFFER field length')
+      out.writeUInt8(frame.type, 0)
+      out.writeUInt32BE(frame.reqId, 1)
+      out.writeUInt16BE(frame.port, 5)
+      out.set(frame.token, 7)
+      out.set(frame.clientKey, 7 + TOKEN_BYTES)
+      out.set(frame.serverKey, 7 + TOKEN_BYTES + KEY_BYTES)
       return out
     }
     case FrameType.Error: {
@@ -231,10 +259,24 @@ export function decodeServerFrame (data: Uint8ArrayList | Uint8Array, maxBlockBy
     case FrameType.Pong:
       if (list.byteLength !== 5) fail('bad PONG length')
       return { type, reqId }
+    case FrameType.ChannelOffer: {
+      if (list.byteLength !== CHANNEL_OFFER_BYTES) fail('bad CHANNEL_OFFER length')
+      const buf = asBuffer(list.subarray())
+      const port = buf.readUInt16BE(5)
+      if (port === 0) fail('CHANNEL_OFFER of port 0')
+      return {
+        type,
+        reqId,
+        port,
+        token: new Uint8Array(buf.subarray(7, 7 + TOKEN_BYTES)),
+        clientKey: new Uint8Array(buf.subarray(7 + TOKEN_BYTES, 7 + TOKEN_BYTES + KEY_BYTES)),
+        serverKey: new Uint8Array(buf.subarray(7 + TOKEN_BYTES + KEY_BYTES, CHANNEL_OFFER_BYTES))
+      }
+    }
     case FrameType.Error: {
       if (list.byteLength !== 6) fail('bad ERROR length')
       const code = list.get(5)
-      if (code < 1 || code > 3) fail(`unknown error code ${code}`)
+      if (code < 1 || code > 4) fail(`unknown error code ${code}`)
       return { type, reqId, code: code as ErrorCode }
     }
     default:

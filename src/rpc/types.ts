@@ -71,6 +71,8 @@ export interface P2PStatusFields {
   banned?: string[]
   /** Block requests to peers since start: sent, hedged, cancelled (a hedge's loser), failed over, and blocks that arrived twice. */
   blockRequests?: { requests: number, hedges: number, cancelled: number, failovers: number, duplicateBlocks: number, waits: number, wakeups: number, lastResortBytes: number }
+  /** Data channels: the listener's port (null: none), links to peers that use one, connections this agent serves. */
+  dataChannels?: { port: number | null, outbound: number, inbound: number }
 }
 
 /** node.status. */

@@ -136,9 +136,12 @@ function advertFits (body: AdvertBody): boolean {
 const clientFrame: fc.Arbitrary<ClientFrame> = fc.oneof(
   fc.record({ type: fc.constant(FrameType.Get as const), reqId: fc.nat({ max: 0xffffffff }), priority: fc.constantFrom(0 as const, 1 as const),
     root: fc.uint8Array({ minLength: 32, maxLength: 32 }), indexes: fc.array(fc.nat({ max: 0xffffffff }), { minLength: 1, maxLength: MAX_INDEXES_PER_GET }) }),
-  fc.record({ type: fc.constantFrom(FrameType.Cancel as const, FrameType.Ping as const), reqId: fc.nat({ max: 0xffffffff }) }),
+  fc.record({ type: fc.constantFrom(FrameType.Cancel as const, FrameType.Ping as const, FrameType.Channel as const), reqId: fc.nat({ max: 0xffffffff }) }),
   fc.record({ type: fc.constant(FrameType.Admit as const), reqId: fc.nat({ max: 0xffffffff }), root: fc.uint8Array({ minLength: 32, maxLength: 32 }), leave: fc.boolean() })
 ) as fc.Arbitrary<ClientFrame>
+
+const channelOffer = fc.record({ port: fc.integer({ min: 1, max: 0xffff }), token: fc.uint8Array({ minLength: 16, maxLength: 16 }),
+  clientKey: fc.uint8Array({ minLength: 32, maxLength: 32 }), serverKey: fc.uint8Array({ minLength: 32, maxLength: 32 }) })
 
 const blockEntries: fc.Arbitrary<BlockEntry[]> = fc.array(fc.oneof(
   fc.record({ index: fc.nat({ max: 0xffffffff }), status: fc.constant(BlockStatus.Data), data: fc.uint8Array({ maxLength: 256 }) }),
@@ -231,7 +234,7 @@ export const targets: FuzzTarget[] = [
     const norm = (f: ClientFrame): string => JSON.stringify(f, (_k, v: unknown) => v instanceof Uint8Array ? Buffer.from(v).toString('hex') : v)
     if (norm(again) !== norm(frame)) throw new Error('client frame did not round-trip')
   })),
-  sync('block protocol server frames', () => fc.property(fc.nat({ max: 0xffffffff }), fc.boolean(), blockEntries, fc.constantFrom(ErrorCode.Busy, ErrorCode.UnknownImage, ErrorCode.BadRequest), (reqId, final, entries, code) => {
+  sync('block protocol server frames', () => fc.property(fc.nat({ max: 0xffffffff }), fc.boolean(), blockEntries, fc.constantFrom(ErrorCode.Busy, ErrorCode.UnknownImage, ErrorCode.BadRequest, ErrorCode.Unsupported), channelOffer, (reqId, final, entries, code, offer) => {
     const frame = decodeServerFrame(encodeBlocksFrame(reqId, final, entries), 256)
     if (frame.type !== FrameType.Blocks || frame.reqId !== reqId || frame.final !== final || frame.entries.length !== entries.length) throw new Error('BLOCKS header did not round-trip')
     frame.entries.forEach((e, i) => {
@@ -241,6 +244,9 @@ export const targets: FuzzTarget[] = [
     })
     const err = decodeServerFrame(encodeServerFrame({ type: FrameType.Error, reqId, code }), 256)
     if (err.type !== FrameType.Error || err.code !== code || err.reqId !== reqId) throw new Error('ERROR frame did not round-trip')
+    const again = decodeServerFrame(encodeServerFrame({ type: FrameType.ChannelOffer, reqId, ...offer }), 256)
+    const hex = (f: object): string => JSON.stringify(f, (_k, v: unknown) => v instanceof Uint8Array ? Buffer.from(v).toString('hex') : v)
+    if (hex(again) !== hex({ type: FrameType.ChannelOffer, reqId, ...offer })) throw new Error('CHANNEL_OFFER did not round-trip')
   })),
   sync('block protocol bad frames', () => fc.property(fc.oneof(BYTES(2048), mutated(clientFrame.map(encodeClientFrame)),
     mutated(fc.tuple(fc.nat({ max: 0xffffffff }), fc.boolean(), blockEntries).map(([r, f, e]) => encodeBlocksFrame(r, f, e).subarray()))), bytes => {

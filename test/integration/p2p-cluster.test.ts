@@ -43,8 +43,26 @@ test('p2p: 4 agents read the whole image from an origin and each other; the orig
       fromPeers += Object.entries(s.bytesReceivedByPeer).filter(([peer]) => peer !== c.origin.service.peerId).reduce((a, [, b]) => a + b, 0)
     }
     assert.ok(fromPeers > c.bytes.length, 'agents got most blocks from each other')
+    // Blocks travelled on data channels (the default): every agent used one, the origin served one.
+    for (const agent of c.agents) assert.ok(agent.service.status().dataChannels.outbound >= 1, 'agent on a data channel')
+    assert.ok(c.origin.service.status().dataChannels.inbound >= 1, 'origin serves a data channel')
     // Once complete, every agent is a seed.
     await waitUntil('agents advertise depth 0', () => c.agents.every(a => a.service.status().images[IMAGE_ID].depth === 0))
+  } finally {
+    await c.close()
+  }
+})
+
+test('p2p: where no data channel is offered, blocks stay on the libp2p stream (the origin offers none; agents do)', { timeout: 120_000 }, async () => {
+  const c = await cluster({ agents: 3, sizeBytes: 8 * 1024 * 1024, originInit: { dataChannel: false } })
+  try {
+    const caches = await Promise.all(c.agents.map(async (agent, i) => await join_(c, agent, i)))
+    const shas = await Promise.all(caches.map(async cache => await readAll(cache)))
+    for (const sha of shas) assert.equal(sha, c.sha)
+    const origin = c.origin.service.status()
+    assert.deepEqual(origin.dataChannels, { port: null, outbound: 0, inbound: 0 })
+    assert.ok(origin.images[IMAGE_ID].bytesSent > 0, 'the origin served blocks on its stream')
+    for (const agent of c.agents) assert.ok(agent.service.status().dataChannels.port !== null)
   } finally {
     await c.close()
   }
