@@ -48,6 +48,9 @@ export interface PeerLinkOptions {
 
 /** How long asking for and connecting a data channel may take before the link stays on its stream. */
 export const CHANNEL_SETUP_TIMEOUT_MS = 5_000
+/** A failed set-up is tried again after 5, 10, 20, 40 s; then the link stays on its stream. */
+export const CHANNEL_RETRY_BASE_MS = 5_000
+export const CHANNEL_MAX_ATTEMPTS = 5
 
 export class PeerLink {
   readonly peerId: string
@@ -128,14 +131,30 @@ export class PeerLink {
    * connection reached. Any failure leaves the link on its stream (the peer may not offer one).
    */
   private async upgrade (): Promise<void> {
+    // A timeout or refused connect on a loaded host is worth another try (the link may live for hours); a
+    // peer that offers none (Unsupported) or has no IP address is not asked again on this link.
+    for (let attempt = 0; attempt < CHANNEL_MAX_ATTEMPTS && !this.closed; attempt++) {
+      if (attempt > 0) {
+        try {
+          await this.clock.sleep(CHANNEL_RETRY_BASE_MS * 2 ** (attempt - 1), this.controller.signal)
+        } catch {
+          return
+        }
+      }
+      if (await this.tryUpgrade()) return
+    }
+  }
+
+  /** One attempt; true when done (a channel is up, or none will be had). */
+  private async tryUpgrade (): Promise<boolean> {
     try {
       const signal = AbortSignal.any([this.controller.signal, AbortSignal.timeout(CHANNEL_SETUP_TIMEOUT_MS)])
       const offer = await this.send<DataChannelOffer>('channel', reqId => encodeClientFrame({ type: FrameType.Channel, reqId }), signal)
       const host = this.node.getConnections(this.remote).flatMap(c => c.remoteAddr.getComponents())
         .find(c => (c.name === 'ip4' || c.name === 'ip6') && c.value !== undefined)?.value
-      if (host === undefined) return
+      if (host === undefined) return true
       const socket = await connectDataChannel(host, offer, signal)
-      if (this.closed) { socket.destroy(); return }
+      if (this.closed) { socket.destroy(); return true }
       this.channel = new SealedChannel({
         socket,
         sendKey: offer.clientKey,
@@ -154,8 +173,12 @@ export class PeerLink {
         // Requests in flight on it are lost with it: the link ends and its users ask again.
         onClose: err => { this.close(err ?? new PeerLinkClosedError('data channel ended')) }
       })
+      return true
     } catch (err) {
-      if (!this.closed) this.logger.info('no data channel; blocks stay on the stream', { peer: this.peerId, error: (err as Error).message })
+      if (this.closed) return true
+      const unsupported = err instanceof BlocksUnavailableError
+      this.logger.info('no data channel; blocks stay on the stream', { peer: this.peerId, error: (err as Error).message, retry: !unsupported })
+      return unsupported
     }
   }
 

@@ -1,5 +1,5 @@
-// The data channel's parts over real TCP sockets on 127.0.0.1: the sealed record layer (sealed-channel.ts)
-// and the ticket-checking listener and its client (data-channel.ts).
+// The data channel's parts over real TCP sockets on 127.0.0.1: the sealed record layer (sealed-channel.ts),
+// the ticket-checking listener and its client (data-channel.ts), and a link's set-up over real libp2p nodes.
 
 import '../../src/polyfill.js'
 import { test } from 'node:test'
@@ -10,6 +10,12 @@ import { Uint8ArrayList } from 'uint8arraylist'
 import { SealedChannel, type SealedChannelInit } from '../../src/p2p/sealed-channel.js'
 import { DataChannelServer, MAX_TICKETS_PER_PEER, TICKET_TTL_MS, TOKEN_BYTES, connectDataChannel, type ChannelKeys } from '../../src/p2p/data-channel.js'
 import { silentLogger } from '../../src/blockstack/cache.js'
+import { createNode } from '../../src/p2p/node.js'
+import { identityFromSeed } from '../../src/identity/key.js'
+import { PeerLink } from '../../src/p2p/peer-link.js'
+import { serveBlockStream, serveDataChannel, type BlockServerInit } from '../../src/p2p/block-server.js'
+import { TokenBucket } from '../../src/p2p/rate-limit.js'
+import { BLOCKS_PROTOCOL } from '../../src/p2p/wire.js'
 
 /** A connected pair of real TCP sockets. */
 async function socketPair (): Promise<{ a: Socket, b: Socket, close: () => void }> {
@@ -190,4 +196,55 @@ test('data channel listener: a live ticket is served once for its peer; a wrong,
   }
   // Nothing listens any more: connecting fails fast, with the socket's error.
   await assert.rejects(connectDataChannel('127.0.0.1', { port: server.port ?? 1, token: randomBytes(16), clientKey: randomBytes(32), serverKey: randomBytes(32) }, AbortSignal.timeout(5_000)))
+})
+
+test('a link whose first data channel set-up fails tries again, then moves its requests onto the channel', { timeout: 60_000 }, async () => {
+  const a = await createNode({ identity: identityFromSeed(randomBytes(32)), listen: ['/ip4/127.0.0.1/tcp/0'] })
+  const b = await createNode({ identity: identityFromSeed(randomBytes(32)), listen: ['/ip4/127.0.0.1/tcp/0'] })
+  const stop = new AbortController()
+  // A port with nothing on it yet: the first offer points there and the client's connect is refused.
+  const probe = net.createServer()
+  await new Promise<void>(resolve => probe.listen(0, '127.0.0.1', resolve))
+  const port = (probe.address() as net.AddressInfo).port
+  await new Promise<void>(resolve => probe.close(() => { resolve() }))
+  let channels: DataChannelServer | undefined
+  const serverInit: BlockServerInit = {
+    resolve: () => undefined,
+    admit: () => undefined,
+    uploadBucket: new TokenBucket(undefined),
+    logger: silentLogger,
+    dataChannels: {
+      offer: peerId => channels?.offer(peerId) ?? { port, token: randomBytes(TOKEN_BYTES), clientKey: randomBytes(32), serverKey: randomBytes(32) }
+    }
+  }
+  let sleeps = 0
+  // The retry's wait, in virtual time: the listener comes up during it.
+  const clock = {
+    nowMs: () => performance.now(),
+    sleep: async () => {
+      sleeps++
+      channels ??= new DataChannelServer({ host: '127.0.0.1', port, logger: silentLogger, nowMs: () => performance.now(), serve: (peerId, socket, keys) => { serveDataChannel(serverInit, peerId, socket, keys, stop.signal) } })
+      await channels.start()
+    }
+  }
+  try {
+    await a.start()
+    await b.start()
+    await a.handle(BLOCKS_PROTOCOL, (stream, connection) => { void serveBlockStream(serverInit, stream, connection, stop.signal) })
+    await b.dial(a.getMultiaddrs()[0])
+    const link = new PeerLink(b, a.peerId, silentLogger, clock, { dataChannel: true })
+    await link.ping(AbortSignal.timeout(10_000)) // on the stream; opening it starts the set-up
+    await until('the data channel', () => link.onDataChannel)
+    assert.equal(sleeps, 1, 'one failed attempt, one wait, then the channel')
+    const framesBefore = link.channelFrames
+    await link.ping(AbortSignal.timeout(10_000))
+    assert.equal(link.channelFrames, framesBefore + 1, 'the next request went on the channel')
+    assert.equal(channels?.connections, 1)
+    link.close()
+  } finally {
+    stop.abort()
+    await channels?.stop()
+    await a.stop()
+    await b.stop()
+  }
 })
