@@ -117,8 +117,25 @@ export class PeerLink {
         this.onFrame(frame, data.byteLength, now)
       }
     } catch (err) {
+      // Once requests travel on the data channel the stream carries nothing, and the muxer ends it after its
+      // inactivity timeout (2 minutes): that must not end a link that is busy on its channel. A malformed
+      // frame on the stream still does; requests still waiting for an answer on the stream fail over.
+      if (this.onDataChannel && !this.closed && !(err instanceof WireDecodeError)) {
+        this.lp = undefined
+        for (const [reqId, pending] of this.pending) {
+          if (pending.onChannel) continue
+          this.pending.delete(reqId)
+          pending.reject(new PeerLinkClosedError(`stream to ${this.peerId} ended: ${(err as Error).message}`, { cause: err }))
+        }
+        return
+      }
       this.close(err as Error)
     }
+  }
+
+  /** True while requests travel on the libp2p stream (false once it ended beside a data channel). */
+  get onStream (): boolean {
+    return this.lp !== undefined
   }
 
   /** True once requests travel on a data channel. */

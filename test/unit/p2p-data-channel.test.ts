@@ -198,7 +198,7 @@ test('data channel listener: a live ticket is served once for its peer; a wrong,
   await assert.rejects(connectDataChannel('127.0.0.1', { port: server.port ?? 1, token: randomBytes(16), clientKey: randomBytes(32), serverKey: randomBytes(32) }, AbortSignal.timeout(5_000)))
 })
 
-test('a link whose first data channel set-up fails tries again, then moves its requests onto the channel', { timeout: 60_000 }, async () => {
+test('a link whose first data channel set-up fails tries again, then moves its requests onto the channel, and outlives its stream', { timeout: 60_000 }, async () => {
   const a = await createNode({ identity: identityFromSeed(randomBytes(32)), listen: ['/ip4/127.0.0.1/tcp/0'] })
   const b = await createNode({ identity: identityFromSeed(randomBytes(32)), listen: ['/ip4/127.0.0.1/tcp/0'] })
   const stop = new AbortController()
@@ -240,6 +240,14 @@ test('a link whose first data channel set-up fails tries again, then moves its r
     await link.ping(AbortSignal.timeout(10_000))
     assert.equal(link.channelFrames, framesBefore + 1, 'the next request went on the channel')
     assert.equal(channels?.connections, 1)
+    // The muxer ends an idle stream (its inactivity timeout): the link goes on over its channel.
+    const stream = b.getConnections(a.peerId).flatMap(c => c.streams).find(st => st.protocol === BLOCKS_PROTOCOL)
+    assert.ok(stream !== undefined)
+    stream.abort(new Error('stream inactive'))
+    await until('the stream to end', () => !link.onStream)
+    await link.ping(AbortSignal.timeout(10_000))
+    assert.equal(link.closed, false)
+    assert.equal(link.channelFrames, framesBefore + 2)
     link.close()
   } finally {
     stop.abort()
