@@ -64,14 +64,17 @@ test('8 agents read the whole image from each other; the origin sends under 2x t
     await execa('nbdcopy', ['--requests=4', agent.nbdUri('img'), out], { timeout: 240_000 })
     assert.equal(await sha256File(out), imageSha, `agent ${i} read wrong data`)
   }))
-  const originImage = (await origin.call('node.status')).images.img
-  assert.ok(originImage.bytesSent < 2 * IMAGE_BYTES, `origin sent ${originImage.bytesSent} bytes for a ${IMAGE_BYTES}-byte image`)
+  const originStatus = await origin.call('node.status')
+  const originImage = originStatus.images.img
   const statuses = await Promise.all(agents.map(async a => await a.call('node.status')))
+  // Who took what from the origin, and how much of it as a last resort: what a failure needs to be explained.
+  const fromOrigin = statuses.map((s, i) => `a${i}: ${s.images.img.bytesReceivedByPeer[originStatus.peerId] ?? 0} (as a last resort ${s.p2p.blockRequests?.lastResortBytes ?? 0})`)
+  assert.ok(originImage.bytesSent < 2 * IMAGE_BYTES, `origin sent ${originImage.bytesSent} bytes for a ${IMAGE_BYTES}-byte image; from the origin: ${fromOrigin.join('; ')}`)
   for (const s of statuses) {
     assert.equal(s.images.img.heldFraction, 1)
     assert.ok(s.images.img.parents.length <= 3)
   }
-  const originId = (await origin.call('node.status')).peerId
+  const originId = originStatus.peerId as string
   const fromPeers = statuses.reduce((sum, s) => sum + Object.entries(s.images.img.bytesReceivedByPeer as Record<string, number>)
     .filter(([peer]) => peer !== originId).reduce((a, [, n]) => a + n, 0), 0)
   assert.ok(fromPeers > 0, 'agents served each other')
