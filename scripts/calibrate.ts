@@ -105,10 +105,12 @@ async function main (): Promise<void> {
   const idleMs = Math.max(2, Math.min(60, Number(values['idle-s']))) * 1000
   const trace: TraceRead[] = await loadTrace(values.trace as string)
   // One round's figures move by half on this shared machine: each is the median of the rounds' (fresh daemons each).
+  const commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT }).toString().trim()
+  const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src'], { cwd: ROOT }).toString().trim() !== ''
   const all: Costs[] = []
   for (let round = 0; round < rounds; round++) {
     console.log(`-- round ${round + 1} of ${rounds}`)
-    all.push(await measureOnce(trace, idlePeers, idleMs))
+    all.push(await measureOnce(trace, idlePeers, idleMs, `${commit}${dirty ? '+dirty' : ''}`))
   }
   const out: Costs = { ...all[0], rounds }
   for (const key of Object.keys(all[0])) {
@@ -124,9 +126,7 @@ async function main (): Promise<void> {
   }
 }
 
-async function measureOnce (trace: TraceRead[], idlePeers: number, idleMs: number): Promise<Costs> {
-  const commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT }).toString().trim()
-  const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src'], { cwd: ROOT }).toString().trim() !== ''
+async function measureOnce (trace: TraceRead[], idlePeers: number, idleMs: number, commit: string): Promise<Costs> {
   const base = await makeTempDir('vmtcal')
   const daemons: TestDaemon[] = []
   try {
@@ -208,7 +208,7 @@ async function measureOnce (trace: TraceRead[], idlePeers: number, idleMs: numbe
 
     const out = {
       measuredAt: new Date().toISOString().slice(0, 16) + 'Z',
-      commit: `${commit}${dirty ? '+dirty' : ''}`,
+      commit,
       startupWallMs: Math.round(client.wallMs),
       startupCpuMs: Math.round(client.cpuMs),
       attachMs: Math.round(attachMs),

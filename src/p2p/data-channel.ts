@@ -12,9 +12,9 @@
 import net, { type Socket } from 'node:net'
 import { randomBytes } from 'node:crypto'
 import type { Logger } from '../blockstack/cache.js'
-import { CHANNEL_KEY_BYTES } from './sealed-channel.js'
+import { CHANNEL_KEY_BYTES, CHANNEL_TOKEN_BYTES } from './wire.js'
 
-export const TOKEN_BYTES = 16
+export const TOKEN_BYTES = CHANNEL_TOKEN_BYTES
 export const TICKET_TTL_MS = 10_000
 export const HELLO_TIMEOUT_MS = 5_000
 export const CONNECT_TIMEOUT_MS = 5_000

@@ -15,7 +15,6 @@ import type { Socket } from 'node:net'
 import { Uint8ArrayList } from 'uint8arraylist'
 import { PeerLinkClosedError, WireDecodeError } from './errors.js'
 
-export const CHANNEL_KEY_BYTES = 32
 const TAG_BYTES = 16
 const HEADER_BYTES = 4
 const CIPHER = 'aes-256-gcm'
@@ -174,14 +173,7 @@ export class SealedChannel {
     }
   }
 
-  /** Ends the channel after what was written has been sent. */
-  close (): void {
-    if (this.closed) return
-    this.socket.end()
-    this.destroy()
-  }
-
-  /** Closes at once; `err` says why (passed to onClose). */
+  /** Closes: at once with `err` (passed to onClose), else after what was written has been sent. */
   destroy (err?: Error): void {
     if (this.closed) return
     this.closed = true

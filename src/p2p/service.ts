@@ -411,11 +411,12 @@ export function createP2PService (init: P2PServiceInit): P2PService {
         if (state !== undefined) state.bytesSent += bytes
       }
     }
-    const channelHost = init.dataChannel === false ? undefined : dataChannelHost(init.listen)
-    if (channelHost !== undefined) {
+    const channel = init.dataChannel ?? { port: 0 }
+    const channelHost = channel === false ? undefined : dataChannelHost(init.listen)
+    if (channel !== false && channelHost !== undefined) {
       const server: DataChannelServer = new DataChannelServer({
         host: channelHost,
-        port: init.dataChannel === false ? 0 : init.dataChannel?.port ?? 0,
+        port: channel.port,
         logger,
         nowMs: () => clock.nowMs(),
         serve: (peerId, socket, keys) => {

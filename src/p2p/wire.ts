@@ -56,8 +56,11 @@ export enum ErrorCode {
   Unsupported = 4
 }
 
-const TOKEN_BYTES = 16
-const KEY_BYTES = 32
+/** A data channel's one-time ticket and each direction's AES-256-GCM key (data-channel.ts, sealed-channel.ts). */
+export const CHANNEL_TOKEN_BYTES = 16
+export const CHANNEL_KEY_BYTES = 32
+const TOKEN_BYTES = CHANNEL_TOKEN_BYTES
+const KEY_BYTES = CHANNEL_KEY_BYTES
 const CHANNEL_OFFER_BYTES = 1 + 4 + 2 + TOKEN_BYTES + 2 * KEY_BYTES
 
 export type Priority = 0 | 1
