@@ -171,6 +171,25 @@ test('peer source: a slow parent is hedged to the next peer and its request is c
   }
 })
 
+test('peer source: the blocks of one fetch that go to one peer leave as one GET, not one per block', { timeout: 60_000 }, async () => {
+  const { dir, manifest, bytes, client, linkTo } = await setup(8)
+  const parent = await server(manifest, bytes)
+  try {
+    const links = new Map([[parent.peerId, await linkTo(parent)]])
+    const source = new PeerSource({ directory: directoryOf(manifest, [{ server: parent, parent: true }], links, []) })
+    const blocks = await source.fetch(manifest, [1, 2, 3, 5], { signal: AbortSignal.timeout(20_000) })
+    assert.deepEqual(blocks.map(b => b.index).sort(), [1, 2, 3, 5])
+    for (const b of blocks) assert.deepEqual(Buffer.from(b.data), bytes.subarray(b.index * BLOCK, (b.index + 1) * BLOCK))
+    assert.equal(source.stats.requests, 1, 'one request for the four blocks')
+    source.stop()
+    for (const link of links.values()) link.close()
+  } finally {
+    await client.stop()
+    await parent.node.stop()
+    await rm(dir, { recursive: true, force: true })
+  }
+})
+
 test('peer source: a busy peer hands the block to the next one without being reported failed as a parent', { timeout: 60_000 }, async () => {
   const { dir, manifest, bytes, client, linkTo } = await setup(4)
   const busy = await server(manifest, bytes, { maxQueuedRequests: 0 })
@@ -344,7 +363,9 @@ test('peer source: reads wait through an outage of the only holder and go on at 
     ;(swarm.entries.get(parent.peerId) as { advertSeq?: number }).advertSeq = 2
     swarm.change()
     await waitsReach(waitsBefore + 2)
-    assert.equal(peerSource.stats.requests, requestsAtOutage + 2, 'one request per job after the parent\'s advert')
+    // (Jobs woken by the same change leave as one GET when they go to the same peer: one or two requests.)
+    const asked = peerSource.stats.requests - requestsAtOutage
+    assert.ok(asked >= 1 && asked <= 2, `at most one request per job after the parent's advert: ${asked}`)
     // The parent got block 2 and its advert says so: that read goes on, from it.
     parentHolds.add(2)
     swarm.change()
@@ -354,7 +375,7 @@ test('peer source: reads wait through an outage of the only holder and go on at 
     swarm.entries.set(holder.peerId, { isParent: false, full: true, holds: () => true, connectionEpoch: 2 })
     swarm.change()
     assert.deepEqual(Buffer.from(await read1), bytes.subarray(1 * BLOCK, 2 * BLOCK))
-    assert.equal(peerSource.stats.requests, requestsAtOutage + 4, 'one request each after the blocks became available')
+    assert.equal(peerSource.stats.requests, requestsAtOutage + asked + 2, 'one request each after the blocks became available')
     assert.equal(peerSource.stats.wakeups, 4)
     // One fetch round of the cache per read, none failed: nothing backed off, and the clock (the only timer of
     // the peer source's waits) never moved: the events alone made the reads complete.
