@@ -7,7 +7,9 @@
 //                reads (16 blocks per request) give the CPU per 64 KiB block (an upper bound: their request
 //                costs are counted in), then the boot trace (one small request per read that misses) the CPU
 //                per request beyond its blocks, at the sender (origin) and the receiver; and the wall time
-//                per request beyond both CPU costs (waits inside the agents: scheduling, commits)
+//                per request beyond both CPU costs (waits inside the agents: scheduling, commits); then the
+//                trace once more, every read a hit: the CPU and wall time of a VM read itself, which the other
+//                two patterns' receiver costs are net of
 //   adverts      in process: CPU to check one advert as a gossipsub receiver does (ed25519 signature, decode,
 //                validate): a lower bound of the per-advert cost, the part that grows with the swarm
 //   neighbours   a client's idle CPU per second with 1 and with `--idle-peers` more agents on the image's topic:
@@ -15,7 +17,13 @@
 //                advert: the part bounded by the agent's neighbourhood (probes, parents, children)
 // Prints the table and, with --write, config/sim/costs.json (the simulator's defaults; see test/sim/costs.ts).
 //
+// --from-testbed RESULTS.json measures nothing: it fits the testbed's load factor, the host agents' CPU in a
+// bench:testbed wave of vmthunderd over what costs.json's quiet costs give for the work each agent counted
+// (reads, requests and blocks both ways, adverts received, idle time, instance.create), and with --write
+// stores it as costs.json's testbedLoad: the factor the testbed scenarios (costLoad 'testbed') scale CPU by.
+//
 // Usage: npm run calibrate -- [--write] [--rounds 3] [--idle-peers 4] [--idle-s 8] [--trace FILE]
+//        npm run calibrate -- --from-testbed OUT/results.json [--write]
 // Figures are noisy on a shared machine: the script prints what it measured and on which commit.
 
 import { execFileSync } from 'node:child_process'
@@ -67,18 +75,14 @@ async function start (dir: string, args: string[], allowImageDirs?: string[]): P
 }
 
 /** Blocks a list of reads touches that are not in `have`; adds them. */
-function newBlocks (reads: ReadonlyArray<{ offset: number, length: number }>, have: Set<number>): { blocks: number, requests: number } {
-  let blocks = 0; let requests = 0
+function newBlocks (reads: ReadonlyArray<{ offset: number, length: number }>, have: Set<number>): { blocks: number } {
+  let blocks = 0
   for (const r of reads) {
-    let missed = 0
     for (let b = Math.floor(r.offset / BLOCK_BYTES); b <= Math.floor((r.offset + r.length - 1) / BLOCK_BYTES); b++) {
-      if (!have.has(b)) { have.add(b); missed++ }
+      if (!have.has(b)) { have.add(b); blocks++ }
     }
-    blocks += missed
-    // a read that misses becomes one fetch; the peer source splits it into requests of at most 1 MiB
-    if (missed > 0) requests += Math.ceil(missed * BLOCK_BYTES / SEQ_READ_BYTES)
   }
-  return { blocks, requests }
+  return { blocks }
 }
 
 /** Per block from the big-request pattern (upper bound), per request from the small-request one. */
@@ -88,7 +92,7 @@ function split (small: { requests: number, blocks: number }, smallCpuMs: number,
   return { perBlock, perRequest: Math.max(0, (smallCpuMs - small.blocks * perBlock) / small.requests) }
 }
 
-type Costs = Record<string, string | number>
+type Costs = Record<string, unknown>
 
 async function main (): Promise<void> {
   const { values } = parseArgs({
@@ -97,9 +101,14 @@ async function main (): Promise<void> {
       rounds: { type: 'string', default: '3' },
       'idle-peers': { type: 'string', default: '4' },
       'idle-s': { type: 'string', default: '8' },
-      trace: { type: 'string', default: join(ROOT, 'test/fixtures/debian12-boot.reads.csv') }
+      trace: { type: 'string', default: join(ROOT, 'test/fixtures/debian12-boot.reads.csv') },
+      'from-testbed': { type: 'string' }
     }
   })
+  if (values['from-testbed'] !== undefined) {
+    await fitTestbedLoad(values['from-testbed'], values.write === true)
+    return
+  }
   const rounds = Math.max(1, Math.min(15, Math.floor(Number(values.rounds)) || 1))
   const idlePeers = Math.max(1, Math.min(16, Number(values['idle-peers'])))
   const idleMs = Math.max(2, Math.min(60, Number(values['idle-s']))) * 1000
@@ -121,6 +130,12 @@ async function main (): Promise<void> {
   if (rounds > 1) console.log(`median of ${rounds} rounds: ${JSON.stringify(out)}`)
   if (values.write === true) {
     const path = join(ROOT, 'config/sim/costs.json')
+    // the testbed's load factor was fitted against the old quiet costs: kept, but it wants fitting again
+    const before = JSON.parse(await readFile(path, 'utf8').catch(() => '{}'))
+    if (before.testbedLoad !== undefined) {
+      out.testbedLoad = before.testbedLoad
+      console.log('kept testbedLoad, fitted against the previous costs: fit it again (--from-testbed RESULTS.json --write)')
+    }
     await writeFile(path, JSON.stringify(out, null, 2) + '\n')
     console.log(`wrote ${path}`)
   }
@@ -165,6 +180,9 @@ async function measureOnce (trace: TraceRead[], idlePeers: number, idleMs: numbe
     const have = new Set<number>()
     const measure = async (reads: ReadonlyArray<{ offset: number, length: number }>): Promise<{ blocks: number, requests: number, senderMs: number, receiverMs: number, wallMs: number }> => {
       const shape = newBlocks(reads, have)
+      // the requests the client really sent (its peer source splits and groups reads its own way)
+      const requestsSent = async (): Promise<number> => Number((await client.daemon.call('node.status')).p2p?.blockRequests?.requests ?? NaN)
+      const q0 = await requestsSent()
       const conn = await nbdConnect({ socketPath: client.daemon.nbdSocket, exportName: 'guest' })
       const s0 = await cpuMsOf(origin.daemon.process.pid); const r0 = await cpuMsOf(client.daemon.process.pid)
       const w0 = performance.now()
@@ -173,14 +191,22 @@ async function measureOnce (trace: TraceRead[], idlePeers: number, idleMs: numbe
       const senderMs = await cpuMsOf(origin.daemon.process.pid) - s0
       const receiverMs = await cpuMsOf(client.daemon.process.pid) - r0
       await conn.close()
-      return { ...shape, senderMs, receiverMs, wallMs }
+      const requests = await requestsSent() - q0
+      if (!Number.isFinite(requests)) throw new CalibrationError('node.status has no p2p.blockRequests.requests counter')
+      return { blocks: shape.blocks, requests, senderMs, receiverMs, wallMs }
     }
     const p1 = await measure(trace)
     const seq: Array<{ offset: number, length: number }> = []
     for (let off = IMAGE_BYTES / 2; off < IMAGE_BYTES / 2 + SEQ_RANGE_BYTES; off += SEQ_READ_BYTES) seq.push({ offset: off, length: SEQ_READ_BYTES })
     const p2 = await measure(seq)
+    // pattern 3, the boot trace again: every read a hit, so what remains is the cost of a read itself
+    const p3 = await measure(trace)
+    if (p3.blocks !== 0) throw new CalibrationError('the second pass of the trace fetched blocks')
+    const readCpuMs = p3.receiverMs / trace.length
+    const readWallMs = p3.wallMs / trace.length
     const send = split(p1, p1.senderMs, p2, p2.senderMs)
-    const recv = split(p1, p1.receiverMs, p2, p2.receiverMs)
+    // the receiver's request and block costs are what its reads do beyond the read itself
+    const recv = split(p1, p1.receiverMs - trace.length * readCpuMs, p2, p2.receiverMs - seq.length * readCpuMs)
     // one read at a time: the wall time of a request is both CPU costs plus waits that are not CPU
     const requestWallMs = Math.max(0, p1.wallMs / p1.requests - (p1.senderMs + p1.receiverMs) / p1.requests)
 
@@ -221,14 +247,17 @@ async function measureOnce (trace: TraceRead[], idlePeers: number, idleMs: numbe
       requestWaitMs: round3(requestWallMs),
       advertCpuMs: round3(advertCpuMs),
       neighbourCpuMsPerS: round3(Math.max(0, perPeerCpuMs - advertCpuMs)),
-      idleCpuMsPerS: round3(idle1)
+      idleCpuMsPerS: round3(idle1),
+      readCpuMs: round3(readCpuMs),
+      readWallMs: round3(readWallMs)
     }
     console.log(`calibration on ${out.commit}, ${out.measuredAt} (CPU from /proc, 10 ms ticks; shared machine: noisy)`)
     console.log(`start-up           wall ${fmt(client.wallMs)} ms   cpu ${fmt(client.cpuMs)} ms   (origin: wall ${fmt(origin.wallMs)}, cpu ${fmt(origin.cpuMs)})`)
     console.log(`attach             instance.create ${fmt(createMs)} ms (cpu ${fmt(createCpuMs)} ms), first parent after ${fmt(attachMs)} ms`)
-    for (const [name, p] of [['boot trace', p1], ['1 MiB sequential', p2]] as const) {
+    for (const [name, p] of [['boot trace', p1], ['1 MiB sequential', p2], ['trace again, hits', p3]] as const) {
       console.log(`${name.padEnd(18)} ${p.requests} requests, ${p.blocks} blocks in ${fmt(p.wallMs)} ms wall: sender cpu ${fmt(p.senderMs)} ms, receiver cpu ${fmt(p.receiverMs)} ms`)
     }
+    console.log(`per read           ${out.readCpuMs} ms cpu at the agent, ${out.readWallMs} ms wall (served from its cache)`)
     console.log(`per request        sender ${out.requestSendCpuMs} ms cpu, receiver ${out.requestRecvCpuMs} ms cpu`)
     console.log(`per 64 KiB block   sender ${out.blockSendCpuMs} ms cpu, receiver ${out.blockRecvCpuMs} ms cpu`)
     console.log(`wall per request   ${(p1.wallMs / p1.requests).toFixed(2)} ms (trace, one read at a time): ${out.requestWaitMs} ms of it not CPU`)
@@ -238,6 +267,59 @@ async function measureOnce (trace: TraceRead[], idlePeers: number, idleMs: numbe
   } finally {
     await Promise.all(daemons.map(async d => { await d.stop() }))
     await removeDir(base)
+  }
+}
+
+/** What a bench:testbed results.json says of one host agent (the fields this fit reads). */
+interface TestbedAgent {
+  host: string
+  cpuMs: number
+  bytesFromOrigin: number
+  bytesFromPeers: number
+  bytesSent: number
+  advertsPublished?: number
+  readsLocal?: number
+  readsFetched?: number
+  blockRequests?: { requests: number }
+}
+
+/**
+ * The testbed's load factor: the wave's host agents' CPU (GO until the last host was done) over the CPU the
+ * quiet costs give for the work each one counted. Requests a host answered are not counted per host: they are
+ * its blocks sent at the wave's mean blocks per request.
+ */
+async function fitTestbedLoad (resultsPath: string, write: boolean): Promise<void> {
+  const results = JSON.parse(await readFile(resultsPath, 'utf8'))
+  const run = results.systems?.vmthunderd
+  const agents = run?.agents as TestbedAgent[] | undefined
+  if (agents === undefined || agents.length === 0 || typeof run.maxMs !== 'number') throw new CalibrationError(`${resultsPath}: no vmthunderd run with agents`)
+  if (results.think === true) throw new CalibrationError(`${resultsPath}: a think-time run; fit on a back-to-back wave`)
+  const costsPath = join(ROOT, 'config/sim/costs.json')
+  const costs = JSON.parse(await readFile(costsPath, 'utf8'))
+  const blocks = (bytes: number): number => bytes / BLOCK_BYTES
+  const requestsMade = agents.reduce((s, a) => s + (a.blockRequests?.requests ?? 0), 0)
+  const blocksIn = agents.reduce((s, a) => s + blocks(a.bytesFromOrigin + a.bytesFromPeers), 0)
+  const requestsPerBlock = blocksIn === 0 ? 0 : requestsMade / blocksIn
+  const advertsAll = agents.reduce((s, a) => s + (a.advertsPublished ?? 0), 0)
+  const waveS = run.maxMs / 1000
+  console.log(`host  measured CPU-s  quiet model CPU-s  ratio   (wave ${waveS.toFixed(2)} s, ${resultsPath}, code ${String(results.code)})`)
+  let measuredSum = 0; let modelSum = 0
+  for (const a of agents) {
+    const reads = (a.readsLocal ?? 0) + (a.readsFetched ?? 0)
+    const model = reads * costs.readCpuMs +
+      (a.blockRequests?.requests ?? 0) * costs.requestRecvCpuMs + blocks(a.bytesFromOrigin + a.bytesFromPeers) * costs.blockRecvCpuMs +
+      blocks(a.bytesSent) * requestsPerBlock * costs.requestSendCpuMs + blocks(a.bytesSent) * costs.blockSendCpuMs +
+      (advertsAll - (a.advertsPublished ?? 0)) * costs.advertCpuMs + waveS * costs.idleCpuMsPerS + costs.instanceCreateCpuMs
+    measuredSum += a.cpuMs; modelSum += model
+    console.log(`${a.host.padEnd(5)} ${(a.cpuMs / 1000).toFixed(2).padStart(14)} ${(model / 1000).toFixed(2).padStart(18)} ${(a.cpuMs / model).toFixed(2).padStart(6)}`)
+  }
+  if (modelSum <= 0) throw new CalibrationError('the quiet costs give no CPU for this wave (costs.json all zero?)')
+  const factor = Math.round(measuredSum / modelSum * 100) / 100
+  console.log(`load factor ${factor} (all hosts' measured CPU over the model's; quiet costs of ${String(costs.commit)} at ${String(costs.measuredAt)})`)
+  if (write) {
+    const source = `bench:testbed ${String(results.hosts)} hosts at ${String(results.rate)}, code ${String(results.code)}, wave ${waveS.toFixed(2)} s (${resultsPath.split('/').slice(-2).join('/')})`
+    await writeFile(costsPath, JSON.stringify({ ...costs, testbedLoad: { factor, source } }, null, 2) + '\n')
+    console.log(`wrote testbedLoad to ${costsPath}`)
   }
 }
 

@@ -28,6 +28,10 @@ export interface CostParams {
   neighbourCpuMsPerS: number
   /** CPU ms per second an agent spends with no blocks moving (heartbeat, pings, timers). */
   idleCpuMsPerS: number
+  /** CPU ms at an agent per VM read, hit or miss (NBD request and reply, cache lookup and copy). */
+  readCpuMs: number
+  /** Wall ms of a VM read served from the agent's cache on an idle host, its CPU included (a boot's think-time gaps). */
+  readWallMs: number
   /** Wall ms of instance.create (manifest fetch, cache, export): reported, not simulated (load inflates it). */
   instanceCreateMs: number
   /** CPU ms of instance.create at the agent: CPU work on the host before the VM's first read. */
@@ -39,7 +43,7 @@ export interface CostParams {
 
 export const NO_COSTS: Readonly<CostParams> = Object.freeze({
   requestSendCpuMs: 0, blockSendCpuMs: 0, requestRecvCpuMs: 0, blockRecvCpuMs: 0, requestWaitMs: 0, advertCpuMs: 0, neighbourCpuMsPerS: 0, idleCpuMsPerS: 0,
-  instanceCreateMs: 0, instanceCreateCpuMs: 0, startupCpuMs: 0, startupWallMs: 0, attachMs: 0
+  readCpuMs: 0, readWallMs: 0, instanceCreateMs: 0, instanceCreateCpuMs: 0, startupCpuMs: 0, startupWallMs: 0, attachMs: 0
 })
 
 /** Peers an agent probes, renews or is renewed by each heartbeat: 8 probes, 3 parents, 8 children. */
@@ -47,9 +51,24 @@ export const NEIGHBOURS_MAX = 19
 
 export const COSTS_FILE = join(SCENARIO_DIR, 'costs.json')
 
-let measured: (CostParams & { commit?: string, measuredAt?: string }) | undefined
+/** CPU costs under the testbed's load: costs.json's `testbedLoad` (npm run calibrate -- --from-testbed FILE). */
+export interface TestbedLoad {
+  /** Measured CPU of the wave's host agents over what the quiet costs give for the work they counted. */
+  factor: number
+  /** The bench:testbed run it was fitted on. */
+  source: string
+}
 
-export function measuredCosts (): CostParams & { commit?: string, measuredAt?: string } {
+/** The cost fields that are CPU time (scaled by a load factor); the rest are wall times. */
+export const CPU_COST_FIELDS = [
+  'requestSendCpuMs', 'blockSendCpuMs', 'requestRecvCpuMs', 'blockRecvCpuMs', 'advertCpuMs', 'neighbourCpuMsPerS', 'idleCpuMsPerS',
+  'readCpuMs', 'instanceCreateCpuMs', 'startupCpuMs'
+] as const satisfies ReadonlyArray<keyof CostParams>
+
+type MeasuredCosts = CostParams & { commit?: string, measuredAt?: string, testbedLoad?: TestbedLoad }
+let measured: MeasuredCosts | undefined
+
+export function measuredCosts (): MeasuredCosts {
   if (measured !== undefined) return measured
   let json: Record<string, unknown>
   try { json = JSON.parse(readFileSync(COSTS_FILE, 'utf8')) } catch (err) { throw new ScenarioError(`${COSTS_FILE}: ${(err as Error).message}`) }
@@ -58,12 +77,28 @@ export function measuredCosts (): CostParams & { commit?: string, measuredAt?: s
     const v = json[k]
     if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new ScenarioError(`${COSTS_FILE}: ${k} must be a number >= 0`)
   }
-  measured = out as unknown as CostParams & { commit?: string, measuredAt?: string }
+  const load = json.testbedLoad as TestbedLoad | undefined
+  if (load !== undefined && (typeof load.factor !== 'number' || !Number.isFinite(load.factor) || load.factor <= 0 || typeof load.source !== 'string')) {
+    throw new ScenarioError(`${COSTS_FILE}: testbedLoad must be { factor: number > 0, source: string }`)
+  }
+  measured = out as unknown as MeasuredCosts
   return measured
 }
 
-export function costsOf (scenario: Pick<Scenario, 'costs'>): CostParams {
+export function costsOf (scenario: Pick<Scenario, 'costs' | 'costLoad'>): CostParams {
   const c = scenario.costs
+  if (c === 'none') return { ...NO_COSTS }
+  const picked = pickCosts(c)
+  if (scenario.costLoad !== 'testbed') return picked
+  // The testbed's agents share 2 cores with 16 other processes: the same work costs them more CPU than two
+  // agents alone measure (perf: every function's share grew alike, it is not extra work).
+  const load = measuredCosts().testbedLoad
+  if (load === undefined) throw new ScenarioError(`costLoad 'testbed': ${COSTS_FILE} has no testbedLoad (npm run calibrate -- --from-testbed FILE --write)`)
+  for (const k of CPU_COST_FIELDS) picked[k] *= load.factor
+  return picked
+}
+
+function pickCosts (c: Scenario['costs']): CostParams {
   if (c === 'none') return { ...NO_COSTS }
   const base = measuredCosts()
   const pick: CostParams = { ...NO_COSTS }

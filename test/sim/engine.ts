@@ -103,6 +103,12 @@ export interface System {
   requestWaitMs?: (n: SimNode, b: number, s: SimNode, r: Req) => number
   /** CPU work at an agent before its VM's first read (instance creation: manifest, cache, export). */
   startCpuMs?: number
+  /**
+   * What every VM read costs at its agent, hit or miss (the NBD request, the cache lookup and the reply): CPU
+   * on the host, and the wall time of a read served from the cache on an idle host (CPU included). Absent: reads
+   * that hit complete at once.
+   */
+  readCost?: { cpuMs: number, wallMs: number }
   /** Bytes that move when s sends block b to n (default: the whole block). */
   transferBytes?: (s: SimNode, to: SimNode, b: number) => number
 }
@@ -269,7 +275,8 @@ export class Engine {
 
   // ---- workload ----
 
-  private nextRead (n: SimNode, first = false): void {
+  /** `fromMs`: when the previous read completed (later than now when a read cost was booked ahead). */
+  private nextRead (n: SimNode, first = false, fromMs = this.nowMs): void {
     const reads = this.opts.trace.reads
     // Reads with no think time before them run here, one after another while they hit, instead of as an
     // event each: back to back that was a third of all events. With a prefetch model they stay events.
@@ -277,7 +284,7 @@ export class Engine {
       if (!first) n.readIdx++
       first = false
       if (n.readIdx >= reads.length) {
-        n.doneMs = this.nowMs
+        n.doneMs = fromMs
         this.booting--
         this.opts.prefetch?.onBootDone?.(n, this)
         return
@@ -286,12 +293,12 @@ export class Engine {
       // 'absolute': each read is due at its trace time from the start (the benchmarks' replay: a late read eats
       // into the next think time); 'relative': the think time follows the previous read's completion
       const thinkMs = this.opts.scenario.thinkMode === 'absolute'
-        ? Math.max(0, n.startMs + this.dueMs[n.readIdx] * scale - this.nowMs)
+        ? Math.max(0, n.startMs + this.dueMs[n.readIdx] * scale - fromMs)
         : reads[n.readIdx].thinkMs * scale
       if (this.opts.prefetch !== undefined) {
         for (const b of this.opts.prefetch.onThink(n, n.readIdx, thinkMs, this)) if (b >= 0 && b < this.blockCount) this.need(n, b, noop)
       }
-      if (thinkMs > 0 || this.opts.prefetch !== undefined) { this.at(this.nowMs + thinkMs, () => { if (n.alive) this.doRead(n) }); return }
+      if (thinkMs > 0 || fromMs > this.nowMs || this.opts.prefetch !== undefined) { this.at(fromMs + thinkMs, () => { if (n.alive) this.doRead(n) }); return }
       if (!this.startRead(n)) return
     }
   }
@@ -306,11 +313,30 @@ export class Engine {
     let missing = 0
     for (const b of blocks) if (n.has[b] !== 1) missing++
     this.opts.prefetch?.onRead?.(n, n.readIdx, missing === 0, this)
-    if (missing === 0) return this.readDone(n, blocks)
+    const cost = this.system.readCost
+    if (missing === 0) {
+      if (cost === undefined) return this.readDone(n, blocks)
+      this.afterReadCost(n, blocks, cost)
+      return false
+    }
     n.demandWaiting = true
-    const cb = function (this: Engine): void { if (--missing === 0 && this.readDone(n, blocks)) this.nextRead(n) }.bind(this)
+    const cb = function (this: Engine): void {
+      if (--missing !== 0) return
+      if (cost !== undefined) this.afterReadCost(n, blocks, cost)
+      else if (this.readDone(n, blocks)) this.nextRead(n)
+    }.bind(this)
     for (const b of blocks) if (n.has[b] !== 1) this.need(n, b, cb)
     return false
+  }
+
+  /**
+   * The read's own cost at its agent once its blocks are there: CPU on the host, at least `wallMs` in all. The
+   * read completes then; its blocks are present now and stay so, so the next read is scheduled from that time
+   * at once (one event per read, not two).
+   */
+  private afterReadCost (n: SimNode, blocks: readonly number[], cost: { cpuMs: number, wallMs: number }): void {
+    const doneAtMs = Math.max(this.net.cpu(n.idx, cost.cpuMs, this.nowMs, this.nowMs), this.nowMs + cost.wallMs)
+    if (this.readDone(n, blocks)) this.nextRead(n, false, doneAtMs)
   }
 
   /** The read of `blocks` completed; true when the VM goes on to its next read. */

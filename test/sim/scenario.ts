@@ -96,6 +96,12 @@ export const scenarioSchema = z.object({
    */
   costs: z.union([z.enum(['measured', 'none']), z.record(z.string(), z.number().nonnegative())]).default('measured'),
   /**
+   * Under which load the CPU costs hold: 'quiet' as calibrate measures them (two agents on the machine), or
+   * 'testbed': scaled by the factor fitted on a bench:testbed wave (costs.json testbedLoad), for scenarios that
+   * model that wave (its agents share 2 cores).
+   */
+  costLoad: z.enum(['quiet', 'testbed']).default('quiet'),
+  /**
    * vmthunderd: while an agent attaches (no parent yet), blocks may come from any peer that advertises them,
    * the origin included (issue 10 step 4); false: they wait for the first parents (the daemon before it).
    */

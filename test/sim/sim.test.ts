@@ -6,6 +6,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { costsOf, CPU_COST_FIELDS, measuredCosts } from './costs.js'
 import { Engine } from './engine.js'
 import type { System } from './engine.js'
 import { publicResult } from './report.js'
@@ -125,6 +126,28 @@ test('testbed scenario: the CPU cost model makes vmthunderd slower than without 
   assert.ok(withCosts.peerBlockRequests > 0 && withCosts.requestsCharged > 0)
   assert.ok(withCosts.perAgent.cpuMs > 1000 && withCosts.perAgent.cpuMs < 20_000, `CPU per host ${withCosts.perAgent.cpuMs} ms`)
   assert.equal(free.perAgent.cpuMs, 0)
+})
+
+test('every VM read costs its agent the measured read cost: with think times, one agent\'s boot lasts at least its reads times the read wall time longer', { timeout: 60_000 }, () => {
+  const wallMs = 3
+  const sc = scenario('uniform', { thinkTimeScale: 1, thinkMode: 'relative', costs: { readCpuMs: 0.5, readWallMs: wallMs } })
+  const withReads = runScenario({ scenario: sc, trace, agents: 1, seed: 1, systems: ['vmthunderd'] }).systems.vmthunderd
+  const without = runScenario({ scenario: { ...sc, costs: { readCpuMs: 0, readWallMs: 0 } }, trace, agents: 1, seed: 1, systems: ['vmthunderd'] }).systems.vmthunderd
+  assertClean({ boundMs: 0, systems: { vmthunderd: withReads } } as unknown as RunResult, 'read cost')
+  const added = (withReads.completionMaxMs as number) - (without.completionMaxMs as number)
+  assert.ok(added >= trace.reads.length * wallMs * 0.999, `added ${added} ms for ${trace.reads.length} reads of ${wallMs} ms`)
+  assert.ok(withReads.perAgent.cpuMs - without.perAgent.cpuMs >= trace.reads.length * 0.5 * 0.999, 'the reads\' CPU is counted')
+})
+
+test('costLoad testbed scales the CPU costs by costs.json\'s testbedLoad factor and leaves the wall times', { timeout: 10_000 }, () => {
+  const load = measuredCosts().testbedLoad
+  assert.ok(load !== undefined && load.factor > 0, 'config/sim/costs.json has a testbedLoad')
+  const quiet = costsOf({ costs: 'measured', costLoad: 'quiet' })
+  const loaded = costsOf({ costs: 'measured', costLoad: 'testbed' })
+  for (const k of CPU_COST_FIELDS) assert.ok(Math.abs(loaded[k] - quiet[k] * load.factor) < 1e-9, k)
+  for (const k of ['readWallMs', 'attachMs', 'instanceCreateMs', 'startupWallMs'] as const) assert.equal(loaded[k], quiet[k], k)
+  assert.equal(scenario('testbed-1g').costLoad, 'testbed')
+  assert.equal(scenario('uniform').costLoad, 'quiet')
 })
 
 test('central with centralTransfer reads: each agent moves the bytes its reads ask for (nbdkit, no cache), not whole blocks', { timeout: 60_000 }, () => {

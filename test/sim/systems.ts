@@ -209,6 +209,7 @@ class VmThunderd implements System {
   readonly costs: CostParams
   readonly advertPolicy: AdvertPolicyParams
   readonly startCpuMs: number
+  readonly readCost?: { cpuMs: number, wallMs: number }
   /** Wall time of a request beyond CPU, on its first block; absent when 0 (calibrate reports it, scenarios may set it). */
   readonly requestWaitMs?: (n: SimNode, b: number, s: SimNode, r: Req) => number
   readonly gossip: GossipStats = { advertsPublished: 0, perSecond: [] }
@@ -236,6 +237,7 @@ class VmThunderd implements System {
     this.fanoutLimit = this.params.childLimit
     this.costs = costsOf(e.opts.scenario)
     this.startCpuMs = this.costs.instanceCreateCpuMs
+    if (this.costs.readCpuMs > 0 || this.costs.readWallMs > 0) this.readCost = { cpuMs: this.costs.readCpuMs, wallMs: this.costs.readWallMs }
     if (this.costs.requestWaitMs > 0) this.requestWaitMs = (_n, _b, _s, r) => r.firstOfRequest ? this.costs.requestWaitMs : 0
     this.summary = new SummaryModel(e.opts.trace, e.opts.scenario.imageBytes)
     this.attachGraceMs = Math.max(ATTACH_GRACE_HEARTBEATS * this.params.heartbeatMs, MIN_ATTACH_GRACE_MS)
