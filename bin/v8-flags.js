@@ -14,20 +14,23 @@
 //
 // VMTHUNDER_V8_FLAGS replaces both lists, set at load (empty: V8's defaults), for measuring and for a node
 // whose V8 differs.
-import { setFlagsFromString } from 'node:v8'
+'use strict'
+const { setFlagsFromString } = require('node:v8')
 
-export const AGENT_V8_FLAGS_AT_LOAD = ['--interrupt-budget=540672']
-export const AGENT_V8_FLAGS_ONCE_STARTED = ['--always-sparkplug']
+const AGENT_V8_FLAGS_AT_LOAD = ['--interrupt-budget=540672']
+const AGENT_V8_FLAGS_ONCE_STARTED = ['--always-sparkplug']
 
 function override (env) {
   return env.VMTHUNDER_V8_FLAGS === undefined ? undefined : env.VMTHUNDER_V8_FLAGS.split(/\s+/).filter((f) => f !== '')
 }
 
 /** Hooks for runEntry: flags at load, more once the agent has started. */
-export function agentV8Hooks (env = process.env) {
+function agentV8Hooks (env = process.env) {
   const replaced = override(env)
   return {
     loaded: () => { for (const flag of replaced ?? AGENT_V8_FLAGS_AT_LOAD) setFlagsFromString(flag) },
     started: () => { if (replaced === undefined) for (const flag of AGENT_V8_FLAGS_ONCE_STARTED) setFlagsFromString(flag) }
   }
 }
+
+module.exports = { AGENT_V8_FLAGS_AT_LOAD, AGENT_V8_FLAGS_ONCE_STARTED, agentV8Hooks }

@@ -1,4 +1,5 @@
 #!/usr/bin/env node
 // The CLI; see entry.js for which build runs.
-import { runEntry } from './entry.js'
-await runEntry('cli/main', 'vmthunderctl')
+'use strict'
+const { runEntry } = require('./entry.js')
+runEntry('cli/main', 'vmthunderctl').catch(err => { process.exitCode = 1; throw err })

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 // The agent; see entry.js for which build runs.
-import { runEntry } from './entry.js'
-import { agentV8Hooks } from './v8-flags.js'
-await runEntry('daemon/main', 'vmthunderd', agentV8Hooks())
+'use strict'
+const { runEntry } = require('./entry.js')
+const { agentV8Hooks } = require('./v8-flags.js')
+runEntry('daemon/main', 'vmthunderd', agentV8Hooks()).catch(err => { process.exitCode = 1; throw err })

@@ -4,26 +4,35 @@
 //   node bin/write-code-cache.js --postinstall  npm's postinstall, with the node that will run the daemon: a
 //                                               checkout without dist/ has nothing to do, and a failure only
 //                                               warns (the daemon then compiles its bundle at each start)
-import { existsSync } from 'node:fs'
-import { fileURLToPath } from 'node:url'
-import { writeCodeCache } from './load-bundle.js'
+'use strict'
+const { existsSync } = require('node:fs')
+const { join } = require('node:path')
+const { writeCodeCache } = require('./load-bundle.js')
 
 const BUNDLES = ['vmthunderd', 'vmthunderctl']
 const postinstall = process.argv.includes('--postinstall')
 
-for (const name of BUNDLES) {
-  const bundle = fileURLToPath(new URL(`../dist/${name}.cjs`, import.meta.url))
-  if (!existsSync(bundle)) {
-    if (postinstall) continue
-    process.stderr.write(`write-code-cache: ${bundle} is missing (npm run build makes it)\n`)
-    process.exit(1)
-  }
-  try {
-    const { cachePath, bytes } = writeCodeCache(bundle)
-    if (!postinstall) process.stdout.write(`${cachePath}: ${(bytes / 1024 / 1024).toFixed(1)} MiB\n`)
-  } catch (err) {
-    process.stderr.write(`write-code-cache: cannot write the code cache of ${bundle}: ${err.message}\n`)
-    if (!postinstall) process.exit(1)
-    process.stderr.write('write-code-cache: vmthunderd works without it, but starts with more CPU\n')
+async function main () {
+  for (const name of BUNDLES) {
+    const bundle = join(__dirname, '..', 'dist', `${name}.cjs`)
+    if (!existsSync(bundle)) {
+      if (postinstall) continue
+      process.stderr.write(`write-code-cache: ${bundle} is missing (npm run build makes it)\n`)
+      process.exit(1)
+    }
+    try {
+      const { cachePath, bytes, warmUpError } = await writeCodeCache(bundle)
+      if (warmUpError !== undefined) {
+        process.stderr.write(`write-code-cache: the warm-up of ${name} failed (${warmUpError.message}): its cache holds what loading it compiled, ` +
+          'so it starts with more CPU\n')
+      }
+      if (!postinstall) process.stdout.write(`${cachePath}: ${(bytes / 1024 / 1024).toFixed(1)} MiB${warmUpError === undefined ? '' : ' (not warmed up)'}\n`)
+    } catch (err) {
+      process.stderr.write(`write-code-cache: cannot write the code cache of ${bundle}: ${err.message}\n`)
+      if (!postinstall) process.exit(1)
+      process.stderr.write('write-code-cache: vmthunderd works without it, but starts with more CPU\n')
+    }
   }
 }
+// A warm-up that failed may have left a handle open: nothing else is to be done here.
+main().then(() => process.exit(0), err => { process.stderr.write(`write-code-cache: ${err.stack}\n`); process.exit(1) })

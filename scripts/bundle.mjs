@@ -8,13 +8,14 @@
 // Plain JavaScript on purpose: the build must not need tsx.
 import { build } from 'esbuild'
 import { execFileSync } from 'node:child_process'
-import { rm } from 'node:fs/promises'
+import { readFile, rm } from 'node:fs/promises'
 
 const ENTRIES = { vmthunderd: 'dist/src/daemon/main.js', vmthunderctl: 'dist/src/cli/main.js' }
 
 /**
  * classic-level's binding.js asks node-gyp-build for the addon in its own directory (__dirname), which a bundle
- * does not have: the bundle asks the installed classic-level package for it instead, at run time.
+ * does not have: the bundle asks for it in the installed classic-level package instead, at run time. node-gyp-build
+ * is bundled (it was one more file compiled from source at every start, outside the code cache).
  */
 const classicLevelAddon = {
   name: 'classic-level-addon',
@@ -22,10 +23,9 @@ const classicLevelAddon = {
     b.onLoad({ filter: /[\\/]classic-level[\\/]binding\.js$/ }, () => ({
       loader: 'js',
       contents: [
-        "const { createRequire } = require('node:module')",
         "const { dirname } = require('node:path')",
         "const pkg = require.resolve('classic-level/package.json')",
-        "module.exports = createRequire(pkg)('node-gyp-build')(dirname(pkg))"
+        "module.exports = require('node-gyp-build')(dirname(pkg))"
       ].join('\n')
     }))
   }
@@ -60,6 +60,10 @@ for (const [name, entry] of Object.entries(ENTRIES)) {
   })
   // A warning here is e.g. import.meta turned into {} by the CommonJS format: a bug at run time, not now.
   if (result.warnings.length > 0) throw new BundleError(`${name}: esbuild warned (see above); the bundle would misbehave`)
+  // load-bundle.js decodes the bundle as latin1, which is only right for ASCII.
+  const bytes = await readFile(`dist/${name}.cjs`)
+  const high = bytes.findIndex(b => b > 0x7f)
+  if (high !== -1) throw new BundleError(`${name}: a non-ASCII byte at offset ${high}`)
   // vm.Script has no loader for import(): every dynamic import must be bundled (load-bundle.js).
   for (const [file, input] of Object.entries(result.metafile.inputs)) {
     for (const imp of input.imports) {

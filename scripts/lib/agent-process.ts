@@ -34,7 +34,8 @@ export async function makeTempDir (prefix = 'vmt'): Promise<string> {
 export interface StartDaemonOptions {
   dir?: string
   args?: string[]
-  env?: Record<string, string>
+  /** Added to this process's environment; an undefined value removes the variable. */
+  env?: Record<string, string | undefined>
   timeoutMs?: number
   /** Directories image.register may export files from (--allow-image-dir); none by default, as in production. */
   allowImageDirs?: string[]

@@ -134,8 +134,9 @@ export class ImageRegistry {
     await mkdir(join(this.init.dataDir, 'images'), { recursive: true })
     for await (const [imageId, record] of this.records.iterator() as AsyncIterable<[string, ImageRecord]>) {
       try {
-        const manifest = decodeManifest(await readFile(join(this.imageDir(imageId), 'manifest')))
-        if (manifest.rootHex !== record.rootHex) throw new Error('manifest on disk does not match the record')
+        // The record is committed only after the manifest was verified (adopted from a peer) or signed here:
+        // a manifest on disk that hashes to its root is that one (decodeManifest).
+        const manifest = decodeManifest(await readFile(join(this.imageDir(imageId), 'manifest')), { verifiedRootHex: record.rootHex })
         this.images.set(imageId, { record, manifest, cache: await this.openCache(record, manifest) })
       } catch (err) {
         this.logger.error('dropping an image that cannot be loaded', { imageId, error: (err as Error).message })

@@ -1,7 +1,7 @@
 // vmthunderd: the agent. `vmthunderd [--config FILE] [--data-dir DIR] [--socket PATH] [--nbd-socket PATH]
 // [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--trust PUBKEY]... [--psk FILE]`. SIGTERM/SIGINT stop it.
 // bin/entry.js calls main(): the module itself does nothing when loaded, so the packaged bundle can be
-// loaded once to make its V8 code cache (bin/load-bundle.js).
+// loaded to make its V8 code cache (bin/load-bundle.js), which warmUp() fills with what start-up compiles.
 
 import '../polyfill.js'
 import { parseArgs } from 'node:util'
@@ -10,6 +10,8 @@ import { Daemon } from './daemon.js'
 import { createLogger } from './logger.js'
 import { peerLayerFactory } from './peers.js'
 
+export { warmUp } from './warm-up.js'
+
 const USAGE = `usage: vmthunderd [--config FILE] [--data-dir DIR] [--socket PATH] [--nbd-socket PATH]
                   [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--trust PUBKEY]... [--psk FILE] [--no-p2p]
                   [--allow-image-dir DIR]... (image.register exports files under these only)`
@@ -17,6 +19,8 @@ const USAGE = `usage: vmthunderd [--config FILE] [--data-dir DIR] [--socket PATH
 /** What the entry script may run at points of the agent's life (bin/v8-flags.js: V8 flags once started). */
 export interface MainHooks {
   started?: () => void
+  /** Stops the agent as SIGTERM does (warmUp runs it in-process). */
+  signal?: AbortSignal
 }
 
 export async function main (argv: string[], hooks: MainHooks = {}): Promise<number> {
@@ -83,17 +87,32 @@ export async function main (argv: string[], hooks: MainHooks = {}): Promise<numb
     logger.warn('start hook failed', { error: (err as Error).message })
   }
   // Whatever a client sends, the daemon stays up: an unexpected rejection is logged, not fatal.
-  process.on('unhandledRejection', reason => logger.error('unhandled rejection', { error: reason }))
+  const onRejection = (reason: unknown): void => logger.error('unhandled rejection', { error: reason })
+  process.on('unhandledRejection', onRejection)
+  const stops: Array<[NodeJS.EventEmitter | AbortSignal, string, () => void]> = []
   await new Promise<void>(resolve => {
-    const stop = (signal: string): void => {
-      logger.info('signal received', { signal })
-      resolve()
+    const on = (target: NodeJS.EventEmitter | AbortSignal, event: string, reason: string): void => {
+      const listener = (): void => { logger.info('signal received', { signal: reason }); resolve() }
+      stops.push([target, event, listener])
+      if (target instanceof AbortSignal) target.addEventListener(event, listener)
+      else target.on(event, listener)
     }
-    process.once('SIGTERM', () => stop('SIGTERM'))
-    process.once('SIGINT', () => stop('SIGINT'))
+    on(process, 'SIGTERM', 'SIGTERM')
+    on(process, 'SIGINT', 'SIGINT')
+    if (hooks.signal !== undefined) {
+      on(hooks.signal, 'abort', 'abort')
+      if (hooks.signal.aborted) resolve()
+    }
   })
+  // This run's listeners only: warmUp runs the agent twice in one process.
+  for (const [target, event, listener] of stops) {
+    if (target instanceof AbortSignal) target.removeEventListener(event, listener)
+    else target.off(event, listener)
+  }
   const forced = setTimeout(() => { logger.error('stop took too long; exiting'); process.exit(1) }, 20_000)
   forced.unref()
   await daemon.stop()
+  clearTimeout(forced)
+  process.off('unhandledRejection', onRejection)
   return 0
 }

@@ -10,6 +10,8 @@ import { BlockCache } from '../../src/blockstack/cache.js'
 import { memoryPresenceStore } from '../../src/blockstack/presence.js'
 import { fileBlockSource } from '../../src/blockstack/file-source.js'
 import type { BlockSource } from '../../src/blockstack/types.js'
+import { ImageRegistry } from '../../src/blockstack/images.js'
+import { Level } from 'level'
 
 const BS = 4096
 
@@ -45,6 +47,70 @@ test('manifest: build, encode, decode, verify, trust', { timeout: 10_000 }, asyn
     assert.throws(() => decodeManifest(randomBytes(300)), { name: 'ManifestDecodeError' })
     await assert.rejects(manifestFromFile({ imageId: '../etc', path: image, blockSizeBytes: BS, key }), { name: 'InvalidImageIdError' })
   } finally { await rm(dir, { recursive: true, force: true }) }
+})
+
+test('zero blocks are found wherever they are, a short last one too', { timeout: 10_000 }, async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'vmt-zb-'))
+  try {
+    const key = signingKeyFromSeed(randomBytes(32))
+    const zeros = [true, false, true, true, false, false, true, false, true]
+    for (const tail of [BS, 1000]) {
+      const parts = zeros.map((zero, i) => { const length = i === zeros.length - 1 ? tail : BS; return zero ? Buffer.alloc(length) : randomBytes(length) })
+      const image = join(dir, `img-${tail}.raw`)
+      await writeFile(image, Buffer.concat(parts))
+      const m = await manifestFromFile({ imageId: 'img', path: image, blockSizeBytes: BS, key })
+      assert.deepEqual(zeros.map((_, i) => isZeroBlock(m, i)), zeros, `last block of ${tail} bytes`)
+    }
+  } finally { await rm(dir, { recursive: true, force: true }) }
+})
+
+test('a manifest verified before is known by its root: another body is refused, the signature is not checked again', { timeout: 10_000 }, async () => {
+  const { dir, image } = await fixture()
+  try {
+    const key = signingKeyFromSeed(randomBytes(32))
+    const m = await manifestFromFile({ imageId: 'img', path: image, blockSizeBytes: BS, key })
+    assert.equal(decodeManifest(m.encoded, { verifiedRootHex: m.rootHex }).rootHex, m.rootHex)
+    const hashChanged = Buffer.from(m.encoded)
+    hashChanged[hashChanged.length - 100] ^= 1 // a block hash
+    assert.throws(() => decodeManifest(hashChanged, { verifiedRootHex: m.rootHex }), { name: 'ManifestSignatureError' })
+    // The root covers the whole body, so a manifest another key signed is refused too.
+    const other = await manifestFromFile({ imageId: 'img', path: image, blockSizeBytes: BS, key: signingKeyFromSeed(randomBytes(32)) })
+    assert.throws(() => decodeManifest(other.encoded, { verifiedRootHex: m.rootHex }), { name: 'ManifestSignatureError' })
+    // The signature covers only the root: with the root known, damage to it changes no served byte's check.
+    const signatureChanged = Buffer.from(m.encoded)
+    signatureChanged[signatureChanged.length - 1] ^= 1
+    assert.throws(() => decodeManifest(signatureChanged), { name: 'ManifestSignatureError' })
+    assert.deepEqual(decodeManifest(signatureChanged, { verifiedRootHex: m.rootHex }).blockHashes, m.blockHashes)
+  } finally { await rm(dir, { recursive: true, force: true }) }
+})
+
+test('registry: a restart keeps its images and drops one whose manifest on disk is not the one recorded', { timeout: 20_000 }, async () => {
+  const { dir, image } = await fixture()
+  const dataDir = join(dir, 'data')
+  const key = signingKeyFromSeed(randomBytes(32))
+  const open = async (db: Level<string, any>): Promise<ImageRegistry> =>
+    await ImageRegistry.open({ dataDir, db, key, sourceFor: () => fileBlockSource(image) })
+  let db = new Level<string, any>(join(dataDir, 'meta'), { valueEncoding: 'json' })
+  try {
+    const first = await open(db)
+    const opts = { blockSizeBytes: BS, allowedDirs: [dir] }
+    const kept = await first.register('kept', image, opts)
+    await first.register('bad', image, opts)
+    await first.close()
+    await db.close()
+    const path = join(dataDir, 'images', 'bad', 'manifest')
+    const bytes = await readFile(path)
+    bytes[bytes.length - 100] ^= 1 // a block hash
+    await writeFile(path, bytes)
+    db = new Level<string, any>(join(dataDir, 'meta'), { valueEncoding: 'json' })
+    const again = await open(db)
+    assert.deepEqual(again.list().map(i => i.record.imageId), ['kept'])
+    assert.equal(again.get('kept')?.manifest.rootHex, kept.manifest.rootHex)
+    await again.close()
+  } finally {
+    await db.close()
+    await rm(dir, { recursive: true, force: true })
+  }
 })
 
 test('cache: reads fetch once, verify, persist; corrupt blocks are refused', { timeout: 10_000 }, async () => {
