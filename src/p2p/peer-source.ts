@@ -485,14 +485,16 @@ export class PeerSource implements BlockSource {
         if (list.length === 0) break
         const cap = queue.lastResort ? this.maxLastResortInflight : isDemand ? this.maxInflight : this.maxPrefetchInflight
         if (queue.inflightBytes >= cap) break
-        // One GET: jobs of one image from the head of the list, up to the request byte bound.
+        // One GET: jobs of one image from the head of the list, up to the request byte bound and, since jobs
+        // now queue up before a dispatch, up to the room left under the in-flight cap (a full peer's 256 KiB).
         const root = list[0].manifest.root
         const batch: Job[] = []
         let bytes = 0
+        const room = Math.min(this.maxRequestBytes, cap - queue.inflightBytes)
         for (let i = 0; i < list.length && batch.length < MAX_INDEXES_PER_GET;) {
           const job = list[i]
           if (job.manifest.root !== root) { i++; continue }
-          if (batch.length > 0 && bytes + job.bytes > this.maxRequestBytes) break
+          if (batch.length > 0 && bytes + job.bytes > room) break
           list.splice(i, 1)
           queue.queuedBytes -= job.bytes
           if (job.done) continue

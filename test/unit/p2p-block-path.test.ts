@@ -484,10 +484,12 @@ test('peer source: a full peer (the origin while we attach) gives at most the la
     peerSource.stop()
     // With no room in the tree (nobody could take us as a child) the last resort is the only way: no budget.
     swarm.attachable = false
-    const unbudgeted = new PeerSource({ directory: swarm.directory, clock, lastResortBudget: new LastResortBudget(2 * BLOCK, BLOCK, clock) })
+    // A full peer's in-flight cap (one block here) also bounds how many queued jobs one GET takes.
+    const unbudgeted = new PeerSource({ directory: swarm.directory, clock, lastResortBudget: new LastResortBudget(2 * BLOCK, BLOCK, clock), maxLastResortInflightBytesPerPeer: BLOCK })
     const all = await unbudgeted.fetch(manifest, [0, 1, 2, 3], { signal })
     assert.equal(all.length, 4)
     assert.equal(unbudgeted.stats.lastResortBytes, 4 * BLOCK)
+    assert.equal(unbudgeted.stats.requests, 4, 'one block in flight at a time to the full peer')
     assert.equal(unbudgeted.stats.waits, 0)
     unbudgeted.stop()
     for (const link of swarm.links.values()) link.close()
