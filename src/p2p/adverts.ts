@@ -9,6 +9,7 @@ import { imageTopicScoreParams } from './node.js'
 import { MAX_PROFILE_WIRE_BYTES, type ProfileProvider } from './profile-protocol.js'
 import { heldBlocks, isSeed, type ImageState, type ServiceComponents } from './components.js'
 import { DEFAULT_ADVERT_POLICY, nextAdvertDueMs, type AdvertFacts, type AdvertPolicyParams } from './advert-policy.js'
+import { AdvertBudgets, ADVERT_BURST } from './advert-budget.js'
 
 /** Adverts are published at most this often (urgent changes; see advert-policy.ts). */
 export const DEFAULT_MIN_ADVERT_INTERVAL_MS = DEFAULT_ADVERT_POLICY.minIntervalMs
@@ -22,18 +23,9 @@ export const DEFAULT_MIN_ADVERT_INTERVAL_MS = DEFAULT_ADVERT_POLICY.minIntervalM
  * an agent 1.3 CPU-seconds and, as fresh adverts are accepted, every agent they were forwarded to as well.
  * A Reject costs the delivering peer gossip score (graylisted: its messages are dropped unread, but still
  * received and decrypted: 0.35-0.4 CPU-seconds per 1,200), and honest forwarders only forward what passed the
- * same bound. An author that keeps flooding us directly (another ADVERT_BURST rejected in a row) is banned.
+ * same bound. An author that keeps flooding us directly (ADVERT_BURST rejected before its budget is full again)
+ * is banned. The bucket: advert-budget.ts.
  */
-export const ADVERT_BURST = 20
-/** Senders whose budgets are remembered; beyond it, refilled budgets (same as none) and then the oldest go. */
-const MAX_ADVERT_BUDGETS = 4096
-
-interface AdvertBudget {
-  tokens: number
-  atMs: number
-  /** Adverts rejected since the last one that was let through (the first is logged). */
-  rejected: number
-}
 
 export interface AdvertsInit {
   profiles?: ProfileProvider
@@ -74,32 +66,14 @@ export const createAdverts = (init: AdvertsInit) => (components: ServiceComponen
   const { logger, clock, params, images, peers, events, selfPeerId } = components
   const policy: AdvertPolicyParams = { ...DEFAULT_ADVERT_POLICY, ...init.policy }
   let publishedCount = 0
-  /** Per image topic and sender: the advert rate bound (see ADVERT_BURST). */
-  const budgets = new Map<string, AdvertBudget>()
-  const refillPerMs = policy.minIntervalMs > 0 ? 2 / policy.minIntervalMs : Infinity
+  /** Per image topic and sender: the advert rate bound (see ADVERT_BURST), refilled at twice an honest agent's rate. */
+  const budgets = new AdvertBudgets(policy.minIntervalMs > 0 ? 2 / policy.minIntervalMs : Infinity)
 
-  /** Takes one advert from the sender's budget; returns 0, or when it is spent, the adverts rejected since. */
+  /** Takes one advert from the sender's budget; returns 0, or when it is spent, the adverts rejected since it was full. */
   const overBudget = (state: ImageState, sender: string): number => {
-    const key = `${state.topic} ${sender}`
-    const nowMs = clock.nowMs()
-    let budget = budgets.get(key)
-    if (budget === undefined) {
-      if (budgets.size >= MAX_ADVERT_BUDGETS) {
-        for (const [k, b] of budgets) if (b.tokens + (nowMs - b.atMs) * refillPerMs >= ADVERT_BURST) budgets.delete(k)
-        if (budgets.size >= MAX_ADVERT_BUDGETS) budgets.delete(budgets.keys().next().value!)
-      }
-      budget = { tokens: ADVERT_BURST, atMs: nowMs, rejected: 0 }
-      budgets.set(key, budget)
-    }
-    budget.tokens = Math.min(ADVERT_BURST, budget.tokens + (nowMs - budget.atMs) * refillPerMs)
-    budget.atMs = nowMs
-    if (budget.tokens >= 1) {
-      budget.tokens -= 1
-      budget.rejected = 0
-      return 0
-    }
-    if (budget.rejected === 0) logger.warn('adverts over the rate bound rejected', { image: state.imageId, sender, burst: ADVERT_BURST })
-    return ++budget.rejected
+    const rejected = budgets.take(`${state.topic} ${sender}`, clock.nowMs())
+    if (rejected === 1) logger.warn('adverts over the rate bound rejected', { image: state.imageId, sender, burst: ADVERT_BURST })
+    return rejected
   }
 
   /** Our listen addresses for adverts, without the /p2p suffix; loopback last. */
@@ -255,7 +229,7 @@ export const createAdverts = (init: AdvertsInit) => (components: ServiceComponen
     pubsub.unsubscribe(state.topic)
     pubsub.topicValidators.delete(state.topic)
     delete scoreTopics(pubsub)[state.topic]
-    for (const key of budgets.keys()) if (key.startsWith(`${state.topic} `)) budgets.delete(key)
+    budgets.forget(`${state.topic} `)
   }
 
   return { publish, publishSoon: publish, publishForced, published: () => publishedCount, subscribe, unsubscribe, cancel }
