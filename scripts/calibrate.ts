@@ -36,6 +36,7 @@ import { generateKeyPair } from '@libp2p/crypto/keys'
 import { multiaddr } from '@multiformats/multiaddr'
 import { encodeAdvert, summarize, validateAdvert } from '../src/p2p/advert.js'
 import { makeTraceImage } from './lib/trace-image.js'
+import { COSTS_FILE, measuredCosts } from '../test/sim/costs.js'
 
 const BLOCK_BYTES = 64 * 1024
 const IMAGE_BYTES = 1024 ** 3
@@ -75,14 +76,14 @@ async function start (dir: string, args: string[], allowImageDirs?: string[]): P
 }
 
 /** Blocks a list of reads touches that are not in `have`; adds them. */
-function newBlocks (reads: ReadonlyArray<{ offset: number, length: number }>, have: Set<number>): { blocks: number } {
+function newBlocks (reads: ReadonlyArray<{ offset: number, length: number }>, have: Set<number>): number {
   let blocks = 0
   for (const r of reads) {
     for (let b = Math.floor(r.offset / BLOCK_BYTES); b <= Math.floor((r.offset + r.length - 1) / BLOCK_BYTES); b++) {
       if (!have.has(b)) { have.add(b); blocks++ }
     }
   }
-  return { blocks }
+  return blocks
 }
 
 /** Per block from the big-request pattern (upper bound), per request from the small-request one. */
@@ -129,7 +130,7 @@ async function main (): Promise<void> {
   }
   if (rounds > 1) console.log(`median of ${rounds} rounds: ${JSON.stringify(out)}`)
   if (values.write === true) {
-    const path = join(ROOT, 'config/sim/costs.json')
+    const path = COSTS_FILE
     // the testbed's load factor was fitted against the old quiet costs: kept, but it wants fitting again
     const before = JSON.parse(await readFile(path, 'utf8').catch(() => '{}'))
     if (before.testbedLoad !== undefined) {
@@ -179,7 +180,7 @@ async function measureOnce (trace: TraceRead[], idlePeers: number, idleMs: numbe
     // blocks: pattern 1, the boot trace back to back; pattern 2, 1 MiB sequential reads of fresh blocks
     const have = new Set<number>()
     const measure = async (reads: ReadonlyArray<{ offset: number, length: number }>): Promise<{ blocks: number, requests: number, senderMs: number, receiverMs: number, wallMs: number }> => {
-      const shape = newBlocks(reads, have)
+      const blocks = newBlocks(reads, have)
       // the requests the client really sent (its peer source splits and groups reads its own way)
       const requestsSent = async (): Promise<number> => Number((await client.daemon.call('node.status')).p2p?.blockRequests?.requests ?? NaN)
       const q0 = await requestsSent()
@@ -193,7 +194,7 @@ async function measureOnce (trace: TraceRead[], idlePeers: number, idleMs: numbe
       await conn.close()
       const requests = await requestsSent() - q0
       if (!Number.isFinite(requests)) throw new CalibrationError('node.status has no p2p.blockRequests.requests counter')
-      return { blocks: shape.blocks, requests, senderMs, receiverMs, wallMs }
+      return { blocks, requests, senderMs, receiverMs, wallMs }
     }
     const p1 = await measure(trace)
     const seq: Array<{ offset: number, length: number }> = []
@@ -294,8 +295,8 @@ async function fitTestbedLoad (resultsPath: string, write: boolean): Promise<voi
   const agents = run?.agents as TestbedAgent[] | undefined
   if (agents === undefined || agents.length === 0 || typeof run.maxMs !== 'number') throw new CalibrationError(`${resultsPath}: no vmthunderd run with agents`)
   if (results.think === true) throw new CalibrationError(`${resultsPath}: a think-time run; fit on a back-to-back wave`)
-  const costsPath = join(ROOT, 'config/sim/costs.json')
-  const costs = JSON.parse(await readFile(costsPath, 'utf8'))
+  // the simulator's reader: every cost field checked (a costs.json from before a field existed fails here, clearly)
+  const costs = measuredCosts()
   const blocks = (bytes: number): number => bytes / BLOCK_BYTES
   const requestsMade = agents.reduce((s, a) => s + (a.blockRequests?.requests ?? 0), 0)
   const blocksIn = agents.reduce((s, a) => s + blocks(a.bytesFromOrigin + a.bytesFromPeers), 0)
@@ -318,8 +319,8 @@ async function fitTestbedLoad (resultsPath: string, write: boolean): Promise<voi
   console.log(`load factor ${factor} (all hosts' measured CPU over the model's; quiet costs of ${String(costs.commit)} at ${String(costs.measuredAt)})`)
   if (write) {
     const source = `bench:testbed ${String(results.hosts)} hosts at ${String(results.rate)}, code ${String(results.code)}, wave ${waveS.toFixed(2)} s (${resultsPath.split('/').slice(-2).join('/')})`
-    await writeFile(costsPath, JSON.stringify({ ...costs, testbedLoad: { factor, source } }, null, 2) + '\n')
-    console.log(`wrote testbedLoad to ${costsPath}`)
+    await writeFile(COSTS_FILE, JSON.stringify({ ...costs, testbedLoad: { factor, source } }, null, 2) + '\n')
+    console.log(`wrote testbedLoad to ${COSTS_FILE}`)
   }
 }
 

@@ -98,8 +98,7 @@ export function costsOf (scenario: Pick<Scenario, 'costs' | 'costLoad'>): CostPa
   return picked
 }
 
-function pickCosts (c: Scenario['costs']): CostParams {
-  if (c === 'none') return { ...NO_COSTS }
+function pickCosts (c: Exclude<Scenario['costs'], 'none'>): CostParams {
   const base = measuredCosts()
   const pick: CostParams = { ...NO_COSTS }
   for (const k of Object.keys(NO_COSTS) as Array<keyof CostParams>) pick[k] = base[k]
