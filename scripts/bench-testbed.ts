@@ -23,6 +23,8 @@
 //   [--timeout-s S (per system; default from the full-copy worst case)] [--vmt-timeout-s 600] [--seed S (churn runs)]
 //   [--warm-up (vmthunderd: before GO every host boots another image of the same trace, then drops it)]
 //   [--perf (vmthunderd: perf record the agents from GO until every host is done; prints where their CPU went)]
+//   [--stagger-ms N (host i gets GO i*N ms after the first, as VMs launched one after another; every host's
+//   time still counts from its own GO)]
 // --warm-up measures agents that have served a boot before, as a long-running agent has: a fresh agent's
 // first boot also pays V8 for compiling its code paths (perf record: about 20 % of a host agent's CPU in
 // TurboFan and 20 % in not yet optimized code in the 8-host wave). The headline figures are those without it.
@@ -181,6 +183,8 @@ export interface BenchResults {
   think?: boolean
   /** --warm-up: the agents served one boot of another image before GO. */
   warmUp?: boolean
+  /** --stagger-ms: host i got GO i * staggerMs after the first. */
+  staggerMs?: number
   localThinkMs?: number
   systems: Partial<Record<SystemName, SystemResult>>
   skipped: Partial<Record<SystemName, string>>
@@ -214,6 +218,8 @@ export interface HostControl {
 export interface SystemContext {
   /** Hosts replay with the trace's think times. */
   think: boolean
+  /** Host i starts i * staggerMs after the first (0: all at once). */
+  staggerMs: number
   tb: Testbed
   /** The image on the origin, its size, and a work directory per node (origin: `workDir/origin`). */
   image: string
@@ -812,7 +818,11 @@ async function runSystem (name: SystemName, ctx: SystemContext, trace: string, r
     dones.forEach((p) => p.catch(() => {}))
     const allDone = Promise.all(dones)
     allDone.catch(() => {})
-    for (const d of drivers) d.stdin?.write('GO\n')
+    // Staggered starts are timers of the orchestrator; each host times itself from its own GO.
+    drivers.forEach((d, i) => {
+      if (ctx.staggerMs === 0 || i === 0) d.stdin?.write('GO\n')
+      else setTimeout(() => { d.stdin?.write('GO\n') }, i * ctx.staggerMs).unref()
+    })
     log(`${name}: ${tb.hosts.length} hosts started`)
     const control: HostControl = { tell: (i, line) => { drivers[i].stdin?.write(line + '\n') }, allDone, doneHosts }
     const injected = sys.afterGo?.(ctx.signal, control) ?? Promise.resolve()
@@ -926,7 +936,7 @@ export function markdownTable (r: BenchResults, command: string): string {
     }
   }
   return [
-    `${r.hosts} hosts at ${r.rate} (origin ${r.originRate}), trace ${basename(r.trace)} (${mib(r.distinctBytes)} MiB distinct), image ${r.image ?? ''} ${mib(r.imageBytes)} MiB.${r.warmUp === true ? ' Agents warmed up: each host booted another image of the same trace before GO (--warm-up).' : ''}`,
+    `${r.hosts} hosts at ${r.rate} (origin ${r.originRate}), trace ${basename(r.trace)} (${mib(r.distinctBytes)} MiB distinct), image ${r.image ?? ''} ${mib(r.imageBytes)} MiB.${r.warmUp === true ? ' Agents warmed up: each host booted another image of the same trace before GO (--warm-up).' : ''}${(r.staggerMs ?? 0) > 0 ? ` Staggered: host i started i x ${r.staggerMs} ms after the first; each host's time counts from its own start.` : ''}`,
     `Command: \`${command}\`${r.code !== undefined ? ` (code ${r.code})` : ''}`,
     ...(r.localThinkMs !== undefined ? [`Think times: every host reads at the trace's pace; a local file replay takes ${secs(r.localThinkMs)} s. Seconds added over it (slowest host): ${ran.filter((n) => r.systems[n] !== undefined).map((n) => `${n} +${secs(r.systems[n]!.maxMs - r.localThinkMs!)}`).join(', ')}.`] : []),
     '',
@@ -992,6 +1002,8 @@ async function main (): Promise<void> {
   const hosts = Number(args.get('hosts') ?? 8)
   const rate = args.get('rate') ?? '1gbit'
   const think = args.get('think') === 'true'
+  const staggerMs = Number(args.get('stagger-ms') ?? 0)
+  if (!Number.isInteger(staggerMs) || staggerMs < 0 || staggerMs > 600_000) throw new Error('--stagger-ms must be an integer from 0 to 600000')
   const originRate = args.get('origin-rate') ?? rate
   const prefix = args.get('prefix') ?? 'vmtb'
   const trace = resolve(args.get('trace') ?? join(REPO_ROOT, 'test', 'fixtures', 'debian12-boot.reads.csv'))
@@ -1053,7 +1065,7 @@ async function main (): Promise<void> {
     const localThinkMs = think ? (log('local replay with think times (the baseline)...'), (await replayFile(reads, image, ac.signal, { think: true })).elapsedMs) : undefined
     const distinct = distinctBytes(reads)
     tb = await testbedUp({ hosts, rate, originRate, prefix, signal: ac.signal })
-    const ctx: SystemContext = { think, tb, image, imageBytes, workDir: wd, hostDir: (i) => join(wd, `h${i + 1}`), signal: ac.signal, logDir: join(outDir, 'logs'), vmtConfig, vmtCreate, warmUp: warmUpWave, reads, perf, seed, log }
+    const ctx: SystemContext = { think, staggerMs, tb, image, imageBytes, workDir: wd, hostDir: (i) => join(wd, `h${i + 1}`), signal: ac.signal, logDir: join(outDir, 'logs'), vmtConfig, vmtCreate, warmUp: warmUpWave, reads, perf, seed, log }
     // Bound per system: a few times the slowest plausible case (every host pulling the whole image from
     // the origin), at least 2 minutes.
     const originBps = tb.originRateBytesPerSec
@@ -1061,7 +1073,7 @@ async function main (): Promise<void> {
     // vmthunderd moves about the trace's distinct bytes once per host at most: a run that has not finished in
     // 10 minutes is stuck (the failure run can be), not slow.
     const vmtTimeoutMs = Number(args.get('vmt-timeout-s') ?? 600) * 1000
-    const results: BenchResults = { distinctBytes: distinct, hosts, rate, originRate, trace, imageBytes, image: imageArg, code: codeVersion(), think, warmUp: warmUpWave, localThinkMs, systems: {}, skipped: {} }
+    const results: BenchResults = { distinctBytes: distinct, hosts, rate, originRate, trace, imageBytes, image: imageArg, code: codeVersion(), think, warmUp: warmUpWave, staggerMs, localThinkMs, systems: {}, skipped: {} }
     for (const name of ALL_SYSTEMS.filter((s) => systems.includes(s))) {
       log(`${name}: starting`)
       const load0 = loadavg()[0]
