@@ -10,8 +10,22 @@
 import {
   planHeartbeat, settleHeartbeat, type AdmissionReply, type Candidate
 } from '../topology/index.js'
+import { peerIdFromPublicKey } from '@libp2p/peer-id'
+import { publicKeyFromRaw } from '@libp2p/crypto/keys'
+import type { Manifest } from '../blockstack/manifest.js'
 import { toTopologyAdvert } from './advert.js'
 import { isSeed, type ImageState, type ServiceComponents } from './components.js'
+
+/** The peer id of the agent that signed a manifest (its origin); undefined if the key is not an Ed25519 one. */
+const originIds = new WeakMap<Manifest, string | undefined>()
+function originPeerIdOf (manifest: Manifest): string | undefined {
+  if (!originIds.has(manifest)) {
+    let id: string | undefined
+    try { id = peerIdFromPublicKey(publicKeyFromRaw(manifest.originPublicKey)).toString() } catch {}
+    originIds.set(manifest, id)
+  }
+  return originIds.get(manifest)
+}
 
 /** RTT probes per image per heartbeat (bounded work per heartbeat). */
 const MAX_PROBES_PER_HEARTBEAT = 8
@@ -109,7 +123,8 @@ export const createHeartbeat = (init: HeartbeatInit) => (components: ServiceComp
       params,
       childCount: init.liveChildren(state).length,
       imageId: state.imageId,
-      rootHex: manifest.rootHex
+      rootHex: manifest.rootHex,
+      originPeerId: originPeerIdOf(manifest)
     })
     for (const peerId of plan.leave) void leaveParent(state, peerId)
 

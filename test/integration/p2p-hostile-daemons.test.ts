@@ -57,7 +57,9 @@ test('real daemons: a parent that flips bits is banned; nbdcopy through the vict
     // The filler admits no children (p2p.childLimit 0) and only takes the origin's one child slot, so that the
     // liar is the only parent the victim can have: it is certainly asked, and the victim's cache certainly
     // checks what it sends (with a second parent a hedge there could win every race, and then the liar's
-    // blocks would be dropped as duplicates unverified: no ban, which failed this test once under load).
+    // blocks would be dropped as duplicates unverified: no ban, which failed this test once under load). It
+    // takes the slot first: once the liar is a seed with room, no agent takes the origin as a new parent
+    // (src/topology/driver.ts), the filler included; a parent it has is kept.
     const fillerConfig = join(dir, 'filler.json')
     await writeFile(fillerConfig, JSON.stringify({ prefetch: { enabled: false }, p2p: { heartbeatMs: 500, childLimit: 0 } }))
     const [hostile, filler, victim] = await Promise.all([
@@ -67,15 +69,17 @@ test('real daemons: a parent that flips bits is banned; nbdcopy through the vict
     ])
     daemons.push(hostile, filler, victim)
     assert.match(hostile.log(), /serving peers through a test fault layer/)
-    // The liar reads the image honestly (the layer is only on what it serves); a seed then, it leaves the origin.
-    await hostile.call('instance.create', { name: 'h', image: 'img' })
-    await execa('nbdcopy', ['--requests=4', hostile.nbdUri('img'), join(hostile.dir, 'h.raw')], { timeout: 240_000 })
-    assert.equal(await sha256File(join(hostile.dir, 'h.raw')), imageSha)
-    const hostileId = (await hostile.call('node.status')).peerId as string
     const fillerId = (await filler.call('node.status')).peerId as string
     await filler.call('instance.create', { name: 'f', image: 'img' })
     await waitFor('the filler to take the origin\'s child slot', async () =>
       ((await origin.call('node.status')).images.img?.children ?? []).includes(fillerId) ? true : undefined, { timeoutMs: 30_000 })
+    // The liar reads the image honestly (the layer is only on what it serves; with no slot free anywhere it
+    // reads from the origin as a last resort) and is a seed then.
+    await hostile.call('instance.create', { name: 'h', image: 'img' })
+    await execa('nbdcopy', ['--requests=4', hostile.nbdUri('img'), join(hostile.dir, 'h.raw')], { timeout: 240_000 })
+    assert.equal(await sha256File(join(hostile.dir, 'h.raw')), imageSha)
+    const hostileId = (await hostile.call('node.status')).peerId as string
+    assert.ok(((await origin.call('node.status')).images.img?.children ?? []).includes(fillerId), 'the filler kept the origin\'s slot')
     await victim.call('instance.create', { name: 'v', image: 'img' })
     await waitFor('the victim to take the liar as parent', async () =>
       ((await victim.call('node.status')).images.img?.parents ?? []).includes(hostileId) ? true : undefined, { timeoutMs: 30_000 })

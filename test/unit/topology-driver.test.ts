@@ -156,3 +156,24 @@ test('an attached agent moving up does not take a seed\'s last free slot (left t
   const orphan = planHeartbeat(input({ candidates: [seedOneSlot, cand('a', 1)], parents: [], depth: 1, childCount: 3 }))
   assert.deepEqual(orphan.ask, [{ peerId: 's', kept: false }])
 })
+
+test('the origin is not taken as a new parent while another seed may be asked; it is when none may, and kept once a parent', { timeout: 5000 }, () => {
+  const origin = cand('o', 0)
+  const seed = cand('s', 0)
+  const relay = cand('a', 1)
+  const asksOrigin = (over: Partial<HeartbeatInput>): boolean => planHeartbeat(input({ originPeerId: 'o', ...over })).ask.some(a => a.peerId === 'o')
+  // Another seed with a free slot: the origin is left out (and the seed asked).
+  assert.equal(asksOrigin({ candidates: [origin, seed, relay] }), false)
+  assert.ok(planHeartbeat(input({ originPeerId: 'o', candidates: [origin, seed, relay] })).ask.some(a => a.peerId === 's'))
+  // Without the rule (no origin known) it is asked.
+  assert.ok(planHeartbeat(input({ candidates: [origin, seed, relay] })).ask.some(a => a.peerId === 'o'))
+  // The other seed is full and not our parent, refused us, is banned, or its advert is stale: the origin may be asked.
+  const full = { ...seed, advert: { ...seed.advert, childCount: 8 } }
+  assert.equal(asksOrigin({ candidates: [origin, full, relay] }), true)
+  assert.equal(asksOrigin({ candidates: [origin, seed, relay], refusedUntil: new Map([['s', NOW + 1]]) }), true)
+  assert.equal(asksOrigin({ candidates: [origin, seed, relay], isBanned: id => id === 's' }), true)
+  assert.equal(asksOrigin({ candidates: [origin, cand('s', 0, NOW - P.advertTimeoutMs - 1), relay] }), true)
+  // A full seed that is our parent still counts (we have it); the origin, once our parent, is kept.
+  assert.equal(asksOrigin({ candidates: [origin, full, relay], parents: [{ peerId: 's', sinceMs: 0, failed: false }], depth: 1 }), false)
+  assert.equal(asksOrigin({ candidates: [origin, seed, relay], parents: [{ peerId: 'o', sinceMs: 0, failed: false }], depth: 1 }), true)
+})
