@@ -440,7 +440,9 @@ class VmThunderd implements System {
       // the daemon's heartbeat (src/topology/driver.ts); admission is synchronous here (no network exchange)
       const plan = planHeartbeat({
         nowMs: now, selfPeerId: n.id, selfIsSeed: n.promoted, candidates, parents: s.parents, depth: s.depth, refusedUntil: s.refusedUntil,
-        params: this.params, childCount: n.children.size, imageId: 'image', rootHex: 'root'
+        params: this.params, childCount: n.children.size, imageId: 'image', rootHex: 'root',
+        // The daemon's rule for the image's origin (the one seed a scenario starts with signs the manifest).
+        originPeerId: e.seeds.length === 1 ? `n${e.seeds[0]}` : undefined
       })
       for (const d of plan.selection.dropped) {
         const j = Number(d.peerId.slice(1))
