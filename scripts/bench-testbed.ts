@@ -36,7 +36,7 @@ import { dirname, join, resolve, basename } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { testbedUp, testbedDown, linkCounters, nsSpawn, type Testbed, type TestbedNode } from '../test/helpers/testbed.js'
 import { buildGuest } from '../test/helpers/vm.js'
-import { loadTrace, distinctBytes, replayFile, nbdConnect, replayNbd, type TraceRead } from './lib/nbd-replay.js'
+import { loadTrace, distinctBytes, replayFile, nbdConnect, replayNbd, SLOW_READ_MS, type SlowRead, type TraceRead } from './lib/nbd-replay.js'
 import { DAEMON_BIN } from './lib/agent-process.js'
 import { makeTraceImage } from './lib/trace-image.js'
 import { ActivityCounter, ACTIVITY_GROUPS, OTHER_ACTIVITY } from './lib/perf-activity.js'
@@ -61,6 +61,8 @@ const AGENT_RPC_TIMEOUT_MS = 120_000
 /** Churn runs: each victim's kills come this long apart at random (ms), the first after GO. */
 const CHURN_GAP_MS: [number, number] = [500, 4000]
 const CHURN_KILLS_PER_VICTIM = 2
+/** A read counts as a churn stall if it overlapped a SIGKILL .. (agent up again + this) window. */
+const CHURN_WINDOW_AFTER_MS = 2000
 /** Failure run: node.status is polled this often to find a relay to kill. */
 const FAILURE_POLL_MS = 50
 
@@ -161,6 +163,14 @@ export interface ChurnReport {
   kills: ChurnKill[]
   /** Longest single read per host, in host order (a killed host's includes its own agent's restart). */
   maxReadMsPerHost: number[]
+  /**
+   * Per host, the longest read that overlapped a kill window (from a SIGKILL until CHURN_WINDOW_AFTER_MS after
+   * that agent was up again), and the longest read that overlapped none (a stall of load, not of churn). Null:
+   * no read over SLOW_READ_MS there. Times are GO-relative on both sides (the orchestrator's and the driver's
+   * clocks start within a few ms of each other).
+   */
+  churnStallMsPerHost?: Array<number | null>
+  otherStallMsPerHost?: Array<number | null>
   /** Hosts whose agent was killed. */
   churnedHosts: string[]
   /** Per restarted agent: bytes it sent to peers since its last restart, and whether its NBD export served its VM again. */
@@ -740,6 +750,19 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
           const originImg = (await rpc(origin, 'node.status')).images?.[IMAGE_ID] ?? {}
           if (churn !== undefined) {
             churn.maxReadMsPerHost = done.map((d) => Math.round(d.maxReadMs))
+            // Tell churn stalls from load stalls: a slow read (GO-relative) that overlaps a kill window, or none.
+            const windows = churn.kills.map((k) => [k.atMs, k.atMs + k.restartMs + CHURN_WINDOW_AFTER_MS] as const)
+            const longest = (reads: SlowRead[], overlapping: boolean): number | null => {
+              let best: number | null = null
+              for (const r of reads) {
+                const hits = windows.some(([from, to]) => r.atMs < to && r.atMs + r.ms > from)
+                if (hits === overlapping && (best === null || r.ms > best)) best = r.ms
+              }
+              return best
+            }
+            const goRelative = (d: HostDone): SlowRead[] => (d.slowReads ?? []).map((r) => ({ atMs: r.atMs + (d.fetchMs ?? 0), ms: r.ms }))
+            churn.churnStallMsPerHost = done.map((d) => longest(goRelative(d), true))
+            churn.otherStallMsPerHost = done.map((d) => longest(goRelative(d), false))
             // Counters start again at a restart: what a restarted agent sent, it sent since its last start.
             for (const name of restarted) {
               const sent = name === 'origin' ? Number(originImg.bytesSent ?? 0) : agentsOut.find((a) => a.host === name)?.bytesSent ?? 0
@@ -785,7 +808,8 @@ const SYSTEMS: Record<SystemName, (ctx: SystemContext) => Promise<SystemRun | un
 // ---------------------------------------------------------------------------------------------------------
 // One run of one system
 
-interface HostDone { doneMs: number, fetchMs?: number, replayMs: number, maxReadMs: number, readMsP50?: number, readMsP90?: number, bytes: number, digest: string, reconnects?: number, error?: string }
+/** slowReads: reads over SLOW_READ_MS, atMs from the replay's start (the vmt driver starts it fetchMs after GO). */
+interface HostDone { doneMs: number, fetchMs?: number, replayMs: number, maxReadMs: number, readMsP50?: number, readMsP90?: number, bytes: number, digest: string, reconnects?: number, slowReads?: SlowRead[], error?: string }
 
 const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b)
@@ -924,6 +948,11 @@ export function markdownTable (r: BenchResults, command: string): string {
       details.push('', `${name} (seed ${c.seed}): ${c.kills.length} kills (SIGKILL, restarted at once): ${c.kills.map((k) => `${k.agent} at ${secs(k.atMs)} s (up after ${secs(k.restartMs)} s)`).join(', ') || 'none'}. ` +
         `Longest read stall per host: ${[...survivors, ...churned].map((x) => `${x.host} ${ms(x.ms)} ms`).join(', ')}; ` +
         `hosts whose agent was not killed: max ${ms(Math.max(0, ...survivors.map((x) => x.ms)))} ms (goal <= 2000). ` +
+        (c.churnStallMsPerHost !== undefined && c.otherStallMsPerHost !== undefined
+          ? `Of those hosts' slow reads (over ${SLOW_READ_MS} ms), the longest that overlapped a kill (SIGKILL until ${CHURN_WINDOW_AFTER_MS / 1000} s after that agent was up): ` +
+            `${s.agents.map((a, i) => `${a.host} ${c.churnStallMsPerHost?.[i] ?? '-'}`).filter((_, i) => !c.churnedHosts.includes(s.agents?.[i]?.host ?? '')).join(', ')} ms; ` +
+            `the longest that overlapped none (load, not churn): ${s.agents.map((a, i) => `${a.host} ${c.otherStallMsPerHost?.[i] ?? '-'}`).filter((_, i) => !c.churnedHosts.includes(s.agents?.[i]?.host ?? '')).join(', ')} ms. `
+          : '') +
         `Restarted agents serving again: ${c.servesAgain.map((x) => `${x.agent}: ${mib(x.sentToPeersBytes)} MiB to peers since restart${x.exportServed === null ? '' : x.exportServed ? ', its VM read on through it' : ', its VM did NOT read through it again'}`).join('; ')}. ` +
         `Data ${s.dataOk ? 'correct on every host' : 'WRONG on some host'}.${c.note !== undefined ? ` ${c.note}.` : ''}`)
     }

@@ -66,7 +66,14 @@ export interface ReplayResult {
   /** Median and 90th percentile of the single reads' times, ms. */
   readMsP50: number
   readMsP90: number
+  /** Reads that took over SLOW_READ_MS: when each began (ms after the replay began) and how long it took. */
+  slowReads: SlowRead[]
 }
+
+export interface SlowRead { atMs: number, ms: number }
+/** Reads slower than this are listed with their start (a churn run tells load stalls from churn stalls). */
+export const SLOW_READ_MS = 100
+const MAX_SLOW_READS = 2048
 
 // NBD protocol constants (https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md).
 const NBDMAGIC = 0x4e42444d41474943n
@@ -220,6 +227,7 @@ async function replayWith (reads: readonly TraceRead[], read: ReadFn, signal?: A
   let bytes = 0
   let maxReadMs = 0
   const times: number[] = []
+  const slowReads: SlowRead[] = []
   const start = performance.now()
   const firstMs = reads[0]?.timeMs ?? 0
   for (const r of reads) {
@@ -233,13 +241,14 @@ async function replayWith (reads: readonly TraceRead[], read: ReadFn, signal?: A
     const data = await read(r.offset, r.length)
     const dt = performance.now() - t0
     times.push(dt)
+    if (dt > SLOW_READ_MS && slowReads.length < MAX_SLOW_READS) slowReads.push({ atMs: Math.round(t0 - start), ms: Math.round(dt) })
     if (dt > maxReadMs) maxReadMs = dt
     hash.update(data)
     bytes += data.length
   }
   times.sort((a, b) => a - b)
   const pct = (q: number): number => times.length === 0 ? 0 : times[Math.min(times.length - 1, Math.floor(q * times.length))]
-  return { reads: reads.length, bytes, elapsedMs: performance.now() - start, digest: hash.digest('hex'), maxReadMs, readMsP50: pct(0.5), readMsP90: pct(0.9) }
+  return { reads: reads.length, bytes, elapsedMs: performance.now() - start, digest: hash.digest('hex'), maxReadMs, readMsP50: pct(0.5), readMsP90: pct(0.9), slowReads }
 }
 
 /** Replays the reads one at a time over an NBD connection. */

@@ -35,6 +35,7 @@ import { PRIORITY_DEMAND, PRIORITY_PREFETCH, MAX_INDEXES_PER_GET } from './wire.
 import type { TokenBucket } from './rate-limit.js'
 import { systemClock, type Clock } from './clock.js'
 import { LastResortBudget } from './last-resort-budget.js'
+import type { Logger } from '../blockstack/cache.js'
 
 export const DEFAULT_MAX_INFLIGHT_BYTES_PER_PEER = 16 * 1024 * 1024
 export const DEFAULT_MAX_PREFETCH_INFLIGHT_BYTES_PER_PEER = 8 * 1024 * 1024
@@ -112,7 +113,16 @@ export interface PeerSourceInit {
   /** Bounds what is taken from last-resort peers (default: a 1 MiB burst, then 64 KiB/s). */
   lastResortBudget?: LastResortBudget
   clock?: Clock
+  /** A demand block that took over SLOW_BLOCK_LOG_MS is logged with what was tried (operators, churn runs). */
+  logger?: Logger
 }
+
+/** A summary level at or above which a peer probably holds a block (advert.ts: 0.75 'most', 1 'all'). */
+const PROBABLE_HOLD = 0.75
+/** A demand block slower than this is logged (info) with its history. */
+export const SLOW_BLOCK_LOG_MS = 1000
+/** Events kept per job for that log (the first ones: the start of a stall tells most). */
+const MAX_JOB_EVENTS = 12
 
 /** What a peer looked like to a job when the job was placed there: it is asked again only once that changed. */
 interface Attempt {
@@ -146,6 +156,9 @@ interface Job {
   budgetWaitMs: number
   /** Requests in flight that ask for this job's block. */
   requests: Set<InflightRequest>
+  /** When the job began (clock ms), and what happened to it since (bounded): for the slow-block log. */
+  startedAtMs: number
+  events: string[]
   signal: AbortSignal
   onBlock?: (block: FetchedBlock) => void
   resolve: (block: FetchedBlock) => void
@@ -230,7 +243,8 @@ export class PeerSource implements BlockSource {
       const { promise, resolve, reject } = Promise.withResolvers<FetchedBlock>()
       const job: Job = {
         manifest, index, bytes: blockLength(manifest, index), priority, tried: new Map(), placed: new Map(), active: new Set(), assignments: 0,
-        hedged: false, done: false, waiting: false, waitedMs: 0, budgetWaitMs: 0, requests: new Set(), signal, onBlock: options.onBlock, resolve, reject
+        hedged: false, done: false, waiting: false, waitedMs: 0, budgetWaitMs: 0, requests: new Set(), startedAtMs: this.clock.nowMs(), events: [],
+        signal, onBlock: options.onBlock, resolve, reject
       }
       jobs.push(job)
       return await promise
@@ -335,11 +349,25 @@ export class PeerSource implements BlockSource {
   }
 
   /** The job failed at this peer (not present, link error, timeout, busy): remember the peer as it was then. */
-  private markFailed (job: Job, peer: string, busy: boolean): void {
+  private markFailed (job: Job, peer: string, busy: boolean, why = busy ? 'busy' : 'failed'): void {
+    this.note(job, `${why} ${peer.slice(-4)}`)
     job.active.delete(peer)
     const attempt = job.placed.get(peer) ?? { connectionEpoch: undefined, advertSeq: undefined, holdProbability: 1, isParent: false, busy }
     job.placed.delete(peer)
     job.tried.set(peer, { ...attempt, busy })
+  }
+
+  /** Records what happened to a job, with its time since the job began (bounded: the first events). */
+  private note (job: Job, event: string): void {
+    if (this.init.logger === undefined || job.events.length >= MAX_JOB_EVENTS) return
+    job.events.push(`${Math.round(this.clock.nowMs() - job.startedAtMs)} ms ${event}`)
+  }
+
+  /** A demand block that took long: say what was tried, so a stall can be told from its cause in the logs. */
+  private logIfSlow (job: Job): void {
+    const ms = this.clock.nowMs() - job.startedAtMs
+    if (job.priority !== 'demand' || ms < SLOW_BLOCK_LOG_MS) return
+    this.init.logger?.info('slow block', { image: job.manifest.imageId, block: job.index, ms: Math.round(ms), events: job.events })
   }
 
   /** Picks a peer for the job: parents that probably hold it first, then any peer that advertises it. */
@@ -351,6 +379,12 @@ export class PeerSource implements BlockSource {
     const parents = usable.filter(info => info.isParent)
     const all = usable.filter(info => info.holdProbability(job.index) > 0)
     const notFull = all.filter(info => !info.full)
+    // Advert summaries are coarse: a peer that holds some of a block's group may not hold the block. Peers that
+    // probably hold it go first; a full peer (a seed: it surely holds it) before mere guesses, each of which
+    // costs a round trip when wrong (a churn run: a VM's read walked six such peers, 1.4-2.4 s, every one 'not
+    // present', while a seed held it).
+    const probable = notFull.filter(info => info.holdProbability(job.index) >= PROBABLE_HOLD)
+    const guesses = notFull.filter(info => info.holdProbability(job.index) < PROBABLE_HOLD)
     // A peer whose child slots are all taken (typically a busy seed) is asked only as a last resort, and never
     // for a hedge (an extra copy). An agent still attaching (no parent yet) gives its first parents a grace
     // (directory.attaching) before a VM's read goes there, so a wave of agents does not pull its first reads
@@ -358,19 +392,22 @@ export class PeerSource implements BlockSource {
     // the tree has room for us (last-resort-budget.ts: bytes from a full peer are bytes outside the tree).
     // Prefetch waits for parents.
     const attaching = parents.length === 0 && (job.priority !== 'demand' || this.directory.attaching(job.manifest))
-    const lastResort = hedge || attaching ? [] : all
-    for (const group of [parents, notFull, lastResort]) {
+    const lastResort = hedge || attaching ? [] : all.filter(info => info.full)
+    let budgetWaitMs: number | undefined
+    for (const group of [parents, probable, lastResort, guesses]) {
       if (group.length === 0) continue
       const choice = chooseSource({ blockIndex: job.index, sizeBytes: job.bytes }, this.sourceStates(job, group), this.params)
       if (choice === null) continue
       const info = group.find(i => i.peerId === choice.peerId) as SourceInfo
-      const isLastResort = group === lastResort && info.full
+      const isLastResort = group === lastResort
       if (isLastResort && this.directory.canAttach(job.manifest) && !this.lastResortBudget.tryTake(job.bytes)) {
-        job.budgetWaitMs = this.lastResortBudget.msUntil(job.bytes)
-        return null
+        // Out of budget: a guess may still be right; else wait for the refill.
+        budgetWaitMs = this.lastResortBudget.msUntil(job.bytes)
+        continue
       }
       return { peerId: choice.peerId, info, lastResort: isLastResort }
     }
+    if (budgetWaitMs !== undefined) job.budgetWaitMs = budgetWaitMs
     return null
   }
 
@@ -392,6 +429,7 @@ export class PeerSource implements BlockSource {
   /** Puts the job on the peer's queue (demand or prefetch) and lets that queue dispatch. */
   private enqueue (job: Job, info: SourceInfo, lastResort = false): void {
     const peer = info.peerId
+    this.note(job, `${lastResort ? 'last resort ' : info.isParent ? 'parent ' : ''}${peer.slice(-4)}`)
     job.assignments++
     job.active.add(peer)
     job.placed.set(peer, this.attemptOf(job, info))
@@ -417,6 +455,7 @@ export class PeerSource implements BlockSource {
    * bounds the wait (noSourceWaitMs in all per job), the caller's signal ends it.
    */
   private async waitAndAssign (job: Job): Promise<void> {
+    this.note(job, 'wait')
     job.waiting = true
     this.stats.waits++
     const startedAtMs = this.clock.nowMs()
@@ -538,13 +577,15 @@ export class PeerSource implements BlockSource {
       job.active.delete(peer)
       job.requests.delete(inflight)
       if (data === null) {
-        this.markFailed(job, peer, false)
+        this.markFailed(job, peer, false, 'not present at')
         this.stats.failovers++
         this.assign(job)
         return
       }
       this.directory.onReceived(manifest, peer, data.byteLength)
       if (job.done) { this.stats.duplicateBlocks++; return }
+      this.note(job, `got from ${peer.slice(-4)}`)
+      this.logIfSlow(job)
       this.settle(job)
       const block = { index, data, peer }
       job.onBlock?.(block)
@@ -558,7 +599,7 @@ export class PeerSource implements BlockSource {
       if (!this.stopController.signal.aborted && !superseded) this.directory.reportFailed(manifest, peer, err as Error)
       const busy = (err as Error).name === 'PeerBusyError'
       for (const [, job] of byIndex) {
-        this.markFailed(job, peer, busy)
+        this.markFailed(job, peer, busy, superseded ? 'superseded' : `${(err as Error).name} from`)
         this.stats.failovers++
         this.assign(job)
       }
@@ -598,6 +639,8 @@ export class PeerSource implements BlockSource {
 
   private fail (job: Job, err: Error): void {
     if (job.done) return
+    this.note(job, `gave up: ${err.name}`)
+    this.logIfSlow(job)
     this.settle(job)
     job.reject(err)
   }

@@ -303,7 +303,8 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     downloadBucket,
     scheduler: init.scheduler,
     maxRequestBytes: init.maxRequestBytes,
-    clock
+    clock,
+    logger
   })
 
   // ---- images ----

@@ -245,7 +245,7 @@ test('block server: a demand request that arrives behind a prefetch request is a
  * source-change events a real service sends at every advert, parent change and connection.
  */
 class HandSwarm {
-  readonly entries = new Map<string, { isParent: boolean, full: boolean, holds: (index: number) => boolean, connectionEpoch: number, advertSeq?: number }>()
+  readonly entries = new Map<string, { isParent: boolean, full: boolean, holds: (index: number) => boolean, connectionEpoch: number, advertSeq?: number, probability?: number }>()
   /** waitForSources calls so far (a job found nobody to ask and started waiting). */
   waits = 0
   /** What canAttach says: a tree with room for us (last-resort reads are then budgeted). */
@@ -266,7 +266,7 @@ class HandSwarm {
   async nextWait (): Promise<void> { await this.waitSeen.promise }
 
   readonly directory: PeerDirectory = {
-    sources: () => [...this.entries].map(([peerId, e]) => ({ ...e, peerId, holdProbability: (index: number) => e.holds(index) ? 1 : 0 })),
+    sources: () => [...this.entries].map(([peerId, e]) => ({ ...e, peerId, holdProbability: (index: number) => e.probability ?? (e.holds(index) ? 1 : 0) })),
     attaching: () => false,
     canAttach: () => this.attachable,
     link: peerId => this.links.get(peerId) as PeerLink,
@@ -516,4 +516,35 @@ test('last-resort budget: burst, refill at the rate, never in debt, bad paramete
   assert.equal(budget.tryTake(1), false)
   assert.throws(() => new LastResortBudget(0, BLOCK), RangeError)
   assert.throws(() => new LastResortBudget(BLOCK, Number.NaN), RangeError)
+})
+
+test('peer source: with no parent, a seed is asked before peers whose summary only says they hold some of the block\'s group', { timeout: 60_000 }, async () => {
+  const { dir, manifest, bytes, client, linkTo } = await setup(2)
+  let guesserAsked = 0
+  const guesser = await server(manifest, bytes, { resolve: rootHex => rootHex === manifest.rootHex ? memoryStore(manifest, bytes, undefined, () => false) : undefined, onRequest: () => { guesserAsked++ } })
+  const seed = await server(manifest, bytes)
+  try {
+    const swarm = new HandSwarm(new Map([[guesser.peerId, await linkTo(guesser)], [seed.peerId, await linkTo(seed)]]))
+    // The guesser's advert: some of the group (0.25); it has nothing. The seed is full (no free child slot).
+    swarm.entries.set(guesser.peerId, { isParent: false, full: false, holds: () => false, probability: 0.25, connectionEpoch: 1 })
+    swarm.entries.set(seed.peerId, { isParent: false, full: true, holds: () => true, connectionEpoch: 1 })
+    const peerSource = new PeerSource({ directory: swarm.directory })
+    const blocks = await peerSource.fetch(manifest, [1], { signal: AbortSignal.timeout(30_000) })
+    assert.deepEqual(Buffer.from(blocks[0].data), bytes.subarray(BLOCK, 2 * BLOCK))
+    assert.equal(blocks[0].peer, seed.peerId)
+    assert.equal(guesserAsked, 0, 'the guess was not tried first')
+    assert.equal(peerSource.stats.requests, 1)
+    // A peer that probably holds it (most of the group) still goes before the seed.
+    swarm.entries.set(guesser.peerId, { isParent: false, full: false, holds: () => false, probability: 0.75, connectionEpoch: 2 })
+    const again = await peerSource.fetch(manifest, [0], { signal: AbortSignal.timeout(30_000) })
+    assert.equal(again[0].peer, seed.peerId, 'it had none: the seed served it after')
+    assert.equal(guesserAsked, 1)
+    peerSource.stop()
+    for (const link of swarm.links.values()) link.close()
+  } finally {
+    await client.stop()
+    await guesser.node.stop()
+    await seed.node.stop()
+    await rm(dir, { recursive: true, force: true })
+  }
 })

@@ -2,6 +2,7 @@
 // disk space freed, evicted blocks fetched again on the next read with the right data, skipped blocks
 // (pending, zero) left alone, and a reader never gets a punched hole.
 
+import { setMaxListeners } from 'node:events'
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { mkdtemp, writeFile, rm, stat, readFile } from 'node:fs/promises'
@@ -83,6 +84,9 @@ test('blocks waiting for their commit are skipped; reads racing an eviction neve
   const f = await setup()
   try {
     const signal = AbortSignal.timeout(10_000)
+    // One signal for every concurrent reader of a round (each read listens on it while it waits): as the NBD
+    // server's per-connection signal, it is raised above Node's warning threshold of 10.
+    setMaxListeners(BLOCKS, signal)
     const all = Array.from({ length: BLOCKS }, (_, i) => i)
     await f.cache.ensure(all, { signal })
     await f.cache.flush()
