@@ -528,7 +528,8 @@ test('peer source: with no parent, a seed is asked before peers whose summary on
     // The guesser's advert: some of the group (0.25); it has nothing. The seed is full (no free child slot).
     swarm.entries.set(guesser.peerId, { isParent: false, full: false, holds: () => false, probability: 0.25, connectionEpoch: 1 })
     swarm.entries.set(seed.peerId, { isParent: false, full: true, holds: () => true, connectionEpoch: 1 })
-    const peerSource = new PeerSource({ directory: swarm.directory })
+    // No hedge (a slow answer on a loaded machine would send a second request to the guess: timing, not order).
+    const peerSource = new PeerSource({ directory: swarm.directory, scheduler: { hedgeMinMs: 120_000 } })
     const blocks = await peerSource.fetch(manifest, [1], { signal: AbortSignal.timeout(30_000) })
     assert.deepEqual(Buffer.from(blocks[0].data), bytes.subarray(BLOCK, 2 * BLOCK))
     assert.equal(blocks[0].peer, seed.peerId)
