@@ -943,15 +943,16 @@ export function markdownTable (r: BenchResults, command: string): string {
     for (const fh of s.failedHosts ?? []) details.push('', `${name}: ${fh.host} failed: ${fh.error}`)
     const c = s.churn
     if (c !== undefined) {
-      const survivors = s.agents.map((a, i) => ({ host: a.host, ms: c.maxReadMsPerHost[i] })).filter((x) => !c.churnedHosts.includes(x.host))
-      const churned = s.agents.map((a, i) => ({ host: a.host, ms: c.maxReadMsPerHost[i] })).filter((x) => c.churnedHosts.includes(x.host))
+      const hostsOut = s.agents.map((a, i) => ({ host: a.host, ms: c.maxReadMsPerHost[i], churnMs: c.churnStallMsPerHost?.[i] ?? '-', otherMs: c.otherStallMsPerHost?.[i] ?? '-' }))
+      const survivors = hostsOut.filter((x) => !c.churnedHosts.includes(x.host))
+      const churned = hostsOut.filter((x) => c.churnedHosts.includes(x.host))
       details.push('', `${name} (seed ${c.seed}): ${c.kills.length} kills (SIGKILL, restarted at once): ${c.kills.map((k) => `${k.agent} at ${secs(k.atMs)} s (up after ${secs(k.restartMs)} s)`).join(', ') || 'none'}. ` +
         `Longest read stall per host: ${[...survivors, ...churned].map((x) => `${x.host} ${ms(x.ms)} ms`).join(', ')}; ` +
         `hosts whose agent was not killed: max ${ms(Math.max(0, ...survivors.map((x) => x.ms)))} ms (goal <= 2000). ` +
         (c.churnStallMsPerHost !== undefined && c.otherStallMsPerHost !== undefined
           ? `Of those hosts' slow reads (over ${SLOW_READ_MS} ms), the longest that overlapped a kill (SIGKILL until ${CHURN_WINDOW_AFTER_MS / 1000} s after that agent was up): ` +
-            `${s.agents.map((a, i) => `${a.host} ${c.churnStallMsPerHost?.[i] ?? '-'}`).filter((_, i) => !c.churnedHosts.includes(s.agents?.[i]?.host ?? '')).join(', ')} ms; ` +
-            `the longest that overlapped none (load, not churn): ${s.agents.map((a, i) => `${a.host} ${c.otherStallMsPerHost?.[i] ?? '-'}`).filter((_, i) => !c.churnedHosts.includes(s.agents?.[i]?.host ?? '')).join(', ')} ms. `
+            `${survivors.map((x) => `${x.host} ${x.churnMs}`).join(', ')} ms; ` +
+            `the longest that overlapped none (load, not churn): ${survivors.map((x) => `${x.host} ${x.otherMs}`).join(', ')} ms. `
           : '') +
         `Restarted agents serving again: ${c.servesAgain.map((x) => `${x.agent}: ${mib(x.sentToPeersBytes)} MiB to peers since restart${x.exportServed === null ? '' : x.exportServed ? ', its VM read on through it' : ', its VM did NOT read through it again'}`).join('; ')}. ` +
         `Data ${s.dataOk ? 'correct on every host' : 'WRONG on some host'}.${c.note !== undefined ? ` ${c.note}.` : ''}`)

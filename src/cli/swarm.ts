@@ -7,8 +7,7 @@
 
 import { writeFile } from 'node:fs/promises'
 import { basename, dirname } from 'node:path'
-import { peerIdFromPublicKey } from '@libp2p/peer-id'
-import { publicKeyFromRaw } from '@libp2p/crypto/keys'
+import { peerIdOfPublicKey } from '../identity/key.js'
 import type { NodeStatus } from '../rpc/types.js'
 import { SwarmRecorder, renderSwarmSvg, swarmEdges, swarmSample, type SwarmSample } from './swarm-svg.js'
 
@@ -35,7 +34,7 @@ export function socketNames (paths: readonly string[]): string[] {
 }
 
 function originIdOf (image: NodeStatus['images'][string], status: NodeStatus): string {
-  return image.origin ? status.peerId : peerIdFromPublicKey(publicKeyFromRaw(Buffer.from(image.originKey, 'hex'))).toString()
+  return image.origin ? status.peerId : peerIdOfPublicKey(Buffer.from(image.originKey, 'hex'))
 }
 
 /**

@@ -25,12 +25,17 @@ export interface Identity extends SigningKey {
   publicKeyHex: string
 }
 
+/** The libp2p peer id string (12D3KooW...) of a raw Ed25519 public key; throws on a malformed key. */
+export function peerIdOfPublicKey (publicKey: Uint8Array): string {
+  return peerIdFromPublicKey(publicKeyFromRaw(publicKey)).toString()
+}
+
 export function identityFromSeed (seed: Uint8Array): Identity {
   const key = signingKeyFromSeed(seed)
   return {
     ...key,
     seed,
-    peerId: peerIdFromPublicKey(publicKeyFromRaw(key.publicKey)).toString(),
+    peerId: peerIdOfPublicKey(key.publicKey),
     publicKeyHex: Buffer.from(key.publicKey).toString('hex')
   }
 }

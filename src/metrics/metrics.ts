@@ -7,8 +7,7 @@ import { Registry, Counter, Gauge, Histogram } from 'prom-client'
 import type { NodeStatus, ImageStatus } from '../rpc/types.js'
 import { READ_LATENCY_BUCKETS_S } from './read-latency.js'
 import type { ErrorCounts } from './error-count.js'
-import { peerIdFromPublicKey } from '@libp2p/peer-id'
-import { publicKeyFromRaw } from '@libp2p/crypto/keys'
+import { peerIdOfPublicKey } from '../identity/key.js'
 
 export interface MetricsSources {
   /** The node.status result. */
@@ -37,7 +36,7 @@ function originPeerIds (): (originKeyHex: string) => string | undefined {
   return hex => {
     if (!known.has(hex)) {
       let id: string | undefined
-      try { id = peerIdFromPublicKey(publicKeyFromRaw(Buffer.from(hex, 'hex'))).toString() } catch {}
+      try { id = peerIdOfPublicKey(Buffer.from(hex, 'hex')) } catch {}
       if (known.size < 4096) known.set(hex, id)
       return id
     }

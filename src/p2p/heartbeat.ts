@@ -10,9 +10,8 @@
 import {
   planHeartbeat, settleHeartbeat, type AdmissionReply, type Candidate
 } from '../topology/index.js'
-import { peerIdFromPublicKey } from '@libp2p/peer-id'
-import { publicKeyFromRaw } from '@libp2p/crypto/keys'
 import type { Manifest } from '../blockstack/manifest.js'
+import { peerIdOfPublicKey } from '../identity/key.js'
 import { toTopologyAdvert } from './advert.js'
 import { isSeed, type ImageState, type ServiceComponents } from './components.js'
 
@@ -21,7 +20,7 @@ const originIds = new WeakMap<Manifest, string | undefined>()
 function originPeerIdOf (manifest: Manifest): string | undefined {
   if (!originIds.has(manifest)) {
     let id: string | undefined
-    try { id = peerIdFromPublicKey(publicKeyFromRaw(manifest.originPublicKey)).toString() } catch {}
+    try { id = peerIdOfPublicKey(manifest.originPublicKey) } catch {}
     originIds.set(manifest, id)
   }
   return originIds.get(manifest)

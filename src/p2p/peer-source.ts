@@ -357,9 +357,9 @@ export class PeerSource implements BlockSource {
     job.tried.set(peer, { ...attempt, busy })
   }
 
-  /** Records what happened to a job, with its time since the job began (bounded: the first events). */
+  /** Records what happened to a demand job (only those are logged), with its time since it began (bounded). */
   private note (job: Job, event: string): void {
-    if (this.init.logger === undefined || job.events.length >= MAX_JOB_EVENTS) return
+    if (this.init.logger === undefined || job.priority !== 'demand' || job.events.length >= MAX_JOB_EVENTS) return
     job.events.push(`${Math.round(this.clock.nowMs() - job.startedAtMs)} ms ${event}`)
   }
 
