@@ -12,11 +12,24 @@
 // Both take effect at run time (checked: a function compiled afterwards gets Sparkplug code at once, and a hot
 // function is marked for TurboFan after 750 instead of fewer than 250 calls).
 //
+// AGENT_NODE_FLAGS are different: they size the heap, which V8 fixes when the process starts, so they must be on
+// node's command line (bin/vmthunderd.js's first line; launchers that run `node bin/vmthunderd.js` pass them,
+// scripts/lib/agent-process.ts, bench-testbed.ts), and the daemon's code cache is written under them
+// (write-code-cache.js: V8 rejects a cache written under other command-line flags). Why: V8 sizes a fresh
+// heap's old generation from the survival of its first collections; an agent's heap is small (12-20 MB live)
+// while a boot wave moves ~50 MB of blocks through it, so V8 kept starting incremental marking every 100-150 ms
+// (21 full collections in a 1.5 s boot replay at the origin, 7 at the client, with --trace-gc). With an initial
+// heap of 64 MB: 5 and 1. Interleaved runs: the origin of a one-client replay 480-540 -> 380-420 CPU-ms, the
+// client 730-840 -> 650-740; the 8-host testbed wave at 1 Gb/s, 7 pairs: the host agents' CPU sum 24.1 -> 21.1 s
+// on average (lower in 6 of 7), slowest host lower in 6 of 7. Runtime setFlagsFromString of the same flag has no
+// effect (checked: 14 full collections).
+//
 // VMTHUNDER_V8_FLAGS replaces both lists, set at load (empty: V8's defaults), for measuring and for a node
 // whose V8 differs.
 'use strict'
 const { setFlagsFromString } = require('node:v8')
 
+const AGENT_NODE_FLAGS = ['--initial-heap-size=64']
 const AGENT_V8_FLAGS_AT_LOAD = ['--interrupt-budget=540672']
 const AGENT_V8_FLAGS_ONCE_STARTED = ['--always-sparkplug']
 
@@ -33,4 +46,4 @@ function agentV8Hooks (env = process.env) {
   }
 }
 
-module.exports = { AGENT_V8_FLAGS_AT_LOAD, AGENT_V8_FLAGS_ONCE_STARTED, agentV8Hooks }
+module.exports = { AGENT_NODE_FLAGS, AGENT_V8_FLAGS_AT_LOAD, AGENT_V8_FLAGS_ONCE_STARTED, agentV8Hooks }

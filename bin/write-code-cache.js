@@ -4,16 +4,36 @@
 //   node bin/write-code-cache.js --postinstall  npm's postinstall, with the node that will run the daemon: a
 //                                               checkout without dist/ has nothing to do, and a failure only
 //                                               warns (the daemon then compiles its bundle at each start)
+// V8 accepts a cache only under the command-line flags it was written with: a bundle whose command runs node
+// with flags (the daemon's AGENT_NODE_FLAGS, v8-flags.js) has its cache written by a child node started with them.
 'use strict'
+const { spawnSync } = require('node:child_process')
 const { existsSync } = require('node:fs')
 const { join } = require('node:path')
 const { writeCodeCache } = require('./load-bundle.js')
+const { AGENT_NODE_FLAGS } = require('./v8-flags.js')
 
-const BUNDLES = ['vmthunderd', 'vmthunderctl']
+/** Each bundle and the node flags its command runs with. */
+const BUNDLES = { vmthunderd: AGENT_NODE_FLAGS, vmthunderctl: [] }
 const postinstall = process.argv.includes('--postinstall')
+const onlyAt = process.argv.indexOf('--only')
+const only = onlyAt === -1 ? undefined : process.argv[onlyAt + 1]
+/** The child's own warm-up is bounded (load-bundle.js); this bounds the child. */
+const CHILD_TIMEOUT_MS = 120_000
+
+function sameFlags (a, b) {
+  return a.length === b.length && a.every((flag, i) => flag === b[i])
+}
 
 async function main () {
-  for (const name of BUNDLES) {
+  for (const [name, flags] of Object.entries(BUNDLES)) {
+    if (only !== undefined && name !== only) continue
+    if (!sameFlags(process.execArgv, flags)) {
+      const args = [...flags, __filename, '--only', name, ...(postinstall ? ['--postinstall'] : [])]
+      const child = spawnSync(process.execPath, args, { stdio: 'inherit', timeout: CHILD_TIMEOUT_MS })
+      if (child.status !== 0 && !postinstall) process.exit(1)
+      continue
+    }
     const bundle = join(__dirname, '..', 'dist', `${name}.cjs`)
     if (!existsSync(bundle)) {
       if (postinstall) continue

@@ -3,6 +3,7 @@
 
 import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
+import { createRequire } from 'node:module'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { callRpc } from '../../src/rpc/client.js'
@@ -10,6 +11,11 @@ import { callRpc } from '../../src/rpc/client.js'
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
 export const DAEMON_BIN = join(ROOT, 'bin', 'vmthunderd.js')
 export const CTL_BIN = join(ROOT, 'bin', 'vmthunderctl.js')
+/**
+ * The node flags bin/vmthunderd.js's first line runs the agent with (bin/v8-flags.js): a launcher that runs
+ * `node DAEMON_BIN` passes them, so it runs what the installed command runs (and its code cache is accepted).
+ */
+export const AGENT_NODE_FLAGS: readonly string[] = createRequire(import.meta.url)('../../bin/v8-flags.js').AGENT_NODE_FLAGS
 
 export interface TestDaemon {
   dir: string
@@ -54,7 +60,7 @@ export async function startDaemon (options: StartDaemonOptions = {}): Promise<Te
   const args = ['--data-dir', dataDir, '--socket', socket, ...allow, ...(options.args ?? ['--no-p2p'])]
   // VMT_AGENT_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") goes to each daemon's node: for profiling.
   const nodeArgs = (process.env.VMT_AGENT_NODE_ARGS ?? '').split(' ').filter(x => x !== '')
-  const daemon = options.bin === undefined ? [process.execPath, ...nodeArgs, DAEMON_BIN] : [options.bin]
+  const daemon = options.bin === undefined ? [process.execPath, ...AGENT_NODE_FLAGS, ...nodeArgs, DAEMON_BIN] : [options.bin]
   const [command, ...commandArgs] = [...(options.wrapper ?? []), ...daemon, ...args]
   const child = spawn(command, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env } })
   let output = ''

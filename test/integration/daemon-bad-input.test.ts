@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import { createConnection, type Socket } from 'node:net'
 import { writeFile, mkdir, symlink, realpath } from 'node:fs/promises'
 import { execa } from 'execa'
-import { startDaemon, makeTempDir, removeDir, DAEMON_BIN, CTL_BIN, type TestDaemon } from '../helpers/daemon.js'
+import { startDaemon, makeTempDir, removeDir, AGENT_NODE_FLAGS, DAEMON_BIN, CTL_BIN, type TestDaemon } from '../helpers/daemon.js'
 import { makeImage, sha256File } from '../helpers/images.js'
 import { exchange } from '../../src/rpc/client.js'
 import { allowedImagePath } from '../../src/blockstack/images.js'
@@ -244,15 +244,15 @@ test('vmthunderctl: tables, --json, and exit codes that mean something', { timeo
 test('a bad config file is refused with the field named', { timeout: 120_000 }, async () => {
   const cfg = join(dir, 'bad.json')
   await writeFile(cfg, JSON.stringify({ p2p: { parents: 'three' } }))
-  const r = await execa(process.execPath, [DAEMON_BIN, '--config', cfg, '--data-dir', join(dir, 'd2'), '--socket', join(dir, 'c2.sock')], { reject: false, timeout: 60_000 })
+  const r = await execa(process.execPath, [...AGENT_NODE_FLAGS, DAEMON_BIN, '--config', cfg, '--data-dir', join(dir, 'd2'), '--socket', join(dir, 'c2.sock')], { reject: false, timeout: 60_000 })
   assert.equal(r.exitCode, 2)
   assert.match(r.stderr, /p2p\.parents/)
   await writeFile(cfg, JSON.stringify({ nbd: { sokcet: '/x' } }))
-  const r2 = await execa(process.execPath, [DAEMON_BIN, '--config', cfg, '--data-dir', join(dir, 'd2'), '--socket', join(dir, 'c2.sock')], { reject: false, timeout: 60_000 })
+  const r2 = await execa(process.execPath, [...AGENT_NODE_FLAGS, DAEMON_BIN, '--config', cfg, '--data-dir', join(dir, 'd2'), '--socket', join(dir, 'c2.sock')], { reject: false, timeout: 60_000 })
   assert.equal(r2.exitCode, 2)
   assert.match(r2.stderr, /nbd\.sokcet/)
   // A second daemon on the same data dir is refused (the first keeps running).
-  const r3 = await execa(process.execPath, [DAEMON_BIN, '--no-p2p', '--data-dir', daemon.dataDir, '--socket', join(dir, 'c3.sock'), '--nbd-socket', join(dir, 'n3.sock')], { reject: false, timeout: 60_000 })
+  const r3 = await execa(process.execPath, [...AGENT_NODE_FLAGS, DAEMON_BIN, '--no-p2p', '--data-dir', daemon.dataDir, '--socket', join(dir, 'c3.sock'), '--nbd-socket', join(dir, 'n3.sock')], { reject: false, timeout: 60_000 })
   assert.equal(r3.exitCode, 1)
   assert.match(r3.stderr, /in use/)
   await stillServing()

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict'
 import { join } from 'node:path'
 import { access } from 'node:fs/promises'
 import { execa } from 'execa'
-import { startDaemon, makeTempDir, removeDir, type TestDaemon } from '../helpers/daemon.js'
+import { startDaemon, makeTempDir, removeDir, AGENT_NODE_FLAGS, type TestDaemon } from '../helpers/daemon.js'
 import { makeImage, sha256File } from '../helpers/images.js'
 import { packAndInstall, BUILD_ONLY_PACKAGES, type InstalledPackage } from '../../scripts/lib/package-install.js'
 
@@ -38,11 +38,12 @@ test('the tarball holds compiled JavaScript only, and the install has no TypeScr
   assert.match(help.stdout, /^usage: vmthunderd/)
 })
 
-test('the install wrote the bundles\' V8 code caches, and this node accepts them', { timeout: 60_000 }, async () => {
+test('the install wrote the bundles\' V8 code caches, and this node accepts them under the flags each command runs with', { timeout: 60_000 }, async () => {
   const loader = join(pkg.packageDir, 'bin', 'load-bundle.js')
-  for (const name of ['vmthunderd', 'vmthunderctl']) {
+  // V8 takes a cache only under the command-line flags it was written with: the daemon's are AGENT_NODE_FLAGS.
+  for (const [name, flags] of [['vmthunderd', AGENT_NODE_FLAGS], ['vmthunderctl', []]] as const) {
     const bundle = join(pkg.packageDir, 'dist', `${name}.cjs`)
-    const loaded = await execa(process.execPath, ['--input-type=module', '-e',
+    const loaded = await execa(process.execPath, [...flags, '--input-type=module', '-e',
       `import { loadBundle } from ${JSON.stringify(loader)}; process.stdout.write(loadBundle(${JSON.stringify(bundle)}).cache)`])
     assert.equal(loaded.stdout, 'used', name)
   }

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict'
 import { join } from 'node:path'
 import { mkdir, statfs, rm } from 'node:fs/promises'
 import { execa } from 'execa'
-import { startDaemon, makeTempDir, removeDir, DAEMON_BIN, type TestDaemon } from '../helpers/daemon.js'
+import { startDaemon, makeTempDir, removeDir, AGENT_NODE_FLAGS, DAEMON_BIN, type TestDaemon } from '../helpers/daemon.js'
 import { makeImage, sha256File } from '../helpers/images.js'
 import { writeAgentConfig } from './storage-helpers.js'
 import { verifyDataDir, dataDirProblems } from '../../scripts/lib/verify-data-dir.js'
@@ -79,7 +79,7 @@ test('a cache disk that fills during a read: the read completes exactly, nothing
 test('a read-only data dir at start: exit code 1 and a message naming the dir and the reason', { timeout: 60_000 }, async () => {
   const ro = join(dir, 'ro')
   await mountTmpfs(ro, 'ro,size=1m')
-  const run = await execa(process.execPath, [DAEMON_BIN, '--data-dir', ro, '--socket', join(dir, 'ro.sock'), '--nbd-socket', join(dir, 'ro-nbd.sock'), '--no-p2p'], { reject: false, timeout: 30_000 })
+  const run = await execa(process.execPath, [...AGENT_NODE_FLAGS, DAEMON_BIN, '--data-dir', ro, '--socket', join(dir, 'ro.sock'), '--nbd-socket', join(dir, 'ro-nbd.sock'), '--no-p2p'], { reject: false, timeout: 30_000 })
   assert.equal(run.exitCode, 1, run.stderr)
   assert.match(run.stderr, new RegExp(`data dir ${ro} is not writable: the file system is read-only \\(EROFS\\)`))
 })

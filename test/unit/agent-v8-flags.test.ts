@@ -28,3 +28,15 @@ test('the agent flags turn Sparkplug on for code compiled once started; VMTHUNDE
   assert.equal(sparkplugAfterHooks({}), 'true')
   assert.equal(sparkplugAfterHooks({ VMTHUNDER_V8_FLAGS: '' }), 'false')
 })
+
+test('bin/vmthunderd.js runs node with AGENT_NODE_FLAGS (its first line), and this node takes them', { timeout: 30_000 }, async () => {
+  const { readFile } = await import('node:fs/promises')
+  const { AGENT_NODE_FLAGS } = await import(FLAGS_MODULE)
+  const first = (await readFile(fileURLToPath(new URL('../../bin/vmthunderd.js', import.meta.url)), 'utf8')).split('\n')[0]
+  const m = /^#!\/usr\/bin\/env -S node((?: \S+)*)$/.exec(first)
+  assert.ok(m !== null, first)
+  assert.deepEqual(m[1].split(' ').filter(f => f !== ''), AGENT_NODE_FLAGS)
+  assert.ok(AGENT_NODE_FLAGS.length > 0)
+  // A flag this node does not know would stop the daemon before it ran a line.
+  assert.equal(execFileSync(process.execPath, [...AGENT_NODE_FLAGS, '-e', 'process.stdout.write("ok")'], { timeout: 20_000 }).toString(), 'ok')
+})
