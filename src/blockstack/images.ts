@@ -7,7 +7,7 @@
 import { mkdir, rm, readdir, readFile, writeFile, rename, stat, realpath } from 'node:fs/promises'
 import { isAbsolute, join, sep } from 'node:path'
 import { BlockCache, silentLogger, type Logger } from './cache.js'
-import { blockLength, decodeManifest, manifestFromFile, validateImageId, type Manifest } from './manifest.js'
+import { blockLength, decodeManifest, isTrustedOrigin, manifestFromFile, validateImageId, type Manifest } from './manifest.js'
 import { levelPresenceStore, type ChunkDb } from './presence.js'
 import { ImageExistsError, ImageFileError, ImageNotFoundError, ImageInUseError, ImagePathNotAllowedError } from './errors.js'
 import type { SigningKey } from './signing.js'
@@ -48,6 +48,18 @@ export interface ImageRegistryInit {
   fetchTimeoutMs?: number
   /** Background scrub of each cache (scrub.ts defaults when undefined). */
   scrub?: ScrubOptions
+  /**
+   * Origin keys this agent trusts now (its own and the configured ones). An image adopted from a peer whose
+   * origin is not one of them any more (the key was taken out of p2p.trust) is not loaded: untrusted() lists
+   * it, for the daemon to drop. Undefined: no check (tools and tests that open a registry alone).
+   */
+  trustedKeys?: readonly Uint8Array[]
+}
+
+/** An image on disk whose origin key this agent no longer trusts: not loaded, not served. */
+export interface UntrustedImage {
+  imageId: string
+  originKeyHex: string
 }
 
 export interface RegisterOptions {
@@ -102,6 +114,8 @@ export async function allowedImagePath (path: string, allowedDirs: readonly stri
 
 export class ImageRegistry {
   private readonly images = new Map<string, Image>()
+  /** Adopted images whose origin is not trusted any more, with their records: kept on disk until dropped. */
+  private readonly untrustedImages = new Map<string, { record: ImageRecord, originKeyHex: string }>()
   /** Image ids with a registration or removal under way. */
   private readonly busy = new Set<string>()
   /** Registrations under way, for progress reports while the register call runs. */
@@ -137,6 +151,12 @@ export class ImageRegistry {
         // The record is committed only after the manifest was verified (adopted from a peer) or signed here:
         // a manifest on disk that hashes to its root is that one (decodeManifest).
         const manifest = decodeManifest(await readFile(join(this.imageDir(imageId), 'manifest')), { verifiedRootHex: record.rootHex })
+        if (!record.origin && this.init.trustedKeys !== undefined && !isTrustedOrigin(manifest, this.init.trustedKeys)) {
+          const originKeyHex = Buffer.from(manifest.originPublicKey).toString('hex')
+          this.logger.warn('not loading an image whose origin is not trusted any more', { imageId, originKey: originKeyHex })
+          this.untrustedImages.set(imageId, { record, originKeyHex })
+          continue
+        }
         this.images.set(imageId, { record, manifest, cache: await this.openCache(record, manifest) })
       } catch (err) {
         this.logger.error('dropping an image that cannot be loaded', { imageId, error: (err as Error).message })
@@ -144,7 +164,7 @@ export class ImageRegistry {
       }
     }
     for (const entry of await readdir(join(this.init.dataDir, 'images'))) {
-      if (!this.images.has(entry)) {
+      if (!this.images.has(entry) && !this.untrustedImages.has(entry)) {
         this.logger.warn('removing an interrupted registration', { imageId: entry })
         await rm(this.imageDir(entry), { recursive: true, force: true })
       }
@@ -166,6 +186,21 @@ export class ImageRegistry {
 
   list (): Image[] {
     return [...this.images.values()]
+  }
+
+  /** Images found on disk at open whose origin key is not trusted any more (not loaded; see dropUntrusted). */
+  untrusted (): UntrustedImage[] {
+    return [...this.untrustedImages].map(([imageId, u]) => ({ imageId, originKeyHex: u.originKeyHex }))
+  }
+
+  /** Deletes an untrusted image's record, presence and files: its blocks are fetched again if it is trusted again. */
+  async dropUntrusted (imageId: string): Promise<void> {
+    const u = this.untrustedImages.get(imageId)
+    if (u === undefined) return
+    await this.records.del(imageId)
+    await this.presenceDb(u.record.rootHex).clear()
+    await rm(this.imageDir(imageId), { recursive: true, force: true })
+    this.untrustedImages.delete(imageId)
   }
 
   get (imageId: string): Image | undefined {

@@ -233,6 +233,12 @@ export function checkTrusted (manifest: Manifest, trustedKeys: readonly Uint8Arr
   checkTrustedKey(manifest.imageId, manifest.originPublicKey, trustedKeys)
 }
 
+/** Whether the manifest's origin key is one of `trustedKeys` (raw 32 bytes each). */
+export function isTrustedOrigin (manifest: Manifest, trustedKeys: readonly Uint8Array[]): boolean {
+  const origin = Buffer.from(manifest.originPublicKey)
+  return trustedKeys.some(key => origin.equals(key))
+}
+
 function checkTrustedKey (imageId: string, originPublicKey: Uint8Array, trustedKeys: readonly Uint8Array[]): void {
   const origin = Buffer.from(originPublicKey)
   if (!trustedKeys.some(key => origin.equals(key))) {

@@ -20,6 +20,7 @@ import type { BlockCache } from '../blockstack/cache.js'
 import { RpcServer } from '../rpc/server.js'
 import { createMethods } from './methods.js'
 import type { DaemonLogger } from './logger.js'
+import { ConfigError } from '../config.js'
 import { PrefetchManager } from './prefetch-manager.js'
 import { tapManifestFailures, isTrustFailure, type ManifestFailures } from './manifest-failures.js'
 import { UntrustedOriginError } from '../blockstack/errors.js'
@@ -186,7 +187,8 @@ export class Daemon {
         key: identity,
         sourceFor,
         logger: logger.child('cache'),
-        fetchTimeoutMs: config.cache.fetchTimeoutMs
+        fetchTimeoutMs: config.cache.fetchTimeoutMs,
+        trustedKeys
       })
       cleanups.unshift(async () => { await images.close() })
       const snapshots = await SnapshotStore.open({
@@ -194,6 +196,7 @@ export class Daemon {
         db: db.sublevel('instances', { valueEncoding: 'json' }),
         backingUri: imageId => `nbd+unix:///${imageId}?socket=${config.nbd.socket}`
       })
+      await dropUntrustedImages(images, snapshots, logger)
       const prefetch = new PrefetchManager({
         db: db.sublevel('profiles', { valueEncoding: 'view' }) as any,
         logger: logger.child('prefetch'),
@@ -372,5 +375,23 @@ function exportProvider (images: ImageRegistry, prefetch: PrefetchManager, metri
       const exp = { ...prefetch.wrapExport(name, base), releaseBuffer: base.releaseBuffer }
       return metrics === undefined ? exp : timedExport(exp, metrics.readLatency)
     }
+  }
+}
+
+/**
+ * Images adopted from an origin whose key is no longer in p2p.trust are not served: one that no instance uses
+ * is deleted (its blocks are fetched again if the key is trusted again); one that instances use stops the
+ * start with a ConfigError (exit code 2), since deleting it would break those VMs' disks and serving it would
+ * serve what this configuration no longer trusts.
+ */
+async function dropUntrustedImages (images: ImageRegistry, snapshots: SnapshotStore, logger: DaemonLogger): Promise<void> {
+  for (const { imageId, originKeyHex } of images.untrusted()) {
+    const users = snapshots.usersOf(imageId)
+    if (users.length > 0) {
+      throw new ConfigError(`image '${imageId}' is signed by origin key ${originKeyHex}, which p2p.trust no longer holds, ` +
+        `and instance(s) ${users.join(', ')} use it: trust the key again (--trust or p2p.trust), or destroy those instances with it trusted`)
+    }
+    logger.warn('dropping an image whose origin is not trusted any more', { imageId, originKey: originKeyHex })
+    await images.dropUntrusted(imageId)
   }
 }

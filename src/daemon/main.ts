@@ -79,7 +79,8 @@ export async function main (argv: string[], hooks: MainHooks = {}): Promise<numb
   } catch (err) {
     logger.error('cannot start', { error: err })
     process.stderr.write(`vmthunderd: cannot start: ${(err as Error).message}\n`)
-    return 1
+    // A configuration that contradicts the state on disk (an untrusted image in use): restarting cannot help.
+    return err instanceof ConfigError ? 2 : 1
   }
   try {
     hooks.started?.()
