@@ -31,6 +31,13 @@ export interface Req {
   firstOfRequest: boolean
   /** The system's own record for the request's source (vmthunderd: the scheduler's SourceState). */
   source: unknown
+  /** The requester and the block (the request is its own serve and deliver event: no closure per block). */
+  to: SimNode
+  b: number
+  /** When the block fully arrived at the requester (deliver checks that the sender was alive until then). */
+  arrivedMs: number
+  /** Which engine event this request is queued as (EV_SERVE, EV_DELIVER). */
+  ev: number
 }
 
 export interface SimNode {
@@ -46,23 +53,44 @@ export interface SimNode {
   readIdx: number
   has: Uint8Array
   held: number
-  /** Blocks being fetched → callbacks waiting for them. */
-  pending: Map<number, Array<() => void>>
+  /** Blocks being fetched → what waits for them (callbacks, or a read of the VM). */
+  pending: Map<number, Waiter[]>
   /** Blocks being fetched → the request currently in flight for them. */
   req: Map<number, Req>
-  /** Blocks waiting for a source (detached agent). */
+  /** Blocks waiting for a source (detached agent). Change it only through the engine (it keeps the count). */
   stalled: Set<number>
-  /** Pending blocks that only prefetch asked for (a demand need removes the block). */
+  /** Pending blocks that only prefetch asked for (a demand need removes the block); same rule. */
   prefetchOnly: Set<number>
+  /** stalled.size and prefetchOnly.size, kept here: a delivered block skips both sets when they are empty. */
+  stalledCount: number
+  prefetchOnlyCount: number
   children: Set<number>
   /** The VM waits for a read that missed (prefetch models must not issue transfers then). */
   demandWaiting: boolean
   /** The system promoted this agent to a seed once it held every block (issue 5): a root for the checkers. */
   promoted: boolean
-  /** Sources this agent sent requests to at requestsAtMs (grouping blocks into requests). */
+  /** Sources this agent sent requests to at requestsAtMs (grouping blocks into requests): the first requestedCount. */
   requestsAtMs: number
   requestedFrom: number[]
+  requestedCount: number
+  /** The engine event a node is queued as: its VM's next read (EV_READ). */
+  readonly ev: number
 }
+
+/** A VM read waiting for `missing` more blocks (one object per read that missed, instead of a closure each). */
+interface ReadWait {
+  n: SimNode
+  blocks: readonly number[]
+  missing: number
+}
+
+/** What waits for a block: a callback, or a VM read. */
+export type Waiter = (() => void) | ReadWait
+
+/** The engine's own events are objects (a Req, a SimNode) tagged with one of these, not closures. */
+const EV_DELIVER = 1
+const EV_SERVE = 2
+const EV_READ = 3
 
 /** Issue 5 hook: a prefetch model proposes blocks to fetch while the VM thinks (between reads). */
 export interface PrefetchModel {
@@ -140,8 +168,10 @@ export interface EngineOptions {
   progress?: (e: Engine) => void
 }
 
+type Payload = (() => void) | Req | SimNode
+
 export class Engine {
-  readonly heap = new EventHeap()
+  readonly heap = new EventHeap<Payload>()
   nowMs = 0
   readonly net: Network
   readonly nodes: SimNode[] = []
@@ -197,6 +227,8 @@ export class Engine {
    * is a view into it.
    */
   presence = new Uint8Array(0)
+  /** When each node died (Infinity: alive), by index: the block path checks a sender without touching its object. */
+  private deathAt = new Float64Array(0)
   /** When each block arrived at each node (ms; Infinity: absent), same layout: adverts' summaries (summary.ts). */
   arrival = new Float32Array(0)
 
@@ -211,6 +243,11 @@ export class Engine {
       this.arrival = times
       for (const n of this.nodes) n.has = grown.subarray(n.idx * this.blockCount, (n.idx + 1) * this.blockCount)
     }
+    if (idx >= this.deathAt.length) {
+      const grown = new Float64Array(Math.max(idx + 1, 2 * this.deathAt.length)).fill(Infinity)
+      grown.set(this.deathAt)
+      this.deathAt = grown
+    }
     return this.presence.subarray(idx * this.blockCount, (idx + 1) * this.blockCount)
   }
 
@@ -219,7 +256,7 @@ export class Engine {
     const n: SimNode = {
       idx, id: `n${idx}`, isSeed, alive: true, deathMs: Infinity, boots, startMs, doneMs: -1, readIdx: 0,
       has: this.presenceFor(idx), held: 0, pending: new Map(), req: new Map(), stalled: new Set(), children: new Set(), prefetchOnly: new Set(),
-      demandWaiting: false, promoted: false, requestsAtMs: -1, requestedFrom: []
+      stalledCount: 0, prefetchOnlyCount: 0, demandWaiting: false, promoted: false, requestsAtMs: -1, requestedFrom: [], requestedCount: 0, ev: EV_READ
     }
     if (isSeed) { n.has.fill(1); n.held = this.blockCount; this.seeds.push(idx); this.arrival.fill(0, idx * this.blockCount, (idx + 1) * this.blockCount) }
     this.nodes.push(n)
@@ -246,6 +283,7 @@ export class Engine {
       if (ev.kind === 'churn') capacity += Math.ceil((ev.toMs - ev.fromMs) * ev.perSecond / 1000) + 1
     }
     this.presence = new Uint8Array(capacity * this.blockCount)
+    this.deathAt = new Float64Array(capacity).fill(Infinity)
     this.arrival = new Float32Array(capacity * this.blockCount).fill(Infinity)
     for (let i = 0; i < sc.seeds; i++) this.addNode(true, false, 0)
     for (let i = 0; i < this.opts.agents; i++) this.addNode(false, true, sc.startSpreadMs > 0 ? this.scenarioRng.range(0, sc.startSpreadMs) : 0)
@@ -265,7 +303,13 @@ export class Engine {
       if (e.t > maxMs) { this.nowMs = maxMs; break }
       this.nowMs = e.t
       this.eventsRun++
-      e.fn()
+      const f = e.fn
+      if (typeof f === 'function') f()
+      else if (f.ev === EV_DELIVER) this.deliver(f as Req)
+      else if (f.ev === EV_SERVE) { const r = f as Req; this.serve(this.nodes[r.src], r.to, r.b, r) } else {
+        const n = f as SimNode
+        if (n.alive) this.doRead(n)
+      }
       // done when every VM finished and, after failures, the systems had time to repair (volt: 30 s)
       if (this.booting === 0 && this.pendingScenarioEvents === 0 && this.nowMs >= this.lastFailureMs + SETTLE_AFTER_FAILURE_MS) break
     }
@@ -298,7 +342,7 @@ export class Engine {
       if (this.opts.prefetch !== undefined) {
         for (const b of this.opts.prefetch.onThink(n, n.readIdx, thinkMs, this)) if (b >= 0 && b < this.blockCount) this.need(n, b, noop)
       }
-      if (thinkMs > 0 || fromMs > this.nowMs || this.opts.prefetch !== undefined) { this.at(fromMs + thinkMs, () => { if (n.alive) this.doRead(n) }); return }
+      if (thinkMs > 0 || fromMs > this.nowMs || this.opts.prefetch !== undefined) { this.heap.push(Math.max(this.nowMs, fromMs + thinkMs), n); return }
       if (!this.startRead(n)) return
     }
   }
@@ -310,8 +354,10 @@ export class Engine {
   /** Starts the current read of n; true when every block was present (the read is done, the next is due). */
   private startRead (n: SimNode): boolean {
     const blocks = this.opts.trace.reads[n.readIdx].blocks
+    const has = this.presence
+    const base = n.idx * this.blockCount
     let missing = 0
-    for (const b of blocks) if (n.has[b] !== 1) missing++
+    for (const b of blocks) if (has[base + b] !== 1) missing++
     this.opts.prefetch?.onRead?.(n, n.readIdx, missing === 0, this)
     const cost = this.system.readCost
     if (missing === 0) {
@@ -320,13 +366,21 @@ export class Engine {
       return false
     }
     n.demandWaiting = true
-    const cb = function (this: Engine): void {
-      if (--missing !== 0) return
-      if (cost !== undefined) this.afterReadCost(n, blocks, cost)
-      else if (this.readDone(n, blocks)) this.nextRead(n)
-    }.bind(this)
-    for (const b of blocks) if (n.has[b] !== 1) this.need(n, b, cb)
+    const wait: ReadWait = { n, blocks, missing }
+    for (const b of blocks) if (has[base + b] !== 1) this.need(n, b, wait)
     return false
+  }
+
+  /** One of the blocks a read waits for is present. */
+  private readBlockArrived (w: ReadWait): void {
+    if (--w.missing !== 0) return
+    const cost = this.system.readCost
+    if (cost !== undefined) this.afterReadCost(w.n, w.blocks, cost)
+    else if (this.readDone(w.n, w.blocks)) this.nextRead(w.n)
+  }
+
+  private wake (w: Waiter): void {
+    if (typeof w === 'function') w(); else this.readBlockArrived(w)
   }
 
   /**
@@ -351,31 +405,33 @@ export class Engine {
   // ---- blocks ----
 
   /** Calls cb once block b is present at n (at once if it is). `prefetch`: no demand read waits for it. */
-  need (n: SimNode, b: number, cb: () => void, prefetch = false): void {
-    if (n.has[b] === 1) { cb(); return }
+  need (n: SimNode, b: number, cb: Waiter, prefetch = false): void {
+    if (this.presence[n.idx * this.blockCount + b] === 1) { this.wake(cb); return }
     const waiting = n.pending.get(b)
-    if (waiting !== undefined) { waiting.push(cb); if (!prefetch) n.prefetchOnly.delete(b); return }
+    if (waiting !== undefined) { waiting.push(cb); if (!prefetch && n.prefetchOnlyCount !== 0 && n.prefetchOnly.delete(b)) n.prefetchOnlyCount--; return }
     n.pending.set(b, [cb])
-    if (prefetch) n.prefetchOnly.add(b)
+    if (prefetch && !n.prefetchOnly.has(b)) { n.prefetchOnly.add(b); n.prefetchOnlyCount++ }
     this.issue(n, b)
   }
 
   /** Sends (or re-sends) the request for pending block b of n to the system's choice of source. */
   issue (n: SimNode, b: number, hedge = false): void {
-    if (!n.alive || n.has[b] === 1 || !n.pending.has(b)) return
+    if (!n.alive || this.presence[n.idx * this.blockCount + b] === 1 || !n.pending.has(b)) return
     const src = this.system.chooseSource(n, b)
-    if (src < 0) { n.stalled.add(b); return }
-    n.stalled.delete(b)
+    if (src < 0) { if (!n.stalled.has(b)) { n.stalled.add(b); n.stalledCount++ } return }
+    if (n.stalledCount !== 0 && n.stalled.delete(b)) n.stalledCount--
     this.sendRequest(n, b, src, hedge)
   }
 
   sendRequest (n: SimNode, b: number, src: number, hedge: boolean, expectedMs = 0): Req {
-    if (n.requestsAtMs !== this.nowMs) { n.requestsAtMs = this.nowMs; n.requestedFrom.length = 0 }
-    const firstOfRequest = !n.requestedFrom.includes(src)
-    if (firstOfRequest) n.requestedFrom.push(src)
+    if (n.requestsAtMs !== this.nowMs) { n.requestsAtMs = this.nowMs; n.requestedCount = 0 }
+    const from = n.requestedFrom
+    let firstOfRequest = true
+    for (let i = 0; i < n.requestedCount; i++) if (from[i] === src) { firstOfRequest = false; break }
+    if (firstOfRequest) from[n.requestedCount++] = src
     const r: Req = {
-      src, startedAtMs: this.nowMs, expectedMs, hedged: hedge, prefetch: n.prefetchOnly.has(b), serial: ++this.reqSerial, arrivalMs: -1,
-      firstOfRequest, source: undefined
+      src, startedAtMs: this.nowMs, expectedMs, hedged: hedge, prefetch: n.prefetchOnlyCount !== 0 && n.prefetchOnly.has(b), serial: ++this.reqSerial,
+      arrivalMs: -1, firstOfRequest, source: undefined, to: n, b, arrivedMs: 0, ev: EV_SERVE
     }
     if (!hedge) n.req.set(b, r)
     const s = this.nodes[src]
@@ -383,23 +439,24 @@ export class Engine {
     const reachMs = this.nowMs + this.net.latencyMs(n.idx, src)
     // The source holds the block: queue the transfer now, ready when the request reaches it (saves an
     // event per block). Otherwise the request is handled when it arrives (relay, or lost if s is dead).
-    if (s.alive && s.has[b] === 1) this.transmit(s, n, b, r, reachMs)
-    else this.at(reachMs, () => this.serve(s, n, b, r))
+    if (this.deathAt[src] === Infinity && this.presence[src * this.blockCount + b] === 1) this.transmit(s, n, b, r, reachMs)
+    else this.heap.push(Math.max(this.nowMs, reachMs), r) // r.ev: EV_SERVE
     this.system.onRequest?.(n, b, r)
     return r
   }
 
   /** Re-issues every stalled block of n (after it got a parent). */
   retryStalled (n: SimNode): void {
-    if (n.stalled.size === 0) return
+    if (n.stalledCount === 0) return
     const blocks = [...n.stalled]
     n.stalled.clear()
+    n.stalledCount = 0
     for (const b of blocks) this.issue(n, b)
   }
 
   private serve (s: SimNode, to: SimNode, b: number, r: Req): void {
     if (!s.alive) return // lost: the requester finds out by timeout, failure detection or its master
-    if (s.has[b] !== 1) {
+    if (this.presence[s.idx * this.blockCount + b] !== 1) {
       if (this.system.relays !== undefined && !this.system.relays(s, to)) {
         // 'not present': the answer reaches the requester one latency later
         this.at(this.nowMs + this.net.latencyMs(s.idx, to.idx), () => { if (to.alive) this.system.onNotPresent?.(to, b, s.idx, r) })
@@ -430,28 +487,34 @@ export class Engine {
     }
     // the receiver's CPU work is booked now for when the block arrives; the CPU's calendar (cpu-queue.ts)
     // lets work that is ready earlier use the time before it, so nothing idles behind work not there yet
-    const arrivedMs = arrival
+    r.arrivedMs = arrival
     if (recvCpu > 0) arrival = this.net.cpu(to.idx, recvCpu, arrival, this.nowMs)
-    this.at(arrival, () => this.deliver(to, b, s, r, arrivedMs))
+    r.ev = EV_DELIVER
+    this.heap.push(Math.max(this.nowMs, arrival), r)
   }
 
-  /** Block b from s is present at n (it arrived at arrivedMs, then n's CPU took it in). */
-  private deliver (n: SimNode, b: number, s: SimNode, r: Req, arrivedMs: number): void {
+  /** Block r.b from r.src is present at r.to (it arrived at r.arrivedMs, then the receiver's CPU took it in). */
+  private deliver (r: Req): void {
+    const n = r.to
     if (!n.alive) return
-    this.system.onArrive?.(n, b, s.idx, r)
-    if (!s.alive && s.deathMs < arrivedMs - this.net.latencyMs(s.idx, n.idx)) return // sender died mid-transfer
-    if (n.has[b] === 1) { this.wastedBytes += this.blockSizeBytes; return }
-    n.has[b] = 1
-    this.arrival[n.idx * this.blockCount + b] = this.nowMs
+    const b = r.b
+    const src = r.src
+    this.system.onArrive?.(n, b, src, r)
+    // sender died mid-transfer (deathAt: Infinity while alive)
+    if (this.deathAt[src] < r.arrivedMs - this.net.latencyMs(src, n.idx)) return
+    const i = n.idx * this.blockCount + b
+    if (this.presence[i] === 1) { this.wastedBytes += this.blockSizeBytes; return }
+    this.presence[i] = 1
+    this.arrival[i] = this.nowMs
     n.held++
     const cur = n.req.get(b)
-    n.req.delete(b)
-    n.stalled.delete(b)
-    n.prefetchOnly.delete(b)
-    this.system.onDeliver?.(n, b, s.idx, cur?.serial === r.serial ? cur : r)
+    if (cur !== undefined) n.req.delete(b)
+    if (n.stalledCount !== 0 && n.stalled.delete(b)) n.stalledCount--
+    if (n.prefetchOnlyCount !== 0 && n.prefetchOnly.delete(b)) n.prefetchOnlyCount--
+    this.system.onDeliver?.(n, b, src, cur?.serial === r.serial ? cur : r)
     const waiting = n.pending.get(b)
     n.pending.delete(b)
-    if (waiting !== undefined) for (const cb of waiting) cb()
+    if (waiting !== undefined) for (const cb of waiting) this.wake(cb)
   }
 
   // ---- failures and joins ----
@@ -460,11 +523,14 @@ export class Engine {
     if (!n.alive) return
     n.alive = false
     n.deathMs = this.nowMs
+    this.deathAt[n.idx] = this.nowMs
     if (n.boots && n.doneMs < 0) this.booting--
     n.pending.clear()
     n.req.clear()
     n.stalled.clear()
     n.prefetchOnly.clear()
+    n.stalledCount = 0
+    n.prefetchOnlyCount = 0
     this.system.onCrash(n)
   }
 

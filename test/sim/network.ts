@@ -10,7 +10,7 @@
 // a bottleneck port equally over time (checked in test/sim/network.test.ts against the fair-share rate).
 // O(ports) per block, no global recomputation: this is what keeps 10,000 agents within seconds.
 
-import { CpuQueue } from './cpu-queue.js'
+import { bookCalendar, CpuQueue } from './cpu-queue.js'
 import type { LinkProfile } from './scenario.js'
 import type { Rng } from './rng.js'
 
@@ -24,8 +24,9 @@ export interface Port {
 
 export interface Host {
   rack: number
-  up: Port
-  down: Port
+  /** Views of the host's ports (the state lives in the network's flat arrays: HostPorts). */
+  up: Readonly<Port>
+  down: Readonly<Port>
   /** This host's share of link latency (heterogeneous profile). */
   latencyMs: number
 }
@@ -33,6 +34,43 @@ export interface Host {
 const mbpsToBytesPerMs = (mbps: number): number => mbps * 125
 
 function port (mbps: number): Port { return { capBytesPerMs: mbpsToBytesPerMs(mbps), freeAtMs: 0, busyMs: 0 } }
+
+/**
+ * The hosts' upload or download ports as flat arrays indexed by host: a block touches two numbers per port
+ * instead of a host object and a port object each (cache misses at 10,000 hosts).
+ */
+class HostPorts {
+  cap: Float64Array = new Float64Array(1024)
+  free: Float64Array = new Float64Array(1024)
+  busy: Float64Array = new Float64Array(1024)
+
+  add (i: number, p: Port): void {
+    if (i >= this.cap.length) {
+      const grow = (a: Float64Array): Float64Array => { const b = new Float64Array(2 * a.length); b.set(a); return b }
+      this.cap = grow(this.cap); this.free = grow(this.free); this.busy = grow(this.busy)
+    }
+    this.cap[i] = p.capBytesPerMs; this.free[i] = p.freeAtMs; this.busy[i] = p.busyMs
+  }
+
+  /** Queues `sizeBytes` at host i's port, ready at readyMs; returns when the port is done with it (as take()). */
+  take (i: number, sizeBytes: number, readyMs: number): number {
+    const free = this.free
+    const start = free[i] > readyMs ? free[i] : readyMs
+    const dur = sizeBytes / this.cap[i]
+    free[i] = start + dur
+    this.busy[i] += dur
+    return free[i]
+  }
+
+  view (i: number): Readonly<Port> {
+    const ports = this
+    return {
+      get capBytesPerMs () { return ports.cap[i] },
+      get freeAtMs () { return ports.free[i] },
+      get busyMs () { return ports.busy[i] }
+    }
+  }
+}
 
 /** CPU of the hosts (the cost model): a core count per host, or one pool shared by every host (the testbed). */
 export interface CpuProfile {
@@ -42,8 +80,8 @@ export interface CpuProfile {
 
 export class Network {
   readonly hosts: Host[] = []
-  /** One CPU queue per host, or one shared by all (cpuProfile: cores, in CPU-ms per ms). */
-  readonly cpus: CpuQueue[] = []
+  /** One CPU calendar per host (cpu-queue.ts's interval array, bare), unless one pool is shared by all. */
+  private readonly calendars: number[][] = []
   /**
    * CPU that every agent spends regardless of blocks (adverts received, heartbeats), in ms per second per
    * agent: taken off the capacity left for block work.
@@ -56,6 +94,9 @@ export class Network {
   private sharedCpu: CpuQueue | undefined
   readonly rackUp: Port[] = []
   readonly rackDown: Port[] = []
+  private readonly upPorts = new HostPorts()
+  private readonly downPorts = new HostPorts()
+  private rackOf: Int32Array = new Int32Array(1024)
   /** Bytes that crossed a rack uplink (either direction). */
   crossRackBytes = 0
 
@@ -70,19 +111,18 @@ export class Network {
    */
   cpu (a: number, cpuMs: number, readyMs: number, nowMs: number): number {
     const shared = this.sharedCpu !== undefined
-    const q = this.sharedCpu ?? this.cpus[a]
     this.cpuWorkMs[a] += cpuMs
     const agents = shared ? this.hosts.length : 1
     const cores = shared ? this.cpuProfile.sharedCores as number : this.cpuProfile.coresPerHost
     // background work takes its share first; at least 5 % of the cores stay for blocks (the loop still turns)
     const left = Math.max(0.05 * cores, cores - agents * this.backgroundCpuMsPerS / 1000)
-    return q.book(nowMs, readyMs, cpuMs / left)
+    return shared ? (this.sharedCpu as CpuQueue).book(nowMs, readyMs, cpuMs / left) : bookCalendar(this.calendars[a], nowMs, readyMs, cpuMs / left)
   }
 
   addHost (): number {
     const i = this.hosts.length
     const p = this.profile
-    let host: Host
+    let host: { rack: number, up: Port, down: Port, latencyMs: number }
     if (p.kind === 'uniform') {
       host = { rack: 0, up: port(p.upMbps), down: port(p.downMbps), latencyMs: 0 }
     } else if (p.kind === 'racks') {
@@ -95,8 +135,12 @@ export class Network {
       for (const c of p.classes) { if (x < c.fraction) { cls = c; break } x -= c.fraction }
       host = { rack: 0, up: port(cls.upMbps), down: port(cls.downMbps), latencyMs: this.rng.range(p.hostLatencyMinMs, p.hostLatencyMaxMs) }
     }
-    this.hosts.push(host)
-    this.cpus.push(new CpuQueue())
+    this.upPorts.add(i, host.up)
+    this.downPorts.add(i, host.down)
+    if (i >= this.rackOf.length) { const r = new Int32Array(2 * this.rackOf.length); r.set(this.rackOf); this.rackOf = r }
+    this.rackOf[i] = host.rack
+    this.hosts.push({ rack: host.rack, up: this.upPorts.view(i), down: this.downPorts.view(i), latencyMs: host.latencyMs })
+    this.calendars.push([])
     this.cpuWorkMs.push(0)
     return i
   }
@@ -111,18 +155,20 @@ export class Network {
 
   /** Queue one block of `sizeBytes` from a to b, ready at readyMs; returns when it has fully arrived at b. */
   transfer (a: number, b: number, sizeBytes: number, readyMs: number): number {
-    const ha = this.hosts[a]; const hb = this.hosts[b]
-    let done = take(ha.up, sizeBytes, readyMs)
-    if (ha.rack !== hb.rack) {
-      done = Math.max(done, take(this.rackUp[ha.rack], sizeBytes, readyMs), take(this.rackDown[hb.rack], sizeBytes, readyMs))
+    let done = this.upPorts.take(a, sizeBytes, readyMs)
+    const ra = this.rackOf[a]; const rb = this.rackOf[b]
+    if (ra !== rb) {
+      done = Math.max(done, take(this.rackUp[ra], sizeBytes, readyMs), take(this.rackDown[rb], sizeBytes, readyMs))
       this.crossRackBytes += sizeBytes
     }
-    done = Math.max(done, take(hb.down, sizeBytes, readyMs))
+    done = Math.max(done, this.downPorts.take(b, sizeBytes, readyMs))
     return done + this.latencyMs(a, b)
   }
 
-  uploadBytesPerMs (a: number): number { return this.hosts[a].up.capBytesPerMs }
-  downloadBytesPerMs (a: number): number { return this.hosts[a].down.capBytesPerMs }
+  uploadBytesPerMs (a: number): number { return this.upPorts.cap[a] }
+  downloadBytesPerMs (a: number): number { return this.downPorts.cap[a] }
+  /** Busy time of host a's upload port so far (ms): the load meter. */
+  uploadBusyMs (a: number): number { return this.upPorts.busy[a] }
 }
 
 function take (p: Port, sizeBytes: number, readyMs: number): number {

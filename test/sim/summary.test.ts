@@ -30,3 +30,30 @@ test('summary levels at any time equal summarize() of the presence then', { time
   // a complete agent (a seed) holds every block
   assert.equal(model.holdProbability(new Float32Array(trace.blockCount).fill(Infinity), 0, 0, 0, true), 1)
 })
+
+test('group counters kept from arrivals give the same levels as counting the arrival times', { timeout: 30_000 }, () => {
+  const counted = new SummaryModel(trace)
+  const tracked = new SummaryModel(trace)
+  const rng = new Rng(5)
+  const nodes = 3
+  const arrival = new Float32Array(nodes * trace.blockCount).fill(Infinity)
+  for (let n = 0; n < nodes; n++) tracked.track(n)
+  // blocks arrive in time order (as deliveries do), the levels are asked of adverts published along the way
+  const order = Array.from({ length: nodes * trace.blockCount }, (_, i) => i).filter(() => rng.next() < 0.8)
+  for (let i = order.length - 1; i > 0; i--) { const j = rng.int(i + 1); [order[i], order[j]] = [order[j], order[i]] }
+  let nowMs = 0
+  const published: number[] = [0]
+  for (const i of order) {
+    nowMs += rng.next() * 2
+    arrival[i] = nowMs
+    tracked.arrived(Math.floor(i / trace.blockCount), i % trace.blockCount, nowMs)
+    if (rng.next() < 0.02) published.push(nowMs)
+    if (rng.next() < 0.05) {
+      const atMs = published[rng.int(published.length)]
+      const n = rng.int(nodes)
+      const b = rng.int(trace.blockCount)
+      const base = n * trace.blockCount
+      assert.equal(tracked.level(arrival, base, b, atMs), counted.level(arrival, base, b, atMs), `node ${n} block ${b} at ${atMs}`)
+    }
+  }
+})

@@ -168,12 +168,16 @@ interface VState {
   addedAtMs: number
   /** The candidate table of the last heartbeat: the peers this agent knows adverts of (sources too). */
   cand: number[]
-  /** Blocks → sources that answered 'not present' (not asked again for that block until it stalls). */
-  tried: Map<number, number[]>
+  /** Blocks → sources that answered 'not present' (not asked again for that block until it stalls); made on first use. */
+  tried: Map<number, number[]> | undefined
   /** Per-source accounting for the scheduler, keyed by node index (kept as SourceState, reused). */
   src: Map<number, SourceState>
+  /** src's records of parentIdx, in its order (undefined: not looked up since parentIdx last changed). */
+  parentSrc: SourceState[] | undefined
   /** When this agent's hedge scan is next due (Infinity: none scheduled). */
   hedgeScanAtMs: number
+  /** The hedge scan's timer callback, made once per agent. */
+  hedgeScanFn: () => void
 }
 
 /** Gossipsub mesh degree: adverts reach N agents in about log_D(N) hops. */
@@ -220,6 +224,10 @@ class VmThunderd implements System {
   private eligibleAll: number[] = []
   private eligibleByRack = new Map<number, number[]>()
   private lastExpectedMs = 0
+  /** The record of the source pick() chose last (node lastChosenIdx, for agent lastChosenFor): onRequest needs no map lookup. */
+  private lastChosen: SourceState | undefined
+  private lastChosenIdx = -1
+  private lastChosenFor = -1
   private readonly sched = DEFAULT_SCHEDULER_PARAMS
   private readonly summary: SummaryModel
   private readonly attachGraceMs: number
@@ -249,6 +257,9 @@ class VmThunderd implements System {
   /** When each agent published its newest and its previous advert (Infinity: not yet): the `cur`/`prev` times. */
   private curAtMs: Float64Array = new Float64Array(0)
   private prevAtMs: Float64Array = new Float64Array(0)
+  /** Whether that advert said every block is held (1) or not (0): a parent's hold needs no look at its state. */
+  private curComplete: Uint8Array = new Uint8Array(0)
+  private prevComplete: Uint8Array = new Uint8Array(0)
 
   init (): void {
     // Once a second: every agent's background CPU (idle work and the adverts it received last second).
@@ -276,12 +287,16 @@ class VmThunderd implements System {
       const grow = (a: Float64Array): Float64Array => { const b = new Float64Array(Math.max(1024, 2 * n.idx)).fill(Infinity); b.set(a); return b }
       this.curAtMs = grow(this.curAtMs)
       this.prevAtMs = grow(this.prevAtMs)
+      const growFlags = (a: Uint8Array): Uint8Array => { const b = new Uint8Array(this.curAtMs.length); b.set(a); return b }
+      this.curComplete = growFlags(this.curComplete)
+      this.prevComplete = growFlags(this.prevComplete)
     }
     this.hops = Math.max(1, Math.ceil(Math.log(this.e.nodes.length) / Math.log(GOSSIP_D)))
+    if (!n.isSeed) this.summary.track(n.idx)
     this.st[n.idx] = {
       parents: [], parentIdx: [], depth: n.isSeed ? 0 : null, refusedUntil: new Map(), orphanedSinceMs: null, cur: undefined, prev: undefined, seq: 0,
-      loadAtMs: n.startMs, loadBusyMs: 0, load: 0, lastPublishMs: -Infinity, lastFacts: undefined, publishDueMs: Infinity, addedAtMs: n.startMs, cand: [], tried: new Map(),
-      src: new Map(), hedgeScanAtMs: Infinity
+      loadAtMs: n.startMs, loadBusyMs: 0, load: 0, lastPublishMs: -Infinity, lastFacts: undefined, publishDueMs: Infinity, addedAtMs: n.startMs, cand: [], tried: undefined,
+      src: new Map(), parentSrc: undefined, hedgeScanAtMs: Infinity, hedgeScanFn: () => this.hedgeScan(n)
     }
     this.advertise(n)
     // the first selection runs when the agent starts, then on a heartbeat with a random phase
@@ -340,6 +355,8 @@ class VmThunderd implements System {
     s.prev = s.cur
     this.prevAtMs[n.idx] = this.curAtMs[n.idx]
     this.curAtMs[n.idx] = now
+    this.prevComplete[n.idx] = this.curComplete[n.idx]
+    this.curComplete[n.idx] = facts.heldBlocks === facts.totalBlocks ? 1 : 0
     s.cur = {
       atMs: now,
       advert: {
@@ -359,7 +376,7 @@ class VmThunderd implements System {
     const s = this.st[n.idx]
     const now = this.e.nowMs
     if (now - s.loadAtMs < this.params.heartbeatMs / 2) return
-    const busyMs = this.e.net.hosts[n.idx].up.busyMs
+    const busyMs = this.e.net.uploadBusyMs(n.idx)
     s.load = Math.min(1, Math.max(0, (busyMs - s.loadBusyMs) / (now - s.loadAtMs)))
     s.loadAtMs = now
     s.loadBusyMs = busyMs
@@ -448,6 +465,7 @@ class VmThunderd implements System {
         const j = Number(d.peerId.slice(1))
         if (nodes[j].children.delete(n.idx)) this.advertise(nodes[j])
         s.src.delete(j)
+        s.parentSrc = undefined
       }
       const replies = new Map<string, AdmissionReply>()
       for (const { peerId, kept } of plan.ask) {
@@ -467,6 +485,7 @@ class VmThunderd implements System {
       s.orphanedSinceMs = res.orphanedSinceMs
       s.parents = res.parents
       s.parentIdx = res.parents.filter(p => !p.failed).map(p => Number(p.peerId.slice(1)))
+      s.parentSrc = undefined
       s.refusedUntil = res.refusedUntil
       s.depth = res.depth
       if (res.again) e.at(now, () => { if (n.alive) this.tick(n) })
@@ -479,7 +498,7 @@ class VmThunderd implements System {
             if (r !== undefined && !live.has(r.src) && !nodes[r.src].alive) e.issue(n, b)
           }
         }
-        for (const b of n.stalled) s.tried.delete(b) // peers tried earlier may hold it by now (peer-source.ts)
+        if (s.tried !== undefined) for (const b of n.stalled) s.tried.delete(b) // peers tried earlier may hold it by now (peer-source.ts)
         e.retryStalled(n)
         if (s.parentIdx.length === 0) this.e.at(now + DETACHED_RETRY_MS, () => { if (n.alive && this.st[n.idx].parentIdx.length === 0) this.tick(n) })
       }
@@ -511,8 +530,24 @@ class VmThunderd implements System {
     return !this.complete(n) && s.parentIdx.length === 0 && this.e.nowMs - s.addedAtMs < this.attachGraceMs
   }
 
-  private readonly tier: SourceState[] = []
-  private readonly full: SourceState[] = []
+  /** The scheduler's request (reused: chooseSource only reads it). */
+  private readonly blockReq = { blockIndex: 0, sizeBytes: 0 }
+
+  /** The source records of n's parents, in parentIdx order (made once per parent set; their initial values are static). */
+  private parentSources (n: SimNode, s: VState): SourceState[] {
+    const out = s.parentIdx.map(j => this.sourceState(n, j))
+    s.parentSrc = out
+    return out
+  }
+
+  /** Whether j's newest advert that reached `to` by now says it holds block b (holdProbability, the daemon's summary). */
+  private advertHolds (j: number, to: number, b: number): boolean {
+    const d = this.gossipDelayMs(j, to)
+    const now = this.e.nowMs
+    let atMs: number; let complete: number
+    if (this.curAtMs[j] + d <= now) { atMs = this.curAtMs[j]; complete = this.curComplete[j] } else if (this.prevAtMs[j] + d <= now) { atMs = this.prevAtMs[j]; complete = this.prevComplete[j] } else return false
+    return this.summary.holdProbability(this.e.arrival, j * this.e.blockCount, b, atMs, complete === 1) >= HOLDS_PROBABILITY
+  }
 
   /**
    * src/p2p/peer-source.ts's pick: the parents (they relay what they lack, at the relay penalty); else peers
@@ -521,22 +556,26 @@ class VmThunderd implements System {
    */
   private pick (n: SimNode, b: number, exclude: readonly number[] | undefined, hedge: boolean): number {
     const s = this.st[n.idx]
-    const tier = this.tier
-    tier.length = 0
-    const req = { blockIndex: b, sizeBytes: this.e.blockSizeBytes }
-    for (let i = 0; i < s.parentIdx.length; i++) {
-      const j = s.parentIdx[i]
-      if (exclude?.includes(j) === true) continue
-      const seen = this.seen(j, n.idx)
-      const st = this.sourceState(n, j)
-      st.holds = seen !== undefined && this.holdProbability(j, seen, b) >= HOLDS_PROBABILITY
-      tier.push(st)
+    this.lastChosen = undefined
+    this.lastChosenFor = n.idx
+    const req = this.blockReq
+    req.blockIndex = b
+    req.sizeBytes = this.e.blockSizeBytes
+    const parents = s.parentIdx
+    if (parents.length > 0) {
+      const srcs = s.parentSrc ?? this.parentSources(n, s)
+      let tier = srcs; let idx = parents
+      if (exclude !== undefined) {
+        tier = []; idx = []
+        for (let i = 0; i < parents.length; i++) if (!exclude.includes(parents[i])) { tier.push(srcs[i]); idx.push(parents[i]) }
+      }
+      for (let i = 0; i < tier.length; i++) tier[i].holds = this.advertHolds(idx[i], n.idx, b)
+      if (tier.length > 0) return this.chosen(chooseSource(req, tier, this.sched), tier, idx)
     }
-    if (tier.length > 0) return this.chosen(chooseSource(req, tier, this.sched))
-    const full = this.full
-    full.length = 0
+    const tier: SourceState[] = []; const tierIdx: number[] = []
+    const full: SourceState[] = []; const fullIdx: number[] = []
     for (const j of s.cand) {
-      if (exclude?.includes(j) === true || s.parentIdx.includes(j)) continue
+      if (exclude?.includes(j) === true || parents.includes(j)) continue
       const seen = this.seen(j, n.idx)
       if (seen === undefined) continue
       const p = this.holdProbability(j, seen, b)
@@ -544,23 +583,25 @@ class VmThunderd implements System {
       const st = this.sourceState(n, j)
       st.holds = p >= HOLDS_PROBABILITY
       const a = seen.advert
-      if (a.childCount >= a.childLimit || a.depth === 0) full.push(st); else tier.push(st)
+      if (a.childCount >= a.childLimit || a.depth === 0) { full.push(st); fullIdx.push(j) } else { tier.push(st); tierIdx.push(j) }
     }
-    if (tier.length > 0) return this.chosen(chooseSource(req, tier, this.sched))
+    if (tier.length > 0) return this.chosen(chooseSource(req, tier, this.sched), tier, tierIdx)
     const lastResort = !hedge && (this.readWhileAttaching || !this.attaching(n))
-    if (lastResort && full.length > 0) return this.chosen(chooseSource(req, full, this.sched))
+    if (lastResort && full.length > 0) return this.chosen(chooseSource(req, full, this.sched), full, fullIdx)
     return -1
   }
 
-  private chosen (c: { peerId: string, expectedMs: number } | null): number {
+  /** The node index of the chosen source (`idx[i]` is the node of `list[i]`). */
+  private chosen (c: { peerId: string, expectedMs: number } | null, list: readonly SourceState[], idx: readonly number[]): number {
     if (c === null) return -1
     this.lastExpectedMs = c.expectedMs
+    for (let i = 0; i < list.length; i++) if (list[i].peerId === c.peerId) { this.lastChosen = list[i]; this.lastChosenIdx = idx[i]; return idx[i] }
     return Number(c.peerId.slice(1))
   }
 
   chooseSource (n: SimNode, b: number): number {
     if (this.complete(n)) return -1
-    return this.pick(n, b, this.st[n.idx].tried.get(b), false)
+    return this.pick(n, b, this.st[n.idx].tried?.get(b), false)
   }
 
   relays (s: SimNode, to: SimNode): boolean { return s.children.has(to.idx) }
@@ -568,6 +609,7 @@ class VmThunderd implements System {
   onNotPresent (n: SimNode, b: number, src: number, r: Req): void {
     this.release(r)
     const s = this.st[n.idx]
+    s.tried ??= new Map()
     const tried = s.tried.get(b)
     if (tried === undefined) s.tried.set(b, [src]); else if (!tried.includes(src)) tried.push(src)
     if (n.req.get(b)?.serial === r.serial) this.e.issue(n, b)
@@ -575,7 +617,10 @@ class VmThunderd implements System {
 
   onRequest (n: SimNode, _b: number, r: Req): void {
     const s = this.st[n.idx]
-    const st = this.sourceState(n, r.src)
+    // the record pick() just chose (the same object sourceState would find), else the lookup
+    const chosen = this.lastChosen
+    const st = chosen !== undefined && this.lastChosenFor === n.idx && this.lastChosenIdx === r.src ? chosen : this.sourceState(n, r.src)
+    this.lastChosen = undefined
     r.source = st
     st.queuedBytes += this.e.blockSizeBytes
     st.inFlight++
@@ -586,7 +631,7 @@ class VmThunderd implements System {
     if (r.arrivalMs >= 0 && r.arrivalMs <= deadline) return // already on its way, in time: no hedge can be needed
     if (deadline < s.hedgeScanAtMs) {
       s.hedgeScanAtMs = deadline
-      this.e.at(deadline, () => this.hedgeScan(n))
+      this.e.at(deadline, s.hedgeScanFn)
     }
   }
 
@@ -602,11 +647,11 @@ class VmThunderd implements System {
       if (r.arrivalMs >= 0 && r.arrivalMs <= deadline) continue
       if (deadline > this.e.nowMs) { next = Math.min(next, deadline); continue }
       r.hedged = true
-      const tried = s.tried.get(b)
+      const tried = s.tried?.get(b)
       const t = this.pick(n, b, tried === undefined ? [r.src] : [...tried, r.src], true)
       if (t >= 0) this.e.sendRequest(n, b, t, true)
     }
-    if (next < Infinity) { s.hedgeScanAtMs = next; this.e.at(next, () => this.hedgeScan(n)) }
+    if (next < Infinity) { s.hedgeScanAtMs = next; this.e.at(next, s.hedgeScanFn) }
   }
 
   /** The request is over (block arrived, or 'not present'): off its source's queue. */
@@ -630,8 +675,9 @@ class VmThunderd implements System {
   }
 
   onDeliver (n: SimNode, b: number): void {
+    this.summary.arrived(n.idx, b, this.e.nowMs)
     const tried = this.st[n.idx].tried
-    if (tried.size > 0) tried.delete(b)
+    if (tried !== undefined && tried.size > 0) tried.delete(b)
     // a complete agent becomes a seed at once (the daemon re-advertises on the last block), not at its next heartbeat
     if (this.e.opts.promoteComplete === true && !n.isSeed && !n.promoted && n.held === this.e.blockCount) this.e.at(this.e.nowMs, () => { if (n.alive) this.tick(n) })
     else this.advertise(n) // blocks added: the policy decides when to say so
