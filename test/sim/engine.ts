@@ -53,8 +53,11 @@ export interface SimNode {
   readIdx: number
   has: Uint8Array
   held: number
-  /** Blocks being fetched → what waits for them (callbacks, or a read of the VM). */
-  pending: Map<number, Waiter[]>
+  /**
+   * Blocks being fetched → what waits for them (callbacks, a read of the VM, a relayed request): one waiter as
+   * itself, more in an array (most blocks have one: no array allocated per pending block).
+   */
+  pending: Map<number, Waiter | Waiter[]>
   /** Blocks being fetched → the request currently in flight for them. */
   req: Map<number, Req>
   /** Blocks waiting for a source (detached agent). Change it only through the engine (it keeps the count). */
@@ -69,8 +72,13 @@ export interface SimNode {
   demandWaiting: boolean
   /** The system promoted this agent to a seed once it held every block (issue 5): a root for the checkers. */
   promoted: boolean
-  /** Sources this agent sent requests to at requestsAtMs (grouping blocks into requests): the first requestedCount. */
+  /**
+   * Sources this agent sent requests to at requestsAtMs (grouping blocks into requests), requestedCount of
+   * them: the first in requestedFirst (most moments have one: the array is not touched), the others from
+   * requestedFrom[1].
+   */
   requestsAtMs: number
+  requestedFirst: number
   requestedFrom: number[]
   requestedCount: number
   /** The engine event a node is queued as: its VM's next read (EV_READ). */
@@ -79,13 +87,15 @@ export interface SimNode {
 
 /** A VM read waiting for `missing` more blocks (one object per read that missed, instead of a closure each). */
 interface ReadWait {
+  /** Tells it from a relayed request (a Req waiting for its block at the relay, EV_SERVE). */
+  readonly ev: typeof EV_READ
   n: SimNode
   blocks: readonly number[]
   missing: number
 }
 
-/** What waits for a block: a callback, or a VM read. */
-export type Waiter = (() => void) | ReadWait
+/** What waits for a block: a callback, a VM read, or a request a relay serves once the block is there. */
+export type Waiter = (() => void) | ReadWait | Req
 
 /** The engine's own events are objects (a Req, a SimNode) tagged with one of these, not closures. */
 const EV_DELIVER = 1
@@ -256,7 +266,7 @@ export class Engine {
     const n: SimNode = {
       idx, id: `n${idx}`, isSeed, alive: true, deathMs: Infinity, boots, startMs, doneMs: -1, readIdx: 0,
       has: this.presenceFor(idx), held: 0, pending: new Map(), req: new Map(), stalled: new Set(), children: new Set(), prefetchOnly: new Set(),
-      stalledCount: 0, prefetchOnlyCount: 0, demandWaiting: false, promoted: false, requestsAtMs: -1, requestedFrom: [], requestedCount: 0, ev: EV_READ
+      stalledCount: 0, prefetchOnlyCount: 0, demandWaiting: false, promoted: false, requestsAtMs: -1, requestedFirst: -1, requestedFrom: [-1], requestedCount: 0, ev: EV_READ
     }
     if (isSeed) { n.has.fill(1); n.held = this.blockCount; this.seeds.push(idx); this.arrival.fill(0, idx * this.blockCount, (idx + 1) * this.blockCount) }
     this.nodes.push(n)
@@ -385,7 +395,7 @@ export class Engine {
       return false
     }
     n.demandWaiting = true
-    const wait: ReadWait = { n, blocks, missing }
+    const wait: ReadWait = { ev: EV_READ, n, blocks, missing }
     for (const b of blocks) if (has[base + b] !== 1) this.need(n, b, wait)
     return false
   }
@@ -399,7 +409,9 @@ export class Engine {
   }
 
   private wake (w: Waiter): void {
-    if (typeof w === 'function') w(); else this.readBlockArrived(w)
+    if (typeof w === 'function') w()
+    else if (w.ev === EV_READ) this.readBlockArrived(w as ReadWait)
+    else { const r = w as Req; this.serve(this.nodes[r.src], r.to, r.b, r) } // a relay serves the request it held
   }
 
   /**
@@ -417,7 +429,9 @@ export class Engine {
     n.demandWaiting = false
     if (!n.alive) return false
     // checker: a read completes only from blocks present (fetched and verified) at this agent
-    for (const b of blocks) if (n.has[b] !== 1) this.check.absentReads++
+    const has = this.presence
+    const base = n.idx * this.blockCount
+    for (const b of blocks) if (has[base + b] !== 1) this.check.absentReads++
     return true
   }
 
@@ -427,8 +441,13 @@ export class Engine {
   need (n: SimNode, b: number, cb: Waiter, prefetch = false): void {
     if (this.presence[n.idx * this.blockCount + b] === 1) { this.wake(cb); return }
     const waiting = n.pending.get(b)
-    if (waiting !== undefined) { waiting.push(cb); if (!prefetch && n.prefetchOnlyCount !== 0 && n.prefetchOnly.delete(b)) n.prefetchOnlyCount--; return }
-    n.pending.set(b, [cb])
+    if (waiting !== undefined) {
+      // Map.set of a present key keeps its place in the iteration order
+      if (Array.isArray(waiting)) waiting.push(cb); else n.pending.set(b, [waiting, cb])
+      if (!prefetch && n.prefetchOnlyCount !== 0 && n.prefetchOnly.delete(b)) n.prefetchOnlyCount--
+      return
+    }
+    n.pending.set(b, cb)
     if (prefetch && !n.prefetchOnly.has(b)) { n.prefetchOnly.add(b); n.prefetchOnlyCount++ }
     this.issue(n, b)
   }
@@ -444,10 +463,16 @@ export class Engine {
 
   sendRequest (n: SimNode, b: number, src: number, hedge: boolean, expectedMs = 0): Req {
     if (n.requestsAtMs !== this.nowMs) { n.requestsAtMs = this.nowMs; n.requestedCount = 0 }
-    const from = n.requestedFrom
+    const count = n.requestedCount
     let firstOfRequest = true
-    for (let i = 0; i < n.requestedCount; i++) if (from[i] === src) { firstOfRequest = false; break }
-    if (firstOfRequest) from[n.requestedCount++] = src
+    if (count !== 0) {
+      if (n.requestedFirst === src) firstOfRequest = false
+      else { const from = n.requestedFrom; for (let i = 1; i < count; i++) if (from[i] === src) { firstOfRequest = false; break } }
+    }
+    if (firstOfRequest) {
+      if (count === 0) n.requestedFirst = src; else n.requestedFrom[count] = src
+      n.requestedCount = count + 1
+    }
     const r: Req = {
       src, startedAtMs: this.nowMs, expectedMs, hedged: hedge, prefetch: n.prefetchOnlyCount !== 0 && n.prefetchOnly.has(b), serial: ++this.reqSerial,
       arrivalMs: -1, firstOfRequest, source: undefined, to: n, b, arrivedMs: 0, ev: EV_SERVE
@@ -481,8 +506,8 @@ export class Engine {
         this.at(this.nowMs + this.net.latencyMs(s.idx, to.idx), () => { if (to.alive) this.system.onNotPresent?.(to, b, s.idx, r) })
         return
       }
-      // relay: fetch it first (coalesced with any fetch already under way), then serve
-      this.need(s, b, () => this.serve(s, to, b, r), r.prefetch)
+      // relay: fetch it first (coalesced with any fetch already under way), then serve (wake: r waits as itself)
+      this.need(s, b, r, r.prefetch)
       return
     }
     this.transmit(s, to, b, r, this.nowMs)
@@ -533,7 +558,9 @@ export class Engine {
     this.system.onDeliver?.(n, b, src, cur?.serial === r.serial ? cur : r)
     const waiting = n.pending.get(b)
     n.pending.delete(b)
-    if (waiting !== undefined) for (const cb of waiting) this.wake(cb)
+    if (waiting !== undefined) {
+      if (Array.isArray(waiting)) { for (const cb of waiting) this.wake(cb) } else this.wake(waiting)
+    }
   }
 
   // ---- failures and joins ----

@@ -10,7 +10,7 @@
 // a bottleneck port equally over time (checked in test/sim/network.test.ts against the fair-share rate).
 // O(ports) per block, no global recomputation: this is what keeps 10,000 agents within seconds.
 
-import { bookCalendar, CpuQueue } from './cpu-queue.js'
+import { CalendarSlab, CpuQueue } from './cpu-queue.js'
 import type { LinkProfile } from './scenario.js'
 import type { Rng } from './rng.js'
 
@@ -80,8 +80,8 @@ export interface CpuProfile {
 
 export class Network {
   readonly hosts: Host[] = []
-  /** One CPU calendar per host (cpu-queue.ts's interval array, bare), unless one pool is shared by all. */
-  private readonly calendars: number[][] = []
+  /** One CPU calendar per host (cpu-queue.ts's intervals, all hosts in one flat buffer), unless one pool is shared by all. */
+  private readonly calendars = new CalendarSlab()
   /**
    * CPU that every agent spends regardless of blocks (adverts received, heartbeats), in ms per second per
    * agent: taken off the capacity left for block work.
@@ -89,8 +89,6 @@ export class Network {
   backgroundCpuMsPerS = 0
   /** Background CPU per agent so far (ms): the systems add each second's rate as it is set. */
   backgroundCpuMsPerAgent = 0
-  /** CPU work queued at each host (ms of one core, blocks and instance creation; background not included). */
-  readonly cpuWorkMs: number[] = []
   private sharedCpu: CpuQueue | undefined
   readonly rackUp: Port[] = []
   readonly rackDown: Port[] = []
@@ -109,14 +107,17 @@ export class Network {
    * is done. The work takes the first idle time of the host's cores (or the shared pool) from readyMs on
    * (cpu-queue.ts), at the capacity left by the background load.
    */
+  /** CPU work queued at host a so far (ms of one core, blocks and instance creation; background not included). */
+  cpuWorkMs (a: number): number { return this.calendars.work(a) }
+
   cpu (a: number, cpuMs: number, readyMs: number, nowMs: number): number {
     const shared = this.sharedCpu !== undefined
-    this.cpuWorkMs[a] += cpuMs
+    this.calendars.addWork(a, cpuMs)
     const agents = shared ? this.hosts.length : 1
     const cores = shared ? this.cpuProfile.sharedCores as number : this.cpuProfile.coresPerHost
     // background work takes its share first; at least 5 % of the cores stay for blocks (the loop still turns)
     const left = Math.max(0.05 * cores, cores - agents * this.backgroundCpuMsPerS / 1000)
-    return shared ? (this.sharedCpu as CpuQueue).book(nowMs, readyMs, cpuMs / left) : bookCalendar(this.calendars[a], nowMs, readyMs, cpuMs / left)
+    return shared ? (this.sharedCpu as CpuQueue).book(nowMs, readyMs, cpuMs / left) : this.calendars.book(a, nowMs, readyMs, cpuMs / left)
   }
 
   addHost (): number {
@@ -140,8 +141,7 @@ export class Network {
     if (i >= this.rackOf.length) { const r = new Int32Array(2 * this.rackOf.length); r.set(this.rackOf); this.rackOf = r }
     this.rackOf[i] = host.rack
     this.hosts.push({ rack: host.rack, up: this.upPorts.view(i), down: this.downPorts.view(i), latencyMs: host.latencyMs })
-    this.calendars.push([])
-    this.cpuWorkMs.push(0)
+    this.calendars.add()
     return i
   }
 

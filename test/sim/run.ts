@@ -120,7 +120,7 @@ export function runSystem (name: SystemName, o: RunOptions, withPrefetch = false
     if (!n.boots) continue
     booting++
     received += n.held * e.blockSizeBytes
-    cpuMs += e.net.cpuWorkMs[n.idx]
+    cpuMs += e.net.cpuWorkMs(n.idx)
     if (!n.alive) { crashed++; continue }
     if (n.doneMs >= 0) completions.push(n.doneMs - n.startMs); else unfinished++
   }
