@@ -197,10 +197,15 @@ export class ImageRegistry {
   async dropUntrusted (imageId: string): Promise<void> {
     const u = this.untrustedImages.get(imageId)
     if (u === undefined) return
-    await this.records.del(imageId)
-    await this.presenceDb(u.record.rootHex).clear()
-    await rm(this.imageDir(imageId), { recursive: true, force: true })
+    await this.deleteStored(imageId, u.record.rootHex)
     this.untrustedImages.delete(imageId)
+  }
+
+  /** Deletes an image's record, presence and files (its cache closed first, by the caller). */
+  private async deleteStored (imageId: string, rootHex: string): Promise<void> {
+    await this.records.del(imageId)
+    await this.presenceDb(rootHex).clear()
+    await rm(this.imageDir(imageId), { recursive: true, force: true })
   }
 
   get (imageId: string): Image | undefined {
@@ -344,10 +349,8 @@ export class ImageRegistry {
       const users = inUse(imageId)
       if (users.length > 0) throw new ImageInUseError(`image '${imageId}' is used by instance(s) ${users.join(', ')}`)
       this.images.delete(imageId)
-      await this.records.del(imageId)
       await image.cache.close()
-      await this.presenceDb(image.record.rootHex).clear()
-      await rm(this.imageDir(imageId), { recursive: true, force: true })
+      await this.deleteStored(imageId, image.record.rootHex)
     })
   }
 

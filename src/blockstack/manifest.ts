@@ -235,14 +235,17 @@ export function checkTrusted (manifest: Manifest, trustedKeys: readonly Uint8Arr
 
 /** Whether the manifest's origin key is one of `trustedKeys` (raw 32 bytes each). */
 export function isTrustedOrigin (manifest: Manifest, trustedKeys: readonly Uint8Array[]): boolean {
-  const origin = Buffer.from(manifest.originPublicKey)
+  return isTrustedKey(manifest.originPublicKey, trustedKeys)
+}
+
+function isTrustedKey (originPublicKey: Uint8Array, trustedKeys: readonly Uint8Array[]): boolean {
+  const origin = Buffer.from(originPublicKey)
   return trustedKeys.some(key => origin.equals(key))
 }
 
 function checkTrustedKey (imageId: string, originPublicKey: Uint8Array, trustedKeys: readonly Uint8Array[]): void {
-  const origin = Buffer.from(originPublicKey)
-  if (!trustedKeys.some(key => origin.equals(key))) {
-    throw new UntrustedOriginError(`manifest of ${imageId} is signed by ${origin.toString('hex')}, which is not a trusted origin`)
+  if (!isTrustedKey(originPublicKey, trustedKeys)) {
+    throw new UntrustedOriginError(`manifest of ${imageId} is signed by ${Buffer.from(originPublicKey).toString('hex')}, which is not a trusted origin`)
   }
 }
 
