@@ -85,6 +85,11 @@ export interface SystemResult {
   failedHosts?: Array<{ host: string, error: string }>
   /** The machine's 1-minute load average before the system started and after its hosts finished. */
   loadAvg1?: [number, number]
+  /**
+   * CPU-seconds the machine spent in processes at a positive nice level (other work in the background) while the
+   * system ran, from /proc/stat. With the kernel's autogroup scheduling on, such work competes at full weight.
+   */
+  niceCpuS?: number
   /** Bytes each host's eth0 received during the run, in host order. */
   perHostRxBytes: number[]
   /** vmthunderd: each host's agent after the run (node.status). */
@@ -195,6 +200,8 @@ export interface BenchResults {
   warmUp?: boolean
   /** --stagger-ms: host i got GO i * staggerMs after the first. */
   staggerMs?: number
+  /** The kernel scheduled by autogroup during the run (nice did not rank background work below the benchmark). */
+  autogroup?: boolean
   localThinkMs?: number
   systems: Partial<Record<SystemName, SystemResult>>
   skipped: Partial<Record<SystemName, string>>
@@ -520,6 +527,24 @@ async function cpuMsOf (pid: number | undefined): Promise<number> {
     const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
     return (Number(f[11]) + Number(f[12])) * 10 // clock ticks of 10 ms (USER_HZ 100)
   } catch { return 0 }
+}
+
+/** CPU-seconds spent at a positive nice level since boot (/proc/stat, USER_HZ 100), or undefined where unreadable. */
+async function niceCpuS (): Promise<number | undefined> {
+  try {
+    const cpu = (await readFile('/proc/stat', 'utf8')).split('\n', 1)[0].trim().split(/\s+/)
+    return Number(cpu[2]) / 100
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * True when the kernel schedules by autogroup: each session's processes share one CPU weight, so nice only ranks
+ * processes within their session and a nice-19 job started from another session competes at full weight.
+ */
+async function autogroupOn (): Promise<boolean> {
+  try { return (await readFile('/proc/sys/kernel/sched_autogroup_enabled', 'utf8')).trim() === '1' } catch { return false }
 }
 
 /** SIGKILL, as a crash; resolves once the process is gone. */
@@ -912,7 +937,7 @@ export function markdownTable (r: BenchResults, command: string): string {
     if (s === undefined) return `| ${name} | ${(r.skipped[name] ?? 'not run').startsWith('FAILED') ? '' : 'skipped: '}${r.skipped[name] ?? 'not run'} | | | | | | | |`
     const vs = base !== undefined ? `${(s.maxMs / base.maxMs).toFixed(2)}x` : 'n/a'
     const failed = s.failedHosts === undefined ? '' : ` (${s.failedHosts.length} of ${r.hosts} hosts FAILED)`
-    return `| ${name} | ${secs(s.maxMs)}${failed} | ${secs(s.medianMs)} | ${vs} | ${mib(s.originBytes)} (${(s.originBytes / r.distinctBytes).toFixed(2)}x) | ${mib(s.hostBytesMedian)} | ${s.readMsP50 ?? ''} / ${s.readMsP90 ?? ''} / ${s.maxReadMs} | ${s.dataOk ? 'yes' : 'NO'} | ${s.loadAvg1?.map((l) => l.toFixed(1)).join(' / ') ?? ''} |`
+    return `| ${name} | ${secs(s.maxMs)}${failed} | ${secs(s.medianMs)} | ${vs} | ${mib(s.originBytes)} (${(s.originBytes / r.distinctBytes).toFixed(2)}x) | ${mib(s.hostBytesMedian)} | ${s.readMsP50 ?? ''} / ${s.readMsP90 ?? ''} / ${s.maxReadMs} | ${s.dataOk ? 'yes' : 'NO'} | ${s.loadAvg1?.map((l) => l.toFixed(1)).join(' / ') ?? ''} | ${s.niceCpuS ?? ''} |`
   })
   const details: string[] = []
   for (const name of ran) {
@@ -970,8 +995,10 @@ export function markdownTable (r: BenchResults, command: string): string {
     `Command: \`${command}\`${r.code !== undefined ? ` (code ${r.code})` : ''}`,
     ...(r.localThinkMs !== undefined ? [`Think times: every host reads at the trace's pace; a local file replay takes ${secs(r.localThinkMs)} s. Seconds added over it (slowest host): ${ran.filter((n) => r.systems[n] !== undefined).map((n) => `${n} +${secs(r.systems[n]!.maxMs - r.localThinkMs!)}`).join(', ')}.`] : []),
     '',
-    '| system | slowest host (s) | median host (s) | slowest vs nbdkit | origin sent MiB (x distinct) | MiB per host | read ms p50 / p90 / max | data ok | load avg (1 min) before / after |',
-    '| --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+    ...(r.autogroup === true ? ['', 'WARNING: the kernel schedules by autogroup (kernel.sched_autogroup_enabled=1): background work started from another session competes at full weight whatever its nice level, and the figures below move with it. `sysctl kernel.sched_autogroup_enabled=0` makes nice work again.'] : []),
+    '',
+    '| system | slowest host (s) | median host (s) | slowest vs nbdkit | origin sent MiB (x distinct) | MiB per host | read ms p50 / p90 / max | data ok | load avg (1 min) before / after | background CPU-s (nice > 0) |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
     ...rows,
     ...details,
     ''
@@ -1103,10 +1130,11 @@ async function main (): Promise<void> {
     // vmthunderd moves about the trace's distinct bytes once per host at most: a run that has not finished in
     // 10 minutes is stuck (the failure run can be), not slow.
     const vmtTimeoutMs = Number(args.get('vmt-timeout-s') ?? 600) * 1000
-    const results: BenchResults = { distinctBytes: distinct, hosts, rate, originRate, trace, imageBytes, image: imageArg, code: codeVersion(), think, warmUp: warmUpWave, staggerMs, localThinkMs, systems: {}, skipped: {} }
+    const results: BenchResults = { distinctBytes: distinct, hosts, rate, originRate, trace, imageBytes, image: imageArg, code: codeVersion(), think, warmUp: warmUpWave, staggerMs, localThinkMs, autogroup: await autogroupOn(), systems: {}, skipped: {} }
     for (const name of ALL_SYSTEMS.filter((s) => systems.includes(s))) {
       log(`${name}: starting`)
       const load0 = loadavg()[0]
+      const nice0 = await niceCpuS()
       let r: SystemResult | string
       try {
         r = await runSystem(name, ctx, trace, refDigest, name.startsWith('vmthunderd') ? vmtTimeoutMs : timeoutMs, log)
@@ -1114,7 +1142,11 @@ async function main (): Promise<void> {
         if (ac.signal.aborted) throw err
         r = `FAILED: ${(err as Error).message.replace(/\s+/g, ' ').slice(0, 400)}`
       }
-      if (typeof r !== 'string') r.loadAvg1 = [load0, loadavg()[0]]
+      if (typeof r !== 'string') {
+        r.loadAvg1 = [load0, loadavg()[0]]
+        const nice1 = await niceCpuS()
+        if (nice0 !== undefined && nice1 !== undefined) r.niceCpuS = Math.round((nice1 - nice0) * 10) / 10
+      }
       if (typeof r === 'string') { results.skipped[name] = r; log(`${name}: skipped (${r})`); continue }
       results.systems[name] = r
       log(`${name}: slowest ${secs(r.maxMs)} s, median ${secs(r.medianMs)} s, origin sent ${mib(r.originBytes)} MiB, data ${r.dataOk ? 'ok' : 'WRONG'}`)

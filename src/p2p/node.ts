@@ -2,6 +2,7 @@
 // yamux, identify, ping, gossipsub (StrictSign), optional private network (pnet PSK), the agent's Ed25519
 // identity as its peer id, and a bootstrap dialer that keeps re-dialing bootstrap peers with backoff.
 //
+// Gossipsub's mesh and libp2p's connection monitor: gossip-params.ts (fewer copies of each advert).
 // Gossipsub scoring: image topics get topic score params (see imageTopicScoreParams) so that a Reject from
 // the advert validator costs the sender score (P4, invalid message deliveries), and banned peers (corrupt
 // blocks) get a large negative application score (P5) so they are pruned from meshes too.
@@ -25,6 +26,7 @@ import type { Identify } from '@libp2p/identify'
 import type { Ping } from '@libp2p/ping'
 import type { Identity } from '../identity/key.js'
 import { parsePsk } from './psk.js'
+import { CONNECTION_PING_INTERVAL_MS, GOSSIP_MESH } from './gossip-params.js'
 
 export type Encryption = 'noise' | 'plaintext'
 
@@ -101,6 +103,7 @@ export async function createNode (init: NodeInit): Promise<P2PNode> {
       denyOutboundEncryptedConnection: (peerId: PeerId) => init.isDenied?.(peerId.toString()) === true
     },
     ...(init.psk !== undefined ? { connectionProtector: preSharedKey({ psk: parsePsk(init.psk) }) } : {}),
+    connectionMonitor: { pingInterval: CONNECTION_PING_INTERVAL_MS },
     connectionManager: {
       maxConnections,
       inboundConnectionThreshold: Math.max(100, maxConnections),
@@ -112,6 +115,7 @@ export async function createNode (init: NodeInit): Promise<P2PNode> {
       ping: ping(),
       pubsub: gossipsub({
         globalSignaturePolicy: StrictSign,
+        ...GOSSIP_MESH,
         allowPublishToZeroTopicPeers: true,
         emitSelf: false,
         // Adverts are validated by our topic validator before they are forwarded.

@@ -1,0 +1,31 @@
+// The gossipsub mesh the agents run, as plain data: src/p2p/node.ts configures libp2p with it and the simulator
+// (test/sim/systems.ts) models advert propagation with the same degree.
+//
+// Why not gossipsub's defaults (D 6, Dlo 4, Dhi 12, Dlazy 6, flood publishing): adverts are small and frequent,
+// and an agent pays the whole libp2p receive path (noise, yamux, protobuf, gossipsub) for every copy, duplicates
+// included, before the message-id check drops them. In the 8-host testbed wave an agent received each advert
+// about 2.5 times (4.4 with think times), and the control plane (gossip, its streams) was about a quarter of the
+// agents' CPU (perf). With a mesh of 3 and the publisher sending to its mesh only (not to every topic peer), an
+// advert still reaches N agents in about log3(N) hops, at well under 1 ms of processing each, and IHAVE gossip
+// (Dlazy) repairs what a thin mesh misses under churn.
+
+/** Mesh degree: the number of topic peers an agent forwards each message to. */
+export const GOSSIP_D = 3
+export const GOSSIP_MESH = {
+  D: GOSSIP_D,
+  Dlo: 2,
+  Dhi: 5,
+  Dlazy: 3,
+  // Dout must stay below Dlo and at most D / 2; Dscore at most D.
+  Dout: 1,
+  Dscore: 1,
+  floodPublish: false
+} as const
+
+/**
+ * libp2p's connection monitor pings every connection every 10 s by default, each ping a new stream (protocol
+ * negotiation, a peer store write): about one per second per agent with 8 peers. Parents and candidates are
+ * probed by the agents' own heartbeat (src/p2p/heartbeat.ts, on the block link); the monitor only needs to find
+ * connections that went silent.
+ */
+export const CONNECTION_PING_INTERVAL_MS = 60_000
