@@ -19,6 +19,7 @@
 // again. A disk that cannot take writes (ENOSPC, EIO) loses nothing marked present: the verified bytes of
 // the failed write are kept in a bounded memory spill so the reads waiting for them still complete.
 
+import { deadline } from './deadline.js'
 import { open, type FileHandle } from 'node:fs/promises'
 import { readSync } from 'node:fs'
 import { setTimeout as delay } from 'node:timers/promises'
@@ -469,7 +470,15 @@ export class BlockCache implements BlockStore {
   private async fetchBatch (indexes: number[], priority: FetchPriority): Promise<void> {
     // The fetch is shared by every reader of these blocks, so it is bounded by the cache's own lifetime and a
     // timeout, not by any one reader's signal.
-    const signal = AbortSignal.any([this.closeController.signal, AbortSignal.timeout(this.fetchTimeoutMs)])
+    const bound = deadline(this.closeController.signal, this.fetchTimeoutMs, 'block fetch')
+    try {
+      await this.fetchRounds(indexes, priority, bound.signal)
+    } finally {
+      bound.dispose()
+    }
+  }
+
+  private async fetchRounds (indexes: number[], priority: FetchPriority, signal: AbortSignal): Promise<void> {
     let remaining = indexes
     let lastError: Error | undefined
     // Two bounds: rounds in which a source sent corrupt data (maxFetchAttempts: a block nobody serves intact

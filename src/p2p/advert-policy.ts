@@ -69,13 +69,18 @@ function isFull (f: AdvertFacts): boolean {
   return f.childCount >= f.childLimit
 }
 
+/** The urgent part of a change in blocks held alone: a held-fraction step crossed, or all blocks held (or no longer). */
+export function heldStepCrossed (heldBlocks: number, last: AdvertFacts, p: AdvertPolicyParams = DEFAULT_ADVERT_POLICY): boolean {
+  return step(heldBlocks, last.totalBlocks, p.heldSteps) !== step(last.heldBlocks, last.totalBlocks, p.heldSteps) ||
+    (heldBlocks === last.totalBlocks) !== (last.heldBlocks === last.totalBlocks)
+}
+
 export function urgentChange (f: AdvertFacts, last: AdvertFacts, p: AdvertPolicyParams = DEFAULT_ADVERT_POLICY): boolean {
   return f.depth !== last.depth ||
     isFull(f) !== isFull(last) ||
     f.childLimit !== last.childLimit ||
     f.totalBlocks !== last.totalBlocks ||
-    step(f.heldBlocks, f.totalBlocks, p.heldSteps) !== step(last.heldBlocks, last.totalBlocks, p.heldSteps) ||
-    (f.heldBlocks === f.totalBlocks) !== (last.heldBlocks === last.totalBlocks) ||
+    heldStepCrossed(f.heldBlocks, last, p) ||
     f.profileVersion !== last.profileVersion ||
     ((f.booting ?? 0) > 0) !== ((last.booting ?? 0) > 0)
 }

@@ -4,6 +4,7 @@
 
 import type { ServedStore, ServiceComponents } from './components.js'
 import { DEFAULT_REQUEST_TIMEOUT_MS } from './peer-source.js'
+import { deadline } from '../blockstack/deadline.js'
 
 /**
  * A relayed fetch (for a child) that takes longer is abandoned: the child's request gets 'not present' and the
@@ -27,10 +28,12 @@ export const createRelay = () => (components: ServiceComponents): RelayFn => {
       const unsubscribe = onProgress === undefined
         ? undefined
         : store.onBlocksAdded?.(added => { if (added.some(index => wanted.has(index))) onProgress() })
+      const bound = deadline(signal, RELAY_TIMEOUT_MS, 'relay')
       try {
         // ensure() resolves once every block is verified (has() is true): servable at once.
-        await ensure(indexes, { signal: AbortSignal.any([signal, AbortSignal.timeout(RELAY_TIMEOUT_MS)]), priority: priority === 0 ? 'demand' : 'prefetch' })
+        await ensure(indexes, { signal: bound.signal, priority: priority === 0 ? 'demand' : 'prefetch' })
       } finally {
+        bound.dispose()
         unsubscribe?.()
       }
     })()

@@ -253,10 +253,20 @@ export function createP2PService (init: P2PServiceInit): P2PService {
   const profileFetcher = createProfileFetcher({ profiles: init.profiles })(components)
   let liveProfiles: LiveProfileFetcher | undefined
   /** Connected, unbanned peers whose fresh advert says they boot the image now. */
+  const isBootingPeer = (peer: string, entry: { advert: { booting?: number }, receivedAtMs: number }, nowMs: number): boolean =>
+    (entry.advert.booting ?? 0) > 0 && nowMs - entry.receivedAtMs <= params.advertTimeoutMs && components.connected.has(peer) && !isBanned(peer)
   const bootingPeersOf = (state: ImageState): string[] => {
     const nowMs = clock.nowMs()
-    return [...state.candidates].filter(([peer, entry]) => (entry.advert.booting ?? 0) > 0 &&
-      nowMs - entry.receivedAtMs <= params.advertTimeoutMs && components.connected.has(peer) && !isBanned(peer)).map(([peer]) => peer)
+    const peers: string[] = []
+    for (const [peer, entry] of state.candidates) if (isBootingPeer(peer, entry, nowMs)) peers.push(peer)
+    return peers
+  }
+  // Counted without a list: the prefetcher asks on every tick (each VM read) whether peers boot the image.
+  const countBootingPeers = (state: ImageState): number => {
+    const nowMs = clock.nowMs()
+    let n = 0
+    for (const [peer, entry] of state.candidates) if (isBootingPeer(peer, entry, nowMs)) n++
+    return n
   }
   // A newer learned profile, and the live read order of peers booting the image now (swarm read-ahead).
   const maybeFetchProfiles = (state: ImageState): void => {
@@ -347,7 +357,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     }
     state.unsubscribeBlocks?.()
     state.unsubscribeBlocks = store.onBlocksAdded?.(() => {
-      adverts.publishSoon(state)
+      adverts.publishOnBlocks(state)
       events.notify()
     })
     if (isSeed(state)) state.depth = 0
@@ -558,6 +568,6 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     ban,
     waitFor: events.waitFor,
     profileChanged,
-    peersBooting: imageId => { const state = images.get(imageId); return state === undefined ? 0 : bootingPeersOf(state).length }
+    peersBooting: imageId => { const state = images.get(imageId); return state === undefined ? 0 : countBootingPeers(state) }
   }
 }

@@ -1,6 +1,6 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { DEFAULT_ADVERT_POLICY as P, nextAdvertDueMs, type AdvertFacts } from '../../src/p2p/advert-policy.js'
+import { DEFAULT_ADVERT_POLICY as P, heldStepCrossed, nextAdvertDueMs, urgentChange, type AdvertFacts } from '../../src/p2p/advert-policy.js'
 
 const base: AdvertFacts = { depth: 2, heldBlocks: 100, totalBlocks: 16_384, childCount: 1, childLimit: 8, uploadLoad: 0.1 }
 const due = (facts: AdvertFacts, last: AdvertFacts | undefined, forced = false): number =>
@@ -39,4 +39,19 @@ test('advert policy: adverts per agent during a boot that adds a block every 10 
   // One at start, then one per soft interval at most, plus the step crossing.
   assert.ok(sent <= 1 + 20_000 / P.softIntervalMs + 2, `sent ${sent}`)
   assert.ok(sent >= 20_000 / P.softIntervalMs - 1, `sent ${sent}: peers must still hear of new blocks`)
+})
+
+test('advert policy: heldStepCrossed is exactly the urgent part of a change in blocks held', { timeout: 5000 }, () => {
+  // adverts.ts skips evaluating a block arrival when an advert is due anyway unless this holds: it must agree
+  // with urgentChange for every held count when nothing else changed.
+  const total = base.totalBlocks
+  for (const lastHeld of [0, 100, total / P.heldSteps - 1, total / P.heldSteps, total - 1, total]) {
+    const last = { ...base, heldBlocks: lastHeld }
+    for (let held = 0; held <= total; held += held < 2_100 || held > total - 3 ? 1 : 97) {
+      assert.equal(heldStepCrossed(held, last), urgentChange({ ...last, heldBlocks: held }, last), `held ${held} after ${lastHeld}`)
+    }
+  }
+  assert.equal(heldStepCrossed(101, base), false, 'one more block is not urgent')
+  assert.equal(heldStepCrossed(total / P.heldSteps, base), true, 'a step crossed')
+  assert.equal(heldStepCrossed(total, { ...base, heldBlocks: total - 1 }), true, 'the image completed')
 })
