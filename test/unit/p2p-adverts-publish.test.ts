@@ -1,0 +1,106 @@
+// Publishing our adverts (src/p2p/adverts.ts) against a recording pubsub: the first advert, the answer to a new
+// subscriber and attaching are flooded to every topic peer, everything else goes to the gossip mesh only, and a
+// block arrival with an advert already due soon does not evaluate the policy again.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { createAdverts } from '../../src/p2p/adverts.js'
+import { newImageState, type ImageState, type ServiceComponents } from '../../src/p2p/components.js'
+import { DEFAULT_ADVERT_POLICY as P } from '../../src/p2p/advert-policy.js'
+import { DEFAULT_TOPOLOGY_PARAMS } from '../../src/topology/index.js'
+import { silentLogger } from '../../src/blockstack/cache.js'
+
+const ROOT = 'ab'.repeat(32)
+const BLOCKS = 1024
+
+function setup (): { state: ImageState, adverts: ReturnType<ReturnType<typeof createAdverts>>, at: (ms: number) => void, held: (n: number) => void, sent: Array<{ floodPublish: boolean }>, evaluations: () => number } {
+  let nowMs = 0
+  let present = 10
+  let evaluations = 0
+  const sent: Array<{ floodPublish: boolean }> = []
+  const state = newImageState('img', '/vmthunder/image/img/1', 0)
+  state.manifest = { imageId: 'img', rootHex: ROOT, blockCount: BLOCKS } as unknown as NonNullable<ImageState['manifest']>
+  state.store = { presentCount: () => present, presentBitmap: () => new Uint8Array(BLOCKS / 8) } as unknown as NonNullable<ImageState['store']>
+  state.depth = 2
+  const pubsub = {
+    // Each policy evaluation asks for the topic's subscribers first.
+    getSubscribers: () => { evaluations++; return ['peer'] },
+    publish: async (_topic: string, _data: Uint8Array, opts: { floodPublish: boolean }) => { sent.push(opts) }
+  }
+  const node = { services: { pubsub }, getMultiaddrs: () => [] }
+  const components = {
+    logger: silentLogger,
+    clock: { nowMs: () => nowMs, sleep: async () => {} },
+    params: { ...DEFAULT_TOPOLOGY_PARAMS },
+    images: new Map([['img', state]]),
+    byRoot: new Map([[ROOT, state]]),
+    peers: { isBanned: () => false },
+    events: { notify: () => {} },
+    selfPeerId: 'self',
+    node: () => node,
+    stopped: () => false
+  } as unknown as ServiceComponents
+  const adverts = createAdverts({
+    uploadLoad: () => 0,
+    liveChildren: () => [],
+    childLimitOf: () => 8,
+    scheduleHeartbeat: () => {},
+    maybeFetchProfile: () => {},
+    ban: () => {}
+  })(components)
+  return { state, adverts, at: ms => { nowMs = ms }, held: n => { present = n }, sent, evaluations: () => evaluations }
+}
+
+test('adverts: the first advert, answers to new subscribers and attaching are flooded, the rest goes to the mesh', { timeout: 5000 }, () => {
+  const { state, adverts, at, held, sent } = setup()
+  try {
+    at(1_000)
+    adverts.publish(state)
+    assert.deepEqual(sent, [{ floodPublish: true }], 'the first advert')
+    held(11)
+    at(1_000 + P.softIntervalMs)
+    adverts.publish(state)
+    assert.deepEqual(sent.at(-1), { floodPublish: false }, 'one more block: the mesh')
+    at(1_000 + P.softIntervalMs + P.keepAliveMs)
+    adverts.publish(state)
+    assert.deepEqual(sent.at(-1), { floodPublish: false }, 'a keep-alive: the mesh')
+    state.depth = 1
+    at(1_000 + P.softIntervalMs + 2 * P.keepAliveMs)
+    adverts.publish(state)
+    assert.deepEqual(sent.at(-1), { floodPublish: false }, 'a new depth, already attached: the mesh')
+    state.depth = null
+    at(1_000 + P.softIntervalMs + 2 * P.keepAliveMs + P.minIntervalMs)
+    adverts.publish(state)
+    assert.deepEqual(sent.at(-1), { floodPublish: false }, 'detached: the mesh')
+    state.depth = 3
+    adverts.publish(state)
+    assert.deepEqual(sent.at(-1), { floodPublish: true }, 'attached: everyone (would-be children pick attached agents only)')
+    at(1_000 + P.softIntervalMs + 3 * P.keepAliveMs)
+    adverts.publishForced(state)
+    assert.deepEqual(sent.at(-1), { floodPublish: true }, 'a peer subscribed: everyone')
+    assert.equal(sent.length, 7)
+  } finally {
+    adverts.cancel(state)
+  }
+})
+
+test('adverts: a block arrival with an advert due within the soft interval is not evaluated, unless a held step is crossed', { timeout: 5000 }, () => {
+  const { state, adverts, at, held, sent, evaluations } = setup()
+  try {
+    at(1_000)
+    adverts.publish(state)
+    held(11)
+    at(1_100)
+    adverts.publishOnBlocks(state)
+    assert.equal(state.publishDueMs, 1_000 + P.softIntervalMs, 'the held-block news is due one soft interval after the last advert')
+    const before = evaluations()
+    for (let n = 12; n < 40; n++) { held(n); adverts.publishOnBlocks(state) }
+    assert.equal(evaluations(), before, 'due soon anyway: not evaluated again')
+    held(BLOCKS / P.heldSteps)
+    adverts.publishOnBlocks(state)
+    assert.equal(evaluations(), before + 1, 'a held step crossed is urgent: evaluated')
+    assert.equal(state.publishDueMs, 1_000 + P.minIntervalMs, 'and due sooner')
+    assert.equal(sent.length, 1)
+  } finally {
+    adverts.cancel(state)
+  }
+})
