@@ -63,11 +63,6 @@ export interface Adverts {
   cancel: (state: ImageState) => void
 }
 
-/** Gossipsub's publish with per-message options (the GossipSub interface declares topic and data only). */
-function publishWith (pubsub: unknown, topic: string, data: Uint8Array, opts: { floodPublish: boolean }): Promise<unknown> {
-  return (pubsub as { publish: (topic: string, data: Uint8Array, opts: { floodPublish: boolean }) => Promise<unknown> }).publish(topic, data, opts)
-}
-
 /** Gossipsub's live topic score params (the GossipSub interface does not expose the score). */
 function scoreTopics (pubsub: unknown): Record<string, unknown> {
   return (pubsub as { score: { params: { topics: Record<string, unknown> } } }).score.params.topics
@@ -150,19 +145,12 @@ export const createAdverts = (init: AdvertsInit) => (components: ServiceComponen
     cancel(state)
     const advert = buildAdvert(state, facts)
     if (advert === undefined) return
-    // An agent's first advert, its answer to a new subscriber and its attaching go to every topic peer at once;
-    // the rest to the gossip mesh only (gossip-params.ts). A new subscriber's mesh forms at the next gossip
-    // heartbeat, so a mesh-only answer reached most agents of a fresh wave 1-3 s late: instance.create waits
-    // for an advert that says who has the manifest, and took 2.4-4.8 s on some host in 2 of 3 waves, against
-    // at most 1.05 s with these flooded.
-    const last = state.lastPublished
-    const flood = last === undefined || state.advertForced || (last.depth === null && facts.depth !== null)
     state.lastPublishMs = clock.nowMs()
     state.lastPublished = facts
     state.advertForced = false
     publishedCount++
     state.advertsPublished++
-    publishWith(node.services.pubsub, state.topic, encodeAdvert(advert), { floodPublish: flood }).catch((err: Error) => {
+    node.services.pubsub.publish(state.topic, encodeAdvert(advert)).catch((err: Error) => {
       logger.warn('advert publish failed', { image: state.imageId, error: err.message })
     })
   }

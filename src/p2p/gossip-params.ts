@@ -5,11 +5,12 @@
 // and an agent pays the whole libp2p receive path (noise, yamux, protobuf, gossipsub) for every copy, duplicates
 // included, before the message-id check drops them. In the 8-host testbed wave an agent received each advert
 // about 2.5 times (4.4 with think times), and the control plane (gossip, its streams) was about a quarter of the
-// agents' CPU (perf). With a mesh of 3 and the publisher sending most adverts to its mesh only (not to every topic
-// peer), an advert still reaches N agents in about log3(N) hops, at well under 1 ms of processing each, and IHAVE
-// gossip (Dlazy) repairs what a thin mesh misses under churn. Adverts that change the tree or answer a new
-// subscriber are still flooded by their publisher (adverts.ts): a fresh wave's meshes form only at the next
-// gossip heartbeat, and those adverts are what a new agent waits for.
+// agents' CPU (perf). With a mesh of 3 an advert still reaches N agents in about log3(N) hops, at well under 1 ms
+// of processing each, and IHAVE gossip (Dlazy) repairs what a thin mesh misses under churn.
+// The publisher still sends its own advert to every topic peer (gossipsub's flood publishing, the default): a new
+// subscriber's mesh forms only at the next gossip heartbeat, and with mesh-only publishing a fresh wave's agents
+// learned who had the manifest 1-3 s late (instance.create took 2.4-4.8 s on some host in 4 of 6 waves, at most
+// 0.83 s with flooding), and a leader's 'booting' could reach a peer after its idle prefetch had run.
 
 /** Mesh degree: the number of topic peers an agent forwards each message to. */
 export const GOSSIP_D = 3
@@ -21,8 +22,7 @@ export const GOSSIP_MESH = {
   // Dout must stay below Dlo and at most D / 2; Dscore at most D.
   Dout: 1,
   Dscore: 1,
-  /** The default; adverts.ts floods the urgent ones per message. */
-  floodPublish: false
+  floodPublish: true
 } as const
 
 /**
