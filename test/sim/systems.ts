@@ -17,6 +17,7 @@ import {
 } from '../../src/topology/index.js'
 import type { AdmissionReply, Advert, Candidate, ParentState, SourceState, TopologyParams } from '../../src/topology/index.js'
 import { DEFAULT_ADVERT_POLICY, nextAdvertDueMs } from '../../src/p2p/advert-policy.js'
+import { GOSSIP_D } from '../../src/p2p/gossip-params.js'
 import type { AdvertFacts, AdvertPolicyParams } from '../../src/p2p/advert-policy.js'
 import { costsOf, NEIGHBOURS_MAX } from './costs.js'
 import type { CostParams } from './costs.js'
@@ -180,8 +181,8 @@ interface VState {
   hedgeScanFn: () => void
 }
 
-/** Gossipsub mesh degree: adverts reach N agents in about log_D(N) hops. */
-export const GOSSIP_D = 6
+/** Gossipsub mesh degree, the agents' own (src/p2p/gossip-params.ts): adverts reach N agents in about log_D(N) hops. */
+export { GOSSIP_D }
 /** Per-hop processing (validation, queueing) of a gossip message. */
 const GOSSIP_HOP_MS = 1
 /** A parent that misses a ping is failed after this (pings go out every heartbeat). */
