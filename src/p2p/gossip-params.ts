@@ -1,7 +1,7 @@
 // The gossipsub mesh the agents run, as plain data: src/p2p/node.ts configures libp2p with it and the simulator
 // (test/sim/systems.ts) models advert propagation with the same degree.
 //
-// Why not gossipsub's defaults (D 6, Dlo 4, Dhi 12, Dlazy 6, flood publishing): adverts are small and frequent,
+// Why not gossipsub's default mesh (D 6, Dlo 4, Dhi 12, Dlazy 6): adverts are small and frequent,
 // and an agent pays the whole libp2p receive path (noise, yamux, protobuf, gossipsub) for every copy, duplicates
 // included, before the message-id check drops them. In the 8-host testbed wave an agent received each advert
 // about 2.5 times (4.4 with think times), and the control plane (gossip, its streams) was about a quarter of the
