@@ -19,10 +19,10 @@
 // again. A disk that cannot take writes (ENOSPC, EIO) loses nothing marked present: the verified bytes of
 // the failed write are kept in a bounded memory spill so the reads waiting for them still complete.
 
-import { deadline } from './deadline.js'
 import { open, type FileHandle } from 'node:fs/promises'
 import { readSync } from 'node:fs'
 import { setTimeout as delay } from 'node:timers/promises'
+import { deadline } from './deadline.js'
 import { blockLength, isZeroBlock, verifyBlock, type Manifest } from './manifest.js'
 import { BlockNotPresentError, BlockVerificationError, CacheClosedError, FetchTimeoutError, NoSourceError, ReadRangeError } from './errors.js'
 import type { BlockSource, BlockStore, FetchedBlock, FetchPriority } from './types.js'

@@ -5,6 +5,7 @@
 // timer is only cleared by GC. A block fetch made one such pair per batch at the cache, per relay hop and per
 // peer-source fetch; with dispose() here the timer and the listener go as soon as the work is done.
 
+/** The time passed. Named as AbortSignal.timeout's reason is, so callers that test `name` see no difference. */
 export class DeadlineError extends Error {
   override name = 'TimeoutError'
 }

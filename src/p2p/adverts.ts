@@ -49,8 +49,9 @@ export interface Adverts {
   publishSoon: (state: ImageState) => void
   /**
    * Blocks were added: with an advert already due within the soft interval, only a held-fraction step crossed or
-   * the image completed (urgent) can bring it sooner, so nothing else is evaluated. An agent receives a block every few hundred
-   * microseconds in a wave; evaluating the whole policy each time (facts, subscribers) was 1.6 % of its CPU.
+   * the image completed (urgent) can bring it sooner, so nothing else is evaluated. An agent receives a block
+   * every few hundred microseconds in a wave; evaluating the whole policy each time (facts, subscribers) was
+   * 1.6 % of its CPU.
    */
   publishOnBlocks: (state: ImageState) => void
   /** A peer subscribed to the topic: tell it about us soon (urgent). */

@@ -35,7 +35,7 @@ import { RateMeter, TokenBucket } from './rate-limit.js'
 import { systemClock, type Clock } from './clock.js'
 import { ServiceStoppedError } from './errors.js'
 import type { SchedulerParams } from '../topology/scheduler.js'
-import { newImageState, heldBlocks, isSeed, type ImageState, type PeerBook, type ServedStore, type ServiceComponents } from './components.js'
+import { newImageState, heldBlocks, isSeed, type CandidateEntry, type ImageState, type PeerBook, type ServedStore, type ServiceComponents } from './components.js'
 import { createServiceEvents } from './events.js'
 import { createAdverts } from './adverts.js'
 import { DEFAULT_ADVERT_POLICY, type AdvertPolicyParams } from './advert-policy.js'
@@ -252,8 +252,8 @@ export function createP2PService (init: P2PServiceInit): P2PService {
   const children = createChildren({ publishSoon: state => { adverts.publishSoon(state) } })(components)
   const profileFetcher = createProfileFetcher({ profiles: init.profiles })(components)
   let liveProfiles: LiveProfileFetcher | undefined
-  /** Connected, unbanned peers whose fresh advert says they boot the image now. */
-  const isBootingPeer = (peer: string, entry: { advert: { booting?: number }, receivedAtMs: number }, nowMs: number): boolean =>
+  /** A connected, unbanned peer whose fresh advert says it boots the image now. */
+  const isBootingPeer = (peer: string, entry: CandidateEntry, nowMs: number): boolean =>
     (entry.advert.booting ?? 0) > 0 && nowMs - entry.receivedAtMs <= params.advertTimeoutMs && components.connected.has(peer) && !isBanned(peer)
   const bootingPeersOf = (state: ImageState): string[] => {
     const nowMs = clock.nowMs()
