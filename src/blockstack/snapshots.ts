@@ -5,6 +5,7 @@
 import { mkdir, readdir, rm, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { InstanceExistsError, InstanceInUseError, InstanceNotFoundError, InvalidNameError, SnapshotToolError } from './errors.js'
+import { Qcow2OverlayError, writeQcow2Overlay } from './qcow2-overlay.js'
 
 export interface InstanceRecord {
   name: string
@@ -85,17 +86,12 @@ export class SnapshotStore {
     try {
       await rm(path, { force: true })
       try {
-        // Loaded at first use: evaluating execa cost every daemon start CPU, and most starts run no tool.
-        const { execa } = await import('execa')
-        await execa(this.init.qemuImg ?? 'qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', backing, path, String(sizeBytes)], {
-          cancelSignal: options.signal,
-          timeout: this.init.toolTimeoutMs ?? 60_000,
-          stdin: 'ignore'
-        })
+        // Written here rather than by `qemu-img create` (qcow2-overlay.ts says why); the same bytes.
+        await writeQcow2Overlay(path, sizeBytes, backing, { signal: options.signal })
       } catch (err) {
         await rm(path, { force: true })
-        const e = err as { stderr?: string, shortMessage?: string, message: string }
-        throw new SnapshotToolError(`qemu-img create failed: ${(e.stderr ?? '').trim() || e.shortMessage || e.message}`)
+        if (err instanceof Qcow2OverlayError) throw new SnapshotToolError(`overlay not written: ${err.message}`)
+        throw err
       }
       const record: InstanceRecord = { name, imageId, path, backing, createdAtMs: (this.init.now ?? Date.now)() }
       await this.init.db.put(name, record)

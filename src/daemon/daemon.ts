@@ -298,6 +298,7 @@ export class Daemon {
     if (known !== undefined) return known
     if (this.peers === undefined) throw new ManifestUnavailableError(`no image '${imageId}' here, and the peer layer is off`)
     const peers = this.peers
+    const startMs = performance.now()
     const timeoutMs = this.config.p2p.manifestTimeoutMs
     const deadline = new AbortController()
     // The reason is read when the deadline passes, before the peer layer drops its interest in the image.
@@ -313,8 +314,10 @@ export class Daemon {
     } finally {
       clearTimeout(timer)
     }
+    const manifestMs = performance.now()
     const image = await this.images.adopt(manifest)
     await this.attachImage(image)
+    this.logger.info('image adopted', { image: imageId, manifestMs: Math.round(manifestMs - startMs), attachMs: Math.round(performance.now() - manifestMs) })
     return image
   }
 

@@ -27,6 +27,7 @@ export const createManifestFinder = (init: ManifestFinderInit) => (components: S
     const state = init.ensureState(imageId)
     const signal = AbortSignal.any([options.signal, components.stopSignal])
     const tried = new Set<string>()
+    const startMs = performance.now()
     let lastError: Error | undefined
     try {
       while (tried.size < MAX_MANIFEST_PEERS_TRIED) {
@@ -40,10 +41,13 @@ export const createManifestFinder = (init: ManifestFinderInit) => (components: S
         }
         const [peer] = candidates[0]
         tried.add(peer)
+        const askedMs = performance.now()
         try {
           const manifest = await fetchManifestFrom(components.requireNode(), peerIdFromString(peer), imageId, init.trustedKeys,
             AbortSignal.any([signal, AbortSignal.timeout(MANIFEST_FETCH_TIMEOUT_MS)]))
           if (manifest.rootHex !== state.candidates.get(peer)?.advert.rootHex) logger.warn('manifest root differs from the advert', { image: imageId, peer })
+          // How long a new image's first instance waited for an advert naming a holder, and for the manifest.
+          logger.info('manifest fetched', { image: imageId, peer, waitMs: Math.round(askedMs - startMs), fetchMs: Math.round(performance.now() - askedMs) })
           return manifest
         } catch (err) {
           if (signal.aborted) throw err

@@ -28,7 +28,7 @@ import { serveBlockStream, serveDataChannel, type BlockServerInit } from './bloc
 import { DataChannelServer } from './data-channel.js'
 import { PeerLink } from './peer-link.js'
 import { PeerSource, type PeerSourceStats } from './peer-source.js'
-import { serveManifestStream, MANIFEST_PROTOCOL } from './manifest-protocol.js'
+import { serveManifestStream, MANIFEST_PROTOCOL, MANIFEST_PROTOCOL_V1 } from './manifest-protocol.js'
 import { BLOCKS_PROTOCOL } from './wire.js'
 import { PROFILE_PROTOCOL, createProfileServer, createLiveProfileFetcher, type LiveProfileFetcher, type ProfileProvider } from './profile-protocol.js'
 import { RateMeter, TokenBucket } from './rate-limit.js'
@@ -451,8 +451,12 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       void profileServer.handle(stream, connection)
     }, { maxInboundStreams: 2, maxOutboundStreams: 2 })
     if (init.profiles !== undefined) liveProfiles = createLiveProfileFetcher({ node: requireNode, provider: init.profiles, logger, signal: stopController.signal, nowMs: () => clock.nowMs() })
+    const manifestOf = (imageId: string): Manifest | undefined => images.get(imageId)?.store !== undefined ? images.get(imageId)?.manifest : undefined
     await node.handle(MANIFEST_PROTOCOL, (stream, connection) => {
-      void serveManifestStream(stream, connection, imageId => images.get(imageId)?.store !== undefined ? images.get(imageId)?.manifest : undefined, logger)
+      void serveManifestStream(stream, connection, manifestOf, logger, { deflate: true })
+    }, { maxInboundStreams: 4, maxOutboundStreams: 4 })
+    await node.handle(MANIFEST_PROTOCOL_V1, (stream, connection) => {
+      void serveManifestStream(stream, connection, manifestOf, logger, { deflate: false })
     }, { maxInboundStreams: 4, maxOutboundStreams: 4 })
     node.addEventListener('peer:disconnect', event => {
       const peerId = event.detail.toString()
