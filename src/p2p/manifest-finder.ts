@@ -1,5 +1,13 @@
-// Finding an image's signed manifest: ask the peers that advertise it (shallowest first, bounded), waiting
-// for adverts when none is known yet. Registers interest in the image's topic meanwhile.
+// Finding an image's signed manifest: ask the peers that advertise it (shallowest first, bounded); while none
+// is known yet, first ask a few connected peers directly, at once (any agent that holds the manifest serves it,
+// and it is checked against the trusted keys whoever sends it), then wait for adverts. Registers interest in the
+// image's topic meanwhile.
+//
+// Why ask before any advert: a new subscriber hears of the image only when a holder's next advert reaches it
+// (the holder answers a subscription after at least its minimum advert interval, 250 ms, and its gossip stream
+// to the subscriber may not be open yet). In the 8-host testbed's wave that wait was 30-310 ms of each host's
+// first instance.create, while the origin was a connected peer all along; with think times a host's create is
+// nearly all it loses against a central server.
 
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { Manifest } from '../blockstack/manifest.js'
@@ -8,6 +16,10 @@ import { ManifestUnavailableError } from './errors.js'
 import type { ImageState, ServiceComponents } from './components.js'
 
 const MAX_MANIFEST_PEERS_TRIED = 16
+/** Connected peers asked directly, before any advert names a holder (each answers at once whether it has it). */
+const MAX_DIRECT_ASKS = 4
+/** A direct ask that takes longer than this gives way to the adverts (the peer may be busy or far). */
+const DIRECT_ASK_TIMEOUT_MS = 2_000
 
 export interface ManifestFinderInit {
   trustedKeys: readonly Uint8Array[]
@@ -15,12 +27,46 @@ export interface ManifestFinderInit {
   ensureState: (imageId: string) => ImageState
   /** Interest only ended: unsubscribe and forget the image. */
   dropInterest: (state: ImageState) => void
+  /** A manifest was found: from a peer that advertised it, or from a connected peer asked before any advert. */
+  onFound?: (how: 'advertised' | 'direct') => void
 }
 
 export type FetchManifestFn = (imageId: string, options: { signal: AbortSignal }) => Promise<Manifest>
 
 export const createManifestFinder = (init: ManifestFinderInit) => (components: ServiceComponents): FetchManifestFn => {
   const { logger, images, peers, events } = components
+  /**
+   * Asks up to MAX_DIRECT_ASKS connected peers at once, those subscribed to the image's topic first (its holders
+   * are, as is anyone else who wants it); the first valid manifest wins and the other asks are dropped.
+   * undefined: none had it in time (a holder is asked again once it advertises).
+   */
+  const askDirect = async (imageId: string, state: ImageState, asked: Set<string>, signal: AbortSignal): Promise<Manifest | undefined> => {
+    const subscribed = new Set(components.node()?.services.pubsub.getSubscribers(state.topic).map(p => p.toString()) ?? [])
+    const peersToAsk = [...components.connected]
+      .filter(peer => !peers.isBanned(peer))
+      .sort((a, b) => Number(subscribed.has(b)) - Number(subscribed.has(a)))
+      .slice(0, MAX_DIRECT_ASKS)
+    if (peersToAsk.length === 0) return undefined
+    const done = new AbortController()
+    const askSignal = AbortSignal.any([signal, done.signal, AbortSignal.timeout(DIRECT_ASK_TIMEOUT_MS)])
+    const startMs = performance.now()
+    try {
+      return await Promise.any(peersToAsk.map(async peer => {
+        asked.add(peer)
+        const manifest = await fetchManifestFrom(components.requireNode(), peerIdFromString(peer), imageId, init.trustedKeys, askSignal)
+        init.onFound?.('direct')
+        logger.info('manifest fetched', { image: imageId, peer, direct: true, asked: peersToAsk.length, fetchMs: Math.round(performance.now() - startMs) })
+        return manifest
+      }))
+    } catch {
+      // Most often 'no manifest here' from each, which is expected: no warning.
+      signal.throwIfAborted()
+      return undefined
+    } finally {
+      done.abort()
+    }
+  }
+
   return async (imageId, options) => {
     const existing = images.get(imageId)
     if (existing?.manifest !== undefined) return existing.manifest
@@ -28,6 +74,7 @@ export const createManifestFinder = (init: ManifestFinderInit) => (components: S
     const signal = AbortSignal.any([options.signal, components.stopSignal])
     const tried = new Set<string>()
     const startMs = performance.now()
+    const askedDirect = new Set<string>()
     let lastError: Error | undefined
     try {
       while (tried.size < MAX_MANIFEST_PEERS_TRIED) {
@@ -36,6 +83,8 @@ export const createManifestFinder = (init: ManifestFinderInit) => (components: S
           .filter(([peer, entry]) => entry.advert.manifestAvailable && !tried.has(peer) && !peers.isBanned(peer))
           .sort(([, a], [, b]) => (a.advert.depth ?? 255) - (b.advert.depth ?? 255))
         if (candidates.length === 0) {
+          const manifest = askedDirect.size === 0 ? await askDirect(imageId, state, askedDirect, signal) : undefined
+          if (manifest !== undefined) return manifest
           await events.next(signal)
           continue
         }
@@ -48,6 +97,7 @@ export const createManifestFinder = (init: ManifestFinderInit) => (components: S
           if (manifest.rootHex !== state.candidates.get(peer)?.advert.rootHex) logger.warn('manifest root differs from the advert', { image: imageId, peer })
           // How long a new image's first instance waited for an advert naming a holder, and for the manifest.
           logger.info('manifest fetched', { image: imageId, peer, waitMs: Math.round(askedMs - startMs), fetchMs: Math.round(performance.now() - askedMs) })
+          init.onFound?.('advertised')
           return manifest
         } catch (err) {
           if (signal.aborted) throw err

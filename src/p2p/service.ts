@@ -139,6 +139,8 @@ export interface P2PStatus {
   blockRequests: PeerSourceStats
   /** Data channels: the listener's port (null: none), links to peers on one, connections served. */
   dataChannels: { port: number | null, outbound: number, inbound: number }
+  /** Manifests fetched: from peers that advertised the image, or from connected peers asked before any advert. */
+  manifestsFound: { advertised: number, direct: number }
   images: Record<string, ImageStatus>
 }
 
@@ -329,10 +331,12 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     return state
   }
 
+  const manifestsFound = { advertised: 0, direct: 0 }
   const fetchManifest = createManifestFinder({
     trustedKeys,
     ensureState,
-    dropInterest: state => { adverts.unsubscribe(state); images.delete(state.imageId) }
+    dropInterest: state => { adverts.unsubscribe(state); images.delete(state.imageId) },
+    onFound: how => { manifestsFound[how]++ }
   })(components)
 
   const addImage = (store: ServedStore, options: { childLimit?: number } = {}): void => {
@@ -534,6 +538,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       banned: peers.banned(),
       blockRequests: { ...peerSource.stats },
       dataChannels: { port: dataChannels?.port ?? null, outbound: [...links.values()].filter(l => l.onDataChannel).length, inbound: dataChannels?.connections ?? 0 },
+      manifestsFound: { ...manifestsFound },
       images: {}
     }
     for (const state of images.values()) {

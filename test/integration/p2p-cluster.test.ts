@@ -94,15 +94,30 @@ test('p2p: killing a relay mid-read leaves every read completing with correct da
 })
 
 test('p2p: a new subscriber gets the origin\'s advert at once, not at its keep-alive (its subscription can arrive before gossip can answer it)', { timeout: 60_000 }, async () => {
-  // The origin's keep-alive is 10 minutes: only the advert that answers the subscription can tell the agent
-  // where the manifest is. Before the fix that advert often went out before gossipsub had a stream to the
-  // new subscriber, and the agent waited for the keep-alive (the fetch below timed out).
+  // The origin's keep-alive is 10 minutes: only the advert that answers the subscription makes the origin a
+  // candidate of the agent. Before the fix that advert often went out before gossipsub had a stream to the new
+  // subscriber, and the agent waited for the keep-alive.
   const c = await cluster({ agents: 1, sizeBytes: 1024 * 1024, originInit: { advertPolicy: { keepAliveMs: 600_000 } } })
+  try {
+    const agent = c.agents[0]
+    await waitUntil('the agent is connected to the origin', () => agent.service.status().peers.includes(c.origin.service.peerId))
+    await join_(c, agent, 0)
+    await waitUntil('the origin\'s advert to reach the agent', () => (agent.service.status().images[IMAGE_ID]?.candidates ?? 0) >= 1, 20_000)
+  } finally {
+    await c.close()
+  }
+})
+
+test('p2p: a new agent gets the manifest from a connected peer before any advert names a holder', { timeout: 60_000 }, async () => {
+  // The agent asks the connected origin at once, before the advert that answers its subscription can arrive (that
+  // takes the subscription's round trip and the origin's advert interval, and in a fresh wave up to a second).
+  const c = await cluster({ agents: 1, sizeBytes: 1024 * 1024 })
   try {
     const agent = c.agents[0]
     await waitUntil('the agent is connected to the origin', () => agent.service.status().peers.includes(c.origin.service.peerId))
     const manifest = await agent.service.fetchManifest(IMAGE_ID, { signal: AbortSignal.timeout(20_000) })
     assert.equal(manifest.rootHex, c.manifest.rootHex)
+    assert.deepEqual(agent.service.status().manifestsFound, { advertised: 0, direct: 1 })
   } finally {
     await c.close()
   }
