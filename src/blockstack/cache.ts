@@ -21,6 +21,7 @@
 
 import { open, type FileHandle } from 'node:fs/promises'
 import { readSync } from 'node:fs'
+import { setMaxListeners } from 'node:events'
 import { setTimeout as delay } from 'node:timers/promises'
 import { deadline } from './deadline.js'
 import { blockLength, isZeroBlock, verifyBlock, type Manifest } from './manifest.js'
@@ -239,6 +240,9 @@ export class BlockCache implements BlockStore {
     this.durable = new Bitmap(init.manifest.blockCount)
     this.unchecked = new Bitmap(init.manifest.blockCount)
     this.maxSpillBytes = init.maxSpillBytes ?? DEFAULT_MAX_SPILL_BYTES
+    // Every fetch batch in flight follows it (deadline.ts), bounded by the reads and the prefetch window in
+    // flight; node's default of 10 warned (MaxListenersExceededWarning) whenever a VM's reads outran the source.
+    setMaxListeners(Infinity, this.closeController.signal)
   }
 
   static async open (init: BlockCacheInit): Promise<BlockCache> {

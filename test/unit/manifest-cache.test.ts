@@ -1,4 +1,5 @@
 import { test } from 'node:test'
+import { setMaxListeners } from 'node:events'
 import assert from 'node:assert/strict'
 import { mkdtemp, writeFile, rm, readFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -175,4 +176,42 @@ test('cache: a source that keeps sending bad data fails the read, stores nothing
     await assert.rejects(cache.read(0, m.sizeBytes + 1, AbortSignal.timeout(5000)), { name: 'ReadRangeError' })
     await cache.close()
   } finally { await rm(dir, { recursive: true, force: true }) }
+})
+
+test('cache: many fetches in flight at once (reads outrunning the source) raise no MaxListenersExceededWarning', { timeout: 20_000 }, async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'vmt-mc-'))
+  const bytes = randomBytes(BS * 40)
+  const image = join(dir, 'img.raw')
+  await writeFile(image, bytes)
+  const warnings: string[] = []
+  const onWarning = (w: Error): void => { warnings.push(w.name) }
+  process.on('warning', onWarning)
+  try {
+    const m = await manifestFromFile({ imageId: 'img', path: image, blockSizeBytes: BS, key: signingKeyFromSeed(randomBytes(32)) })
+    const file = fileBlockSource(image)
+    // The source answers only once every read has asked: 40 fetch batches in flight together.
+    let release!: () => void
+    const released = new Promise<void>(resolve => { release = resolve })
+    let asked = 0
+    const source: BlockSource = {
+      async fetch (manifest, indexes, options) {
+        if (++asked === 40) release()
+        await released
+        return await file.fetch(manifest, indexes, options)
+      }
+    }
+    const cache = await BlockCache.open({ manifest: m, path: join(dir, 'cache'), presence: memoryPresenceStore(), source })
+    const signal = AbortSignal.timeout(10_000)
+    // The reads' own signal is its owner's to bound, as the NBD connection does for its reads in flight.
+    setMaxListeners(100, signal)
+    const reads = await Promise.all(Array.from({ length: 40 }, async (_, i) => await cache.read(i * BS, BS, signal)))
+    assert.ok(Buffer.concat(reads).equals(bytes))
+    await cache.close()
+    // Warnings are emitted on the next tick.
+    await new Promise(resolve => setImmediate(resolve))
+    assert.deepEqual(warnings.filter(name => name === 'MaxListenersExceededWarning'), [])
+  } finally {
+    process.off('warning', onWarning)
+    await rm(dir, { recursive: true, force: true })
+  }
 })
