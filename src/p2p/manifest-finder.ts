@@ -9,6 +9,7 @@
 // first instance.create, while the origin was a connected peer all along; with think times a host's create is
 // nearly all it loses against a central server.
 
+import { setMaxListeners } from 'node:events'
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { Manifest } from '../blockstack/manifest.js'
 import { fetchManifestFrom, MANIFEST_FETCH_TIMEOUT_MS } from './manifest-protocol.js'
@@ -49,6 +50,8 @@ export const createManifestFinder = (init: ManifestFinderInit) => (components: S
     if (peersToAsk.length === 0) return undefined
     const done = new AbortController()
     const askSignal = AbortSignal.any([signal, done.signal, AbortSignal.timeout(DIRECT_ASK_TIMEOUT_MS)])
+    // The asks share it: a few listeners each (dial, stream reads and writes).
+    setMaxListeners(MAX_DIRECT_ASKS * 8, askSignal)
     const startMs = performance.now()
     try {
       return await Promise.any(peersToAsk.map(async peer => {
