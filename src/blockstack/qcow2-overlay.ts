@@ -100,7 +100,7 @@ export function qcow2OverlayBytes (sizeBytes: number, backing: string, backingFo
     out.write(feature, at + 2, 'latin1')
     at += FEATURE_NAME_ENTRY_BYTES
   }
-  at += 8 // end of extensions: type 0, length 0
+  // Then the end of the extensions (type 0, length 0: zeros already), and at backingOffset the name.
   name.copy(out, backingOffset)
 
   // Cluster 1: the refcount table points at the one refcount block; cluster 2: that block.
