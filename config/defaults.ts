@@ -26,6 +26,8 @@ export interface Config {
     manifestTimeoutMs: number
     parents: number
     childLimit: number
+    /** Children per image that have this agent as their only parent (src/topology/admit.ts); 0: no bound. */
+    soleChildLimit: number
     originChildLimit: number
     uploadLimitBytesPerSec: number | null
     downloadLimitBytesPerSec: number | null
@@ -65,6 +67,9 @@ export function defaultConfig (): Config {
       manifestTimeoutMs: 30_000,
       parents: 3,
       childLimit: 8,
+      // With slots alone the origin's only child took 4-6 children that had no other parent, and its one uplink
+      // carried all their boots (src/topology/params.ts).
+      soleChildLimit: 2,
       // One child per image at the origin: it sends each block about once and the agents relay the rest
       // (with 8, every agent attaches to the origin and it uploads N times the image).
       originChildLimit: 1,

@@ -54,6 +54,7 @@ export const configFileSchema = z.object({
     manifestTimeoutMs: duration.min(100).max(3_600_000),
     parents: z.number().int().min(1).max(16),
     childLimit: z.number().int().min(0).max(1024),
+    soleChildLimit: z.number().int().min(0).max(1024),
     /** Children of the images this agent originates: small, so the image server sends each block about once. */
     originChildLimit: z.number().int().min(1).max(1024),
     uploadLimitBytesPerSec: byteCount.nullable(),

@@ -19,7 +19,7 @@ export const peerLayerFactory: PeerLayerFactory = async ({ config, identity, tru
     dataChannel: p2p.dataChannelPort === null ? false : { port: p2p.dataChannelPort },
     trustedKeys,
     heartbeatMs: p2p.heartbeatMs,
-    topologyParams: { parentCount: p2p.parents, childLimit: p2p.childLimit, heartbeatMs: p2p.heartbeatMs },
+    topologyParams: { parentCount: p2p.parents, childLimit: p2p.childLimit, soleChildLimit: p2p.soleChildLimit, heartbeatMs: p2p.heartbeatMs },
     childLimit: p2p.childLimit,
     uploadLimitBytesPerSec: p2p.uploadLimitBytesPerSec ?? undefined,
     downloadLimitBytesPerSec: p2p.downloadLimitBytesPerSec ?? undefined,

@@ -40,7 +40,7 @@ export interface BlockServerInit {
   /** The store of the image with this manifest root, if this agent has it. */
   resolve: (rootHex: string) => BlockStore | undefined
   /** Child admission for an image (undefined: unknown image). */
-  admit: (peerId: string, rootHex: string, leave: boolean) => AdmitReply | undefined
+  admit: (peerId: string, rootHex: string, leave: boolean, asked?: { parentCount: number, attaching: boolean }) => AdmitReply | undefined
   uploadBucket: TokenBucket
   onSent?: (rootHex: string, peerId: string, bytes: number) => void
   /** A request was answered (used to count who is downloading from us). */
@@ -198,7 +198,7 @@ function createFrameServer (init: BlockServerInit, peerId: string, sink: FrameSi
         const rootHex = Buffer.from(frame.root).toString('hex')
         const reply = init.isBanned?.(peerId) === true
           ? { accepted: false, childCount: 0, childLimit: 0 }
-          : init.admit(peerId, rootHex, frame.leave)
+          : init.admit(peerId, rootHex, frame.leave, frame.parentCount === undefined ? undefined : { parentCount: frame.parentCount, attaching: frame.attaching === true })
         writeSmall(reply === undefined
           ? encodeServerFrame({ type: FrameType.Error, reqId: frame.reqId, code: ErrorCode.UnknownImage })
           : encodeServerFrame({ type: FrameType.Admitted, reqId: frame.reqId, ...reply }))

@@ -1,5 +1,6 @@
-// The parent side of the tree: which peers are our children for an image (admission with bounded fan-out,
-// leases renewed every heartbeat, slots freed when a child leaves or disconnects).
+// The parent side of the tree: which peers are our children for an image (admission with bounded fan-out and
+// a bound on children that have us as their only parent, topology/admit.ts; leases renewed every heartbeat,
+// slots freed when a child leaves or disconnects).
 
 import { admitChild } from '../topology/index.js'
 import type { AdmitReply } from './block-server.js'
@@ -24,8 +25,12 @@ export interface Children {
   live: (state: ImageState) => string[]
   limitOf: (state: ImageState) => number
   isChild: (state: ImageState, peerId: string) => boolean
-  /** Admission (or renewal, or leave) asked by a peer over the block protocol; undefined: unknown image. */
-  admit: (peerId: string, rootHex: string, leave: boolean) => AdmitReply | undefined
+  /**
+   * Admission (or renewal, or leave) asked by a peer over the block protocol; `asked`: the parents it stripes
+   * over and whether it attaches from nothing (absent, as from an older agent: one parent, not attaching).
+   * Undefined: unknown image.
+   */
+  admit: (peerId: string, rootHex: string, leave: boolean, asked?: { parentCount: number, attaching: boolean }) => AdmitReply | undefined
   /** The peer is gone: its slots are free now. */
   forget: (peerId: string) => void
   /** A child asked us for blocks: it is alive, so its lease runs on (a renewal delayed on a loaded host does not end it). */
@@ -40,15 +45,25 @@ export const createChildren = (init: ChildrenInit) => (components: ServiceCompon
 
   const live = (state: ImageState): string[] => {
     const now = clock.nowMs()
-    for (const [peer, expiry] of state.children) if (expiry <= now || peers.isBanned(peer)) state.children.delete(peer)
+    for (const [peer, expiry] of state.children) {
+      if (expiry <= now || peers.isBanned(peer)) { state.children.delete(peer); state.childParentCounts.delete(peer) }
+    }
     return [...state.children.keys()]
   }
 
-  const admit = (peerId: string, rootHex: string, leave: boolean): AdmitReply | undefined => {
+  /** Live children with us as their only parent (`except` not counted). */
+  const soleChildrenOf = (state: ImageState, children: readonly string[], except: string): number => {
+    let n = 0
+    for (const peer of children) if (peer !== except && (state.childParentCounts.get(peer) ?? 1) === 1) n++
+    return n
+  }
+
+  const admit = (peerId: string, rootHex: string, leave: boolean, asked?: { parentCount: number, attaching: boolean }): AdmitReply | undefined => {
     const state = byRoot.get(rootHex)
     if (state === undefined || state.store === undefined) return undefined
     if (leave) {
       state.children.delete(peerId)
+      state.childParentCounts.delete(peerId)
       init.publishSoon(state)
       return { accepted: false, childCount: live(state).length, childLimit: limitOf(state) }
     }
@@ -59,10 +74,15 @@ export const createChildren = (init: ChildrenInit) => (components: ServiceCompon
       childLimit: limitOf(state),
       isAlreadyChild,
       isExcluded: peers.isBanned(peerId),
-      selfDepth: isSeed(state) ? 0 : state.depth
+      selfDepth: isSeed(state) ? 0 : state.depth,
+      soleChildren: soleChildrenOf(state, children, peerId),
+      attachingSole: asked?.attaching === true && asked.parentCount === 1,
+      soleChildLimit: params.soleChildLimit ?? 0
     })
     if (result.admit) {
       state.children.set(peerId, clock.nowMs() + leaseMs())
+      // A renewal updates the count: the child may have gained or lost parents since.
+      state.childParentCounts.set(peerId, asked?.parentCount ?? 1)
       if (!isAlreadyChild) init.publishSoon(state)
     }
     return { accepted: result.admit, childCount: live(state).length, childLimit: limitOf(state) }
@@ -72,6 +92,7 @@ export const createChildren = (init: ChildrenInit) => (components: ServiceCompon
     for (const state of images.values()) {
       // A child that is gone frees its slot now, not when its lease runs out: with the origin's single slot,
       // the orphans need it within the heartbeat.
+      state.childParentCounts.delete(peerId)
       if (state.children.delete(peerId)) init.publishSoon(state)
     }
   }

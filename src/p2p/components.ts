@@ -43,6 +43,8 @@ export interface ImageState {
   orphanedSinceMs: number | null
   /** peerId -> lease expiry (ms). */
   children: Map<string, number>
+  /** peerId -> the parents the child said it stripes over (its last ADMIT); read for live children only. */
+  childParentCounts: Map<string, number>
   /** peerId -> excluded until (ms): refused admission. */
   refused: Map<string, number>
   bytesSent: number
@@ -124,6 +126,7 @@ export function newImageState (imageId: string, topic: string, nowMs: number): I
     depth: null,
     orphanedSinceMs: null,
     children: new Map(),
+    childParentCounts: new Map(),
     refused: new Map(),
     bytesSent: 0,
     bytesReceived: 0,

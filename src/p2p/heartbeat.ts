@@ -130,9 +130,12 @@ export const createHeartbeat = (init: HeartbeatInit) => (components: ServiceComp
     // 3. Admission of new parents, lease renewal of kept ones (both also measure RTT).
     const replies = new Map<string, AdmissionReply>()
     const askedAtMs = clock.nowMs()
+    // The parents we will stripe over, and whether we attach from nothing (detached, no child): only such an
+    // agent asking for one parent may be refused as a sole child (topology/admit.ts).
+    const asked = { parentCount: plan.ask.length, attaching: plan.selfDepth === null && plan.childCount === 0 }
     await Promise.all(plan.ask.map(async ({ peerId, kept }) => {
       try {
-        const reply = await peers.link(peerId).admit(manifest.root, false, signal)
+        const reply = await peers.link(peerId).admit(manifest.root, false, signal, asked)
         replies.set(peerId, reply.accepted ? 'accepted' : 'refused')
       } catch (err) {
         if (components.stopSignal.aborted) return

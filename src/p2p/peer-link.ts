@@ -304,9 +304,14 @@ export class PeerLink {
       options.signal, { onBlock: options.onBlock, received: new Map(), expected: indexes.length }, true)
   }
 
-  /** Joins (or renews) this agent as a child of the peer for an image, or leaves. Measures RTT. */
-  async admit (root: Uint8Array, leave: boolean, signal: AbortSignal): Promise<AdmitReply> {
-    return await this.send('admit', reqId => encodeClientFrame({ type: FrameType.Admit, reqId, root, leave }), signal)
+  /**
+   * Joins (or renews) this agent as a child of the peer for an image, or leaves. `asked`: the parents we stripe
+   * over and whether we attach from nothing (detached, no child: only then may the peer refuse us as a sole
+   * child, topology/admit.ts). Measures RTT.
+   */
+  async admit (root: Uint8Array, leave: boolean, signal: AbortSignal, asked?: { parentCount: number, attaching: boolean }): Promise<AdmitReply> {
+    const extra = asked === undefined ? {} : { parentCount: Math.min(255, Math.max(1, Math.floor(asked.parentCount))), attaching: asked.attaching }
+    return await this.send('admit', reqId => encodeClientFrame({ type: FrameType.Admit, reqId, root, leave, ...extra }), signal)
   }
 
   /** A round trip on the open stream; returns the measured ms. */

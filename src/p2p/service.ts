@@ -300,6 +300,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       const before = state.parents.length
       state.parents = state.parents.filter(p => p.peerId !== peerId)
       state.children.delete(peerId)
+      state.childParentCounts.delete(peerId)
       state.candidates.delete(peerId)
       if (state.parents.length !== before) heartbeat.schedule(state)
     }

@@ -5,7 +5,11 @@
 // client -> server
 //   GET     1 | reqId u32 | priority u8 (0 demand, 1 prefetch) | root 32 | count u16 | count x index u32
 //   CANCEL  2 | reqId u32
-//   ADMIT   3 | reqId u32 | root 32 | leave u8       (join or renew a child lease; leave = 1 ends it)
+//   ADMIT   3 | reqId u32 | root 32 | leave u8 [| parentCount u8 | flags u8]
+//           (join or renew a child lease; leave = 1 ends it. parentCount: the parents the child stripes over,
+//           1..255; flags bit 0 'attaching': the child has neither a working parent nor a child, so refusing
+//           it as a sole child (parentCount 1, topology/admit.ts) costs nobody a path. Absent, as older agents
+//           send it: one parent, not attaching.)
 //   PING    4 | reqId u32
 //   CHANNEL 5 | reqId u32                             (asks for a data channel: data-channel.ts)
 // server -> client
@@ -25,6 +29,8 @@ import { WireDecodeError } from './errors.js'
 
 export const BLOCKS_PROTOCOL = '/vmthunder/blocks/1'
 export const MAX_INDEXES_PER_GET = 256
+/** ADMIT flags bit 0: the child has no working parent and no child (see the table above). */
+export const ADMIT_FLAG_ATTACHING = 1
 /** A request frame is small: bounded by the index list. */
 export const MAX_REQUEST_FRAME_BYTES = 1 + 4 + 1 + 32 + 2 + MAX_INDEXES_PER_GET * 4
 
@@ -70,7 +76,7 @@ export const PRIORITY_PREFETCH: Priority = 1
 export type ClientFrame =
   | { type: FrameType.Get, reqId: number, priority: Priority, root: Uint8Array, indexes: number[] }
   | { type: FrameType.Cancel, reqId: number }
-  | { type: FrameType.Admit, reqId: number, root: Uint8Array, leave: boolean }
+  | { type: FrameType.Admit, reqId: number, root: Uint8Array, leave: boolean, parentCount?: number, attaching?: boolean }
   | { type: FrameType.Ping, reqId: number }
   | { type: FrameType.Channel, reqId: number }
 
@@ -110,11 +116,19 @@ export function encodeClientFrame (frame: ClientFrame): Uint8Array {
       return out
     }
     case FrameType.Admit: {
-      const out = Buffer.allocUnsafe(1 + 4 + 32 + 1)
+      const withCount = frame.parentCount !== undefined
+      if (withCount && !(Number.isInteger(frame.parentCount) && frame.parentCount! >= 1 && frame.parentCount! <= 255)) {
+        throw new RangeError(`ADMIT parentCount must be an integer in 1..255, got ${String(frame.parentCount)}`)
+      }
+      const out = Buffer.allocUnsafe(1 + 4 + 32 + 1 + (withCount ? 2 : 0))
       out.writeUInt8(frame.type, 0)
       out.writeUInt32BE(frame.reqId, 1)
       out.set(frame.root, 5)
       out.writeUInt8(frame.leave ? 1 : 0, 37)
+      if (withCount) {
+        out.writeUInt8(frame.parentCount!, 38)
+        out.writeUInt8(frame.attaching === true ? ADMIT_FLAG_ATTACHING : 0, 39)
+      }
       return out
     }
   }
@@ -149,9 +163,17 @@ export function decodeClientFrame (data: Uint8Array | Uint8ArrayList): ClientFra
     case FrameType.Channel:
       if (buf.length !== 5) fail('bad length')
       return { type, reqId }
-    case FrameType.Admit:
-      if (buf.length !== 38) fail('bad ADMIT length')
-      return { type, reqId, root: new Uint8Array(buf.subarray(5, 37)), leave: buf.readUInt8(37) === 1 }
+    case FrameType.Admit: {
+      if (buf.length !== 38 && buf.length !== 40) fail('bad ADMIT length')
+      const root = new Uint8Array(buf.subarray(5, 37))
+      const leave = buf.readUInt8(37) === 1
+      if (buf.length === 38) return { type, reqId, root, leave }
+      const parentCount = buf.readUInt8(38)
+      const flags = buf.readUInt8(39)
+      if (parentCount === 0) fail('ADMIT of 0 parents')
+      if ((flags & ~ADMIT_FLAG_ATTACHING) !== 0) fail(`unknown ADMIT flags ${flags}`)
+      return { type, reqId, root, leave, parentCount, attaching: (flags & ADMIT_FLAG_ATTACHING) !== 0 }
+    }
     default:
       return fail(`unknown type ${type}`)
   }

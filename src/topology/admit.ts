@@ -1,4 +1,19 @@
-// Parent side: whether to take one more child for an image. Fan-out is bounded by childLimit.
+// Parent side: whether to take one more child for an image. Fan-out is bounded twice:
+// - childLimit: children in all (slots);
+// - soleChildLimit: children that have this agent as their only parent. Such a child takes its whole boot
+//   from our one uplink, where a child that stripes over p parents takes about 1/p of it. Why: at the start of
+//   a wave the only agent at depth 1 (the origin's one child) is the only candidate for everyone else, who all
+//   attach to it with that one parent. With slots alone it took up to childLimit of them, and its uplink carried
+//   that many copies of the boot (bench:testbed at 100 Mb/s: 4-6 such children, 15-28 s; 2, 12-13 s). A child
+//   refused here goes one level down a heartbeat later, where it finds several parents.
+// The bound is a relay's: a seed (depth 0) has the slots it was given (the origin: p2p.originChildLimit, 1 by
+// default), and free seed slots left by it drew whole levels up to the seed once their parents' hold time had
+// passed, dissolving subtrees on the way (topology-property's subtree test).
+// The sole-child bound refuses only an agent that attaches from nothing (detached, no child of its own, asking
+// for one parent): refusing one that moves here would leave it, and its subtree, without a path. Adverts state
+// the slots only: a relay full of sole children refuses, and the refused agent excludes it for a while
+// (topology/driver.ts). Advertising it as full instead lowered its slot score for its own children, which then
+// swapped parents back and forth (topology-property's no-flapping test).
 
 export interface AdmitInput {
   childCount: number
@@ -12,6 +27,12 @@ export interface AdmitInput {
   maxUploadLoad?: number
   /** A detached agent (no parents, not a seed) cannot serve what it does not have: it refuses children. */
   selfDepth?: number | null
+  /** Our children now that have us as their only parent (the asker not counted). */
+  soleChildren?: number
+  /** The asker attaches from nothing with us as its only parent (see the top). */
+  attachingSole?: boolean
+  /** Bound on sole children; 0 or absent: none. */
+  soleChildLimit?: number
 }
 
 export type AdmitRefusal = 'full' | 'excluded' | 'overloaded' | 'detached'
@@ -26,6 +47,10 @@ export function admitChild (input: AdmitInput): AdmitResult {
   if (input.selfDepth === null) return { admit: false, reason: 'detached' }
   if (input.isAlreadyChild) return { admit: true }
   if (!(input.childCount < input.childLimit)) return { admit: false, reason: 'full' }
+  const soleLimit = input.soleChildLimit ?? 0
+  if (soleLimit > 0 && input.selfDepth !== 0 && input.attachingSole === true && (input.soleChildren ?? 0) >= soleLimit) {
+    return { admit: false, reason: 'full' }
+  }
   if (input.uploadLoad !== undefined && input.maxUploadLoad !== undefined && input.uploadLoad > input.maxUploadLoad) {
     return { admit: false, reason: 'overloaded' }
   }

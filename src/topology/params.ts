@@ -16,6 +16,9 @@ export const DEFAULT_MAX_DEPTH = 64
  * - minParentHoldMs 5000: five heartbeats before a parent can be replaced for a better one (not for failure).
  * - childLimit 8: bounded fan-out; with 64 KiB blocks at 1 Gb/s a parent serves 8 children a block each in
  *   about 4 ms.
+ * - soleChildLimit 2: at most two children that have this agent as their only parent (admit.ts). The child
+ *   limit alone let the origin's only child take 4-6 such children, so at 100 Mb/s its one uplink carried 4-6
+ *   copies of the boot and the wave waited on it (bench:testbed, 8 hosts: 15-28 s against 12-13 s with 2).
  */
 export const DEFAULT_TOPOLOGY_PARAMS: Readonly<TopologyParams> = Object.freeze({
   parentCount: 3,
@@ -24,6 +27,7 @@ export const DEFAULT_TOPOLOGY_PARAMS: Readonly<TopologyParams> = Object.freeze({
   replaceMargin: 0.2,
   minParentHoldMs: 5000,
   childLimit: 8,
+  soleChildLimit: 2,
   maxDepth: DEFAULT_MAX_DEPTH,
   score: DEFAULT_SCORE_PARAMS
 })
@@ -56,8 +60,10 @@ export function validateTopologyParams (p: TopologyParams): Required<TopologyPar
   check(isNum(p.replaceMargin) && p.replaceMargin >= 0 && p.replaceMargin <= 10, 'replaceMargin', `must be in 0..10, got ${String(p.replaceMargin)}`)
   check(isNum(p.minParentHoldMs) && p.minParentHoldMs >= 0, 'minParentHoldMs', `must be >= 0, got ${String(p.minParentHoldMs)}`)
   check(isInt(p.childLimit) && p.childLimit >= 0 && p.childLimit <= 4096, 'childLimit', `must be an integer in 0..4096, got ${String(p.childLimit)}`)
+  check(p.soleChildLimit === undefined || (isInt(p.soleChildLimit) && p.soleChildLimit >= 0 && p.soleChildLimit <= 4096),
+    'soleChildLimit', `must be an integer in 0..4096, got ${String(p.soleChildLimit)}`)
   const maxDepth = p.maxDepth ?? DEFAULT_MAX_DEPTH
   check(isInt(maxDepth) && maxDepth >= 1 && maxDepth <= 1024, 'maxDepth', `must be an integer in 1..1024, got ${String(maxDepth)}`)
   const score = validateScoreParams(p.score ?? DEFAULT_SCORE_PARAMS)
-  return { ...p, maxDepth, score }
+  return { ...p, soleChildLimit: p.soleChildLimit ?? 0, maxDepth, score }
 }

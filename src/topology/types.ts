@@ -50,6 +50,11 @@ export interface TopologyParams {
   /** Children this agent admits per image. */
   childLimit: number
   /**
+   * Children per image that have this agent as their only parent (admit.ts): an agent attaching with us as
+   * its one parent is refused beyond this. 0 or absent: no bound but childLimit.
+   */
+  soleChildLimit?: number
+  /**
    * Depths at or beyond this are treated as detached (bounds any count-to-infinity after a transient
    * loop built from stale adverts). Default 64.
    */

@@ -137,7 +137,9 @@ const clientFrame: fc.Arbitrary<ClientFrame> = fc.oneof(
   fc.record({ type: fc.constant(FrameType.Get as const), reqId: fc.nat({ max: 0xffffffff }), priority: fc.constantFrom(0 as const, 1 as const),
     root: fc.uint8Array({ minLength: 32, maxLength: 32 }), indexes: fc.array(fc.nat({ max: 0xffffffff }), { minLength: 1, maxLength: MAX_INDEXES_PER_GET }) }),
   fc.record({ type: fc.constantFrom(FrameType.Cancel as const, FrameType.Ping as const, FrameType.Channel as const), reqId: fc.nat({ max: 0xffffffff }) }),
-  fc.record({ type: fc.constant(FrameType.Admit as const), reqId: fc.nat({ max: 0xffffffff }), root: fc.uint8Array({ minLength: 32, maxLength: 32 }), leave: fc.boolean() })
+  fc.record({ type: fc.constant(FrameType.Admit as const), reqId: fc.nat({ max: 0xffffffff }), root: fc.uint8Array({ minLength: 32, maxLength: 32 }), leave: fc.boolean() }),
+  fc.record({ type: fc.constant(FrameType.Admit as const), reqId: fc.nat({ max: 0xffffffff }), root: fc.uint8Array({ minLength: 32, maxLength: 32 }), leave: fc.boolean(),
+    parentCount: fc.integer({ min: 1, max: 255 }), attaching: fc.boolean() })
 ) as fc.Arbitrary<ClientFrame>
 
 const channelOffer = fc.record({ port: fc.integer({ min: 1, max: 0xffff }), token: fc.uint8Array({ minLength: 16, maxLength: 16 }),

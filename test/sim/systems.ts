@@ -150,6 +150,8 @@ interface VState {
   depth: number | null
   /** Refusals in force (the driver's map). */
   refusedUntil: Map<string, number>
+  /** Parents asked at the last heartbeat: the count the daemon's ADMIT carries. */
+  askCount: number
   /** The daemon's orphan hold (src/topology/driver.ts). */
   orphanedSinceMs: number | null
   /** The last two adverts published (gossip delivers the newest one old enough). */
@@ -297,7 +299,7 @@ class VmThunderd implements System {
     this.hops = Math.max(1, Math.ceil(Math.log(this.e.nodes.length) / Math.log(GOSSIP_D)))
     if (!n.isSeed) this.summary.track(n.idx)
     this.st[n.idx] = {
-      parents: [], parentIdx: [], depth: n.isSeed ? 0 : null, refusedUntil: new Map(), orphanedSinceMs: null, cur: undefined, prev: undefined, seq: 0,
+      parents: [], parentIdx: [], depth: n.isSeed ? 0 : null, refusedUntil: new Map(), askCount: 1, orphanedSinceMs: null, cur: undefined, prev: undefined, seq: 0,
       loadAtMs: n.startMs, loadBusyMs: 0, load: 0, lastPublishMs: -Infinity, lastFacts: undefined, publishDueMs: Infinity, addedAtMs: n.startMs, cand: [], tried: undefined,
       src: new Map(), parentSrc: undefined, hedgeScanAtMs: Infinity, hedgeScanFn: () => this.hedgeScan(n)
     }
@@ -320,6 +322,13 @@ class VmThunderd implements System {
   }
 
   private complete (n: SimNode): boolean { return n.isSeed || n.promoted }
+
+  /** n's children that asked it as their only parent at their last heartbeat (src/p2p/children.ts); `except` not counted. */
+  private soleChildrenOf (n: SimNode, except: number): number {
+    let count = 0
+    for (const c of n.children) if (c !== except && (this.st[c]?.askCount ?? 1) === 1) count++
+    return count
+  }
 
   /** What an advert of n says now (the policy's facts; src/p2p/adverts.ts factsOf), written into `f`. */
   private factsOf (n: SimNode, f: AdvertFacts): AdvertFacts {
@@ -483,13 +492,20 @@ class VmThunderd implements System {
         s.parentSrc = undefined
       }
       const replies = new Map<string, AdmissionReply>()
+      s.askCount = Math.max(1, plan.ask.length)
+      // src/p2p/heartbeat.ts: only an agent attaching from nothing (detached, no child) with one parent may be
+      // refused as a sole child
+      const attachingSole = plan.selfDepth === null && plan.childCount === 0 && plan.ask.length === 1
       for (const { peerId, kept } of plan.ask) {
         const j = Number(peerId.slice(1))
         const pm = nodes[j]
         // a dead parent whose pings have not yet failed still looks alive (the renewal is in flight)
         if (kept) { replies.set(peerId, 'accepted'); continue }
         if (!pm.alive) { replies.set(peerId, 'error'); continue }
-        const ok = admitChild({ childCount: pm.children.size, childLimit: this.childLimitOf(pm), isAlreadyChild: pm.children.has(n.idx), selfDepth: this.st[j].depth }).admit
+        const ok = admitChild({
+          childCount: pm.children.size, childLimit: this.childLimitOf(pm), isAlreadyChild: pm.children.has(n.idx), selfDepth: this.st[j].depth,
+          soleChildren: this.soleChildrenOf(pm, n.idx), attachingSole, soleChildLimit: this.params.soleChildLimit ?? 0
+        }).admit
         if (ok) { pm.children.add(n.idx); this.advertise(pm) }
         replies.set(peerId, ok ? 'accepted' : 'refused')
       }

@@ -95,6 +95,18 @@ test('wire: request and response frames round trip; malformed frames throw', { t
   assert.throws(() => encodeClientFrame({ type: FrameType.Get, reqId: 1, priority: 0, root, indexes: new Array(257).fill(0) }))
   assert.throws(() => decodeClientFrame(randomBytes(3)), { name: 'WireDecodeError' })
   assert.throws(() => decodeClientFrame(Uint8Array.of(9, 0, 0, 0, 1)), { name: 'WireDecodeError' })
+  // ADMIT: an older agent's 38 bytes (one parent, not attaching), or with the parent count and flags.
+  const legacy = encodeClientFrame({ type: FrameType.Admit, reqId: 4, root, leave: false })
+  assert.equal(legacy.byteLength, 38)
+  assert.deepEqual(decodeClientFrame(legacy), { type: FrameType.Admit, reqId: 4, root: new Uint8Array(root), leave: false })
+  const admit = encodeClientFrame({ type: FrameType.Admit, reqId: 5, root, leave: false, parentCount: 3, attaching: true })
+  assert.deepEqual(decodeClientFrame(admit), { type: FrameType.Admit, reqId: 5, root: new Uint8Array(root), leave: false, parentCount: 3, attaching: true })
+  assert.throws(() => encodeClientFrame({ type: FrameType.Admit, reqId: 5, root, leave: false, parentCount: 0 }), RangeError)
+  const noParents = Buffer.from(admit); noParents[38] = 0
+  assert.throws(() => decodeClientFrame(noParents), { name: 'WireDecodeError' })
+  const unknownFlag = Buffer.from(admit); unknownFlag[39] = 2
+  assert.throws(() => decodeClientFrame(unknownFlag), { name: 'WireDecodeError' })
+  assert.throws(() => decodeClientFrame(admit.subarray(0, 39)), { name: 'WireDecodeError' })
   const a = randomBytes(1000)
   const b = randomBytes(64 * 1024)
   const frame = encodeBlocksFrame(3, true, [{ index: 1, status: BlockStatus.Data, data: a }, { index: 2, status: BlockStatus.NotPresent }, { index: 3, status: BlockStatus.Data, data: b }])

@@ -138,6 +138,34 @@ function directoryOf (manifest: Manifest, servers: Array<{ server: Server, paren
   }
 }
 
+test('block server: ADMIT carries the parents a child stripes over and whether it attaches; an older ADMIT carries neither', { timeout: 60_000 }, async () => {
+  const { dir, manifest, bytes, client, linkTo } = await setup(2)
+  const asked: unknown[] = []
+  const s = await server(manifest, bytes, {
+    admit: (_peer, rootHex, leave, share) => {
+      asked.push({ rootHex, leave, share })
+      return { accepted: share?.attaching !== true || share.parentCount > 1, childCount: asked.length, childLimit: 8 }
+    }
+  })
+  try {
+    const link = await linkTo(s)
+    const signal = AbortSignal.timeout(20_000)
+    assert.equal((await link.admit(manifest.root, false, signal, { parentCount: 1, attaching: true })).accepted, false)
+    assert.equal((await link.admit(manifest.root, false, signal, { parentCount: 3, attaching: true })).accepted, true)
+    assert.equal((await link.admit(manifest.root, false, signal)).accepted, true)
+    assert.deepEqual(asked, [
+      { rootHex: manifest.rootHex, leave: false, share: { parentCount: 1, attaching: true } },
+      { rootHex: manifest.rootHex, leave: false, share: { parentCount: 3, attaching: true } },
+      { rootHex: manifest.rootHex, leave: false, share: undefined }
+    ])
+    link.close()
+  } finally {
+    await client.stop()
+    await s.node.stop()
+    await rm(dir, { recursive: true, force: true })
+  }
+})
+
 test('peer source: a slow parent is hedged to the next peer and its request is cancelled at once', { timeout: 60_000 }, async () => {
   const { dir, manifest, bytes, client, linkTo } = await setup(4)
   const slow = await server(manifest, bytes, { gated: true })

@@ -1,5 +1,6 @@
 // The parent side's child leases (src/p2p/children.ts): a lease lasts 3 heartbeats and at least 5 s, each
-// request of a child renews it, and a lapsed lease frees the slot for another agent.
+// request of a child renews it, and a lapsed lease frees the slot for another agent; children that have us as
+// their only parent are bounded (topology/admit.ts).
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { createChildren, MIN_CHILD_LEASE_MS } from '../../src/p2p/children.js'
@@ -57,4 +58,25 @@ test('with a long heartbeat the lease is 3 heartbeats', { timeout: 5000 }, () =>
   assert.deepEqual(children.live(state), ['a'])
   at(3 * 4000)
   assert.deepEqual(children.live(state), [])
+})
+
+test('sole children: the parent counts from each ADMIT; a third agent attaching with us alone is refused', { timeout: 5000 }, () => {
+  const { children, state } = setup(1000)
+  state.childLimit = undefined // the service's: 8, with soleChildLimit 2
+  const attaching = { parentCount: 1, attaching: true }
+  assert.equal(children.admit('a', ROOT, false, attaching)?.accepted, true)
+  assert.equal(children.admit('b', ROOT, false, attaching)?.accepted, true)
+  assert.deepEqual(children.admit('c', ROOT, false, attaching), { accepted: false, childCount: 2, childLimit: 8 })
+  // Striping over two parents, or moving here from another parent (not attaching): taken.
+  assert.equal(children.admit('c', ROOT, false, { parentCount: 2, attaching: true })?.accepted, true)
+  assert.equal(children.admit('d', ROOT, false, { parentCount: 1, attaching: false })?.accepted, true)
+  // 'a' renews with three parents now: no longer a sole child, so one more attaching sole child fits.
+  assert.equal(children.admit('a', ROOT, false, { parentCount: 3, attaching: false })?.accepted, true)
+  assert.equal(children.admit('e', ROOT, false, attaching)?.accepted, false, "'b' and 'd' are sole children")
+  children.admit('d', ROOT, true)
+  assert.equal(children.admit('e', ROOT, false, attaching)?.accepted, true, "'d' left")
+  // An older agent's ADMIT (no count) counts as one parent.
+  children.forget('e')
+  assert.equal(children.admit('f', ROOT, false)?.accepted, true)
+  assert.equal(children.admit('g', ROOT, false, attaching)?.accepted, false)
 })

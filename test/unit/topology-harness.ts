@@ -16,6 +16,8 @@ export interface HarnessAgent {
   /** The driver's orphan hold state. */
   orphanedSinceMs: number | null
   children: Set<string>
+  /** Parents asked at the last heartbeat: the count the daemon's ADMIT carries. */
+  askCount: number
   /** Refusals in force: peer → until (ms), as the driver keeps them. */
   excludedUntilMs: Map<string, number>
   x: number
@@ -54,7 +56,7 @@ export class Harness {
   addAgent (isSeed: boolean): HarnessAgent {
     const id = `${isSeed ? 's' : 'a'}${this.agents.length}`
     const a: HarnessAgent = {
-      id, isSeed, alive: true, parents: [], depth: isSeed ? 0 : null, orphanedSinceMs: null, children: new Set(), excludedUntilMs: new Map(),
+      id, isSeed, alive: true, parents: [], depth: isSeed ? 0 : null, orphanedSinceMs: null, children: new Set(), askCount: 1, excludedUntilMs: new Map(),
       x: this.rng.next(), y: this.rng.next(), heldBlocks: isSeed ? this.totalBlocks : 0, changes: 0
     }
     this.agents.push(a)
@@ -64,6 +66,13 @@ export class Harness {
 
   childLimitOf (a: HarnessAgent): number {
     return a.isSeed ? this.opts.seedChildLimit ?? this.opts.params.childLimit : this.opts.params.childLimit
+  }
+
+  /** a's children that asked it as their only parent at their last heartbeat (src/p2p/children.ts); `except` not counted. */
+  soleChildrenOf (a: HarnessAgent, except: string): number {
+    let count = 0
+    for (const c of a.children) if (c !== except && (this.byId.get(c)?.askCount ?? 1) === 1) count++
+    return count
   }
 
   get nowMs (): number { return this.round * this.opts.params.heartbeatMs }
@@ -113,11 +122,16 @@ export class Harness {
   apply (a: HarnessAgent, plan: HeartbeatPlan, nowMs: number): void {
     for (const d of plan.selection.dropped) this.byId.get(d.peerId)?.children.delete(a.id)
     const replies = new Map<string, AdmissionReply>()
+    a.askCount = Math.max(1, plan.ask.length)
+    // src/p2p/heartbeat.ts: only an agent attaching from nothing (detached, no child) with one parent may be
+    // refused as a sole child
+    const attachingSole = plan.selfDepth === null && plan.childCount === 0 && plan.ask.length === 1
     for (const { peerId, kept } of plan.ask) {
       const p = this.byId.get(peerId)
       if (p === undefined || !p.alive) { replies.set(peerId, 'error'); continue }
       const ok = kept || admitChild({
-        childCount: p.children.size, childLimit: this.childLimitOf(p), isAlreadyChild: p.children.has(a.id), selfDepth: p.depth
+        childCount: p.children.size, childLimit: this.childLimitOf(p), isAlreadyChild: p.children.has(a.id), selfDepth: p.depth,
+        soleChildren: this.soleChildrenOf(p, a.id), attachingSole, soleChildLimit: this.opts.params.soleChildLimit ?? 0
       }).admit
       if (ok) p.children.add(a.id)
       replies.set(peerId, ok ? 'accepted' : 'refused')

@@ -179,6 +179,21 @@ test('admitChild bounds fan-out', { timeout: 5000 }, () => {
   assert.deepEqual(admitChild({ childCount: 0, childLimit: 8, isAlreadyChild: false, uploadLoad: 0.99, maxUploadLoad: 0.9 }), { admit: false, reason: 'overloaded' })
 })
 
+test('admitChild: a relay takes at most soleChildLimit children that attach with it as their only parent', { timeout: 5000 }, () => {
+  const relay = { childCount: 2, childLimit: 8, isAlreadyChild: false, selfDepth: 1, soleChildren: 2, soleChildLimit: 2 }
+  // A third agent attaching from nothing with this relay as its one parent: refused (it goes a level down).
+  assert.deepEqual(admitChild({ ...relay, attachingSole: true }), { admit: false, reason: 'full' })
+  // One that stripes over several parents, or one already attached elsewhere (a move): taken, slots permitting.
+  assert.deepEqual(admitChild({ ...relay, attachingSole: false }), { admit: true })
+  assert.deepEqual(admitChild({ ...relay, attachingSole: false, childCount: 8 }), { admit: false, reason: 'full' })
+  // Under the bound, renewing, a seed (its slots are the ones it was given), or the bound off: taken.
+  assert.deepEqual(admitChild({ ...relay, attachingSole: true, soleChildren: 1 }), { admit: true })
+  assert.deepEqual(admitChild({ ...relay, attachingSole: true, isAlreadyChild: true }), { admit: true })
+  assert.deepEqual(admitChild({ ...relay, attachingSole: true, selfDepth: 0 }), { admit: true })
+  assert.deepEqual(admitChild({ ...relay, attachingSole: true, soleChildLimit: 0 }), { admit: true })
+  assert.equal(DEFAULT_TOPOLOGY_PARAMS.soleChildLimit, 2)
+})
+
 test('findCycle and fanout', { timeout: 5000 }, () => {
   assert.equal(findCycle(new Map([['a', ['b']], ['b', ['c']], ['c', []]])), null)
   const c = findCycle(new Map([['a', ['b']], ['b', ['c']], ['c', ['a']], ['d', ['a']]]))
