@@ -1,6 +1,7 @@
 // The per-image heartbeat that keeps this agent's place in each image's tree (every heartbeatMs; also early
 // when the first adverts arrive or a parent failed):
-//   1. measure RTT to a bounded number of candidates (ping on the reused block stream);
+//   1. measure RTT to a bounded number of candidates (ping on the reused block stream; an agent without a
+//      working parent does not wait for the answers);
 //   2. selectParents (src/topology) with the fresh adverts, RTTs, current parents, exclusions;
 //   3. ask admission of new parents (they may refuse: bounded fan-out), renew the lease of kept ones (a failed
 //      renewal marks the parent failed, so it is replaced at the next step), tell dropped ones we left;
@@ -107,7 +108,12 @@ export const createHeartbeat = (init: HeartbeatInit) => (components: ServiceComp
       .slice(0, MAX_PROBES_PER_HEARTBEAT)
     // Bounded: a probe that needs a new connection on a busy host finishes in the background and counts next time.
     const probeSignal = AbortSignal.any([signal, AbortSignal.timeout(Math.max(params.heartbeatMs / 2, 300))])
-    await Promise.allSettled(probes.map(async peer => await peers.link(peer).ping(probeSignal)))
+    const probing = Promise.allSettled(probes.map(async peer => await peers.link(peer).ping(probeSignal)))
+    // An agent without a working parent selects at once, on the RTTs it has (unknown ones score as
+    // unknownRttMs): its VM's reads wait for a parent. At the start of an 8-host wave the probes to the freshly
+    // attached candidates took up to the 500 ms bound on a loaded host, each refused agent's second heartbeat
+    // 0.5-0.6 s in all. The probes finish in the background and count from the next heartbeat.
+    if (state.parents.some(p => !p.failed)) await probing
 
     // 2. Selection (src/topology/driver.ts: the same decisions as the simulator's).
     const plan = planHeartbeat({

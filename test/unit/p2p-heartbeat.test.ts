@@ -1,0 +1,95 @@
+// The heartbeat's order of work (src/p2p/heartbeat.ts): an agent without a working parent asks for admission
+// at once, with its RTT probes still out (its VM's reads wait for a parent); an attached agent measures first.
+// The links are fakes that record the order of calls; a probe answers only when the test says so.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { createHeartbeat } from '../../src/p2p/heartbeat.js'
+import { newImageState, type ImageState, type ServiceComponents } from '../../src/p2p/components.js'
+import type { AdvertBody } from '../../src/p2p/advert.js'
+import { DEFAULT_TOPOLOGY_PARAMS } from '../../src/topology/index.js'
+
+const ROOT = 'cd'.repeat(32)
+
+function advert (depth: number): AdvertBody {
+  return {
+    imageId: 'img', rootHex: ROOT, seq: 1, depth, heldBlocks: depth === 0 ? 10 : 5, totalBlocks: 10, childCount: 0, childLimit: 8,
+    uploadLoad: 0, manifestAvailable: true, summary: { groupBlocks: 1, levels: new Uint8Array(3) }, addrs: []
+  }
+}
+
+function setup (): { state: ImageState, calls: string[], answerProbes: () => void, run: () => Promise<void> } {
+  const state = newImageState('img', 'topic', 0)
+  state.manifest = { imageId: 'img', rootHex: ROOT, root: new Uint8Array(32), blockCount: 10, originPublicKey: new Uint8Array(0) } as unknown as NonNullable<ImageState['manifest']>
+  state.store = { presentCount: () => 5 } as unknown as NonNullable<ImageState['store']>
+  const calls: string[] = []
+  let answer!: () => void
+  const probes = { promise: new Promise<void>(resolve => { answer = resolve }), resolve: () => { answer() } }
+  const link = (peerId: string): unknown => ({
+    rttMs: undefined,
+    rttSampledAtMs: undefined,
+    ping: async (signal: AbortSignal) => {
+      calls.push(`ping ${peerId}`)
+      await Promise.race([probes.promise, new Promise((_resolve, reject) => signal.addEventListener('abort', () => { reject(signal.reason) }, { once: true }))])
+      calls.push(`pong ${peerId}`)
+      return 1
+    },
+    admit: async () => {
+      calls.push(`admit ${peerId}`)
+      return { accepted: true, childCount: 1, childLimit: 8 }
+    }
+  })
+  const components = {
+    selfPeerId: 'self',
+    logger: { info () {}, warn () {}, error () {}, debug () {} },
+    clock: { nowMs: () => 1000 },
+    random: () => 0.5,
+    params: { ...DEFAULT_TOPOLOGY_PARAMS },
+    images: new Map([['img', state]]),
+    byRoot: new Map([[ROOT, state]]),
+    peers: { link, existingLink: () => undefined, isBanned: () => false },
+    events: { notify () {}, sourcesChanged () {} },
+    stopSignal: new AbortController().signal,
+    node: () => ({}),
+    stopped: () => false
+  } as unknown as ServiceComponents
+  const heartbeat = createHeartbeat({ liveChildren: () => [], publish: () => {}, maybeFetchProfile: () => {} })(components)
+  return {
+    state,
+    calls,
+    answerProbes: () => { probes.resolve() },
+    run: async () => {
+      heartbeat.schedule(state)
+      // schedule() runs one heartbeat now; it is done when it clears its running flag.
+      for (let i = 0; i < 1000 && state.heartbeatRunning; i++) await new Promise(resolve => setImmediate(resolve))
+    }
+  }
+}
+
+test('heartbeat: a detached agent asks for admission without waiting for its RTT probes', { timeout: 10_000 }, async () => {
+  const { state, calls, answerProbes, run } = setup()
+  state.candidates.set('seed', { advert: advert(0), receivedAtMs: 1000 })
+  const done = run()
+  // The admission went out while the probe to the same peer is still unanswered.
+  for (let i = 0; i < 1000 && !calls.includes('admit seed'); i++) await new Promise(resolve => setImmediate(resolve))
+  assert.deepEqual(calls, ['ping seed', 'admit seed'])
+  await done
+  assert.deepEqual(state.parents.map(p => p.peerId), ['seed'])
+  assert.equal(state.depth, 1)
+  answerProbes()
+})
+
+test('heartbeat: an attached agent measures its candidates before it selects', { timeout: 10_000 }, async () => {
+  const { state, calls, answerProbes, run } = setup()
+  state.candidates.set('seed', { advert: advert(0), receivedAtMs: 1000 })
+  state.candidates.set('relay', { advert: advert(1), receivedAtMs: 1000 })
+  state.parents = [{ peerId: 'seed', sinceMs: 0, failed: false }]
+  state.depth = 1
+  const done = run()
+  for (let i = 0; i < 1000 && !calls.includes('ping relay'); i++) await new Promise(resolve => setImmediate(resolve))
+  for (let i = 0; i < 50; i++) await new Promise(resolve => setImmediate(resolve))
+  assert.deepEqual(calls, ['ping relay'], 'nothing is asked before the probe answers')
+  answerProbes()
+  await done
+  assert.deepEqual(calls, ['ping relay', 'pong relay', 'admit seed'])
+  assert.deepEqual(state.parents.map(p => p.peerId), ['seed'])
+})
