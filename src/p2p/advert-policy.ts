@@ -3,7 +3,7 @@
 // adverts went out every heartbeat and up to every 250 ms on new blocks), so an advert goes out only when it
 // says something a peer acts on, soon for what changes the tree and bounded for the rest:
 //   at once: attached (a depth after none), so the next tree level can form;
-//   urgent (at most every minIntervalMs): depth, full/not full, child limit, a held-fraction step crossed,
+//   urgent (at most every minIntervalMs): depth, full/not full, sole-full or not, child limit, a held-fraction step crossed,
 //     became a seed, a new profile, started or stopped booting the image, a peer subscribed (it knows nothing
 //     of us yet);
 //   soft (at most every softIntervalMs): other held blocks (the summary), child count, load moved a step;
@@ -31,7 +31,7 @@ export const DEFAULT_ADVERT_POLICY: AdvertPolicyParams = {
 }
 
 /** What an advert says that the policy compares. */
-export type AdvertFacts = Pick<Advert, 'depth' | 'heldBlocks' | 'totalBlocks' | 'childCount' | 'childLimit' | 'uploadLoad'> & {
+export type AdvertFacts = Pick<Advert, 'depth' | 'heldBlocks' | 'totalBlocks' | 'childCount' | 'childLimit' | 'uploadLoad' | 'soleFull'> & {
   profileVersion?: string
   /** VMs of the image the sender boots now (peers hold idle prefetch while any boots). */
   booting?: number
@@ -79,6 +79,7 @@ export function urgentChange (f: AdvertFacts, last: AdvertFacts, p: AdvertPolicy
   return f.depth !== last.depth ||
     isFull(f) !== isFull(last) ||
     f.childLimit !== last.childLimit ||
+    (f.soleFull === true) !== (last.soleFull === true) ||
     f.totalBlocks !== last.totalBlocks ||
     heldStepCrossed(f.heldBlocks, last, p) ||
     f.profileVersion !== last.profileVersion ||

@@ -7,6 +7,7 @@
 //   | addrCount u8 | addrCount x (length u8 | multiaddr bytes)
 //   [flag bit2 only: | profileVersion 8 (16 hex digits) | profileBoots u8 | profileBytes u32]
 //   [flag bit3 only: | booting u8 (1..255)]
+//   (flag bit4, no field: sole-full, the sender takes no more children that would have it as their only parent)
 // The summary is 2 bits per group of `groupBlocks` consecutive blocks (at most MAX_SUMMARY_GROUPS groups, so
 // at most 256 bytes): 0 none held, 1 under half, 2 half or more, 3 all. It tells a child whether a parent
 // probably holds a block; exact presence is asked per request. The sender is the gossip message's signed
@@ -35,6 +36,8 @@ const FLAG_MANIFEST = 1
 const FLAG_DEPTH = 2
 const FLAG_PROFILE = 4
 const FLAG_BOOTING = 8
+/** The sender (a relay) refuses agents attaching with it as their only parent (topology/admit.ts). */
+const FLAG_SOLE_FULL = 16
 /** Boots advertised at most (the field is one byte). */
 export const MAX_ADVERTISED_BOOTING = 255
 const PROFILE_FIELDS_BYTES = 8 + 1 + 4
@@ -80,6 +83,8 @@ export interface AdvertBody {
   profile?: AdvertisedProfile
   /** VMs of the image the sender is booting now (1..255); absent when none. */
   booting?: number
+  /** The sender takes no more children that would have it as their only parent (topology/admit.ts). */
+  soleFull?: boolean
 }
 
 export interface AdvertisedProfile {
@@ -145,7 +150,7 @@ export function encodeAdvert (advert: AdvertBody): Uint8Array {
   const out = Buffer.alloc(FIXED_BYTES + id.length + advert.summary.levels.byteLength + addrBytes + (profile !== undefined ? PROFILE_FIELDS_BYTES : 0) + (booting > 0 ? 1 : 0))
   if (out.length > MAX_ADVERT_BYTES) throw new RangeError(`advert of ${out.length} bytes exceeds ${MAX_ADVERT_BYTES}`)
   let at = out.writeUInt8(ADVERT_VERSION, 0)
-  at = out.writeUInt8((advert.manifestAvailable ? FLAG_MANIFEST : 0) | (advert.depth !== null ? FLAG_DEPTH : 0) | (profile !== undefined ? FLAG_PROFILE : 0) | (booting > 0 ? FLAG_BOOTING : 0), at)
+  at = out.writeUInt8((advert.manifestAvailable ? FLAG_MANIFEST : 0) | (advert.depth !== null ? FLAG_DEPTH : 0) | (profile !== undefined ? FLAG_PROFILE : 0) | (booting > 0 ? FLAG_BOOTING : 0) | (advert.soleFull === true ? FLAG_SOLE_FULL : 0), at)
   at = out.writeBigUInt64BE(BigInt(advert.seq), at)
   at = out.writeUInt8(id.length, at)
   at += id.copy(out, at)
@@ -184,7 +189,7 @@ export function decodeAdvert (bytes: Uint8Array): AdvertBody {
   const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
   if (buf.readUInt8(0) !== ADVERT_VERSION) fail(`unsupported version ${buf.readUInt8(0)}`)
   const flags = buf.readUInt8(1)
-  if ((flags & ~(FLAG_MANIFEST | FLAG_DEPTH | FLAG_PROFILE | FLAG_BOOTING)) !== 0) fail('unknown flags')
+  if ((flags & ~(FLAG_MANIFEST | FLAG_DEPTH | FLAG_PROFILE | FLAG_BOOTING | FLAG_SOLE_FULL)) !== 0) fail('unknown flags')
   const seqBig = buf.readBigUInt64BE(2)
   if (seqBig === 0n || seqBig > BigInt(Number.MAX_SAFE_INTEGER)) fail('seq out of range')
   const idLength = buf.readUInt8(10)
@@ -275,7 +280,8 @@ export function decodeAdvert (bytes: Uint8Array): AdvertBody {
     summary,
     addrs,
     ...(profile !== undefined ? { profile } : {}),
-    ...(booting !== undefined ? { booting } : {})
+    ...(booting !== undefined ? { booting } : {}),
+    ...((flags & FLAG_SOLE_FULL) !== 0 ? { soleFull: true } : {})
   }
 }
 
@@ -324,6 +330,7 @@ export function toTopologyAdvert (advert: AdvertBody, peerId: string): Advert {
     totalBlocks: advert.totalBlocks,
     childCount: advert.childCount,
     childLimit: advert.childLimit,
-    uploadLoad: advert.uploadLoad
+    uploadLoad: advert.uploadLoad,
+    ...(advert.soleFull === true ? { soleFull: true } : {})
   }
 }

@@ -33,6 +33,8 @@ export interface AdvertsInit {
   uploadLoad: () => number
   liveChildren: (state: ImageState) => string[]
   childLimitOf: (state: ImageState) => number
+  /** Whether we refuse agents attaching with us as their only parent (children.ts). */
+  soleFullOf?: (state: ImageState) => boolean
   /** A candidate became eligible while we lack parents: select now. */
   scheduleHeartbeat: (state: ImageState) => void
   /** A peer advertised a profile: maybe fetch it. */
@@ -109,6 +111,7 @@ export const createAdverts = (init: AdvertsInit) => (components: ServiceComponen
       childCount: Math.min(init.liveChildren(state).length, childLimit),
       childLimit,
       uploadLoad: init.uploadLoad(),
+      soleFull: init.soleFullOf?.(state) === true,
       profileVersion: advertisedProfile(state.imageId).profile?.version,
       booting: init.profiles?.booting?.(state.imageId) ?? 0
     }
@@ -131,7 +134,8 @@ export const createAdverts = (init: AdvertsInit) => (components: ServiceComponen
       summary: summarize(state.store.presentBitmap(), facts.totalBlocks),
       addrs: advertAddrs(),
       ...advertisedProfile(state.imageId),
-      booting: facts.booting ?? 0
+      booting: facts.booting ?? 0,
+      ...(facts.soleFull === true ? { soleFull: true } : {})
     }
   }
 

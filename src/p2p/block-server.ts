@@ -21,6 +21,7 @@ import {
   type BlockEntry, type ClientFrame
 } from './wire.js'
 import type { TokenBucket } from './rate-limit.js'
+import type { LastResortBudget } from './last-resort-budget.js'
 import { SealedChannel } from './sealed-channel.js'
 import type { ChannelKeys, DataChannelOffer } from './data-channel.js'
 
@@ -29,6 +30,12 @@ export const DEFAULT_FRAME_BUDGET_BYTES = 1024 * 1024
 export const DEFAULT_PREFETCH_FRAME_BUDGET_BYTES = 128 * 1024
 export const DEFAULT_MAX_QUEUED_REQUESTS = 64
 export const DEFAULT_MAX_QUEUED_BYTES = 32 * 1024 * 1024
+/**
+ * What the origin sends to peers that are not its children, in all (nonChildBudget): a burst of 4 MiB (the first reads
+ * of a few agents still attaching) and 4 MiB/s after it, 3 % of a 1 Gb/s uplink.
+ */
+export const DEFAULT_NON_CHILD_BURST_BYTES = 4 * 1024 * 1024
+export const DEFAULT_NON_CHILD_BYTES_PER_SEC = 4 * 1024 * 1024
 
 export interface AdmitReply {
   accepted: boolean
@@ -64,6 +71,18 @@ export interface BlockServerInit {
   frameEncoder?: typeof encodeBlocksFrame
   /** Data channels this agent offers (CHANNEL on the stream); absent: none, blocks stay on the stream. */
   dataChannels?: { offer: (peerId: string) => DataChannelOffer | undefined }
+  /**
+   * The origin's upload is for its children (the tree): what it sends to other peers (agents still without a
+   * parent, asking it as a last resort) is taken from this budget, for all of them together, and a request
+   * beyond it gets ERROR busy. Each agent bounds what it asks that way (last-resort-budget.ts), but at scale the
+   * sum was the problem: in the simulator 10,000 agents booting at once had the origin send 0.67 GB to agents
+   * still attaching, and 100,000 queued 6.35 GB at it in the first second. Only the origin's images: another
+   * seed that busied such readers sent them to the origin (a cluster test's origin sent 1.6x the image).
+   * Absent: no bound.
+   */
+  nonChildBudget?: LastResortBudget
+  /** Whether a request is charged to nonChildBudget: an image this agent originates, a peer not its child. */
+  chargesNonChildBudget?: (rootHex: string, peerId: string) => boolean
 }
 
 interface ServeJob {
@@ -108,6 +127,12 @@ function createFrameServer (init: BlockServerInit, peerId: string, sink: FrameSi
   const signal = AbortSignal.any([controller.signal, stopSignal])
   setMaxListeners(Infinity, signal)
 
+  /** The origin serves peers other than its children within the shared budget (see nonChildBudget). */
+  const nonChildMayHave = (rootHex: string, bytes: number): boolean => {
+    const budget = init.nonChildBudget
+    if (budget === undefined || bytes === 0 || init.chargesNonChildBudget?.(rootHex, peerId) !== true) return true
+    return budget.tryTake(bytes)
+  }
   const writeSmall = (bytes: Uint8Array): void => {
     sink.write(bytes, { signal }).catch(err => { controller.abort(err) })
   }
@@ -227,7 +252,7 @@ function createFrameServer (init: BlockServerInit, peerId: string, sink: FrameSi
           writeSmall(encodeServerFrame({ type: FrameType.Error, reqId: frame.reqId, code: ErrorCode.BadRequest }))
           return
         }
-        if (byId.size >= maxQueued || queuedBytes + bytesLeft > maxQueuedBytes) {
+        if (byId.size >= maxQueued || queuedBytes + bytesLeft > maxQueuedBytes || !nonChildMayHave(rootHex, bytesLeft)) {
           writeSmall(encodeServerFrame({ type: FrameType.Error, reqId: frame.reqId, code: ErrorCode.Busy }))
           return
         }

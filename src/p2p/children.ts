@@ -24,6 +24,8 @@ export interface Children {
   /** Live children (expired leases and banned peers dropped). */
   live: (state: ImageState) => string[]
   limitOf: (state: ImageState) => number
+  /** A relay at its bound of sole children (topology/admit.ts): its advert says so. */
+  soleFull: (state: ImageState) => boolean
   isChild: (state: ImageState, peerId: string) => boolean
   /**
    * Admission (or renewal, or leave) asked by a peer over the block protocol; `asked`: the parents it stripes
@@ -56,6 +58,11 @@ export const createChildren = (init: ChildrenInit) => (components: ServiceCompon
     let n = 0
     for (const peer of children) if (peer !== except && (state.childParentCounts.get(peer) ?? 1) === 1) n++
     return n
+  }
+
+  const soleFull = (state: ImageState): boolean => {
+    const limit = params.soleChildLimit ?? 0
+    return limit > 0 && !isSeed(state) && soleChildrenOf(state, live(state), '') >= limit
   }
 
   const admit = (peerId: string, rootHex: string, leave: boolean, asked?: { parentCount: number, attaching: boolean }): AdmitReply | undefined => {
@@ -105,5 +112,5 @@ export const createChildren = (init: ChildrenInit) => (components: ServiceCompon
     state.children.set(peerId, now + leaseMs())
   }
 
-  return { live, limitOf, isChild: (state, peerId) => state.children.has(peerId), admit, forget, touch }
+  return { live, limitOf, soleFull, isChild: (state, peerId) => state.children.has(peerId), admit, forget, touch }
 }

@@ -18,7 +18,7 @@ import { isSeed, type ImageState, type ServiceComponents } from './components.js
 
 /** The peer id of the agent that signed a manifest (its origin); undefined if the key is not an Ed25519 one. */
 const originIds = new WeakMap<Manifest, string | undefined>()
-function originPeerIdOf (manifest: Manifest): string | undefined {
+export function originPeerIdOf (manifest: Manifest): string | undefined {
   if (!originIds.has(manifest)) {
     let id: string | undefined
     try { id = peerIdOfPublicKey(manifest.originPublicKey) } catch {}

@@ -24,7 +24,8 @@ import { DEFAULT_TOPOLOGY_PARAMS, type TopologyParams } from '../topology/index.
 import { createNode, Bootstrapper, type Encryption, type P2PNode } from './node.js'
 import { readPskFile } from './psk.js'
 import { imageIdFromTopic, imageTopic } from './advert.js'
-import { serveBlockStream, serveDataChannel, type BlockServerInit } from './block-server.js'
+import { serveBlockStream, serveDataChannel, DEFAULT_NON_CHILD_BURST_BYTES, DEFAULT_NON_CHILD_BYTES_PER_SEC, type BlockServerInit } from './block-server.js'
+import { LastResortBudget } from './last-resort-budget.js'
 import { DataChannelServer } from './data-channel.js'
 import { PeerLink } from './peer-link.js'
 import { PeerSource, type PeerSourceStats } from './peer-source.js'
@@ -39,7 +40,7 @@ import { newImageState, heldBlocks, isSeed, type CandidateEntry, type ImageState
 import { createServiceEvents } from './events.js'
 import { createAdverts } from './adverts.js'
 import { DEFAULT_ADVERT_POLICY, type AdvertPolicyParams } from './advert-policy.js'
-import { createHeartbeat } from './heartbeat.js'
+import { createHeartbeat, originPeerIdOf } from './heartbeat.js'
 import { createChildren } from './children.js'
 import { createDirectory } from './directory.js'
 import { createRelay } from './relay.js'
@@ -280,6 +281,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     uploadLoad: () => Math.min(1, uploadMeter.bytesPerSec() / uploadCapacity),
     liveChildren: children.live,
     childLimitOf: children.limitOf,
+    soleFullOf: children.soleFull,
     scheduleHeartbeat: state => { heartbeat.schedule(state) },
     maybeFetchProfile: maybeFetchProfiles,
     policy: advertPolicy,
@@ -414,6 +416,11 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     const baseServerInit = {
       resolve: (rootHex: string) => byRoot.get(rootHex)?.store,
       admit: children.admit,
+      nonChildBudget: new LastResortBudget(DEFAULT_NON_CHILD_BURST_BYTES, DEFAULT_NON_CHILD_BYTES_PER_SEC, clock),
+      chargesNonChildBudget: (rootHex: string, peerId: string) => {
+        const state = byRoot.get(rootHex)
+        return state?.manifest !== undefined && originPeerIdOf(state.manifest) === selfPeerId && !state.children.has(peerId)
+      },
       onRequest: (rootHex: string, peerId: string) => { children.touch(peerId, rootHex) },
       uploadBucket,
       isBanned,

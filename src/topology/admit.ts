@@ -10,10 +10,10 @@
 // default), and free seed slots left by it drew whole levels up to the seed once their parents' hold time had
 // passed, dissolving subtrees on the way (topology-property's subtree test).
 // The sole-child bound refuses only an agent that attaches from nothing (detached, no child of its own, asking
-// for one parent): refusing one that moves here would leave it, and its subtree, without a path. Adverts state
-// the slots only: a relay full of sole children refuses, and the refused agent excludes it for a while
-// (topology/driver.ts). Advertising it as full instead lowered its slot score for its own children, which then
-// swapped parents back and forth (topology-property's no-flapping test).
+// for one parent): refusing one that moves here would leave it, and its subtree, without a path. A relay at its
+// bound says so in its advert (soleFull), and a detached agent does not take it as a set of one (select.ts).
+// It still advertises its free slots: advertising it as full lowered its slot score for its own children,
+// which then swapped parents back and forth (topology-property's no-flapping test).
 
 export interface AdmitInput {
   childCount: number

@@ -15,7 +15,8 @@
 //    never grows while attached. Only a detached agent (no parent left, it advertises null) may attach
 //    deeper, and while it still has children only to a seed (they leave it first, on seeing null).
 // 5. Candidates: fresh advert, same image/root, not us, not excluded, depth known and < maxDepth, a free
-//    child slot (childCount < childLimit). Scored by score.ts.
+//    child slot (childCount < childLimit). Scored by score.ts. A detached agent does not take a set of one
+//    candidate that advertises soleFull (it refuses agents attaching with it alone: admit.ts).
 // 6. Within our level, empty slots are filled with the best candidates; a parent held at least
 //    minParentHoldMs is replaced by a candidate scoring more than (1 + replaceMargin) times its score.
 //    We move to a shallower level only when its best set is worth (1 + replaceMargin) times ours and every
@@ -40,6 +41,8 @@ interface Scored {
   score: number
   sinceMs: number
   isParent: boolean
+  /** The candidate refuses agents attaching with it as their only parent (admit.ts). */
+  soleFull: boolean
 }
 
 function worth (scores: readonly number[]): number {
@@ -100,7 +103,7 @@ export function selectParents (input: SelectionInput): SelectionResult {
     if (c === undefined) { drop(p.peerId, 'silent'); continue }
     const d = c.advert.depth
     if (!usableDepth(d) || (selfDepth !== null && d >= selfDepth)) { drop(p.peerId, 'depth'); continue }
-    kept.push({ peerId: p.peerId, depth: d, freeSlots: c.advert.childLimit - c.advert.childCount, score: scoreCandidate(selfPeerId, c, params.score, true), sinceMs: p.sinceMs, isParent: true })
+    kept.push({ peerId: p.peerId, depth: d, freeSlots: c.advert.childLimit - c.advert.childCount, score: scoreCandidate(selfPeerId, c, params.score, true), sinceMs: p.sinceMs, isParent: true, soleFull: false })
   }
   // Rule 3: all parents at the lowest depth among them.
   if (kept.length > 0) {
@@ -125,7 +128,7 @@ export function selectParents (input: SelectionInput): SelectionResult {
     if (selfDepth !== null && a.depth >= selfDepth) continue
     if (detachedWithChildren && a.depth !== 0) continue
     if (!(a.childCount < a.childLimit)) continue
-    const s: Scored = { peerId: a.peerId, depth: a.depth, freeSlots: a.childLimit - a.childCount, score: scoreCandidate(selfPeerId, c, params.score), sinceMs: nowMs, isParent: false }
+    const s: Scored = { peerId: a.peerId, depth: a.depth, freeSlots: a.childLimit - a.childCount, score: scoreCandidate(selfPeerId, c, params.score), sinceMs: nowMs, isParent: false, soleFull: a.soleFull === true }
     const list = levels.get(a.depth)
     if (list === undefined) levels.set(a.depth, [s]); else list.push(s)
   }
@@ -191,11 +194,13 @@ export function selectParents (input: SelectionInput): SelectionResult {
     return finish(here.set, here.added)
   }
 
-  // Detached (or every parent dropped): take the level whose best set is worth most; ties to shallower.
+  // Detached (or every parent dropped): take the level whose best set is worth most; ties to shallower. A set of
+  // one candidate that refuses sole children (admit.ts) would be refused: not a choice.
   let bestSet: Scored[] | undefined
   let bestWorth = -1
   for (const d of [...levels.keys()].sort((a, b) => a - b)) {
     const set = (levels.get(d) ?? []).slice(0, k)
+    if (set.length === 1 && set[0].soleFull) continue
     const w = worth(set.map(p => p.score))
     if (w > bestWorth) { bestWorth = w; bestSet = set }
   }
@@ -206,7 +211,7 @@ export function selectParents (input: SelectionInput): SelectionResult {
   for (const c of fresh.values()) {
     const a = c.advert
     if (a.depth !== 0 || droppedIds.has(a.peerId) || input.excluded.has(a.peerId)) continue
-    const s: Scored = { peerId: a.peerId, depth: 0, freeSlots: a.childLimit - a.childCount, score: scoreCandidate(selfPeerId, c, params.score), sinceMs: nowMs, isParent: false }
+    const s: Scored = { peerId: a.peerId, depth: 0, freeSlots: a.childLimit - a.childCount, score: scoreCandidate(selfPeerId, c, params.score), sinceMs: nowMs, isParent: false, soleFull: false }
     if (seed === undefined || byScore(s, seed) < 0) seed = s
   }
   if (seed !== undefined) return finish([seed], [seed], true)

@@ -18,6 +18,8 @@ export interface Advert {
   childLimit: number
   /** Upload in use as a fraction of the peer's upload capacity, 0..1. */
   uploadLoad: number
+  /** The peer refuses agents attaching with it as their only parent (admit.ts): not a one-parent set. */
+  soleFull?: boolean
 }
 
 /** An advert as this agent last received it, with what it measured of the sender. */

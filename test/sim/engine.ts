@@ -131,7 +131,12 @@ export interface System {
   onDeliver?: (n: SimNode, b: number, src: number, r: Req | undefined) => void
   /** Whether s fetches a block it lacks for requester `to` (a parent relays for its children); default yes. */
   relays?: (s: SimNode, to: SimNode) => boolean
-  /** s answered 'not present' to n's request r for block b (it does not relay for n). */
+  /**
+   * Whether s answers busy to `to`'s request for block b (the daemon's block server: a seed serves peers that are
+   * not its children within one shared budget). The answer comes back as a 'not present' would.
+   */
+  refuses?: (s: SimNode, to: SimNode, b: number) => boolean
+  /** s answered 'not present' (or busy) to n's request r for block b (it does not relay for n). */
   onNotPresent?: (n: SimNode, b: number, src: number, r: Req) => void
   /** CPU work (ms of one core) at s to send block b to n (the cost model, costs.ts); none when absent. */
   sendCpuMs?: (s: SimNode, to: SimNode, b: number, r: Req) => number
@@ -483,7 +488,10 @@ export class Engine {
     const reachMs = this.nowMs + this.net.latencyMs(n.idx, src)
     // The source holds the block: queue the transfer now, ready when the request reaches it (saves an
     // event per block). Otherwise the request is handled when it arrives (relay, or lost if s is dead).
-    if (this.deathAt[src] === Infinity && this.presence[src * this.blockCount + b] === 1) this.transmit(s, n, b, r, reachMs)
+    // A busy answer (refuses) is decided at issue too: the budget is the source's, and nothing else is queued.
+    if (this.deathAt[src] === Infinity && this.system.refuses?.(s, n, b) === true) {
+      this.at(reachMs + this.net.latencyMs(src, n.idx), () => { if (n.alive) this.system.onNotPresent?.(n, b, src, r) })
+    } else if (this.deathAt[src] === Infinity && this.presence[src * this.blockCount + b] === 1) this.transmit(s, n, b, r, reachMs)
     else this.heap.push(Math.max(this.nowMs, reachMs), r) // r.ev: EV_SERVE
     this.system.onRequest?.(n, b, r)
     return r

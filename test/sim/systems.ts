@@ -18,6 +18,9 @@ import {
 import type { AdmissionReply, Advert, Candidate, ParentState, SourceState, TopologyParams } from '../../src/topology/index.js'
 import { DEFAULT_ADVERT_POLICY, nextAdvertDueMs } from '../../src/p2p/advert-policy.js'
 import { GOSSIP_D } from '../../src/p2p/gossip-params.js'
+import { DEFAULT_NON_CHILD_BURST_BYTES, DEFAULT_NON_CHILD_BYTES_PER_SEC } from '../../src/p2p/block-server.js'
+import { LastResortBudget } from '../../src/p2p/last-resort-budget.js'
+import type { Clock } from '../../src/p2p/clock.js'
 import type { AdvertFacts, AdvertPolicyParams } from '../../src/p2p/advert-policy.js'
 import { costsOf, NEIGHBOURS_MAX } from './costs.js'
 import type { CostParams } from './costs.js'
@@ -239,6 +242,9 @@ class VmThunderd implements System {
   private readonly readWhileAttaching: boolean
   /** Agents whose adverts one agent receives (the whole swarm: one gossipsub topic per image). */
   private readonly topicAgents: number
+  /** What the origin may send to peers that are not its children (src/p2p/block-server.ts), on the simulated clock. */
+  private readonly nonChildBudgets = new Map<number, LastResortBudget>()
+  private readonly clock: Clock = { nowMs: () => this.e.nowMs, sleep: async () => {} }
 
   constructor (private readonly e: Engine) {
     const params = validateTopologyParams({ ...DEFAULT_TOPOLOGY_PARAMS, ...(e.opts.scenario.topology as Partial<TopologyParams>) })
@@ -337,6 +343,9 @@ class VmThunderd implements System {
     const s = this.st[n.idx]
     f.depth = s.depth; f.heldBlocks = this.complete(n) ? total : n.held; f.totalBlocks = total
     f.childCount = Math.min(n.children.size, limit); f.childLimit = limit; f.uploadLoad = s.load
+    // src/p2p/children.ts soleFull: a relay at its bound of sole children says so
+    const soleLimit = this.params.soleChildLimit ?? 0
+    f.soleFull = soleLimit > 0 && !this.complete(n) && this.soleChildrenOf(n, -1) >= soleLimit
     f.booting = n.boots && n.doneMs < 0 && n.startMs <= this.e.nowMs ? 1 : 0
     return f
   }
@@ -345,7 +354,7 @@ class VmThunderd implements System {
    * advertise() asks the policy on every delivered block and most of the time publishes nothing: the facts and
    * the policy's input are filled in here (nextAdvertDueMs only reads them), copied only when published.
    */
-  private readonly scratchFacts: AdvertFacts = { depth: null, heldBlocks: 0, totalBlocks: 0, childCount: 0, childLimit: 0, uploadLoad: 0, booting: 0 }
+  private readonly scratchFacts: AdvertFacts = { depth: null, heldBlocks: 0, totalBlocks: 0, childCount: 0, childLimit: 0, uploadLoad: 0, booting: 0, soleFull: false }
   private readonly policyInput: { facts: AdvertFacts, last: AdvertFacts | undefined, lastPublishMs: number, params: AdvertPolicyParams } =
     { facts: this.scratchFacts, last: undefined, lastPublishMs: 0, params: DEFAULT_ADVERT_POLICY }
 
@@ -385,7 +394,8 @@ class VmThunderd implements System {
       atMs: now,
       advert: {
         peerId: n.id, imageId: 'image', rootHex: 'root', seq: ++s.seq, depth: facts.depth, heldBlocks: facts.heldBlocks,
-        totalBlocks: facts.totalBlocks, childCount: facts.childCount, childLimit: facts.childLimit, uploadLoad: facts.uploadLoad
+        totalBlocks: facts.totalBlocks, childCount: facts.childCount, childLimit: facts.childLimit, uploadLoad: facts.uploadLoad,
+        ...(facts.soleFull === true ? { soleFull: true } : {})
       }
     }
     this.gossip.advertsPublished++
@@ -637,6 +647,17 @@ class VmThunderd implements System {
   }
 
   relays (s: SimNode, to: SimNode): boolean { return s.children.has(to.idx) }
+
+  /** src/p2p/block-server.ts nonChildBudget: the origin serves peers that are not its children within one budget. */
+  refuses (s: SimNode, to: SimNode): boolean {
+    if (s.idx !== this.e.seeds[0] || s.children.has(to.idx)) return false
+    let budget = this.nonChildBudgets.get(s.idx)
+    if (budget === undefined) {
+      budget = new LastResortBudget(DEFAULT_NON_CHILD_BURST_BYTES, DEFAULT_NON_CHILD_BYTES_PER_SEC, this.clock)
+      this.nonChildBudgets.set(s.idx, budget)
+    }
+    return !budget.tryTake(this.e.blockSizeBytes)
+  }
 
   onNotPresent (n: SimNode, b: number, src: number, r: Req): void {
     this.release(r)

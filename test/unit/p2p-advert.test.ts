@@ -53,6 +53,9 @@ test('advert: round trip, bounded size, summary tells what is probably held', { 
   assert.equal(seed.depth, 0)
   assert.equal(holdProbability(seed, TOTAL - 1), 1)
   assert.equal(decodeAdvert(encodeAdvert(advert({ depth: null }))).depth, null)
+  // A relay at its bound of sole children says so (a flag, no field); absent, the flag is off.
+  assert.equal(decodeAdvert(encodeAdvert(advert({ soleFull: true }))).soleFull, true)
+  assert.equal(decodeAdvert(encodeAdvert(advert())).soleFull, undefined)
   assert.equal(imageIdFromTopic(imageTopic('debian-12')), 'debian-12')
   assert.equal(imageIdFromTopic('/other/topic'), undefined)
 })

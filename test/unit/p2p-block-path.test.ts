@@ -166,6 +166,33 @@ test('block server: ADMIT carries the parents a child stripes over and whether i
   }
 })
 
+test('block server: the origin serves peers that are not its children within one shared budget, busy beyond it', { timeout: 60_000 }, async () => {
+  const { dir, manifest, bytes, client, linkTo } = await setup(8)
+  let nowMs = 0
+  const children = new Set<string>()
+  // A burst of 2 blocks, refilled at 1 block per simulated second: the test moves the clock.
+  const budget = new LastResortBudget(2 * BLOCK, BLOCK, { nowMs: () => nowMs, sleep: async () => {} })
+  const s = await server(manifest, bytes, { nonChildBudget: budget, chargesNonChildBudget: (rootHex, peerId) => rootHex === manifest.rootHex && !children.has(peerId) })
+  try {
+    const link = await linkTo(s)
+    const get = async (indexes: number[]): Promise<Map<number, Uint8Array | null>> =>
+      await link.getBlocks(manifest.root, indexes, PRIORITY_DEMAND, { signal: AbortSignal.timeout(20_000) })
+    assert.deepEqual(Buffer.from((await get([0, 1])).get(1) as Uint8Array), bytes.subarray(BLOCK, 2 * BLOCK))
+    await assert.rejects(get([2]), { name: 'PeerBusyError' })
+    nowMs += 1000
+    assert.equal((await get([2])).size, 1, 'refilled')
+    await assert.rejects(get([3]), { name: 'PeerBusyError' })
+    // A child is served whatever the budget holds.
+    children.add(client.peerId.toString())
+    assert.equal((await get([3, 4, 5, 6, 7])).size, 5)
+    link.close()
+  } finally {
+    await client.stop()
+    await s.node.stop()
+    await rm(dir, { recursive: true, force: true })
+  }
+})
+
 test('peer source: a slow parent is hedged to the next peer and its request is cancelled at once', { timeout: 60_000 }, async () => {
   const { dir, manifest, bytes, client, linkTo } = await setup(4)
   const slow = await server(manifest, bytes, { gated: true })

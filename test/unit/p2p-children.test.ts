@@ -67,6 +67,7 @@ test('sole children: the parent counts from each ADMIT; a third agent attaching 
   assert.equal(children.admit('a', ROOT, false, attaching)?.accepted, true)
   assert.equal(children.admit('b', ROOT, false, attaching)?.accepted, true)
   assert.deepEqual(children.admit('c', ROOT, false, attaching), { accepted: false, childCount: 2, childLimit: 8 })
+  assert.equal(children.soleFull(state), true, 'its advert says so')
   // Striping over two parents, or moving here from another parent (not attaching): taken.
   assert.equal(children.admit('c', ROOT, false, { parentCount: 2, attaching: true })?.accepted, true)
   assert.equal(children.admit('d', ROOT, false, { parentCount: 1, attaching: false })?.accepted, true)
@@ -74,6 +75,7 @@ test('sole children: the parent counts from each ADMIT; a third agent attaching 
   assert.equal(children.admit('a', ROOT, false, { parentCount: 3, attaching: false })?.accepted, true)
   assert.equal(children.admit('e', ROOT, false, attaching)?.accepted, false, "'b' and 'd' are sole children")
   children.admit('d', ROOT, true)
+  assert.equal(children.soleFull(state), false)
   assert.equal(children.admit('e', ROOT, false, attaching)?.accepted, true, "'d' left")
   // An older agent's ADMIT (no count) counts as one parent.
   children.forget('e')

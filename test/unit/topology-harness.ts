@@ -89,7 +89,10 @@ export class Harness {
         advert: {
           peerId: a.id, imageId: 'img', rootHex: 'root', seq: this.round, depth: a.depth,
           heldBlocks: a.heldBlocks, totalBlocks: this.totalBlocks, childCount: a.children.size,
-          childLimit: this.childLimitOf(a), uploadLoad: Math.min(1, a.children.size / Math.max(1, this.childLimitOf(a)))
+          childLimit: this.childLimitOf(a),
+          // src/p2p/children.ts soleFull: a relay at its bound of sole children says so
+          soleFull: (this.opts.params.soleChildLimit ?? 0) > 0 && !a.isSeed && this.soleChildrenOf(a, '') >= (this.opts.params.soleChildLimit ?? 0),
+          uploadLoad: Math.min(1, a.children.size / Math.max(1, this.childLimitOf(a)))
         }
       })
     }

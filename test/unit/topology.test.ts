@@ -179,6 +179,21 @@ test('admitChild bounds fan-out', { timeout: 5000 }, () => {
   assert.deepEqual(admitChild({ childCount: 0, childLimit: 8, isAlreadyChild: false, uploadLoad: 0.99, maxUploadLoad: 0.9 }), { admit: false, reason: 'overloaded' })
 })
 
+test('selectParents: a detached agent does not take a lone candidate that refuses sole children', { timeout: 5000 }, () => {
+  // The origin's only child, at its bound of sole children: as our one parent it would refuse us.
+  const trunk = advert('trunk', 1, { soleFull: true })
+  const origin = advert('origin', 0, { childCount: 1, childLimit: 1 })
+  const waiting = selectParents(input({ candidates: [cand(trunk), cand(origin)] }))
+  assert.deepEqual([waiting.parents, waiting.fallbackToSeed], [['origin'], true], 'nothing else yet: the full seed, as with no candidate at all')
+  // The next level has two relays: both are asked (not a sole child anywhere); with the trunk not full, it is asked.
+  const b = advert('b', 2); const c = advert('c', 2)
+  assert.deepEqual(selectParents(input({ candidates: [cand(trunk), cand(origin), cand(b), cand(c)] })).parents.sort(), ['b', 'c'])
+  assert.deepEqual(selectParents(input({ candidates: [cand(advert('trunk', 1)), cand(origin)] })).parents, ['trunk'])
+  // A set of several may include it: the agent is no sole child then.
+  const t2 = advert('t2', 1)
+  assert.deepEqual(selectParents(input({ candidates: [cand(trunk), cand(t2)] })).parents.sort(), ['t2', 'trunk'])
+})
+
 test('admitChild: a relay takes at most soleChildLimit children that attach with it as their only parent', { timeout: 5000 }, () => {
   const relay = { childCount: 2, childLimit: 8, isAlreadyChild: false, selfDepth: 1, soleChildren: 2, soleChildLimit: 2 }
   // A third agent attaching from nothing with this relay as its one parent: refused (it goes a level down).
