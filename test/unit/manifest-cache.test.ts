@@ -89,8 +89,10 @@ test('registry: a restart keeps its images and drops one whose manifest on disk 
   const { dir, image } = await fixture()
   const dataDir = join(dir, 'data')
   const key = signingKeyFromSeed(randomBytes(32))
+  // The file sources are the caller's to close, as the daemon does at stop (src/daemon/daemon.ts).
+  const sources: Array<ReturnType<typeof fileBlockSource>> = []
   const open = async (db: Level<string, any>): Promise<ImageRegistry> =>
-    await ImageRegistry.open({ dataDir, db, key, sourceFor: () => fileBlockSource(image) })
+    await ImageRegistry.open({ dataDir, db, key, sourceFor: () => { const source = fileBlockSource(image); sources.push(source); return source } })
   let db = new Level<string, any>(join(dataDir, 'meta'), { valueEncoding: 'json' })
   try {
     const first = await open(db)
@@ -109,6 +111,7 @@ test('registry: a restart keeps its images and drops one whose manifest on disk 
     assert.equal(again.get('kept')?.manifest.rootHex, kept.manifest.rootHex)
     await again.close()
   } finally {
+    for (const source of sources) await source.close()
     await db.close()
     await rm(dir, { recursive: true, force: true })
   }
