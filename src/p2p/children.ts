@@ -54,7 +54,7 @@ export const createChildren = (init: ChildrenInit) => (components: ServiceCompon
   }
 
   /** Live children with us as their only parent (`except` not counted). */
-  const soleChildrenOf = (state: ImageState, children: readonly string[], except: string): number => {
+  const soleChildrenOf = (state: ImageState, children: readonly string[], except?: string): number => {
     let n = 0
     for (const peer of children) if (peer !== except && (state.childParentCounts.get(peer) ?? 1) === 1) n++
     return n
@@ -62,7 +62,7 @@ export const createChildren = (init: ChildrenInit) => (components: ServiceCompon
 
   const soleFull = (state: ImageState): boolean => {
     const limit = params.soleChildLimit ?? 0
-    return limit > 0 && !isSeed(state) && soleChildrenOf(state, live(state), '') >= limit
+    return limit > 0 && !isSeed(state) && soleChildrenOf(state, live(state)) >= limit
   }
 
   const admit = (peerId: string, rootHex: string, leave: boolean, asked?: { parentCount: number, attaching: boolean }): AdmitReply | undefined => {

@@ -330,7 +330,7 @@ class VmThunderd implements System {
   private complete (n: SimNode): boolean { return n.isSeed || n.promoted }
 
   /** n's children that asked it as their only parent at their last heartbeat (src/p2p/children.ts); `except` not counted. */
-  private soleChildrenOf (n: SimNode, except: number): number {
+  private soleChildrenOf (n: SimNode, except = -1): number {
     let count = 0
     for (const c of n.children) if (c !== except && (this.st[c]?.askCount ?? 1) === 1) count++
     return count
@@ -345,7 +345,7 @@ class VmThunderd implements System {
     f.childCount = Math.min(n.children.size, limit); f.childLimit = limit; f.uploadLoad = s.load
     // src/p2p/children.ts soleFull: a relay at its bound of sole children says so
     const soleLimit = this.params.soleChildLimit ?? 0
-    f.soleFull = soleLimit > 0 && !this.complete(n) && this.soleChildrenOf(n, -1) >= soleLimit
+    f.soleFull = soleLimit > 0 && n.children.size >= soleLimit && !this.complete(n) && this.soleChildrenOf(n) >= soleLimit
     f.booting = n.boots && n.doneMs < 0 && n.startMs <= this.e.nowMs ? 1 : 0
     return f
   }

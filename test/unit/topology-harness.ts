@@ -69,7 +69,7 @@ export class Harness {
   }
 
   /** a's children that asked it as their only parent at their last heartbeat (src/p2p/children.ts); `except` not counted. */
-  soleChildrenOf (a: HarnessAgent, except: string): number {
+  soleChildrenOf (a: HarnessAgent, except?: string): number {
     let count = 0
     for (const c of a.children) if (c !== except && (this.byId.get(c)?.askCount ?? 1) === 1) count++
     return count
@@ -91,7 +91,7 @@ export class Harness {
           heldBlocks: a.heldBlocks, totalBlocks: this.totalBlocks, childCount: a.children.size,
           childLimit: this.childLimitOf(a),
           // src/p2p/children.ts soleFull: a relay at its bound of sole children says so
-          soleFull: (this.opts.params.soleChildLimit ?? 0) > 0 && !a.isSeed && this.soleChildrenOf(a, '') >= (this.opts.params.soleChildLimit ?? 0),
+          soleFull: (this.opts.params.soleChildLimit ?? 0) > 0 && !a.isSeed && this.soleChildrenOf(a) >= (this.opts.params.soleChildLimit ?? 0),
           uploadLoad: Math.min(1, a.children.size / Math.max(1, this.childLimitOf(a)))
         }
       })
