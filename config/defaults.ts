@@ -29,6 +29,8 @@ export interface Config {
     /** Children per image that have this agent as their only parent (src/topology/admit.ts); 0: no bound. */
     soleChildLimit: number
     originChildLimit: number
+    /** Connections to dial up to from the agents that peers say they are connected to (0: dial only bootstrap peers). */
+    peerExchangeTarget: number
     uploadLimitBytesPerSec: number | null
     downloadLimitBytesPerSec: number | null
   }
@@ -73,6 +75,9 @@ export function defaultConfig (): Config {
       // One child per image at the origin: it sends each block about once and the agents relay the rest
       // (with 8, every agent attaches to the origin and it uploads N times the image).
       originChildLimit: 1,
+      // A fresh agent knows only its bootstrap peers; asking them for theirs connects a small cluster fully before
+      // its first boot wave (src/p2p/peer-exchange.ts).
+      peerExchangeTarget: 16,
       uploadLimitBytesPerSec: null,
       downloadLimitBytesPerSec: null
     },

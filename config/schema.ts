@@ -57,6 +57,8 @@ export const configFileSchema = z.object({
     soleChildLimit: z.number().int().min(0).max(1024),
     /** Children of the images this agent originates: small, so the image server sends each block about once. */
     originChildLimit: z.number().int().min(1).max(1024),
+    /** Connections dialled from peers' lists of connected agents (src/p2p/peer-exchange.ts); 0: none. */
+    peerExchangeTarget: z.number().int().min(0).max(1024),
     uploadLimitBytesPerSec: byteCount.nullable(),
     downloadLimitBytesPerSec: byteCount.nullable()
   }).partial().strict(),

@@ -156,7 +156,7 @@ async function main (): Promise<void> {
   if (!await waitLine('GO')) shutdown(0)
   const t0 = performance.now()
   const { replay, fetchMs, reconnects } = await run()
-  console.log(`DONE ${JSON.stringify({ doneMs: performance.now() - t0, fetchMs, replayMs: replay.elapsedMs, maxReadMs: replay.maxReadMs, readMsP50: replay.readMsP50, readMsP90: replay.readMsP90, bytes: replay.bytes, digest: replay.digest, reconnects, slowReads: replay.slowReads })}`)
+  console.log(`DONE ${JSON.stringify({ doneMs: performance.now() - t0, fetchMs, replayMs: replay.elapsedMs, maxReadMs: replay.maxReadMs, firstReadMs: replay.firstReadMs, readMsP50: replay.readMsP50, readMsP90: replay.readMsP90, bytes: replay.bytes, digest: replay.digest, reconnects, slowReads: replay.slowReads })}`)
   // BitTorrent hosts keep seeding for the others until the orchestrator says STOP (or goes away).
   if (mode === 'bt') await waitLine('STOP')
   shutdown(0)

@@ -127,6 +127,8 @@ export interface AgentReport {
   /** Time instance.create took (manifest fetch, cache and overlay), ms. */
   createMs?: number
   maxReadMs: number
+  /** The VM's first read, ms (its agent's attach is in it). */
+  firstReadMs?: number
   /** Of the bytes fetched, those prefetch (read-ahead or idle) asked for: no VM read waited on them. */
   prefetchedBytes?: number
   /** VM reads whose blocks were all local when they arrived, and those that waited for a fetch. */
@@ -758,6 +760,7 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
               startupCpuMs: cpuAtGo.get(h.name),
               createMs: done[i].fetchMs === undefined ? undefined : Math.round(done[i].fetchMs),
               maxReadMs: Math.round(done[i].maxReadMs),
+              firstReadMs: done[i].firstReadMs === undefined ? undefined : Math.round(done[i].firstReadMs),
               advertsPublished: img.advertsPublished,
               prefetchedBytes: img.prefetch?.prefetchedBytes,
               readsLocal: img.prefetch?.readsLocal,
@@ -834,7 +837,7 @@ const SYSTEMS: Record<SystemName, (ctx: SystemContext) => Promise<SystemRun | un
 // One run of one system
 
 /** slowReads: reads over SLOW_READ_MS, atMs from the replay's start (the vmt driver starts it fetchMs after GO). */
-interface HostDone { doneMs: number, fetchMs?: number, replayMs: number, maxReadMs: number, readMsP50?: number, readMsP90?: number, bytes: number, digest: string, reconnects?: number, slowReads?: SlowRead[], error?: string }
+interface HostDone { doneMs: number, fetchMs?: number, replayMs: number, maxReadMs: number, firstReadMs?: number, readMsP50?: number, readMsP90?: number, bytes: number, digest: string, reconnects?: number, slowReads?: SlowRead[], error?: string }
 
 const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b)
@@ -945,10 +948,10 @@ export function markdownTable (r: BenchResults, command: string): string {
     if (s?.agents === undefined) continue
     const ms = (x: number | undefined): string => x === undefined || !Number.isFinite(x) ? '-' : String(Math.round(x))
     details.push('', `${name}, per host (parents and depth at the end of the run; bytes as the agents counted them):`, '',
-      '| host | done (s) | create (s) | longest read (ms) | eth0 rx MiB | from origin MiB | from peers MiB | of which prefetched MiB | reads local | sent to children MiB | agent CPU (s) | parents | depth |',
-      '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
-      ...s.agents.map((a, i) => `| ${a.host} | ${Number.isFinite(s.perHostMs[i]) ? secs(s.perHostMs[i]) : 'FAILED'} | ${a.createMs === undefined ? '' : secs(a.createMs)} | ${ms(a.maxReadMs)} | ${mib(s.perHostRxBytes[i])} | ${mib(a.bytesFromOrigin)} | ${mib(a.bytesFromPeers)} | ${a.prefetchedBytes === undefined ? '' : mib(a.prefetchedBytes)} | ${localShare(a)} | ${mib(a.bytesSent)} | ${secs(a.cpuMs)} | ${a.parents.join(', ') || '-'} | ${a.depth ?? '-'} |`),
-      `| origin | | | | | | | | | | ${secs(s.originCpuMs ?? 0)} | | 0 |`)
+      '| host | done (s) | create (s) | first read (ms) | longest read (ms) | eth0 rx MiB | from origin MiB | from peers MiB | of which prefetched MiB | reads local | sent to children MiB | agent CPU (s) | parents | depth |',
+      '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+      ...s.agents.map((a, i) => `| ${a.host} | ${Number.isFinite(s.perHostMs[i]) ? secs(s.perHostMs[i]) : 'FAILED'} | ${a.createMs === undefined ? '' : secs(a.createMs)} | ${ms(a.firstReadMs)} | ${ms(a.maxReadMs)} | ${mib(s.perHostRxBytes[i])} | ${mib(a.bytesFromOrigin)} | ${mib(a.bytesFromPeers)} | ${a.prefetchedBytes === undefined ? '' : mib(a.prefetchedBytes)} | ${localShare(a)} | ${mib(a.bytesSent)} | ${secs(a.cpuMs)} | ${a.parents.join(', ') || '-'} | ${a.depth ?? '-'} |`),
+      `| origin | | | | | | | | | | | ${secs(s.originCpuMs ?? 0)} | | 0 |`)
     if (s.cpuPerHostMedianMs !== undefined) {
       details.push('', `${name}: agent CPU per host per boot (from /proc, GO until every host was done): median ${secs(s.cpuPerHostMedianMs)} s, max ${secs(s.cpuPerHostMaxMs ?? 0)} s; ` +
         `start-up until GO, median ${secs(s.startupCpuMedianMs ?? 0)} s (not included); ${s.cpuMsPerMiBMoved ?? '-'} CPU-ms per MiB moved (all agents' CPU over the bytes their p2p layers received and sent); ` +

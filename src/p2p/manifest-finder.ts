@@ -37,16 +37,17 @@ export type FetchManifestFn = (imageId: string, options: { signal: AbortSignal }
 export const createManifestFinder = (init: ManifestFinderInit) => (components: ServiceComponents): FetchManifestFn => {
   const { logger, images, peers, events } = components
   /**
-   * Asks up to MAX_DIRECT_ASKS connected peers at once, those subscribed to the image's topic first (its holders
-   * are, as is anyone else who wants it); the first valid manifest wins and the other asks are dropped.
+   * Asks up to MAX_DIRECT_ASKS connected peers at once: those subscribed to the image's topic if any (its holders
+   * are, as is anyone else who wants it), else any; the first valid manifest wins and the other asks are dropped.
    * undefined: none had it in time (a holder is asked again once it advertises).
    */
   const askDirect = async (imageId: string, state: ImageState, asked: Set<string>, signal: AbortSignal): Promise<Manifest | undefined> => {
     const subscribed = new Set(components.node()?.services.pubsub.getSubscribers(state.topic).map(p => p.toString()) ?? [])
-    const peersToAsk = [...components.connected]
-      .filter(peer => !peers.isBanned(peer))
-      .sort((a, b) => Number(subscribed.has(b)) - Number(subscribed.has(a)))
-      .slice(0, MAX_DIRECT_ASKS)
+    const connected = [...components.connected].filter(peer => !peers.isBanned(peer))
+    // Only the subscribed ones when there are any: the others would only answer 'none here', and at the start of
+    // a wave on a fully connected cluster (peer-exchange.ts) that was 3 wasted asks per host on busy hosts.
+    const holders = connected.filter(peer => subscribed.has(peer))
+    const peersToAsk = (holders.length > 0 ? holders : connected).slice(0, MAX_DIRECT_ASKS)
     if (peersToAsk.length === 0) return undefined
     const done = new AbortController()
     const askSignal = AbortSignal.any([signal, done.signal, AbortSignal.timeout(DIRECT_ASK_TIMEOUT_MS)])

@@ -9,6 +9,7 @@
 //   block-server.ts     the serving side, and relay.ts: a parent fetching for its children)
 //   manifest-finder.ts  fetching an image's manifest from peers
 //   profile-fetcher.ts  fetching newer boot profiles from peers
+//   peer-exchange.ts    asking peers for the agents they are connected to (a fresh agent knows its bootstrap only)
 // A peer that served a corrupt block (or a malformed frame, or flooded us with adverts) is banned for banMs:
 // dropped as parent, disconnected, refused at the connection gater, and given a large negative gossipsub app
 // score.
@@ -46,6 +47,7 @@ import { createDirectory } from './directory.js'
 import { createRelay } from './relay.js'
 import { createManifestFinder } from './manifest-finder.js'
 import { createProfileFetcher } from './profile-fetcher.js'
+import { createPeerExchange, PEER_EXCHANGE_PROTOCOL, type PeerExchange } from './peer-exchange.js'
 
 export type { ServedStore } from './components.js'
 export { DEFAULT_MIN_ADVERT_INTERVAL_MS } from './adverts.js'
@@ -80,6 +82,8 @@ export interface P2PServiceInit {
   random?: () => number
   ipColocationPenalty?: boolean
   maxConnections?: number
+  /** Connections to dial up to from peers' lists (peer-exchange.ts; default 16, 0: no peer exchange). */
+  peerExchangeTarget?: number
   /** Tuning (benchmarks). */
   yamuxMaxMessageBytes?: number
   frameBudgetBytes?: number
@@ -142,6 +146,8 @@ export interface P2PStatus {
   dataChannels: { port: number | null, outbound: number, inbound: number }
   /** Manifests fetched: from peers that advertised the image, or from connected peers asked before any advert. */
   manifestsFound: { advertised: number, direct: number }
+  /** Peer exchange: lists asked for and served, peers dialled from them and connected, failures. */
+  peerExchange: { asked: number, served: number, dialled: number, connectedByExchange: number, failed: number }
   images: Record<string, ImageStatus>
 }
 
@@ -201,6 +207,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
   let node: P2PNode | undefined
   let dataChannels: DataChannelServer | undefined
   let bootstrapper: Bootstrapper | undefined
+  let peerExchange: PeerExchange | undefined
   let started = false
   let stopped = false
   /** Numbers each (re)connection of a peer: components.connectionEpochs. */
@@ -462,6 +469,23 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     await node.handle(PROFILE_PROTOCOL, (stream, connection) => {
       void profileServer.handle(stream, connection)
     }, { maxInboundStreams: 2, maxOutboundStreams: 2 })
+    if (init.peerExchangeTarget !== 0) {
+      const pex = createPeerExchange({
+        node: () => node,
+        selfPeerId,
+        isBanned,
+        agentProtocol: BLOCKS_PROTOCOL,
+        logger,
+        clock,
+        random: components.random,
+        signal: stopController.signal,
+        targetConnections: init.peerExchangeTarget
+      })
+      await node.handle(PEER_EXCHANGE_PROTOCOL, (stream, connection) => {
+        void pex.handle(stream, connection)
+      }, { maxInboundStreams: 2, maxOutboundStreams: 2 })
+      peerExchange = pex
+    }
     if (init.profiles !== undefined) liveProfiles = createLiveProfileFetcher({ node: requireNode, provider: init.profiles, logger, signal: stopController.signal, nowMs: () => clock.nowMs() })
     const manifestOf = (imageId: string): Manifest | undefined => images.get(imageId)?.store !== undefined ? images.get(imageId)?.manifest : undefined
     await node.handle(MANIFEST_PROTOCOL, (stream, connection) => {
@@ -488,6 +512,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       components.connectionEpochs.set(event.detail.toString(), ++connectionCount)
       events.notify()
       events.sourcesChanged()
+      void peerExchange?.connected(event.detail.toString())
     })
     for (const peer of node.getPeers()) {
       components.connected.add(peer.toString())
@@ -513,6 +538,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     for (const state of images.values()) adverts.subscribe(state)
     bootstrapper = new Bootstrapper(node, init.bootstrap ?? [], logger)
     bootstrapper.start()
+    peerExchange?.start()
     for (const state of images.values()) adverts.publishForced(state)
     heartbeat.start()
     logger.info('p2p node started', { peerId: selfPeerId, addrs: node.getMultiaddrs().map(a => a.toString()), encryption: init.encryption ?? 'noise', psk: psk !== undefined })
@@ -523,6 +549,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     stopped = true
     heartbeat.stop()
     bootstrapper?.stop()
+    peerExchange?.stop()
     for (const state of images.values()) {
       adverts.cancel(state)
       state.unsubscribeBlocks?.()
@@ -547,6 +574,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       blockRequests: { ...peerSource.stats },
       dataChannels: { port: dataChannels?.port ?? null, outbound: [...links.values()].filter(l => l.onDataChannel).length, inbound: dataChannels?.connections ?? 0 },
       manifestsFound: { ...manifestsFound },
+      peerExchange: peerExchange?.stats() ?? { asked: 0, served: 0, dialled: 0, connectedByExchange: 0, failed: 0 },
       images: {}
     }
     for (const state of images.values()) {

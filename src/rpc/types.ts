@@ -73,6 +73,8 @@ export interface P2PStatusFields {
   blockRequests?: { requests: number, hedges: number, cancelled: number, failovers: number, duplicateBlocks: number, waits: number, wakeups: number, lastResortBytes: number }
   /** Data channels: the listener's port (null: none), links to peers that use one, connections this agent serves. */
   dataChannels?: { port: number | null, outbound: number, inbound: number }
+  /** Peer exchange: lists asked for and served, peers dialled from them and connected, failures. */
+  peerExchange?: { asked: number, served: number, dialled: number, connectedByExchange: number, failed: number }
 }
 
 /** node.status. */

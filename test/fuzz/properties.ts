@@ -1,6 +1,6 @@
 // Property-based fuzzing (fast-check) of every decoder and parser that takes bytes or JSON from outside:
-// manifests, adverts, block-protocol frames, boot profiles (binary and JSON), JSON-RPC requests, the config
-// file, and the NBD server's negotiation and transmission phases over a real unix socket.
+// manifests, adverts, block-protocol frames, peer-exchange lists, boot profiles (binary and JSON), JSON-RPC
+// requests, the config file, and the NBD server's negotiation and transmission phases over a real unix socket.
 // Each property: no crash, a typed error (by `name`) for bad input, round trip for valid input. Inputs are
 // bounded by the arbitraries; scripts/fuzz.ts prints the CPU-seconds each target took (reported, not asserted).
 // test/unit/fuzz-properties.test.ts runs a quick pass; `npm run fuzz -- --runs N --seed S` runs long ones.
@@ -12,6 +12,9 @@ import { signManifest, decodeManifest, HASH_BYTES } from '../../src/blockstack/m
 import { signingKeyFromSeed } from '../../src/blockstack/signing.js'
 import { encodeAdvert, decodeAdvert, summarize, MAX_ADVERT_ADDRS, type AdvertBody } from '../../src/p2p/advert.js'
 import { multiaddr } from '@multiformats/multiaddr'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { encodePeerList, decodePeerList, MAX_PEX_PEERS, MAX_PEX_ADDRS, type PeerListEntry } from '../../src/p2p/peer-exchange.js'
+import { identityFromSeed } from '../../src/identity/key.js'
 import {
   encodeClientFrame, decodeClientFrame, encodeServerFrame, decodeServerFrame, encodeBlocksFrame, FrameType, BlockStatus, ErrorCode,
   MAX_INDEXES_PER_GET, type ClientFrame, type BlockEntry
@@ -208,6 +211,15 @@ const configFile = fc.record({
   log: fc.record({ level: fc.constantFrom('debug', 'info', 'warn', 'error', 'silent') }, { requiredKeys: [] })
 }, { requiredKeys: [] })
 
+/** Peer ids to draw from (making a key per run would be most of the target's time). */
+const PEER_IDS = Array.from({ length: 8 }, (_, i) => peerIdFromString(identityFromSeed(new Uint8Array(32).fill(i + 1)).peerId))
+const peerList: fc.Arbitrary<PeerListEntry[]> = fc.array(fc.record({
+  peerId: fc.constantFrom(...PEER_IDS),
+  addrs: fc.array(fc.tuple(fc.ipV4(), fc.integer({ min: 1, max: 0xffff }), fc.boolean()).map(([ip, port, v6]) =>
+    multiaddr(v6 ? `/ip6/::1/tcp/${port}` : `/ip4/${ip}/tcp/${port}`)), { maxLength: MAX_PEX_ADDRS })
+}), { maxLength: MAX_PEX_PEERS })
+const peerListText = (entries: PeerListEntry[]): string => JSON.stringify(entries.map(e => [e.peerId.toString(), e.addrs.map(a => a.toString())]))
+
 const sync = (name: string, property: () => fc.IProperty<any>): FuzzTarget => ({
   name,
   run: async ({ numRuns, seed }) => { fc.assert(property(), { numRuns, seed }) }
@@ -254,6 +266,12 @@ export const targets: FuzzTarget[] = [
     mutated(fc.tuple(fc.nat({ max: 0xffffffff }), fc.boolean(), blockEntries).map(([r, f, e]) => encodeBlocksFrame(r, f, e).subarray()))), bytes => {
     typedOrOk(() => decodeClientFrame(bytes), ['WireDecodeError'])
     typedOrOk(() => decodeServerFrame(bytes, 256), ['WireDecodeError'])
+  })),
+  sync('peer list round trip', () => fc.property(peerList, entries => {
+    if (peerListText(decodePeerList(encodePeerList(entries))) !== peerListText(entries)) throw new Error('peer list did not round-trip')
+  })),
+  sync('peer list bad bytes', () => fc.property(fc.oneof(BYTES(2048), mutated(peerList.map(encodePeerList))), bytes => {
+    typedOrOk(() => decodePeerList(bytes), ['PeerListDecodeError'])
   })),
   sync('profile binary round trip', () => fc.property(profileFields, profile => {
     const again = decodeProfile(encodeProfile(profile))
