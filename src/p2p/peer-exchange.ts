@@ -4,7 +4,8 @@
 // origin's first child reached the other hosts through the origin's gossip 0.4-0.9 s after it attached, each
 // admission to a relay first dialled it (0.4-0.9 s more on the loaded hosts), and 6 of 8 hosts' first VM read
 // waited 1.1-2.0 s for a parent. So an agent asks each peer it connects to which agents that peer is connected
-// to, and dials them, up to a target number of connections; while under the target it asks again now and then.
+// to, and dials them, up to a target number of connections; while under the target it asks again, each peer
+// after 1 s, 2 s, 4 s... up to a minute.
 //
 //   request:  nothing (opening the stream asks)
 //   response: one length-prefixed message: count u8 | count x entry
@@ -38,9 +39,15 @@ export const MAX_PEX_ADDR_BYTES = 64
 export const MAX_PEX_MESSAGE_BYTES = 1 + MAX_PEX_PEERS * (1 + MAX_PEX_ID_BYTES + 1 + MAX_PEX_ADDRS * (1 + MAX_PEX_ADDR_BYTES))
 /** Connections an agent dials up to from what peers tell it (more come in as others dial it). */
 export const DEFAULT_PEX_TARGET_CONNECTIONS = 16
-/** While under its target, an agent asks one more peer this often. */
-export const PEX_INTERVAL_MS = 10_000
-/** A peer is asked again no sooner than this (also on reconnects). */
+/** While under its target, an agent looks this often for a peer due to be asked again. */
+export const PEX_TICK_MS = 1000
+/**
+ * A peer is asked again after PEX_FIRST_REASK_MS, then after twice as long each time, up to PEX_REASK_MS. Why
+ * not once a minute from the start: agents that start together all ask their bootstrap peer at once, before it
+ * knows the others (the testbed: 8 hosts within ~100 ms), and got a short list; asked again a second later it
+ * names them all.
+ */
+export const PEX_FIRST_REASK_MS = 1000
 export const PEX_REASK_MS = 60_000
 /** A peer gets one answer per this interval; more often, an empty list. */
 export const PEX_SERVE_INTERVAL_MS = 1000
@@ -153,16 +160,17 @@ export interface PeerExchange {
   stop: () => void
   /** Serves one request. */
   handle: (stream: Stream, connection: Connection) => Promise<void>
-  /** A connection to `peerId` opened: ask it (bounded by the target and PEX_REASK_MS); resolves once asked (dials go on). */
+  /** A connection to `peerId` opened: ask it (bounded by the target and its re-ask time); resolves once asked (dials go on). */
   connected: (peerId: string) => Promise<void>
-  /** Asks one peer now if under the target (the timer does every PEX_INTERVAL_MS); resolves once asked. */
+  /** Asks one peer that is due, if under the target (the timer does every PEX_TICK_MS); resolves once asked. */
   tick: () => Promise<void>
   stats: () => { asked: number, served: number, dialled: number, connectedByExchange: number, failed: number }
 }
 
 export function createPeerExchange (init: PeerExchangeInit): PeerExchange {
   const target = init.targetConnections ?? DEFAULT_PEX_TARGET_CONNECTIONS
-  const askedAt = new Map<string, number>()
+  /** Per peer asked: when it may be asked again, and the wait after that. */
+  const nextAsk = new Map<string, { atMs: number, waitMs: number }>()
   const servedAt = new Map<string, number>()
   const dialling = new Set<string>()
   /** Listed peers not dialled yet (at most MAX_PEX_PEERS; the oldest go first). */
@@ -196,6 +204,7 @@ export function createPeerExchange (init: PeerExchangeInit): PeerExchange {
       try {
         const peerId = peerIdFromString(peer)
         const info = await node.peerStore.get(peerId)
+        // Agents only, as identify told us (a peer not identified yet has no listen addresses here either).
         if (!info.protocols.includes(init.agentProtocol)) continue
         const addrs = info.addresses.map(a => a.multiaddr)
           .filter(a => a.bytes.byteLength <= MAX_PEX_ADDR_BYTES && !a.toString().includes('/p2p-circuit') && (loopbackOk || !isLoopback(a)))
@@ -252,7 +261,10 @@ export function createPeerExchange (init: PeerExchangeInit): PeerExchange {
   const ask = async (peer: string): Promise<void> => {
     const node = init.node()
     if (node === undefined || init.signal.aborted) return
-    remember(askedAt, peer, init.clock.nowMs())
+    const waitMs = nextAsk.get(peer)?.waitMs ?? PEX_FIRST_REASK_MS
+    nextAsk.delete(peer)
+    nextAsk.set(peer, { atMs: init.clock.nowMs() + waitMs, waitMs: Math.min(PEX_REASK_MS, waitMs * 2) })
+    if (nextAsk.size > MAX_TRACKED_PEERS) nextAsk.delete(nextAsk.keys().next().value as string)
     asked++
     let entries: PeerListEntry[]
     try {
@@ -260,7 +272,7 @@ export function createPeerExchange (init: PeerExchangeInit): PeerExchange {
     } catch (err) {
       failed++
       // A list that does not decode is the peer's fault; an older agent without the protocol, or a timeout on a
-      // busy peer, is not worth a line: either way it is asked again only after PEX_REASK_MS.
+      // busy peer, is not worth a line: either way it is asked again later, less and less often.
       if (err instanceof PeerListDecodeError) init.logger.warn('bad peer list', { peer, error: err.message })
       return
     }
@@ -289,8 +301,7 @@ export function createPeerExchange (init: PeerExchangeInit): PeerExchange {
   const connected = async (peerId: string): Promise<void> => {
     const node = init.node()
     if (node === undefined || init.signal.aborted || !wanted(node) || init.isBanned(peerId)) return
-    const last = askedAt.get(peerId)
-    if (last !== undefined && init.clock.nowMs() - last < PEX_REASK_MS) return
+    if ((nextAsk.get(peerId)?.atMs ?? -Infinity) > init.clock.nowMs()) return
     await ask(peerId)
   }
 
@@ -298,16 +309,13 @@ export function createPeerExchange (init: PeerExchangeInit): PeerExchange {
     const node = init.node()
     if (node === undefined || init.signal.aborted || !wanted(node)) return
     const nowMs = init.clock.nowMs()
-    const due = [...connectedPeers(node)].filter(p => {
-      const last = askedAt.get(p)
-      return !init.isBanned(p) && (last === undefined || nowMs - last >= PEX_REASK_MS)
-    })
+    const due = [...connectedPeers(node)].filter(p => !init.isBanned(p) && (nextAsk.get(p)?.atMs ?? -Infinity) <= nowMs)
     if (due.length > 0) await ask(due[Math.floor(init.random() * due.length)])
   }
 
   return {
     start: () => {
-      timer = setInterval(() => { void tick() }, PEX_INTERVAL_MS)
+      timer = setInterval(() => { void tick() }, PEX_TICK_MS)
       timer.unref()
     },
     stop: () => {

@@ -94,7 +94,7 @@ test('agents that share only a bootstrap peer get connected to each other', { ti
     // c asks a on connecting, hears of b and dials it.
     await connectedTo(c.node, b.id, signal)
     await connectedTo(b.node, c.id, signal)
-    assert.equal(c.pex.stats().connectedByExchange, 1)
+    assert.equal(c.pex.stats().dialled, 1)
     assert.ok(a.pex.stats().served >= 2, `a served ${a.pex.stats().served} lists`)
   } finally {
     await stopAll(agents)
@@ -127,6 +127,32 @@ test('a peer list names agents only, never the asker, and a peer gets one list p
     assert.ok((await requestPeerList(asker.node, a.node.peerId, signal)).some(e => e.peerId.toString() === b.id))
   } finally {
     await stopAll([a, b, plain, asker])
+  }
+})
+
+test('an agent asks its peer again after 1 s, 2 s, 4 s..., and so hears of agents that came later', { timeout: 60_000 }, async () => {
+  const a = await agent()
+  const c = await agent()
+  const b = await agent({ askOnConnect: false })
+  try {
+    const signal = AbortSignal.timeout(30_000)
+    const advance = (ms: number): void => { c.clock.advance(ms); a.clock.advance(ms) }
+    const askedAfter = async (ms: number): Promise<number> => { advance(ms); await c.pex.tick(); return c.pex.stats().asked }
+    await c.node.dial(a.node.getMultiaddrs()[0], { signal })
+    await c.pex.connected(a.id) // asked on connecting (or now): a knows no one else yet
+    assert.equal(c.pex.stats().asked, 1)
+    assert.equal(await askedAfter(999), 1, 'not again within 1 s')
+    assert.equal(await askedAfter(1), 2)
+    assert.equal(await askedAfter(1999), 2, 'then not within 2 s')
+    assert.equal(await askedAfter(1), 3)
+    await b.node.dial(a.node.getMultiaddrs()[0], { signal })
+    await identified(a.node, b.id, AGENT_PROTOCOL, signal)
+    assert.equal(await askedAfter(3999), 3, 'then not within 4 s')
+    assert.equal(await askedAfter(1), 4)
+    await connectedTo(c.node, b.id, signal)
+    assert.equal(c.pex.stats().dialled, 1)
+  } finally {
+    await stopAll([a, b, c])
   }
 })
 
