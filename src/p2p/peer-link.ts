@@ -265,8 +265,12 @@ export class PeerLink {
     const reqId = this.nextReqId
     this.nextReqId = this.nextReqId >= 0xffffffff ? 1 : this.nextReqId + 1
     const { promise, resolve, reject } = Promise.withResolvers<T>()
-    // A CHANNEL request goes on the stream: the channel is what it asks for.
-    const onChannel = kind !== 'channel' && this.onDataChannel
+    // A CHANNEL request goes on the stream: the channel is what it asks for. So does admission (and its lease
+    // renewal) while the stream lives: on the channel it queued behind the blocks the parent was sending its
+    // children, up to the socket's whole send buffer (at 100 Mb/s an agent attaching under a busy relay got its
+    // answer 1.0-1.7 s after create). Pings stay on the channel: their RTT includes the relay's queue, which
+    // parent selection should see.
+    const onChannel = kind !== 'channel' && !(kind === 'admit' && this.lp !== undefined) && this.onDataChannel
     const pending: Pending = { kind, onChannel, sentAtMs: this.clock.nowMs(), resolve, reject, ...extra }
     this.pending.set(reqId, pending)
     const onAbort = (): void => {
