@@ -5,7 +5,7 @@
 // admission to a relay first dialled it (0.4-0.9 s more on the loaded hosts), and 6 of 8 hosts' first VM read
 // waited 1.1-2.0 s for a parent. So an agent asks each peer it connects to which agents that peer is connected
 // to, and dials them, up to a target number of connections; while under the target it asks again, each peer
-// after 1 s, 2 s, 4 s... up to a minute.
+// after 0.25 s, 0.5 s, 1 s... up to a minute.
 //
 //   request:  nothing (opening the stream asks)
 //   response: one length-prefixed message: count u8 | count x entry
@@ -40,17 +40,18 @@ export const MAX_PEX_MESSAGE_BYTES = 1 + MAX_PEX_PEERS * (1 + MAX_PEX_ID_BYTES +
 /** Connections an agent dials up to from what peers tell it (more come in as others dial it). */
 export const DEFAULT_PEX_TARGET_CONNECTIONS = 16
 /** While under its target, an agent looks this often for a peer due to be asked again. */
-export const PEX_TICK_MS = 1000
+export const PEX_TICK_MS = 250
 /**
  * A peer is asked again after PEX_FIRST_REASK_MS, then after twice as long each time, up to PEX_REASK_MS. Why
  * not once a minute from the start: agents that start together all ask their bootstrap peer at once, before it
- * knows the others (the testbed: 8 hosts within ~100 ms), and got a short list; asked again a second later it
- * names them all.
+ * knows the others (the testbed: 8 hosts within ~100 ms), and got a short list; asked again a moment later it
+ * names them all. Why so soon: the testbed's wave began 1.6 s after the agents started, and with a first re-ask
+ * after 1 s (on a 1 s tick) some hosts still had the origin alone at GO.
  */
-export const PEX_FIRST_REASK_MS = 1000
+export const PEX_FIRST_REASK_MS = 250
 export const PEX_REASK_MS = 60_000
-/** A peer gets one answer per this interval; more often, an empty list. */
-export const PEX_SERVE_INTERVAL_MS = 1000
+/** A peer gets one answer per this interval (below the first re-ask); more often, an empty list. */
+export const PEX_SERVE_INTERVAL_MS = 200
 export const PEX_REQUEST_TIMEOUT_MS = 5000
 export const PEX_DIAL_TIMEOUT_MS = 5000
 export const MAX_PARALLEL_PEX_DIALS = 4

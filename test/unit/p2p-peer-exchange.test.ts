@@ -13,7 +13,7 @@ import { identityFromSeed } from '../../src/identity/key.js'
 import { createNode, type P2PNode } from '../../src/p2p/node.js'
 import { silentLogger } from '../../src/blockstack/cache.js'
 import {
-  createPeerExchange, decodePeerList, encodePeerList, requestPeerList, PEER_EXCHANGE_PROTOCOL, PEX_SERVE_INTERVAL_MS,
+  createPeerExchange, decodePeerList, encodePeerList, requestPeerList, PEER_EXCHANGE_PROTOCOL, PEX_SERVE_INTERVAL_MS, PEX_FIRST_REASK_MS as FIRST,
   MAX_PEX_PEERS, type PeerExchange
 } from '../../src/p2p/peer-exchange.js'
 
@@ -130,7 +130,7 @@ test('a peer list names agents only, never the asker, and a peer gets one list p
   }
 })
 
-test('an agent asks its peer again after 1 s, 2 s, 4 s..., and so hears of agents that came later', { timeout: 60_000 }, async () => {
+test('an agent asks its peer again after 0.25 s, 0.5 s, 1 s..., and so hears of agents that came later', { timeout: 60_000 }, async () => {
   const a = await agent()
   const c = await agent()
   const b = await agent({ askOnConnect: false })
@@ -141,13 +141,13 @@ test('an agent asks its peer again after 1 s, 2 s, 4 s..., and so hears of agent
     await c.node.dial(a.node.getMultiaddrs()[0], { signal })
     await c.pex.connected(a.id) // asked on connecting (or now): a knows no one else yet
     assert.equal(c.pex.stats().asked, 1)
-    assert.equal(await askedAfter(999), 1, 'not again within 1 s')
+    assert.equal(await askedAfter(FIRST - 1), 1, 'not again at once')
     assert.equal(await askedAfter(1), 2)
-    assert.equal(await askedAfter(1999), 2, 'then not within 2 s')
+    assert.equal(await askedAfter(2 * FIRST - 1), 2, 'then not within twice as long')
     assert.equal(await askedAfter(1), 3)
     await b.node.dial(a.node.getMultiaddrs()[0], { signal })
     await identified(a.node, b.id, AGENT_PROTOCOL, signal)
-    assert.equal(await askedAfter(3999), 3, 'then not within 4 s')
+    assert.equal(await askedAfter(4 * FIRST - 1), 3, 'then not within four times as long')
     assert.equal(await askedAfter(1), 4)
     await connectedTo(c.node, b.id, signal)
     assert.equal(c.pex.stats().dialled, 1)
