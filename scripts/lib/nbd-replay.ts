@@ -228,7 +228,6 @@ async function replayWith (reads: readonly TraceRead[], read: ReadFn, signal?: A
   const hash = createHash('sha256')
   let bytes = 0
   let maxReadMs = 0
-  let firstReadMs = 0
   const times: number[] = []
   const slowReads: SlowRead[] = []
   const start = performance.now()
@@ -244,12 +243,12 @@ async function replayWith (reads: readonly TraceRead[], read: ReadFn, signal?: A
     const data = await read(r.offset, r.length)
     const dt = performance.now() - t0
     times.push(dt)
-    if (times.length === 1) firstReadMs = dt
     if (dt > SLOW_READ_MS && slowReads.length < MAX_SLOW_READS) slowReads.push({ atMs: Math.round(t0 - start), ms: Math.round(dt) })
     if (dt > maxReadMs) maxReadMs = dt
     hash.update(data)
     bytes += data.length
   }
+  const firstReadMs = times[0] ?? 0
   times.sort((a, b) => a - b)
   const pct = (q: number): number => times.length === 0 ? 0 : times[Math.min(times.length - 1, Math.floor(q * times.length))]
   return { reads: reads.length, bytes, elapsedMs: performance.now() - start, digest: hash.digest('hex'), maxReadMs, firstReadMs, readMsP50: pct(0.5), readMsP90: pct(0.9), slowReads }

@@ -183,7 +183,8 @@ export function createPeerExchange (init: PeerExchangeInit): PeerExchange {
   let connectedByExchange = 0
   let failed = 0
 
-  const remember = (map: Map<string, number>, key: string, value: number): void => {
+  /** Sets `key` as the newest entry; the oldest goes beyond MAX_TRACKED_PEERS. */
+  const remember = <V>(map: Map<string, V>, key: string, value: V): void => {
     map.delete(key)
     map.set(key, value)
     if (map.size > MAX_TRACKED_PEERS) map.delete(map.keys().next().value as string)
@@ -263,9 +264,7 @@ export function createPeerExchange (init: PeerExchangeInit): PeerExchange {
     const node = init.node()
     if (node === undefined || init.signal.aborted) return
     const waitMs = nextAsk.get(peer)?.waitMs ?? PEX_FIRST_REASK_MS
-    nextAsk.delete(peer)
-    nextAsk.set(peer, { atMs: init.clock.nowMs() + waitMs, waitMs: Math.min(PEX_REASK_MS, waitMs * 2) })
-    if (nextAsk.size > MAX_TRACKED_PEERS) nextAsk.delete(nextAsk.keys().next().value as string)
+    remember(nextAsk, peer, { atMs: init.clock.nowMs() + waitMs, waitMs: Math.min(PEX_REASK_MS, waitMs * 2) })
     asked++
     let entries: PeerListEntry[]
     try {
