@@ -13,7 +13,7 @@ import { identityFromSeed } from '../../src/identity/key.js'
 import { createNode, type P2PNode } from '../../src/p2p/node.js'
 import { silentLogger } from '../../src/blockstack/cache.js'
 import {
-  createPeerExchange, decodePeerList, encodePeerList, requestPeerList, PEER_EXCHANGE_PROTOCOL, PEX_SERVE_INTERVAL_MS, PEX_FIRST_REASK_MS as FIRST,
+  createPeerExchange, decodePeerList, encodePeerList, requestPeerList, PEER_EXCHANGE_PROTOCOL, PEX_SERVE_INTERVAL_MS, PEX_FIRST_REASK_MS as FIRST, PEX_REASK_MS, PEX_SETTLE_MS,
   MAX_PEX_PEERS, type PeerExchange
 } from '../../src/p2p/peer-exchange.js'
 
@@ -130,29 +130,39 @@ test('a peer list names agents only, never the asker, and a peer gets one list p
   }
 })
 
-test('an agent asks its peer again after 0.25 s, 0.5 s, 1 s..., and so hears of agents that came later', { timeout: 60_000 }, async () => {
+test('an agent asks its peer again after 0.25 s, 0.5 s... while its swarm changes, then once a minute', { timeout: 60_000 }, async () => {
   const a = await agent()
-  const c = await agent()
+  // c is told of its connection to a by hand here; a's answers count c's asks of a.
+  const c = await agent({ askOnConnect: false })
   const b = await agent({ askOnConnect: false })
+  const d = await agent({ askOnConnect: false })
   try {
     const signal = AbortSignal.timeout(30_000)
-    const advance = (ms: number): void => { c.clock.advance(ms); a.clock.advance(ms) }
-    const askedAfter = async (ms: number): Promise<number> => { advance(ms); await c.pex.tick(); return c.pex.stats().asked }
+    const advance = (ms: number): void => { for (const x of [a, c]) x.clock.advance(ms) }
+    const askedAfter = async (ms: number): Promise<number> => { advance(ms); await c.pex.tick(); return a.pex.stats().served }
     await c.node.dial(a.node.getMultiaddrs()[0], { signal })
     await c.pex.connected(a.id) // asked on connecting (or now): a knows no one else yet
-    assert.equal(c.pex.stats().asked, 1)
+    assert.equal(a.pex.stats().served, 1)
     assert.equal(await askedAfter(FIRST - 1), 1, 'not again at once')
     assert.equal(await askedAfter(1), 2)
-    assert.equal(await askedAfter(2 * FIRST - 1), 2, 'then not within twice as long')
-    assert.equal(await askedAfter(1), 3)
+    // b comes to a: c's next answer names it, which is news and keeps c asking at the doubling waits.
     await b.node.dial(a.node.getMultiaddrs()[0], { signal })
     await identified(a.node, b.id, AGENT_PROTOCOL, signal)
-    assert.equal(await askedAfter(4 * FIRST - 1), 3, 'then not within four times as long')
-    assert.equal(await askedAfter(1), 4)
+    assert.equal(await askedAfter(2 * FIRST - 1), 2, 'then not within twice as long')
+    assert.equal(await askedAfter(1), 3)
     await connectedTo(c.node, b.id, signal)
     assert.equal(c.pex.stats().dialled, 1)
+    // Nothing new since that answer: after PEX_SETTLE_MS c stops asking a at the doubling waits (b, never asked,
+    // is asked at that tick).
+    await d.node.dial(a.node.getMultiaddrs()[0], { signal })
+    await identified(a.node, d.id, AGENT_PROTOCOL, signal)
+    assert.equal(await askedAfter(PEX_SETTLE_MS), 3, 'settled: not at the doubling wait')
+    assert.equal(await askedAfter(PEX_REASK_MS - PEX_SETTLE_MS - 1), 3, 'nor within a minute of the last ask')
+    assert.equal(await askedAfter(1), 4)
+    await connectedTo(c.node, d.id, signal)
+    assert.equal(c.pex.stats().dialled, 2)
   } finally {
-    await stopAll([a, b, c])
+    await stopAll([a, b, c, d])
   }
 })
 
