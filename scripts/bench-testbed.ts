@@ -96,6 +96,8 @@ export interface SystemResult {
   agents?: AgentReport[]
   /** vmthunderd: CPU time of the origin agent from GO until every host was done. */
   originCpuMs?: number
+  /** The whole machine's busy CPU from GO until every host was done (/proc/stat), agents included. */
+  machineCpuMs?: number
   /** vmthunderd: host agents' CPU from GO until every host was done (start-up excluded), median and max, ms. */
   cpuPerHostMedianMs?: number
   cpuPerHostMaxMs?: number
@@ -531,6 +533,20 @@ async function cpuMsOf (pid: number | undefined): Promise<number> {
   } catch { return 0 }
 }
 
+/**
+ * CPU-ms the whole machine spent busy since boot (/proc/stat: user, nice, system, irq, softirq; USER_HZ 100), or
+ * undefined where unreadable. GO to done, less the agents' own CPU, it is what else loaded the same cores: the
+ * hosts' replay drivers (one NBD client process per host), the kernel's veth and tc path, the bench itself.
+ */
+async function machineBusyMs (): Promise<number | undefined> {
+  try {
+    const f = (await readFile('/proc/stat', 'utf8')).split('\n', 1)[0].trim().split(/\s+/).map(Number)
+    return (f[1] + f[2] + f[3] + f[6] + f[7]) * 10
+  } catch {
+    return undefined
+  }
+}
+
 /** CPU-seconds spent at a positive nice level since boot (/proc/stat, USER_HZ 100), or undefined where unreadable. */
 async function niceCpuS (): Promise<number | undefined> {
   try {
@@ -871,6 +887,7 @@ async function runSystem (name: SystemName, ctx: SystemContext, trace: string, r
     const allDone = Promise.all(dones)
     allDone.catch(() => {})
     // Staggered starts are timers of the orchestrator; each host times itself from its own GO.
+    const machineAtGoMs = await machineBusyMs()
     drivers.forEach((d, i) => {
       if (ctx.staggerMs === 0 || i === 0) d.stdin?.write('GO\n')
       else setTimeout(() => { d.stdin?.write('GO\n') }, i * ctx.staggerMs).unref()
@@ -879,6 +896,7 @@ async function runSystem (name: SystemName, ctx: SystemContext, trace: string, r
     const control: HostControl = { tell: (i, line) => { drivers[i].stdin?.write(line + '\n') }, allDone, doneHosts }
     const injected = sys.afterGo?.(ctx.signal, control) ?? Promise.resolve()
     const [results] = await Promise.all([allDone, injected])
+    const machineDoneMs = await machineBusyMs()
     const originAfter = await linkCounters(tb.origin.ns)
     const hostsAfter = await Promise.all(tb.hosts.map((h) => linkCounters(h.ns)))
     const extra = await sys.report?.(results) ?? {}
@@ -899,6 +917,7 @@ async function runSystem (name: SystemName, ctx: SystemContext, trace: string, r
       readMsP90: Math.round(median(results.map((r) => r.readMsP90 ?? NaN).filter((ms) => Number.isFinite(ms))) * 100) / 100,
       dataOk: results.every((r) => r.digest === refDigest),
       perHostRxBytes: hostsAfter.map((a, i) => a.rxBytes - hostsBefore[i].rxBytes),
+      ...(machineAtGoMs !== undefined && machineDoneMs !== undefined ? { machineCpuMs: machineDoneMs - machineAtGoMs } : {}),
       ...extra
     }
   } finally {
@@ -945,6 +964,7 @@ export function markdownTable (r: BenchResults, command: string): string {
   const details: string[] = []
   for (const name of ran) {
     const s = r.systems[name]
+    if (s !== undefined && s.agents === undefined && s.machineCpuMs !== undefined) details.push('', `${name}: the machine, GO until done: ${secs(s.machineCpuMs)} CPU-s busy (the server, the replay drivers, the kernel's network path, this bench).`)
     if (s?.agents === undefined) continue
     const ms = (x: number | undefined): string => x === undefined || !Number.isFinite(x) ? '-' : String(Math.round(x))
     details.push('', `${name}, per host (parents and depth at the end of the run; bytes as the agents counted them):`, '',
@@ -956,7 +976,8 @@ export function markdownTable (r: BenchResults, command: string): string {
       details.push('', `${name}: agent CPU per host per boot (from /proc, GO until every host was done): median ${secs(s.cpuPerHostMedianMs)} s, max ${secs(s.cpuPerHostMaxMs ?? 0)} s; ` +
         `start-up until GO, median ${secs(s.startupCpuMedianMs ?? 0)} s (not included); ${s.cpuMsPerMiBMoved ?? '-'} CPU-ms per MiB moved (all agents' CPU over the bytes their p2p layers received and sent); ` +
         `adverts published per host agent (start to end, median): ${median(s.agents.map((a) => a.advertsPublished ?? 0))}; ` +
-        `block requests to peers, all hosts: ${requestTotals(s.agents)}; VM reads that were local, median host: ${medianLocalShare(s.agents)}.`)
+        `block requests to peers, all hosts: ${requestTotals(s.agents)}; VM reads that were local, median host: ${medianLocalShare(s.agents)}.` +
+        (s.machineCpuMs === undefined ? '' : ` The machine, GO until done: ${secs(s.machineCpuMs)} CPU-s busy, of which the host agents ${secs(s.agents.reduce((a, x) => a + x.cpuMs, 0))}, the origin ${secs(s.originCpuMs ?? 0)}, the rest (replay drivers, kernel network path, this bench) ${secs(Math.max(0, s.machineCpuMs - s.agents.reduce((a, x) => a + x.cpuMs, 0) - (s.originCpuMs ?? 0)))}.`))
     }
     const pa = s.perfActivity
     const hostCpuMs = s.cpuPerHostMedianMs

@@ -317,9 +317,19 @@ async function fitTestbedLoad (resultsPath: string, write: boolean): Promise<voi
   if (modelSum <= 0) throw new CalibrationError('the quiet costs give no CPU for this wave (costs.json all zero?)')
   const factor = Math.round(measuredSum / modelSum * 100) / 100
   console.log(`load factor ${factor} (all hosts' measured CPU over the model's; quiet costs of ${String(costs.commit)} at ${String(costs.measuredAt)})`)
+  // What else ran on the same cores in the wave (the replay drivers, the kernel's network path), per VM read: the
+  // simulator books it with each read, on the reading host's core (a driver's read and the agent's answer to it
+  // take turns: it is on the read's path).
+  const readsAll = agents.reduce((s, a) => s + (a.readsLocal ?? 0) + (a.readsFetched ?? 0), 0)
+  const machineCpuMs = run.machineCpuMs as number | undefined
+  const backgroundCpuMsPerRead = machineCpuMs === undefined || readsAll === 0
+    ? undefined
+    : round3(Math.max(0, machineCpuMs - measuredSum - (run.originCpuMs ?? 0)) / readsAll)
+  if (backgroundCpuMsPerRead === undefined) console.log('no machineCpuMs in the run (a bench:testbed from before it was measured): no background CPU per read')
+  else console.log(`background CPU per VM read ${backgroundCpuMsPerRead} ms (the machine's ${(machineCpuMs as number / 1000).toFixed(2)} CPU-s GO to done, less the agents' ${(measuredSum / 1000).toFixed(2)} and the origin's ${((run.originCpuMs ?? 0) / 1000).toFixed(2)}, over ${readsAll} reads)`)
   if (write) {
     const source = `bench:testbed ${String(results.hosts)} hosts at ${String(results.rate)}, code ${String(results.code)}, wave ${waveS.toFixed(2)} s (${resultsPath.split('/').slice(-2).join('/')})`
-    await writeFile(COSTS_FILE, JSON.stringify({ ...costs, testbedLoad: { factor, source } }, null, 2) + '\n')
+    await writeFile(COSTS_FILE, JSON.stringify({ ...costs, testbedLoad: { factor, ...(backgroundCpuMsPerRead !== undefined ? { backgroundCpuMsPerRead } : {}), source } }, null, 2) + '\n')
     console.log(`wrote testbedLoad to ${COSTS_FILE}`)
   }
 }

@@ -55,6 +55,11 @@ export const COSTS_FILE = join(SCENARIO_DIR, 'costs.json')
 export interface TestbedLoad {
   /** Measured CPU of the wave's host agents over what the quiet costs give for the work they counted. */
   factor: number
+  /**
+   * CPU ms per VM read of what else ran on the testbed's cores in that wave (the machine's busy CPU less the
+   * agents'): the replay drivers and the kernel's network path. Added to readCpuMs under the testbed's load.
+   */
+  backgroundCpuMsPerRead?: number
   /** The bench:testbed run it was fitted on. */
   source: string
 }
@@ -78,8 +83,9 @@ export function measuredCosts (): MeasuredCosts {
     if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new ScenarioError(`${COSTS_FILE}: ${k} must be a number >= 0`)
   }
   const load = json.testbedLoad as TestbedLoad | undefined
-  if (load !== undefined && (typeof load.factor !== 'number' || !Number.isFinite(load.factor) || load.factor <= 0 || typeof load.source !== 'string')) {
-    throw new ScenarioError(`${COSTS_FILE}: testbedLoad must be { factor: number > 0, source: string }`)
+  if (load !== undefined && (typeof load.factor !== 'number' || !Number.isFinite(load.factor) || load.factor <= 0 || typeof load.source !== 'string' ||
+    (load.backgroundCpuMsPerRead !== undefined && (typeof load.backgroundCpuMsPerRead !== 'number' || !Number.isFinite(load.backgroundCpuMsPerRead) || load.backgroundCpuMsPerRead < 0)))) {
+    throw new ScenarioError(`${COSTS_FILE}: testbedLoad must be { factor: number > 0, backgroundCpuMsPerRead?: number >= 0, source: string }`)
   }
   measured = out as unknown as MeasuredCosts
   return measured
@@ -95,6 +101,8 @@ export function costsOf (scenario: Pick<Scenario, 'costs' | 'costLoad'>): CostPa
   const load = measuredCosts().testbedLoad
   if (load === undefined) throw new ScenarioError(`costLoad 'testbed': ${COSTS_FILE} has no testbedLoad (npm run calibrate -- --from-testbed FILE --write)`)
   for (const k of CPU_COST_FIELDS) picked[k] *= load.factor
+  // And what else ran on those cores, per read (the replay drivers, the kernel's network path).
+  picked.readCpuMs += load.backgroundCpuMsPerRead ?? 0
   return picked
 }
 

@@ -139,12 +139,15 @@ test('every VM read costs its agent the measured read cost: with think times, on
   assert.ok(withReads.perAgent.cpuMs - without.perAgent.cpuMs >= trace.reads.length * 0.5 * 0.999, 'the reads\' CPU is counted')
 })
 
-test('costLoad testbed scales the CPU costs by costs.json\'s testbedLoad factor and leaves the wall times', { timeout: 10_000 }, () => {
+test('costLoad testbed scales the CPU costs by costs.json\'s testbedLoad factor, adds its background CPU per read, and leaves the wall times', { timeout: 10_000 }, () => {
   const load = measuredCosts().testbedLoad
   assert.ok(load !== undefined && load.factor > 0, 'config/sim/costs.json has a testbedLoad')
   const quiet = costsOf({ costs: 'measured', costLoad: 'quiet' })
   const loaded = costsOf({ costs: 'measured', costLoad: 'testbed' })
-  for (const k of CPU_COST_FIELDS) assert.ok(Math.abs(loaded[k] - quiet[k] * load.factor) < 1e-9, k)
+  for (const k of CPU_COST_FIELDS) {
+    const background = k === 'readCpuMs' ? load.backgroundCpuMsPerRead ?? 0 : 0
+    assert.ok(Math.abs(loaded[k] - (quiet[k] * load.factor + background)) < 1e-9, k)
+  }
   for (const k of ['readWallMs', 'attachMs', 'instanceCreateMs', 'startupWallMs'] as const) assert.equal(loaded[k], quiet[k], k)
   assert.equal(scenario('testbed-1g').costLoad, 'testbed')
   assert.equal(scenario('uniform').costLoad, 'quiet')
