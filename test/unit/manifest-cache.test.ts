@@ -156,9 +156,35 @@ test('cache: reads fetch once, verify, persist; corrupt blocks are refused', { t
     const reopened = await BlockCache.open({ manifest: m, path: join(dir, 'cache'), presence, source: { async fetch () { throw new Error('no fetch expected') } } })
     assert.equal(reopened.presentCount(), m.blockCount)
     assert.deepEqual(Buffer.from(await reopened.readBlock(8)), bytes.subarray(8 * BS))
+    // Every block from the file now (blocks 0-4 went down as one run, 8 on its own).
+    assert.ok(Buffer.from(await reopened.read(0, bytes.length, signal)).equals(bytes), 'the cache file holds the image')
     await reopened.close()
     await file.close()
     assert.ok((await readFile(join(dir, 'cache'))).length === bytes.length)
+  } finally { await rm(dir, { recursive: true, force: true }) }
+})
+
+test('cache: a slow write on the event loop sends writes to the thread pool; the file holds every block either way', { timeout: 10_000 }, async () => {
+  const { dir, image, bytes } = await fixture()
+  try {
+    const key = signingKeyFromSeed(randomBytes(32))
+    const m = await manifestFromFile({ imageId: 'img', path: image, blockSizeBytes: BS, key })
+    const file = fileBlockSource(image)
+    const presence = memoryPresenceStore()
+    // Every sync write counts as slow here: the first run is written on the loop, the rest through the pool.
+    const cache = await BlockCache.open({ manifest: m, path: join(dir, 'cache'), presence, source: file, slowSyncWriteMs: -1 })
+    const signal = AbortSignal.timeout(5000)
+    await cache.read(0, 2 * BS, signal)
+    await cache.flush()
+    assert.equal(cache.stats().slowSyncWrites, 1)
+    await cache.read(2 * BS, bytes.length - 2 * BS, signal)
+    await cache.flush()
+    assert.equal(cache.stats().slowSyncWrites, 1, 'backed off: the next writes went through the thread pool')
+    await cache.close()
+    const reopened = await BlockCache.open({ manifest: m, path: join(dir, 'cache'), presence, source: { async fetch () { throw new Error('no fetch expected') } } })
+    assert.ok(Buffer.from(await reopened.read(0, bytes.length, signal)).equals(bytes), 'the cache file holds the image')
+    await reopened.close()
+    await file.close()
   } finally { await rm(dir, { recursive: true, force: true }) }
 })
 
