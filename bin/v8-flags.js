@@ -23,13 +23,21 @@
 // client 730-840 -> 650-740; the 8-host testbed wave at 1 Gb/s, 7 pairs: the host agents' CPU sum 24.1 -> 21.1 s
 // on average (lower in 6 of 7), slowest host lower in 6 of 7. Runtime setFlagsFromString of the same flag has no
 // effect (checked: 14 full collections).
+// The young generation is kept small too (--max-semi-space-size=4, MB; V8's default grows it to 16): what an
+// agent allocates per block and per read is short-lived, and a small nursery stays in the caches of cores that
+// 17 processes share. 8-host testbed wave at 1 Gb/s, interleaved (the flag added on the command line): 2 MB
+// against the default, 6 pairs: the host agents' CPU 11.32 -> 10.22 s on average, lower in 6 of 6, slowest host
+// 7.50 -> 6.83 s; 4 MB against 16 MB, 3 pairs: 10.0, 9.4, 10.6 against 10.3, 10.7, 11.6 CPU-s, slowest 6.63,
+// 6.30, 7.12 against 6.73, 6.99, 7.60 s. Why 4 and not 2: at 2 MB an idle packaged daemon (npm run
+// bench:package) used 1.15-1.35 % of a core instead of 0.80 (issue 11's goal is 1 %); at 4 MB, 0.65 %. A
+// minimum of 16 MB (--min-semi-space-size=16) cost 10-40 % more CPU in the wave.
 //
 // VMTHUNDER_V8_FLAGS replaces both lists, set at load (empty: V8's defaults), for measuring and for a node
 // whose V8 differs.
 'use strict'
 const { setFlagsFromString } = require('node:v8')
 
-const AGENT_NODE_FLAGS = ['--initial-heap-size=64']
+const AGENT_NODE_FLAGS = ['--initial-heap-size=64', '--max-semi-space-size=4']
 const AGENT_V8_FLAGS_AT_LOAD = ['--interrupt-budget=540672']
 const AGENT_V8_FLAGS_ONCE_STARTED = ['--always-sparkplug']
 

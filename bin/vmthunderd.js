@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --initial-heap-size=64
+#!/usr/bin/env -S node --initial-heap-size=64 --max-semi-space-size=4
 // The agent; see entry.js for which build runs. The flags on the first line are v8-flags.js's AGENT_NODE_FLAGS
 // (a test checks that they agree): they size the heap, which only node's command line can.
 'use strict'
