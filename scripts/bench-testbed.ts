@@ -533,28 +533,29 @@ async function cpuMsOf (pid: number | undefined): Promise<number> {
   } catch { return 0 }
 }
 
-/**
- * CPU-ms the whole machine spent busy since boot (/proc/stat: user, nice, system, irq, softirq; USER_HZ 100), or
- * undefined where unreadable. GO to done, less the agents' own CPU, it is what else loaded the same cores: the
- * hosts' replay drivers (one NBD client process per host), the kernel's veth and tc path, the bench itself.
- */
-async function machineBusyMs (): Promise<number | undefined> {
+/** The machine's CPU line of /proc/stat (user nice system idle iowait irq softirq ..., in USER_HZ 100 ticks), or undefined where unreadable. */
+async function procStatCpu (): Promise<number[] | undefined> {
   try {
-    const f = (await readFile('/proc/stat', 'utf8')).split('\n', 1)[0].trim().split(/\s+/).map(Number)
-    return (f[1] + f[2] + f[3] + f[6] + f[7]) * 10
+    return (await readFile('/proc/stat', 'utf8')).split('\n', 1)[0].trim().split(/\s+/).slice(1).map(Number)
   } catch {
     return undefined
   }
 }
 
-/** CPU-seconds spent at a positive nice level since boot (/proc/stat, USER_HZ 100), or undefined where unreadable. */
+/**
+ * CPU-ms the whole machine spent busy since boot (user, nice, system, irq, softirq). GO to done, less the agents'
+ * own CPU, it is what else loaded the same cores: the hosts' replay drivers (one NBD client process per host),
+ * the kernel's veth and tc path, the bench itself.
+ */
+async function machineBusyMs (): Promise<number | undefined> {
+  const t = await procStatCpu()
+  return t === undefined ? undefined : (t[0] + t[1] + t[2] + t[5] + t[6]) * 10
+}
+
+/** CPU-seconds spent at a positive nice level since boot, or undefined where unreadable. */
 async function niceCpuS (): Promise<number | undefined> {
-  try {
-    const cpu = (await readFile('/proc/stat', 'utf8')).split('\n', 1)[0].trim().split(/\s+/)
-    return Number(cpu[2]) / 100
-  } catch {
-    return undefined
-  }
+  const t = await procStatCpu()
+  return t === undefined ? undefined : t[1] / 100
 }
 
 /**

@@ -963,7 +963,7 @@ export class BlockCache implements BlockStore {
       }
       return
     }
-    const bytesWritten = parts.length === 1 ? 0 : writevSync(this.handle.fd, parts, position)
+    const bytesWritten = writevSync(this.handle.fd, parts, position)
     let at = 0
     for (const part of parts) {
       const end = at + part.byteLength

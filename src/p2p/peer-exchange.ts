@@ -181,8 +181,8 @@ export interface PeerExchange {
 
 export function createPeerExchange (init: PeerExchangeInit): PeerExchange {
   const target = init.targetConnections ?? DEFAULT_PEX_TARGET_CONNECTIONS
-  /** Per peer asked: when it was, when it may be asked again while the swarm changes, and the wait after that. */
-  const nextAsk = new Map<string, { askedAtMs: number, atMs: number, waitMs: number }>()
+  /** Per peer asked: when it was, and how long after that it may be asked again while the swarm changes. */
+  const asks = new Map<string, { askedAtMs: number, waitMs: number }>()
   /** The last news: a connection opened, or an answer named an agent we neither had nor were dialling. */
   let newsAtMs = -Infinity
   const servedAt = new Map<string, number>()
@@ -207,10 +207,10 @@ export function createPeerExchange (init: PeerExchangeInit): PeerExchange {
 
   /** A peer never asked is due; one asked before, at its doubling wait while the swarm changes, else once a minute. */
   const due = (peer: string, nowMs: number): boolean => {
-    const next = nextAsk.get(peer)
-    if (next === undefined) return true
-    if (nowMs - newsAtMs < PEX_SETTLE_MS) return next.atMs <= nowMs
-    return nowMs - next.askedAtMs >= PEX_REASK_MS
+    const last = asks.get(peer)
+    if (last === undefined) return true
+    if (nowMs - newsAtMs < PEX_SETTLE_MS) return nowMs - last.askedAtMs >= last.waitMs
+    return nowMs - last.askedAtMs >= PEX_REASK_MS
   }
 
   // ---- server ----
@@ -285,8 +285,8 @@ export function createPeerExchange (init: PeerExchangeInit): PeerExchange {
     const node = init.node()
     if (node === undefined || init.signal.aborted) return
     const nowMs = init.clock.nowMs()
-    const waitMs = nextAsk.get(peer)?.waitMs ?? PEX_FIRST_REASK_MS
-    remember(nextAsk, peer, { askedAtMs: nowMs, atMs: nowMs + waitMs, waitMs: Math.min(PEX_REASK_MS, waitMs * 2) })
+    const last = asks.get(peer)
+    remember(asks, peer, { askedAtMs: nowMs, waitMs: last === undefined ? PEX_FIRST_REASK_MS : Math.min(PEX_REASK_MS, last.waitMs * 2) })
     asked++
     let entries: PeerListEntry[]
     try {
@@ -327,7 +327,8 @@ export function createPeerExchange (init: PeerExchangeInit): PeerExchange {
     if (node === undefined || init.signal.aborted) return
     newsAtMs = init.clock.nowMs()
     if (!wanted(node) || init.isBanned(peerId)) return
-    if ((nextAsk.get(peerId)?.atMs ?? -Infinity) > init.clock.nowMs()) return
+    const last = asks.get(peerId)
+    if (last !== undefined && init.clock.nowMs() - last.askedAtMs < last.waitMs) return
     await ask(peerId)
   }
 

@@ -58,6 +58,7 @@ export function testbedTable (trace: Trace, seeds: readonly number[], over: Part
     const sums = { central: 0, volt: 0, vmthunderd: 0 }
     const zero = (): Record<keyof MeasuredDetail, number> => ({ originMiB: 0, receivedMiBPerHost: 0, cpuSPerHost: 0, peerBlockRequests: 0 })
     const details = { central: zero(), volt: zero(), vmthunderd: zero() }
+    const backgroundPerAgentMs = scenario.costLoad === 'testbed' ? trace.reads.length * (measuredCosts().testbedLoad?.backgroundCpuMsPerRead ?? 0) : 0
     for (const seed of seeds) {
       const r = runScenario({ scenario, trace, agents: scenario.agents, seed })
       for (const sys of ['central', 'volt', 'vmthunderd'] as const) {
@@ -69,7 +70,7 @@ export function testbedTable (trace: Trace, seeds: readonly number[], over: Part
         d.receivedMiBPerHost += s.perAgent.receivedBytes / MiB / seeds.length
         // The agent's own CPU, as the testbed measures it: without the background CPU per read (the replay
         // driver and the kernel path) that testbed scenarios book with each read on the host's core.
-        const backgroundMs = scenario.costLoad === 'testbed' && sys !== 'central' ? trace.reads.length * (measuredCosts().testbedLoad?.backgroundCpuMsPerRead ?? 0) : 0
+        const backgroundMs = sys === 'central' ? 0 : backgroundPerAgentMs
         d.cpuSPerHost += Math.max(0, s.perAgent.cpuMs - backgroundMs) / 1000 / seeds.length
         // The daemon counts GETs (blockRequests.requests, to any peer, the origin included): the model's
         // requests that carried the per-request cost (a read's blocks asked of one peer at one moment).
