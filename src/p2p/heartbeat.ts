@@ -15,6 +15,7 @@ import type { Manifest } from '../blockstack/manifest.js'
 import { peerIdOfPublicKey } from '../identity/key.js'
 import { toTopologyAdvert } from './advert.js'
 import { isSeed, type ImageState, type ServiceComponents } from './components.js'
+import { deadline, type Deadline } from '../blockstack/deadline.js'
 
 /** The peer id of the agent that signed a manifest (its origin); undefined if the key is not an Ed25519 one. */
 const originIds = new WeakMap<Manifest, string | undefined>()
@@ -56,9 +57,15 @@ export const createHeartbeat = (init: HeartbeatInit) => (components: ServiceComp
 
   const leaveParent = async (state: ImageState, peerId: string): Promise<void> => {
     if (state.manifest === undefined || components.node() === undefined) return
+    const link = peers.existingLink(peerId)
+    if (link === undefined) return
+    const bound = deadline(components.stopSignal, params.heartbeatMs, 'leave')
     try {
-      await peers.existingLink(peerId)?.admit(state.manifest.root, true, AbortSignal.timeout(params.heartbeatMs))
-    } catch {}
+      await link.admit(state.manifest.root, true, bound.signal)
+    } catch {
+    } finally {
+      bound.dispose()
+    }
   }
 
   const candidatesOf = (state: ImageState): Candidate[] => {
@@ -98,29 +105,53 @@ export const createHeartbeat = (init: HeartbeatInit) => (components: ServiceComp
     for (const [peer, entry] of state.candidates) if (nowMs - entry.receivedAtMs > 10 * params.advertTimeoutMs) state.candidates.delete(peer)
     for (const [peer, until] of state.profileExcluded) if (until <= nowMs) state.profileExcluded.delete(peer)
     if (manifest === undefined || state.store === undefined) return
-    const signal = AbortSignal.any([components.stopSignal, AbortSignal.timeout(Math.max(params.heartbeatMs, MIN_EXCHANGE_TIMEOUT_MS))])
+    // The exchanges' bound, made only when there is an exchange: an idle seed's heartbeats (10 images, once a
+    // second each) made two AbortSignal.timeout timers apiece that node clears only at GC, a third of an idle
+    // daemon's CPU with its firing and its DOMExceptions. Disposed at the end of the heartbeat.
+    let exchange: Deadline | undefined
+    const exchangeSignal = (): AbortSignal => {
+      exchange ??= deadline(components.stopSignal, Math.max(params.heartbeatMs, MIN_EXCHANGE_TIMEOUT_MS), 'heartbeat exchange')
+      return exchange.signal
+    }
+    try {
+      await exchangeOnce(state, manifest, nowMs, exchangeSignal)
+    } finally {
+      exchange?.dispose()
+    }
+  }
 
-    // 1. RTT probes: candidates without a measurement first, then the least recently probed (bounded).
-    const probes = [...state.candidates.keys()]
-      .filter(peer => !peers.isBanned(peer) && !state.parents.some(p => p.peerId === peer) &&
-        nowMs - (peers.existingLink(peer)?.rttSampledAtMs ?? -Infinity) >= PROBE_REFRESH_MS)
-      .sort((a, b) => Number(peers.existingLink(a)?.rttMs !== undefined) - Number(peers.existingLink(b)?.rttMs !== undefined) || random() - 0.5)
-      .slice(0, MAX_PROBES_PER_HEARTBEAT)
-    // Bounded: a probe that needs a new connection on a busy host finishes in the background and counts next time.
-    const probeSignal = AbortSignal.any([signal, AbortSignal.timeout(Math.max(params.heartbeatMs / 2, 300))])
-    const probing = Promise.allSettled(probes.map(async peer => await peers.link(peer).ping(probeSignal)))
+  const exchangeOnce = async (state: ImageState, manifest: Manifest, nowMs: number, exchangeSignal: () => AbortSignal): Promise<void> => {
+    // 1. RTT probes: candidates without a measurement first, then the least recently probed (bounded). A seed
+    // takes no parents, so it measures nobody.
+    const probes = isSeed(state)
+      ? []
+      : [...state.candidates.keys()]
+          .filter(peer => !peers.isBanned(peer) && !state.parents.some(p => p.peerId === peer) &&
+            nowMs - (peers.existingLink(peer)?.rttSampledAtMs ?? -Infinity) >= PROBE_REFRESH_MS)
+          .sort((a, b) => Number(peers.existingLink(a)?.rttMs !== undefined) - Number(peers.existingLink(b)?.rttMs !== undefined) || random() - 0.5)
+          .slice(0, MAX_PROBES_PER_HEARTBEAT)
+    // Bounded: a probe that needs a new connection on a busy host finishes in the background and counts next
+    // time. Its own deadline is disposed when the probes settle, whenever that is.
+    let probing: Promise<unknown> = Promise.resolve()
+    if (probes.length > 0) {
+      const probeBound = deadline(components.stopSignal, Math.max(params.heartbeatMs / 2, 300), 'probe')
+      probing = Promise.allSettled(probes.map(async peer => await peers.link(peer).ping(probeBound.signal)))
+        .finally(() => { probeBound.dispose() })
+    }
     // An agent without a working parent selects at once, on the RTTs it has (unknown ones score as
     // unknownRttMs): its VM's reads wait for a parent. At the start of an 8-host wave the probes to the freshly
     // attached candidates took up to the 500 ms bound on a loaded host, each refused agent's second heartbeat
     // 0.5-0.6 s in all. The probes finish in the background and count from the next heartbeat.
     if (state.parents.some(p => !p.failed)) await probing
 
-    // 2. Selection (src/topology/driver.ts: the same decisions as the simulator's).
+    // 2. Selection (src/topology/driver.ts: the same decisions as the simulator's). A seed selects nobody, so
+    // its candidates are not converted for it.
+    const selfIsSeed = isSeed(state)
     const plan = planHeartbeat({
       nowMs: clock.nowMs(),
       selfPeerId,
-      selfIsSeed: isSeed(state),
-      candidates: candidatesOf(state),
+      selfIsSeed,
+      candidates: selfIsSeed ? [] : candidatesOf(state),
       parents: state.parents,
       depth: state.depth,
       refusedUntil: state.refused,
@@ -141,7 +172,7 @@ export const createHeartbeat = (init: HeartbeatInit) => (components: ServiceComp
     const asked = { parentCount: plan.ask.length, attaching: plan.selfDepth === null && plan.childCount === 0 }
     await Promise.all(plan.ask.map(async ({ peerId, kept }) => {
       try {
-        const reply = await peers.link(peerId).admit(manifest.root, false, signal, asked)
+        const reply = await peers.link(peerId).admit(manifest.root, false, exchangeSignal(), asked)
         replies.set(peerId, reply.accepted ? 'accepted' : 'refused')
       } catch (err) {
         if (components.stopSignal.aborted) return

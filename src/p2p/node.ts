@@ -171,6 +171,8 @@ export function imageTopicScoreParams (): TopicScoreParams {
 // ---- bootstrap ----
 
 export const BOOTSTRAP_CHECK_MS = 250
+/** With every bootstrap address connected, the check runs this often (a disconnect of one runs it at once). */
+export const BOOTSTRAP_IDLE_CHECK_MS = 5000
 export const BOOTSTRAP_MIN_BACKOFF_MS = 250
 /**
  * A bootstrap peer is often the origin: while it restarts, every read of a block nobody else holds waits for
@@ -215,15 +217,36 @@ export class Bootstrapper {
 
   start (): void {
     if (this.entries.length === 0) return
-    this.tick()
-    this.timer = setInterval(() => { this.tick() }, BOOTSTRAP_CHECK_MS)
-    this.timer.unref()
+    this.node.addEventListener('peer:disconnect', this.onDisconnect)
+    this.run()
   }
 
   stop (): void {
-    if (this.timer !== undefined) clearInterval(this.timer)
+    if (this.timer !== undefined) clearTimeout(this.timer)
     this.timer = undefined
     this.controller.abort()
+    this.node.removeEventListener('peer:disconnect', this.onDisconnect)
+  }
+
+  /** A bootstrap peer went away: look now, not at the next idle check. */
+  private readonly onDisconnect = (event: CustomEvent<PeerId>): void => {
+    if (this.controller.signal.aborted) return
+    if (this.entries.some(entry => entry.peerId?.equals(event.detail) === true)) this.run()
+  }
+
+  /**
+   * Ticks now, then every BOOTSTRAP_CHECK_MS while an address is not connected; once all are, every
+   * BOOTSTRAP_IDLE_CHECK_MS (a disconnect wakes it at once). Four wakeups a second at rest were most of what a
+   * connected idle agent did besides its heartbeats.
+   */
+  private run (): void {
+    if (this.timer !== undefined) clearTimeout(this.timer)
+    this.timer = undefined
+    if (this.controller.signal.aborted) return
+    this.tick()
+    const allConnected = this.entries.every(entry => !entry.dialing && entry.peerId !== undefined && this.node.getConnections(entry.peerId).length > 0)
+    this.timer = setTimeout(() => { this.run() }, allConnected ? BOOTSTRAP_IDLE_CHECK_MS : BOOTSTRAP_CHECK_MS)
+    this.timer.unref()
   }
 
   /** Connected bootstrap peers. */

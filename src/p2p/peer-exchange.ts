@@ -61,6 +61,11 @@ export const PEX_REASK_MS = 60_000
  * Agents that join later are not missed: they ask their own peers and dial the agents they hear of.
  */
 export const PEX_SETTLE_MS = 1000
+/**
+ * Settled, the tick looks at the connections at most this often, or when the first connected peer falls due.
+ * Why: a tick lists the connections, and four ticks a second were a fifth of an idle agent's CPU.
+ */
+export const PEX_IDLE_TICK_MS = 5000
 /** A peer gets one answer per this interval (below the first re-ask); more often, an empty list. */
 export const PEX_SERVE_INTERVAL_MS = 200
 export const PEX_REQUEST_TIMEOUT_MS = 5000
@@ -185,6 +190,8 @@ export function createPeerExchange (init: PeerExchangeInit): PeerExchange {
   const asks = new Map<string, { askedAtMs: number, waitMs: number }>()
   /** The last news: a connection opened, or an answer named an agent we neither had nor were dialling. */
   let newsAtMs = -Infinity
+  /** Settled (no news), the timer's ticks skip the connection list until then (see tick). */
+  let quietUntilMs = -Infinity
   const servedAt = new Map<string, number>()
   const dialling = new Set<string>()
   /** Listed peers not dialled yet (at most MAX_PEX_PEERS; the oldest go first). */
@@ -302,7 +309,7 @@ export function createPeerExchange (init: PeerExchangeInit): PeerExchange {
     for (const entry of entries) {
       const id = entry.peerId.toString()
       if (id === init.selfPeerId || init.isBanned(id) || queued.has(id)) continue
-      if (!have.has(id) && !dialling.has(id)) newsAtMs = init.clock.nowMs()
+      if (!have.has(id) && !dialling.has(id)) { newsAtMs = init.clock.nowMs(); wake() }
       if (queued.size >= MAX_PEX_PEERS) queued.delete(queued.keys().next().value as string)
       queued.set(id, entry)
     }
@@ -326,6 +333,7 @@ export function createPeerExchange (init: PeerExchangeInit): PeerExchange {
     const node = init.node()
     if (node === undefined || init.signal.aborted) return
     newsAtMs = init.clock.nowMs()
+    wake()
     if (!wanted(node) || init.isBanned(peerId)) return
     const last = asks.get(peerId)
     if (last !== undefined && init.clock.nowMs() - last.askedAtMs < last.waitMs) return
@@ -334,19 +342,55 @@ export function createPeerExchange (init: PeerExchangeInit): PeerExchange {
 
   const tick = async (): Promise<void> => {
     const node = init.node()
-    if (node === undefined || init.signal.aborted || !wanted(node)) return
+    if (node === undefined || init.signal.aborted) return
     const nowMs = init.clock.nowMs()
-    const dueNow = [...connectedPeers(node)].filter(p => !init.isBanned(p) && due(p, nowMs))
+    const settled = nowMs - newsAtMs >= PEX_SETTLE_MS
+    if (settled && nowMs < quietUntilMs) return
+    const peers = connectedPeers(node)
+    if (settled) {
+      // Nothing is due before the first connected peer's re-ask; look again then, or after PEX_IDLE_TICK_MS
+      // (a connection that closed may have put us under the target).
+      quietUntilMs = nowMs + PEX_IDLE_TICK_MS
+      for (const peer of peers) {
+        const last = asks.get(peer)
+        quietUntilMs = Math.min(quietUntilMs, last === undefined ? nowMs : last.askedAtMs + PEX_REASK_MS)
+      }
+    }
+    if (peers.size + dialling.size >= target) return
+    const dueNow = [...peers].filter(p => !init.isBanned(p) && due(p, nowMs))
     if (dueNow.length > 0) await ask(dueNow[Math.floor(init.random() * dueNow.length)])
   }
 
+  // The timer: every PEX_TICK_MS while the swarm changes; settled, when tick() says the first peer falls due. A
+  // timer that is due later than news needs is brought forward (wake()).
+  let running = false
+  let timerDueMs = Infinity
+  const arm = (delayMs: number): void => {
+    if (!running) return
+    const dueMs = init.clock.nowMs() + delayMs
+    if (timer !== undefined && timerDueMs <= dueMs) return
+    if (timer !== undefined) clearTimeout(timer)
+    timerDueMs = dueMs
+    timer = setTimeout(() => {
+      timer = undefined
+      timerDueMs = Infinity
+      void tick().finally(() => {
+        const nowMs = init.clock.nowMs()
+        arm(nowMs - newsAtMs < PEX_SETTLE_MS ? PEX_TICK_MS : Math.max(PEX_TICK_MS, Math.min(PEX_IDLE_TICK_MS, quietUntilMs - nowMs)))
+      })
+    }, delayMs)
+    timer.unref()
+  }
+  function wake (): void { arm(PEX_TICK_MS) }
+
   return {
     start: () => {
-      timer = setInterval(() => { void tick() }, PEX_TICK_MS)
-      timer.unref()
+      running = true
+      arm(PEX_TICK_MS)
     },
     stop: () => {
-      if (timer !== undefined) clearInterval(timer)
+      running = false
+      if (timer !== undefined) clearTimeout(timer)
       timer = undefined
       queued.clear()
     },

@@ -230,6 +230,7 @@ export function createPreheat (init: PreheatInit): Preheat {
     const t: Tracked = { imageId, root, state: trustedSigner ? 'queued' : 'refused', doneReports: 0 }
     if (!trustedSigner) t.error = 'this agent does not trust the signer'
     tracked.set(key, t)
+    reportPeriodically()
     if (trustedSigner) {
       queue.push(t)
       pump()
@@ -257,12 +258,21 @@ export function createPreheat (init: PreheatInit): Preheat {
   }
 
   const tick = (): void => {
+    let reporting = false
     for (const t of tracked.values()) {
-      if (t.state === 'queued' || t.state === 'manifest') continue
       if (SETTLED.has(t.state) && t.doneReports >= DONE_REPORTS) continue
+      reporting = true
+      if (t.state === 'queued' || t.state === 'manifest') continue
       report(t)
       if (SETTLED.has(t.state)) t.doneReports++
     }
+    // Nothing left to report: the timer stops until the next request (an idle agent has no timer here).
+    if (!reporting && timer !== undefined) { clearInterval(timer); timer = undefined }
+  }
+  const reportPeriodically = (): void => {
+    if (!started || timer !== undefined) return
+    timer = setInterval(tick, init.reportIntervalMs ?? DEFAULT_REPORT_INTERVAL_MS)
+    timer.unref()
   }
 
   return {
@@ -271,14 +281,14 @@ export function createPreheat (init: PreheatInit): Preheat {
       pubsub.topicValidators.set(PREHEAT_TOPIC, validator)
       pubsub.addEventListener('message', onMessage)
       pubsub.subscribe(PREHEAT_TOPIC)
-      timer = setInterval(tick, init.reportIntervalMs ?? DEFAULT_REPORT_INTERVAL_MS)
-      timer.unref()
       started = true
+      if (tracked.size > 0) reportPeriodically()
     },
     async stop () {
       if (!started) return
       started = false
       clearInterval(timer)
+      timer = undefined
       stopController.abort(new Error('preheat stopped'))
       queue.length = 0
       try {

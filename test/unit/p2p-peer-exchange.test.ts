@@ -14,6 +14,7 @@ import { createNode, type P2PNode } from '../../src/p2p/node.js'
 import { silentLogger } from '../../src/blockstack/cache.js'
 import {
   createPeerExchange, decodePeerList, encodePeerList, requestPeerList, PEER_EXCHANGE_PROTOCOL, PEX_SERVE_INTERVAL_MS, PEX_FIRST_REASK_MS as FIRST, PEX_REASK_MS, PEX_SETTLE_MS,
+  PEX_IDLE_TICK_MS, PEX_TICK_MS,
   MAX_PEX_PEERS, type PeerExchange
 } from '../../src/p2p/peer-exchange.js'
 
@@ -25,6 +26,8 @@ interface Agent {
   pex: PeerExchange
   clock: { nowMs: () => number, sleep: () => Promise<void>, advance: (ms: number) => void }
   stop: AbortController
+  /** How often peer exchange listed the node's connections. */
+  listings: () => number
 }
 
 /** A libp2p node with peer exchange; `agent: false` makes a plain node (no agent protocol, no peer exchange). */
@@ -33,8 +36,17 @@ async function agent (options: { target?: number, agent?: boolean, askOnConnect?
   let nowMs = 1_000_000
   const clock = { nowMs: () => nowMs, sleep: async () => {}, advance: (ms: number) => { nowMs += ms } }
   const stop = new AbortController()
+  let listings = 0
+  // The node as peer exchange sees it, counting its listings of the connections.
+  const counted = new Proxy(node, {
+    get: (target, key) => {
+      if (key === 'getConnections') return (...args: Parameters<P2PNode['getConnections']>) => { listings++; return target.getConnections(...args) }
+      const value = Reflect.get(target, key)
+      return typeof value === 'function' ? value.bind(target) : value
+    }
+  })
   const pex = createPeerExchange({
-    node: () => node,
+    node: () => counted,
     selfPeerId: node.peerId.toString(),
     isBanned: () => false,
     agentProtocol: AGENT_PROTOCOL,
@@ -49,7 +61,7 @@ async function agent (options: { target?: number, agent?: boolean, askOnConnect?
     await node.handle(PEER_EXCHANGE_PROTOCOL, (stream, connection) => { void pex.handle(stream, connection) })
     if (options.askOnConnect !== false) node.addEventListener('peer:connect', event => { void pex.connected(event.detail.toString()) })
   }
-  return { node, id: node.peerId.toString(), pex, clock, stop }
+  return { node, id: node.peerId.toString(), pex, clock, stop, listings: () => listings }
 }
 
 async function stopAll (agents: Agent[]): Promise<void> {
@@ -163,6 +175,36 @@ test('an agent asks its peer again after 0.25 s, 0.5 s... while its swarm change
     assert.equal(c.pex.stats().dialled, 2)
   } finally {
     await stopAll([a, b, c, d])
+  }
+})
+
+test('settled, the timer\'s ticks leave the connections alone until a peer can fall due', { timeout: 60_000 }, async () => {
+  const a = await agent({ askOnConnect: false }) // a does not ask c: serving it would list c's connections too
+  const c = await agent({ askOnConnect: false })
+  try {
+    const signal = AbortSignal.timeout(30_000)
+    await c.node.dial(a.node.getMultiaddrs()[0], { signal })
+    await c.pex.connected(a.id)
+    assert.equal(a.pex.stats().served, 1)
+    c.clock.advance(PEX_SETTLE_MS)
+    await c.pex.tick() // the first settled tick looks once
+    const listed = c.listings()
+    assert.ok(listed > 0)
+    // Four ticks a second for almost PEX_IDLE_TICK_MS: none lists the connections (each did before).
+    for (let t = PEX_TICK_MS; t < PEX_IDLE_TICK_MS; t += PEX_TICK_MS) { c.clock.advance(PEX_TICK_MS); await c.pex.tick() }
+    assert.equal(c.listings(), listed)
+    c.clock.advance(PEX_TICK_MS)
+    await c.pex.tick()
+    assert.ok(c.listings() > listed, 'it looks again after PEX_IDLE_TICK_MS')
+    assert.equal(a.pex.stats().served, 1, 'and asks nobody within the minute')
+    // News (a connection opened) brings the ticks back at once.
+    await c.pex.connected(a.id)
+    const afterNews = c.listings()
+    c.clock.advance(PEX_TICK_MS)
+    await c.pex.tick()
+    assert.ok(c.listings() > afterNews)
+  } finally {
+    await stopAll([a, c])
   }
 })
 
