@@ -67,10 +67,24 @@ export const SYNC_WRITE_MAX_BYTES = 1024 * 1024
  * A sync write that took longer than this (the kernel throttles a writer while the disk falls behind: pauses of
  * tens to hundreds of ms, or memory is short) stalls every VM's reads on the host: writes go back to the thread
  * pool for SYNC_WRITE_BACKOFF_MS. Not lower: on the loaded testbed a 128 KiB-1 MiB write took 11-19 ms now and
- * then (the process preempted mid-call), and at 10 ms most hosts fell back within the wave.
+ * then (the process preempted mid-call), and at 10 ms most hosts fell back within the wave. The spell doubles
+ * while writes stay slow (nextSyncWriteBackoffMs).
  */
 export const DEFAULT_SLOW_SYNC_WRITE_MS = 50
 export const SYNC_WRITE_BACKOFF_MS = 10_000
+/** The backoff doubles while sync writes stay slow (see nextSyncWriteBackoffMs), up to this. */
+export const MAX_SYNC_WRITE_BACKOFF_MS = 320_000
+
+/**
+ * The thread-pool spell after a slow sync write: SYNC_WRITE_BACKOFF_MS, or twice the last one when the last
+ * slow write came within twice that spell (the first sync write after it was slow again: a disk that is slow
+ * all the time, network storage say, would otherwise stall the event loop once every 10 s), up to
+ * MAX_SYNC_WRITE_BACKOFF_MS. A disk that is slow now and then starts again from SYNC_WRITE_BACKOFF_MS.
+ */
+export function nextSyncWriteBackoffMs (lastBackoffMs: number, lastSlowAtMs: number, nowMs: number): number {
+  if (nowMs - lastSlowAtMs > 2 * lastBackoffMs) return SYNC_WRITE_BACKOFF_MS
+  return Math.min(MAX_SYNC_WRITE_BACKOFF_MS, 2 * lastBackoffMs)
+}
 /**
  * Reads of cached data up to this size use readSync on the event loop: a thread-pool round trip costs more
  * than a page-cache copy of 64 KiB (measured 2.5x the IOPS at 4 KiB QD32). The price is that a read that
@@ -141,7 +155,7 @@ export interface CacheStats {
   uncheckedBlocks: number
   /** Verified blocks whose write to disk failed (ENOSPC, EIO): served from memory, not kept. */
   writeFailedBlocks: number
-  /** Sync writes that took over slowSyncWriteMs (each sent writes to the thread pool for SYNC_WRITE_BACKOFF_MS). */
+  /** Sync writes that took over slowSyncWriteMs (each sent writes to the thread pool for a spell: nextSyncWriteBackoffMs). */
   slowSyncWrites: number
   /** Reads served from the memory spill because the disk would not take the blocks. */
   uncachedReadBlocks: number
@@ -194,6 +208,9 @@ export class BlockCache implements BlockStore {
   private readonly slowSyncWriteMs: number
   /** Writes go through the thread pool until then (performance.now() ms): a sync write was slow. */
   private asyncWritesUntilMs = -Infinity
+  /** The last slow sync write (performance.now() ms) and the spell it started (nextSyncWriteBackoffMs). */
+  private lastSlowSyncWriteAtMs = -Infinity
+  private syncWriteBackoffMs = SYNC_WRITE_BACKOFF_MS
   private handle!: FileHandle
   /** Verified blocks: durable ones, the ones waiting for their commit, and zero blocks. */
   private readonly verified: Bitmap
@@ -975,10 +992,13 @@ export class BlockCache implements BlockStore {
     }
     const tookMs = performance.now() - startMs
     if (tookMs > this.slowSyncWriteMs) {
+      const nowMs = performance.now()
       this.counters.slowSyncWrites++
-      this.asyncWritesUntilMs = performance.now() + SYNC_WRITE_BACKOFF_MS
+      this.syncWriteBackoffMs = nextSyncWriteBackoffMs(this.syncWriteBackoffMs, this.lastSlowSyncWriteAtMs, nowMs)
+      this.lastSlowSyncWriteAtMs = nowMs
+      this.asyncWritesUntilMs = nowMs + this.syncWriteBackoffMs
       this.logger.info('slow cache write on the event loop; writing through the thread pool for a while', {
-        image: this.manifest.imageId, bytes: at, ms: Math.round(tookMs), backoffMs: SYNC_WRITE_BACKOFF_MS
+        image: this.manifest.imageId, bytes: at, ms: Math.round(tookMs), backoffMs: this.syncWriteBackoffMs
       })
     }
   }

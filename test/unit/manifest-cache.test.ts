@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import { randomBytes, createHash } from 'node:crypto'
 import { manifestFromFile, decodeManifest, acceptManifest, verifyBlock, isZeroBlock } from '../../src/blockstack/manifest.js'
 import { signingKeyFromSeed } from '../../src/blockstack/signing.js'
-import { BlockCache } from '../../src/blockstack/cache.js'
+import { BlockCache, nextSyncWriteBackoffMs, SYNC_WRITE_BACKOFF_MS, MAX_SYNC_WRITE_BACKOFF_MS } from '../../src/blockstack/cache.js'
 import { memoryPresenceStore } from '../../src/blockstack/presence.js'
 import { fileBlockSource } from '../../src/blockstack/file-source.js'
 import type { BlockSource } from '../../src/blockstack/types.js'
@@ -186,6 +186,26 @@ test('cache: a slow write on the event loop sends writes to the thread pool; the
     await reopened.close()
     await file.close()
   } finally { await rm(dir, { recursive: true, force: true }) }
+})
+
+test('cache: the thread-pool spell doubles while sync writes stay slow, and starts over after a quiet while', () => {
+  const base = SYNC_WRITE_BACKOFF_MS
+  // The first slow write: the base spell.
+  assert.equal(nextSyncWriteBackoffMs(base, -Infinity, 1_000), base)
+  // Slow again as soon as the spell ended (the disk is slow all the time): 2x, 4x, ... up to the bound.
+  let backoff = base
+  let at = 1_000
+  const spells = [backoff]
+  for (let i = 0; i < 8; i++) {
+    const next = at + backoff + 5
+    backoff = nextSyncWriteBackoffMs(backoff, at, next)
+    at = next
+    spells.push(backoff)
+  }
+  assert.deepEqual(spells, [base, 2 * base, 4 * base, 8 * base, 16 * base, 32 * base, MAX_SYNC_WRITE_BACKOFF_MS, MAX_SYNC_WRITE_BACKOFF_MS, MAX_SYNC_WRITE_BACKOFF_MS])
+  // Slow once in a long while: the base spell again.
+  assert.equal(nextSyncWriteBackoffMs(MAX_SYNC_WRITE_BACKOFF_MS, at, at + 2 * MAX_SYNC_WRITE_BACKOFF_MS + 1), base)
+  assert.equal(nextSyncWriteBackoffMs(4 * base, at, at + 8 * base + 1), base)
 })
 
 test('cache: a source that keeps sending bad data fails the read, stores nothing', { timeout: 10_000 }, async () => {
