@@ -17,6 +17,24 @@ function advert (depth: number): AdvertBody {
   }
 }
 
+/** The heartbeat's components around one image's state; `link` makes the fake links. */
+function componentsFor (state: ImageState, link: (peerId: string) => unknown): ServiceComponents {
+  return {
+    selfPeerId: 'self',
+    logger: { info () {}, warn () {}, error () {}, debug () {} },
+    clock: { nowMs: () => 1000 },
+    random: () => 0.5,
+    params: { ...DEFAULT_TOPOLOGY_PARAMS },
+    images: new Map([['img', state]]),
+    byRoot: new Map([[ROOT, state]]),
+    peers: { link, existingLink: () => undefined, isBanned: () => false },
+    events: { notify () {}, sourcesChanged () {} },
+    stopSignal: new AbortController().signal,
+    node: () => ({}),
+    stopped: () => false
+  } as unknown as ServiceComponents
+}
+
 function setup (): { state: ImageState, calls: string[], answerProbes: () => void, run: () => Promise<void> } {
   const state = newImageState('img', 'topic', 0)
   state.manifest = { imageId: 'img', rootHex: ROOT, root: new Uint8Array(32), blockCount: 10, originPublicKey: new Uint8Array(0) } as unknown as NonNullable<ImageState['manifest']>
@@ -38,21 +56,7 @@ function setup (): { state: ImageState, calls: string[], answerProbes: () => voi
       return { accepted: true, childCount: 1, childLimit: 8 }
     }
   })
-  const components = {
-    selfPeerId: 'self',
-    logger: { info () {}, warn () {}, error () {}, debug () {} },
-    clock: { nowMs: () => 1000 },
-    random: () => 0.5,
-    params: { ...DEFAULT_TOPOLOGY_PARAMS },
-    images: new Map([['img', state]]),
-    byRoot: new Map([[ROOT, state]]),
-    peers: { link, existingLink: () => undefined, isBanned: () => false },
-    events: { notify () {}, sourcesChanged () {} },
-    stopSignal: new AbortController().signal,
-    node: () => ({}),
-    stopped: () => false
-  } as unknown as ServiceComponents
-  const heartbeat = createHeartbeat({ liveChildren: () => [], publish: () => {}, maybeFetchProfile: () => {} })(components)
+  const heartbeat = createHeartbeat({ liveChildren: () => [], publish: () => {}, maybeFetchProfile: () => {} })(componentsFor(state, link))
   return {
     state,
     calls,
@@ -92,4 +96,30 @@ test('heartbeat: an attached agent measures its candidates before it selects', {
   await done
   assert.deepEqual(calls, ['ping relay', 'pong relay', 'admit seed'])
   assert.deepEqual(state.parents.map(p => p.peerId), ['seed'])
+})
+
+test('heartbeat: the timer skips a seed that nobody else holds or asks for, and runs it again once a peer advertises', { timeout: 10_000 }, async () => {
+  const state = newImageState('img', 'topic', 0)
+  state.manifest = { imageId: 'img', rootHex: ROOT, root: new Uint8Array(32), blockCount: 10, originPublicKey: new Uint8Array(0) } as unknown as NonNullable<ImageState['manifest']>
+  state.store = { presentCount: () => 10 } as unknown as NonNullable<ImageState['store']> // every block: a seed
+  let children: string[] = []
+  const published: number[] = []
+  const components = componentsFor(state, () => { throw new Error('a seed asks nobody') })
+  const heartbeat = createHeartbeat({ liveChildren: () => children, publish: () => { published.push(1) }, maybeFetchProfile: () => {} })(components)
+  const ticked = async (): Promise<number> => {
+    const before = published.length
+    heartbeat.tick()
+    for (let i = 0; i < 1000 && state.heartbeatRunning; i++) await new Promise(resolve => setImmediate(resolve))
+    return published.length - before
+  }
+  assert.equal(await ticked(), 0, 'alone: no heartbeat')
+  state.candidates.set('peer', { advert: advert(1), receivedAtMs: 1000 })
+  assert.equal(await ticked(), 1, 'a peer advertised the image: heartbeats again')
+  state.candidates.clear()
+  children = ['child']
+  assert.equal(await ticked(), 1, 'a child: heartbeats')
+  children = []
+  assert.equal(await ticked(), 0)
+  state.store = { presentCount: () => 9 } as unknown as NonNullable<ImageState['store']>
+  assert.equal(await ticked(), 1, 'not a seed (a block evicted): heartbeats, to find parents')
 })
