@@ -108,7 +108,7 @@ export const createHeartbeat = (init: HeartbeatInit) => (components: ServiceComp
     for (const [peer, until] of state.profileExcluded) if (until <= nowMs) state.profileExcluded.delete(peer)
     if (manifest === undefined || state.store === undefined) return
     // The exchanges' bound, made only when there is an exchange: an idle seed's heartbeats (10 images, once a
-    // second each) made two AbortSignal.timeout timers apiece that node clears only at GC, a third of an idle
+    // second each) made two AbortSignal.timeout timers apiece that node clears only at GC, a quarter of an idle
     // daemon's CPU with its firing and its DOMExceptions. Disposed at the end of the heartbeat.
     let exchange: Deadline | undefined
     const exchangeSignal = (): AbortSignal => {
