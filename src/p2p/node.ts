@@ -244,21 +244,25 @@ export class Bootstrapper {
     this.timer = undefined
     if (this.controller.signal.aborted) return
     this.tick()
-    const allConnected = this.entries.every(entry => !entry.dialing && entry.peerId !== undefined && this.node.getConnections(entry.peerId).length > 0)
+    const allConnected = this.entries.every(entry => !entry.dialing && this.isConnected(entry))
     this.timer = setTimeout(() => { this.run() }, allConnected ? BOOTSTRAP_IDLE_CHECK_MS : BOOTSTRAP_CHECK_MS)
     this.timer.unref()
   }
 
   /** Connected bootstrap peers. */
   connectedCount (): number {
-    return this.entries.filter(entry => entry.peerId !== undefined && this.node.getConnections(entry.peerId).length > 0).length
+    return this.entries.filter(entry => this.isConnected(entry)).length
+  }
+
+  private isConnected (entry: BootstrapEntry): boolean {
+    return entry.peerId !== undefined && this.node.getConnections(entry.peerId).length > 0
   }
 
   private tick (): void {
     const nowMs = this.now()
     for (const entry of this.entries) {
       if (entry.dialing) continue
-      if (entry.peerId !== undefined && this.node.getConnections(entry.peerId).length > 0) {
+      if (this.isConnected(entry)) {
         entry.backoffMs = BOOTSTRAP_MIN_BACKOFF_MS
         continue
       }

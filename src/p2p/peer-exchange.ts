@@ -320,21 +320,22 @@ export function createPeerExchange (init: PeerExchangeInit): PeerExchange {
   const dialQueued = (node: P2PNode): void => {
     const connected = connectedPeers(node)
     for (const [id, entry] of queued) {
-      if (init.signal.aborted || connected.size + dialling.size >= target || dialling.size >= MAX_PARALLEL_PEX_DIALS) return
+      if (init.signal.aborted || !underTarget(connected) || dialling.size >= MAX_PARALLEL_PEX_DIALS) return
       queued.delete(id)
       if (connected.has(id) || dialling.has(id) || init.isBanned(id)) continue
       dial(node, entry)
     }
   }
 
-  const wanted = (node: P2PNode): boolean => connectedPeers(node).size + dialling.size < target
+  /** Connections and dials in progress are below the target (`connected`: connectedPeers of now). */
+  const underTarget = (connected: ReadonlySet<string>): boolean => connected.size + dialling.size < target
 
   const connected = async (peerId: string): Promise<void> => {
     const node = init.node()
     if (node === undefined || init.signal.aborted) return
     newsAtMs = init.clock.nowMs()
     wake()
-    if (!wanted(node) || init.isBanned(peerId)) return
+    if (!underTarget(connectedPeers(node)) || init.isBanned(peerId)) return
     const last = asks.get(peerId)
     if (last !== undefined && init.clock.nowMs() - last.askedAtMs < last.waitMs) return
     await ask(peerId)
@@ -356,7 +357,7 @@ export function createPeerExchange (init: PeerExchangeInit): PeerExchange {
         quietUntilMs = Math.min(quietUntilMs, last === undefined ? nowMs : last.askedAtMs + PEX_REASK_MS)
       }
     }
-    if (peers.size + dialling.size >= target) return
+    if (!underTarget(peers)) return
     const dueNow = [...peers].filter(p => !init.isBanned(p) && due(p, nowMs))
     if (dueNow.length > 0) await ask(dueNow[Math.floor(init.random() * dueNow.length)])
   }
