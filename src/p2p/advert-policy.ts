@@ -7,7 +7,11 @@
 //     became a seed, a new profile, started or stopped booting the image, a peer subscribed (it knows nothing
 //     of us yet);
 //   soft (at most every softIntervalMs): other held blocks (the summary), child count, load moved a step;
-//   nothing new: a keep-alive every keepAliveMs (peers forget a silent one after advertTimeoutMs).
+//   nothing new: a keep-alive, keepAliveMs after news, then twice as long after each keep-alive with nothing new,
+//     up to maxKeepAliveMs. Each advert says how long it stays true (ADVERT_LIFETIME_KEEPALIVES x the interval to
+//     the next keep-alive), so peers do not forget a quiet sender. Liveness does not rest on keep-alives: a peer
+//     whose connection closes is forgotten at once. At rest, in a cluster of seeds, keep-alives every 5 s were a
+//     third of an agent's CPU (each is signed, and verified by every agent of the topic).
 // Pure: the service and the simulator call it with their own clocks.
 
 import type { Advert } from '../topology/types.js'
@@ -16,6 +20,8 @@ export interface AdvertPolicyParams {
   minIntervalMs: number
   softIntervalMs: number
   keepAliveMs: number
+  /** A quiet sender's keep-alive interval doubles up to this. */
+  maxKeepAliveMs: number
   /** The held fraction is cut into this many steps; crossing one is urgent. */
   heldSteps: number
   /** A change of advertised upload load (0..1) by this much is worth a soft advert. */
@@ -26,6 +32,7 @@ export const DEFAULT_ADVERT_POLICY: AdvertPolicyParams = {
   minIntervalMs: 250,
   softIntervalMs: 2000,
   keepAliveMs: 5000,
+  maxKeepAliveMs: 60_000,
   heldSteps: 16,
   loadStep: 0.25
 }
@@ -35,6 +42,25 @@ export type AdvertFacts = Pick<Advert, 'depth' | 'heldBlocks' | 'totalBlocks' | 
   profileVersion?: string
   /** VMs of the image the sender boots now (peers hold idle prefetch while any boots). */
   booting?: number
+}
+
+/** An advert stays true this many keep-alive intervals: two keep-alives may be lost or late. */
+export const ADVERT_LIFETIME_KEEPALIVES = 3
+
+/**
+ * The keep-alive interval after publishing an advert: the base after news (a change a peer acts on), twice the
+ * last after a keep-alive that said nothing new, unchanged after a forced one (a peer subscribed; nothing changed).
+ */
+export function nextKeepAliveMs (kind: 'news' | 'keep-alive' | 'forced', lastKeepAliveMs: number, params: AdvertPolicyParams = DEFAULT_ADVERT_POLICY): number {
+  if (kind === 'news' || !(lastKeepAliveMs >= params.keepAliveMs)) return params.keepAliveMs
+  if (kind === 'forced') return lastKeepAliveMs
+  return Math.min(2 * lastKeepAliveMs, Math.max(params.keepAliveMs, params.maxKeepAliveMs))
+}
+
+/** What kind of advert publishing `facts` after `last` is (see nextKeepAliveMs). */
+export function advertKind (facts: AdvertFacts, last: AdvertFacts | undefined, forced: boolean, params: AdvertPolicyParams = DEFAULT_ADVERT_POLICY): 'news' | 'keep-alive' | 'forced' {
+  if (last === undefined || urgentChange(facts, last, params) || softChange(facts, last, params)) return 'news'
+  return forced ? 'forced' : 'keep-alive'
 }
 
 /**
@@ -47,6 +73,8 @@ export function nextAdvertDueMs (input: {
   lastPublishMs: number
   /** A peer just subscribed: tell it soon whatever changed. */
   forced?: boolean
+  /** The keep-alive interval now (nextKeepAliveMs); absent: params.keepAliveMs. */
+  keepAliveMs?: number
   params?: AdvertPolicyParams
 }): number {
   const p = input.params ?? DEFAULT_ADVERT_POLICY
@@ -58,7 +86,7 @@ export function nextAdvertDueMs (input: {
   if (last !== undefined && last.depth === null && facts.depth !== null) return lastPublishMs
   if (last === undefined || input.forced === true || urgentChange(facts, last, p)) return lastPublishMs + p.minIntervalMs
   if (softChange(facts, last, p)) return lastPublishMs + p.softIntervalMs
-  return lastPublishMs + p.keepAliveMs
+  return lastPublishMs + Math.max(input.keepAliveMs ?? 0, p.keepAliveMs)
 }
 
 function step (held: number, total: number, steps: number): number {

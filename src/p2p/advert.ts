@@ -8,6 +8,13 @@
 //   [flag bit2 only: | profileVersion 8 (16 hex digits) | profileBoots u8 | profileBytes u32]
 //   [flag bit3 only: | booting u8 (1..255)]
 //   (flag bit4, no field: sole-full, the sender takes no more children that would have it as their only parent)
+//   | extensions: zero or more of (type u8 | length u8 | value), to the end
+//       type 1, length 2: lifetimeS u16 (1..65535), how long the advert stays true without a newer one
+// Forward compatibility: flags added later carry no fields of their own, and later fields go in extensions, so a
+// decoder ignores flag bits and extension types it does not know. (Agents before the extensions rejected both;
+// they cannot share a swarm with agents that send extensions.)
+// The lifetime lets a quiet sender keep itself alive less often (advert-policy.ts: the keep-alive interval
+// doubles while nothing changes); receivers take it within bounds (src/topology/freshness.ts).
 // The summary is 2 bits per group of `groupBlocks` consecutive blocks (at most MAX_SUMMARY_GROUPS groups, so
 // at most 256 bytes): 0 none held, 1 under half, 2 half or more, 3 all. It tells a child whether a parent
 // probably holds a block; exact presence is asked per request. The sender is the gossip message's signed
@@ -18,7 +25,7 @@
 // (/vmthunder/profile/1) and the first boot anywhere teaches every agent.
 // `booting` says how many VMs of the image the sender is booting now (absent: none): peers hold idle prefetch of
 // the image back while anyone boots it, and fetch the sender's live read order (src/prefetch: swarm read-ahead).
-// It is sent only while the sender boots, so an older agent (which rejects unknown flags) misses only those adverts.
+// It is sent only while the sender boots.
 
 import { validateImageId, type Manifest } from '../blockstack/manifest.js'
 import type { Advert } from '../topology/types.js'
@@ -38,6 +45,10 @@ const FLAG_PROFILE = 4
 const FLAG_BOOTING = 8
 /** The sender (a relay) refuses agents attaching with it as their only parent (topology/admit.ts). */
 const FLAG_SOLE_FULL = 16
+const EXTENSION_LIFETIME = 1
+const LIFETIME_VALUE_BYTES = 2
+/** Longest lifetime the wire carries: u16 seconds. */
+export const MAX_WIRE_LIFETIME_MS = 65_535_000
 /** Boots advertised at most (the field is one byte). */
 export const MAX_ADVERTISED_BOOTING = 255
 const PROFILE_FIELDS_BYTES = 8 + 1 + 4
@@ -85,6 +96,8 @@ export interface AdvertBody {
   booting?: number
   /** The sender takes no more children that would have it as their only parent (topology/admit.ts). */
   soleFull?: boolean
+  /** How long the advert stays true without a newer one (whole seconds on the wire); absent: the receiver's own timeout. */
+  lifetimeMs?: number
 }
 
 export interface AdvertisedProfile {
@@ -147,7 +160,10 @@ export function encodeAdvert (advert: AdvertBody): Uint8Array {
   }
   const booting = advert.booting ?? 0
   if (!Number.isInteger(booting) || booting < 0) throw new RangeError('advert booting must be a whole number >= 0')
-  const out = Buffer.alloc(FIXED_BYTES + id.length + advert.summary.levels.byteLength + addrBytes + (profile !== undefined ? PROFILE_FIELDS_BYTES : 0) + (booting > 0 ? 1 : 0))
+  const lifetimeS = advert.lifetimeMs === undefined ? 0 : Math.ceil(advert.lifetimeMs / 1000)
+  if (!Number.isInteger(lifetimeS) || lifetimeS < 0 || lifetimeS > MAX_WIRE_LIFETIME_MS / 1000) throw new RangeError(`advert lifetime must be 0..${MAX_WIRE_LIFETIME_MS} ms`)
+  const out = Buffer.alloc(FIXED_BYTES + id.length + advert.summary.levels.byteLength + addrBytes + (profile !== undefined ? PROFILE_FIELDS_BYTES : 0) + (booting > 0 ? 1 : 0) +
+    (lifetimeS > 0 ? 2 + LIFETIME_VALUE_BYTES : 0))
   if (out.length > MAX_ADVERT_BYTES) throw new RangeError(`advert of ${out.length} bytes exceeds ${MAX_ADVERT_BYTES}`)
   let at = out.writeUInt8(ADVERT_VERSION, 0)
   at = out.writeUInt8((advert.manifestAvailable ? FLAG_MANIFEST : 0) | (advert.depth !== null ? FLAG_DEPTH : 0) | (profile !== undefined ? FLAG_PROFILE : 0) | (booting > 0 ? FLAG_BOOTING : 0) | (advert.soleFull === true ? FLAG_SOLE_FULL : 0), at)
@@ -175,6 +191,11 @@ export function encodeAdvert (advert: AdvertBody): Uint8Array {
     at = out.writeUInt32BE(profile.sizeBytes, at)
   }
   if (booting > 0) at = out.writeUInt8(Math.min(MAX_ADVERTISED_BOOTING, booting), at)
+  if (lifetimeS > 0) {
+    at = out.writeUInt8(EXTENSION_LIFETIME, at)
+    at = out.writeUInt8(LIFETIME_VALUE_BYTES, at)
+    at = out.writeUInt16BE(lifetimeS, at)
+  }
   return new Uint8Array(out.buffer, out.byteOffset, out.length)
 }
 
@@ -188,8 +209,8 @@ export function decodeAdvert (bytes: Uint8Array): AdvertBody {
   if (bytes.byteLength < FIXED_BYTES) fail('truncated')
   const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
   if (buf.readUInt8(0) !== ADVERT_VERSION) fail(`unsupported version ${buf.readUInt8(0)}`)
+  // Flag bits this version does not know are ignored (see the wire form: later flags carry no fields).
   const flags = buf.readUInt8(1)
-  if ((flags & ~(FLAG_MANIFEST | FLAG_DEPTH | FLAG_PROFILE | FLAG_BOOTING | FLAG_SOLE_FULL)) !== 0) fail('unknown flags')
   const seqBig = buf.readBigUInt64BE(2)
   if (seqBig === 0n || seqBig > BigInt(Number.MAX_SAFE_INTEGER)) fail('seq out of range')
   const idLength = buf.readUInt8(10)
@@ -240,7 +261,23 @@ export function decodeAdvert (bytes: Uint8Array): AdvertBody {
     at += 1
     if (booting === 0) fail('booting flag with no boots')
   }
-  if (at !== buf.length) fail('trailing bytes')
+  // Extensions, to the end: known types checked, others skipped (a later agent's fields).
+  let lifetimeMs: number | undefined
+  while (at < buf.length) {
+    if (at + 2 > buf.length) fail('truncated extension header')
+    const type = buf.readUInt8(at)
+    const length = buf.readUInt8(at + 1)
+    at += 2
+    if (at + length > buf.length) fail(`truncated extension ${type}`)
+    if (type === EXTENSION_LIFETIME) {
+      if (lifetimeMs !== undefined) fail('two lifetimes')
+      if (length !== LIFETIME_VALUE_BYTES) fail(`lifetime of ${length} bytes`)
+      const lifetimeS = buf.readUInt16BE(at)
+      if (lifetimeS === 0) fail('lifetime of 0 s')
+      lifetimeMs = lifetimeS * 1000
+    }
+    at += length
+  }
   if (totalBlocks === 0) fail('no blocks')
   if (heldBlocks > totalBlocks) fail('holds more blocks than the image has')
   const depth = (flags & FLAG_DEPTH) !== 0 ? depthByte : null
@@ -281,7 +318,8 @@ export function decodeAdvert (bytes: Uint8Array): AdvertBody {
     addrs,
     ...(profile !== undefined ? { profile } : {}),
     ...(booting !== undefined ? { booting } : {}),
-    ...((flags & FLAG_SOLE_FULL) !== 0 ? { soleFull: true } : {})
+    ...((flags & FLAG_SOLE_FULL) !== 0 ? { soleFull: true } : {}),
+    ...(lifetimeMs !== undefined ? { lifetimeMs } : {})
   }
 }
 

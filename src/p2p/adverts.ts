@@ -8,7 +8,10 @@ import { encodeAdvert, summarize, validateAdvert, type AdvertBody } from './adve
 import { imageTopicScoreParams } from './node.js'
 import { MAX_PROFILE_WIRE_BYTES, type ProfileProvider } from './profile-protocol.js'
 import { heldBlocks, isSeed, type ImageState, type ServiceComponents } from './components.js'
-import { DEFAULT_ADVERT_POLICY, heldStepCrossed, nextAdvertDueMs, type AdvertFacts, type AdvertPolicyParams } from './advert-policy.js'
+import {
+  ADVERT_LIFETIME_KEEPALIVES, DEFAULT_ADVERT_POLICY, advertKind, heldStepCrossed, nextAdvertDueMs, nextKeepAliveMs,
+  type AdvertFacts, type AdvertPolicyParams
+} from './advert-policy.js'
 import { AdvertBudgets, ADVERT_BURST } from './advert-budget.js'
 
 /** Adverts are published at most this often (urgent changes; see advert-policy.ts). */
@@ -117,7 +120,7 @@ export const createAdverts = (init: AdvertsInit) => (components: ServiceComponen
     }
   }
 
-  const buildAdvert = (state: ImageState, facts: AdvertFacts): AdvertBody | undefined => {
+  const buildAdvert = (state: ImageState, facts: AdvertFacts, lifetimeMs: number): AdvertBody | undefined => {
     if (state.manifest === undefined || state.store === undefined) return undefined
     state.seq = Math.max(state.seq + 1, Date.now())
     return {
@@ -135,7 +138,8 @@ export const createAdverts = (init: AdvertsInit) => (components: ServiceComponen
       addrs: advertAddrs(),
       ...advertisedProfile(state.imageId),
       booting: facts.booting ?? 0,
-      ...(facts.soleFull === true ? { soleFull: true } : {})
+      ...(facts.soleFull === true ? { soleFull: true } : {}),
+      lifetimeMs
     }
   }
 
@@ -148,8 +152,10 @@ export const createAdverts = (init: AdvertsInit) => (components: ServiceComponen
     const node = components.node()
     if (node === undefined) return
     cancel(state)
-    const advert = buildAdvert(state, facts)
+    const keepAliveMs = nextKeepAliveMs(advertKind(facts, state.lastPublished, state.advertForced, policy), state.keepAliveMs, policy)
+    const advert = buildAdvert(state, facts, ADVERT_LIFETIME_KEEPALIVES * keepAliveMs)
     if (advert === undefined) return
+    state.keepAliveMs = keepAliveMs
     state.lastPublishMs = clock.nowMs()
     state.lastPublished = facts
     state.advertForced = false
@@ -158,6 +164,17 @@ export const createAdverts = (init: AdvertsInit) => (components: ServiceComponen
     node.services.pubsub.publish(state.topic, encodeAdvert(advert)).catch((err: Error) => {
       logger.warn('advert publish failed', { image: state.imageId, error: err.message })
     })
+    // The next keep-alive is timed now, not left to a later publish() (a quiet seed has no heartbeat to call it).
+    scheduleAt(state, state.lastPublishMs + keepAliveMs, state.lastPublishMs)
+  }
+
+  /** One timer per image, at the earliest due time; it re-evaluates (facts may have changed meanwhile). */
+  const scheduleAt = (state: ImageState, dueMs: number, nowMs: number): void => {
+    if (state.publishDueMs !== undefined && state.publishDueMs <= dueMs) return
+    cancel(state)
+    state.publishDueMs = dueMs
+    state.publishTimer = setTimeout(() => { state.publishTimer = undefined; state.publishDueMs = undefined; publish(state) }, dueMs - nowMs)
+    state.publishTimer.unref()
   }
 
   const publish = (state: ImageState): void => {
@@ -169,15 +186,10 @@ export const createAdverts = (init: AdvertsInit) => (components: ServiceComponen
     if (node.services.pubsub.getSubscribers(state.topic).length === 0) return
     const facts = factsOf(state)
     if (facts === undefined) return
-    const dueMs = nextAdvertDueMs({ facts, last: state.lastPublished, lastPublishMs: state.lastPublishMs, forced: state.advertForced, params: policy })
+    const dueMs = nextAdvertDueMs({ facts, last: state.lastPublished, lastPublishMs: state.lastPublishMs, forced: state.advertForced, keepAliveMs: state.keepAliveMs, params: policy })
     const nowMs = clock.nowMs()
     if (dueMs <= nowMs) { publishNow(state, facts); return }
-    // One timer per image, at the earliest due time; it re-evaluates (facts may have changed meanwhile).
-    if (state.publishDueMs !== undefined && state.publishDueMs <= dueMs) return
-    cancel(state)
-    state.publishDueMs = dueMs
-    state.publishTimer = setTimeout(() => { state.publishTimer = undefined; state.publishDueMs = undefined; publish(state) }, dueMs - nowMs)
-    state.publishTimer.unref()
+    scheduleAt(state, dueMs, nowMs)
   }
 
   const publishOnBlocks = (state: ImageState): void => {

@@ -6,7 +6,7 @@
 import type { Manifest } from '../blockstack/manifest.js'
 import type { BlockStore, FetchPriority } from '../blockstack/types.js'
 import type { Logger } from '../blockstack/cache.js'
-import type { ParentState, TopologyParams } from '../topology/index.js'
+import { advertLifetimeMs, type ParentState, type TopologyParams } from '../topology/index.js'
 import type { AdvertBody } from './advert.js'
 import type { P2PNode } from './node.js'
 import type { PeerLink } from './peer-link.js'
@@ -26,6 +26,11 @@ export type ServedStore = BlockStore & {
 export interface CandidateEntry {
   advert: AdvertBody
   receivedAtMs: number
+}
+
+/** The entry's advert still counts: received within its lifetime (src/topology/freshness.ts). */
+export function isFreshEntry (entry: CandidateEntry, nowMs: number, params: Pick<TopologyParams, 'advertTimeoutMs'>): boolean {
+  return nowMs - entry.receivedAtMs <= advertLifetimeMs(entry.advert, params)
 }
 
 export interface ImageState {
@@ -58,6 +63,8 @@ export interface ImageState {
   publishDueMs?: number
   /** A peer subscribed since the last advert: publish soon whatever changed. */
   advertForced: boolean
+  /** The keep-alive interval after our last advert (advert-policy.ts: it grows while nothing changes). */
+  keepAliveMs: number
   advertsPublished: number
   heartbeatRunning: boolean
   /** A heartbeat asked for while one ran: run again after. */
@@ -133,6 +140,7 @@ export function newImageState (imageId: string, topic: string, nowMs: number): I
     bytesReceivedByPeer: new Map(),
     lastPublishMs: -Infinity,
     advertForced: false,
+    keepAliveMs: 0,
     advertsPublished: 0,
     heartbeatRunning: false,
     heartbeatAgain: false,

@@ -4,7 +4,7 @@
 import type { Manifest } from '../blockstack/manifest.js'
 import { holdProbability } from './advert.js'
 import type { PeerDirectory, SourceInfo } from './peer-source.js'
-import { isSeed, type ImageState, type ServiceComponents } from './components.js'
+import { isFreshEntry, isSeed, type ImageState, type ServiceComponents } from './components.js'
 
 /**
  * A VM's reads wait this many heartbeats (at least MIN_ATTACH_GRACE_MS) for the image's first parents before
@@ -54,7 +54,7 @@ export const createDirectory = (init: DirectoryInit) => (components: ServiceComp
       for (const [peerId, entry] of state.candidates) {
         const advert = entry.advert
         if (advert.rootHex !== manifest.rootHex || advert.depth === null || advert.childCount >= advert.childLimit) continue
-        if (nowMs - entry.receivedAtMs > components.params.advertTimeoutMs || !components.connected.has(peerId) || peers.isBanned(peerId)) continue
+        if (!isFreshEntry(entry, nowMs, components.params) || !components.connected.has(peerId) || peers.isBanned(peerId)) continue
         if ((state.refused.get(peerId) ?? -Infinity) > nowMs) continue
         return true
       }

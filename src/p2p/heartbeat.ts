@@ -9,7 +9,7 @@
 // An agent holding every block is a seed (depth 0) and has no parents.
 
 import {
-  planHeartbeat, settleHeartbeat, type AdmissionReply, type Candidate
+  advertLifetimeMs, planHeartbeat, settleHeartbeat, type AdmissionReply, type Candidate
 } from '../topology/index.js'
 import type { Manifest } from '../blockstack/manifest.js'
 import { peerIdOfPublicKey } from '../identity/key.js'
@@ -34,6 +34,13 @@ const MAX_PROBES_PER_HEARTBEAT = 8
 const PROBE_REFRESH_MS = 10_000
 /** Admission and probes may need a new connection (handshake) on a busy host: not bounded by a short heartbeat. */
 const MIN_EXCHANGE_TIMEOUT_MS = 2000
+/**
+ * A seed with no parent and no child runs its heartbeat once in this many ticks when peers advertise the image
+ * (never when none do): it selects nobody, and its adverts have their own timer (adverts.ts), so what is left is
+ * housekeeping (forgetting old adverts, a moved load, a newer profile). Every second, 10 such images' heartbeats
+ * were a sixth of an agent's CPU at rest in a cluster of seeds.
+ */
+export const SEED_HEARTBEAT_EVERY_TICKS = 10
 
 export interface HeartbeatInit {
   liveChildren: (state: ImageState) => string[]
@@ -73,7 +80,7 @@ export const createHeartbeat = (init: HeartbeatInit) => (components: ServiceComp
   const candidatesOf = (state: ImageState): Candidate[] => {
     const out: Candidate[] = []
     for (const [peerId, entry] of state.candidates) {
-      out.push({ advert: toTopologyAdvert(entry.advert, peerId), receivedAtMs: entry.receivedAtMs, rttMs: peers.existingLink(peerId)?.rttMs })
+      out.push({ advert: toTopologyAdvert(entry.advert, peerId), receivedAtMs: entry.receivedAtMs, lifetimeMs: entry.advert.lifetimeMs, rttMs: peers.existingLink(peerId)?.rttMs })
     }
     return out
   }
@@ -103,8 +110,8 @@ export const createHeartbeat = (init: HeartbeatInit) => (components: ServiceComp
   const heartbeatOnce = async (state: ImageState): Promise<void> => {
     const nowMs = clock.nowMs()
     const manifest = state.manifest
-    // Forget adverts long gone (bounded memory); selection itself ignores those older than advertTimeoutMs.
-    for (const [peer, entry] of state.candidates) if (nowMs - entry.receivedAtMs > 10 * params.advertTimeoutMs) state.candidates.delete(peer)
+    // Forget adverts long gone (bounded memory); selection itself ignores those past their lifetime.
+    for (const [peer, entry] of state.candidates) if (nowMs - entry.receivedAtMs > 10 * advertLifetimeMs(entry.advert, params)) state.candidates.delete(peer)
     for (const [peer, until] of state.profileExcluded) if (until <= nowMs) state.profileExcluded.delete(peer)
     if (manifest === undefined || state.store === undefined) return
     // The exchanges' bound, made only when there is an exchange: an idle seed's heartbeats (10 images, once a
@@ -218,16 +225,22 @@ export const createHeartbeat = (init: HeartbeatInit) => (components: ServiceComp
   }
 
   /**
-   * A seed with no parent, no child and no peer's advert has nothing to decide, measure or tell: nobody
-   * selects it, and an agent that subscribes to the image gets its advert at once (adverts.ts) and becomes a
-   * candidate with its own. Its heartbeat is skipped until then: an image server holds many images that no
-   * host uses at a time, and 10 idle images' heartbeats were a sixth of an idle agent's CPU.
+   * A seed with no parent and no child has nothing to decide or measure: it selects nobody, its adverts have
+   * their own timer, and an agent that subscribes to the image gets its advert at once (adverts.ts). Alone (no
+   * peer's advert) its heartbeat is skipped: an image server holds many images that no host uses at a time, and
+   * 10 idle images' heartbeats were a sixth of an idle agent's CPU. With peers, it runs once in
+   * SEED_HEARTBEAT_EVERY_TICKS ticks, for housekeeping.
    */
   const quietSeed = (state: ImageState): boolean =>
-    state.candidates.size === 0 && state.parents.length === 0 && isSeed(state) && init.liveChildren(state).length === 0
+    state.parents.length === 0 && isSeed(state) && (state.children.size === 0 || init.liveChildren(state).length === 0)
+  let ticks = 0
 
   const tick = (): void => {
-    for (const state of images.values()) if (!quietSeed(state)) void heartbeat(state)
+    ticks++
+    const housekeeping = ticks % SEED_HEARTBEAT_EVERY_TICKS === 0
+    for (const state of images.values()) {
+      if (!quietSeed(state) || (housekeeping && state.candidates.size > 0)) void heartbeat(state)
+    }
   }
 
   const start = (): void => {

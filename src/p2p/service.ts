@@ -37,7 +37,7 @@ import { RateMeter, TokenBucket } from './rate-limit.js'
 import { systemClock, type Clock } from './clock.js'
 import { ServiceStoppedError } from './errors.js'
 import type { SchedulerParams } from '../topology/scheduler.js'
-import { newImageState, heldBlocks, isSeed, type CandidateEntry, type ImageState, type PeerBook, type ServedStore, type ServiceComponents } from './components.js'
+import { newImageState, heldBlocks, isFreshEntry, isSeed, type CandidateEntry, type ImageState, type PeerBook, type ServedStore, type ServiceComponents } from './components.js'
 import { createServiceEvents } from './events.js'
 import { createAdverts } from './adverts.js'
 import { DEFAULT_ADVERT_POLICY, type AdvertPolicyParams } from './advert-policy.js'
@@ -264,7 +264,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
   let liveProfiles: LiveProfileFetcher | undefined
   /** A connected, unbanned peer whose fresh advert says it boots the image now. */
   const isBootingPeer = (peer: string, entry: CandidateEntry, nowMs: number): boolean =>
-    (entry.advert.booting ?? 0) > 0 && nowMs - entry.receivedAtMs <= params.advertTimeoutMs && components.connected.has(peer) && !isBanned(peer)
+    (entry.advert.booting ?? 0) > 0 && isFreshEntry(entry, nowMs, params) && components.connected.has(peer) && !isBanned(peer)
   const bootingPeersOf = (state: ImageState): string[] => {
     const nowMs = clock.nowMs()
     const peers: string[] = []

@@ -23,6 +23,7 @@
 // or when the caller re-runs it early (a newly eligible advert, a failed parent). No I/O, no timers.
 
 import { depthFromParents } from './depth.js'
+import { isSilent } from './freshness.js'
 import { selectParents } from './select.js'
 import type { Candidate, ParentState, SelectionResult, TopologyParams } from './types.js'
 
@@ -83,7 +84,7 @@ function otherSeedAvailable (input: HeartbeatInput, excluded: ReadonlySet<string
     const a = c.advert
     if (a.peerId === origin || a.peerId === input.selfPeerId || excluded.has(a.peerId)) continue
     if (input.rootHex !== undefined && a.rootHex !== input.rootHex) continue
-    if (input.nowMs - c.receivedAtMs > input.params.advertTimeoutMs) continue
+    if (isSilent(c, input.nowMs, input.params)) continue
     if (a.depth !== 0 || a.heldBlocks !== a.totalBlocks) continue
     const isParent = input.parents.some(p => p.peerId === a.peerId && p.failed !== true)
     if (isParent || a.childCount < a.childLimit) return true

@@ -5,7 +5,7 @@
 // The rules, in order:
 // 1. A seed has no parents and depth 0.
 // 2. Current parents are dropped at once when failed (stream error, missed pings), excluded, silent (no
-//    advert within advertTimeoutMs), detached (depth null) or no longer shallower than us (their depth
+//    advert within its lifetime: freshness.ts), detached (depth null) or no longer shallower than us (their depth
 //    reached our advertised depth: they moved deeper, maybe below us). Dropped parents are replaced in the
 //    same call, so a lost parent is replaced within one heartbeat.
 // 3. Layering: our depth is 1 + the lowest parent depth, and every parent must be shallower than our
@@ -27,6 +27,7 @@
 // 7. With no candidate at all, the agent goes to the best seed regardless of its free slots
 //    (fallbackToSeed; the seed may refuse, and the driver then excludes it for a while).
 
+import { isSilent } from './freshness.js'
 import { validateTopologyParams } from './params.js'
 import { scoreCandidate } from './score.js'
 import type { Candidate, SelectionInput, SelectionResult } from './types.js'
@@ -83,7 +84,7 @@ export function selectParents (input: SelectionInput): SelectionResult {
     if (a.peerId === selfPeerId) continue
     if (input.imageId !== undefined && a.imageId !== input.imageId) continue
     if (input.rootHex !== undefined && a.rootHex !== input.rootHex) continue
-    if (nowMs - c.receivedAtMs > params.advertTimeoutMs) continue
+    if (isSilent(c, nowMs, params)) continue
     const prev = fresh.get(a.peerId)
     if (prev === undefined || a.seq > prev.advert.seq || (a.seq === prev.advert.seq && c.receivedAtMs > prev.receivedAtMs)) {
       fresh.set(a.peerId, c)

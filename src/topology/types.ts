@@ -26,6 +26,8 @@ export interface Advert {
 export interface Candidate {
   advert: Advert
   receivedAtMs: number
+  /** How long the sender said the advert stays true (freshness.ts); absent: the receiver's advertTimeoutMs. */
+  lifetimeMs?: number
   /** Smoothed round trip time to the peer, when measured. */
   rttMs?: number
 }
@@ -43,7 +45,7 @@ export interface TopologyParams {
   parentCount: number
   /** How often the driver calls selectParents and publishes adverts. */
   heartbeatMs: number
-  /** A candidate whose last advert is older than this is gone. */
+  /** A candidate whose last advert is older than this (or than the lifetime the advert gives, if longer) is gone. */
   advertTimeoutMs: number
   /** A new candidate must score this much better (fraction) than the worst parent to replace it. */
   replaceMargin: number

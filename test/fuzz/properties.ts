@@ -102,7 +102,9 @@ const advertBody: fc.Arbitrary<AdvertBody> = fc.record({
     version: fc.uint8Array({ minLength: 8, maxLength: 8 }).map(b => Buffer.from(b).toString('hex')),
     boots: fc.integer({ min: 1, max: 255 }),
     sizeBytes: fc.integer({ min: 1, max: 1024 * 1024 })
-  }), { nil: undefined })
+  }), { nil: undefined }),
+  // Whole seconds: the wire carries seconds.
+  lifetimeS: fc.option(fc.integer({ min: 1, max: 65535 }), { nil: undefined })
 }).map(a => {
   const bitmap = new Uint8Array(Math.ceil(a.totalBlocks / 8))
   for (let i = 0; i < a.totalBlocks; i++) {
@@ -128,6 +130,7 @@ const advertBody: fc.Arbitrary<AdvertBody> = fc.record({
     addrs: a.ports.map(port => multiaddr(`/ip4/127.0.0.1/tcp/${port}`).bytes)
   }
   if (a.profile !== undefined) body.profile = a.profile
+  if (a.lifetimeS !== undefined) body.lifetimeMs = a.lifetimeS * 1000
   return body
 }).filter(advertFits)
 

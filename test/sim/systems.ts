@@ -15,8 +15,8 @@ import {
   admitChild, chooseSource, DEFAULT_SCHEDULER_PARAMS, DEFAULT_TOPOLOGY_PARAMS, hedgeDeadlineMs, planHeartbeat,
   settleHeartbeat, validateTopologyParams
 } from '../../src/topology/index.js'
-import type { AdmissionReply, Advert, Candidate, ParentState, SourceState, TopologyParams } from '../../src/topology/index.js'
-import { DEFAULT_ADVERT_POLICY, nextAdvertDueMs } from '../../src/p2p/advert-policy.js'
+import { advertLifetimeMs, type AdmissionReply, type Advert, type Candidate, type ParentState, type SourceState, type TopologyParams } from '../../src/topology/index.js'
+import { ADVERT_LIFETIME_KEEPALIVES, DEFAULT_ADVERT_POLICY, advertKind, nextAdvertDueMs, nextKeepAliveMs } from '../../src/p2p/advert-policy.js'
 import { GOSSIP_D } from '../../src/p2p/gossip-params.js'
 import { DEFAULT_NON_CHILD_BURST_BYTES, DEFAULT_NON_CHILD_BYTES_PER_SEC } from '../../src/p2p/block-server.js'
 import { LastResortBudget } from '../../src/p2p/last-resort-budget.js'
@@ -145,7 +145,7 @@ class Volt implements System {
 
 // ---------------------------------------------------------------------------------------------------------
 
-interface Published { advert: Advert, atMs: number }
+interface Published { advert: Advert, atMs: number, lifetimeMs: number }
 
 interface VState {
   parents: ParentState[]
@@ -166,6 +166,8 @@ interface VState {
   loadBusyMs: number
   load: number
   lastPublishMs: number
+  /** The keep-alive interval after the last advert (the daemon's, advert-policy.ts). */
+  keepAliveMs: number
   /** What the last advert said (the policy compares the next one with it). */
   lastFacts: AdvertFacts | undefined
   /** When the pending publish timer fires (Infinity: none); an earlier due time schedules another. */
@@ -306,7 +308,7 @@ class VmThunderd implements System {
     if (!n.isSeed) this.summary.track(n.idx)
     this.st[n.idx] = {
       parents: [], parentIdx: [], depth: n.isSeed ? 0 : null, refusedUntil: new Map(), askCount: 1, orphanedSinceMs: null, cur: undefined, prev: undefined, seq: 0,
-      loadAtMs: n.startMs, loadBusyMs: 0, load: 0, lastPublishMs: -Infinity, lastFacts: undefined, publishDueMs: Infinity, addedAtMs: n.startMs, cand: [], tried: undefined,
+      loadAtMs: n.startMs, loadBusyMs: 0, load: 0, lastPublishMs: -Infinity, keepAliveMs: 0, lastFacts: undefined, publishDueMs: Infinity, addedAtMs: n.startMs, cand: [], tried: undefined,
       src: new Map(), parentSrc: undefined, hedgeScanAtMs: Infinity, hedgeScanFn: () => this.hedgeScan(n)
     }
     this.advertise(n)
@@ -355,8 +357,8 @@ class VmThunderd implements System {
    * the policy's input are filled in here (nextAdvertDueMs only reads them), copied only when published.
    */
   private readonly scratchFacts: AdvertFacts = { depth: null, heldBlocks: 0, totalBlocks: 0, childCount: 0, childLimit: 0, uploadLoad: 0, booting: 0, soleFull: false }
-  private readonly policyInput: { facts: AdvertFacts, last: AdvertFacts | undefined, lastPublishMs: number, params: AdvertPolicyParams } =
-    { facts: this.scratchFacts, last: undefined, lastPublishMs: 0, params: DEFAULT_ADVERT_POLICY }
+  private readonly policyInput: { facts: AdvertFacts, last: AdvertFacts | undefined, lastPublishMs: number, keepAliveMs: number, params: AdvertPolicyParams } =
+    { facts: this.scratchFacts, last: undefined, lastPublishMs: 0, keepAliveMs: 0, params: DEFAULT_ADVERT_POLICY }
 
   /**
    * The daemon's publish (src/p2p/adverts.ts): something may have changed (heartbeat, blocks, children), so
@@ -368,7 +370,7 @@ class VmThunderd implements System {
     const s = this.st[n.idx]
     const facts = this.factsOf(n, this.scratchFacts)
     const input = this.policyInput
-    input.last = s.lastFacts; input.lastPublishMs = s.lastPublishMs; input.params = this.advertPolicy
+    input.last = s.lastFacts; input.lastPublishMs = s.lastPublishMs; input.keepAliveMs = s.keepAliveMs; input.params = this.advertPolicy
     const dueMs = nextAdvertDueMs(input)
     input.last = undefined
     const now = this.e.nowMs
@@ -382,6 +384,7 @@ class VmThunderd implements System {
     const s = this.st[n.idx]
     const now = this.e.nowMs
     s.publishDueMs = Infinity
+    s.keepAliveMs = nextKeepAliveMs(advertKind(facts, s.lastFacts, false, this.advertPolicy), s.keepAliveMs, this.advertPolicy)
     s.lastPublishMs = now
     s.lastFacts = facts
     s.prev = s.cur
@@ -392,6 +395,7 @@ class VmThunderd implements System {
     pub[k + 2] = facts.heldBlocks === facts.totalBlocks ? 1 : 0
     s.cur = {
       atMs: now,
+      lifetimeMs: ADVERT_LIFETIME_KEEPALIVES * s.keepAliveMs,
       advert: {
         peerId: n.id, imageId: 'image', rootHex: 'root', seq: ++s.seq, depth: facts.depth, heldBlocks: facts.heldBlocks,
         totalBlocks: facts.totalBlocks, childCount: facts.childCount, childLimit: facts.childLimit, uploadLoad: facts.uploadLoad,
@@ -437,7 +441,7 @@ class VmThunderd implements System {
     const now = this.e.nowMs
     for (const n of this.e.nodes) {
       const a = this.st[n.idx]?.cur
-      if (a === undefined || now - a.atMs > this.params.advertTimeoutMs) continue
+      if (a === undefined || now - a.atMs > advertLifetimeMs(a, this.params)) continue
       if (a.advert.depth === null || a.advert.childCount >= a.advert.childLimit) continue
       all.push(n.idx)
       const rack = this.e.net.hosts[n.idx].rack
@@ -485,7 +489,7 @@ class VmThunderd implements System {
         const seen = this.seen(j, n.idx)
         if (seen === undefined) continue
         const noise = 1 + 0.1 * (2 * e.sysRng.next() - 1)
-        candidates.push({ advert: seen.advert, receivedAtMs: seen.atMs + this.gossipDelayMs(j, n.idx), rttMs: 2 * e.net.latencyMs(n.idx, j) * noise })
+        candidates.push({ advert: seen.advert, receivedAtMs: seen.atMs + this.gossipDelayMs(j, n.idx), lifetimeMs: seen.lifetimeMs, rttMs: 2 * e.net.latencyMs(n.idx, j) * noise })
         depthOf.set(seen.advert.peerId, seen.advert.depth)
       }
       // the daemon's heartbeat (src/topology/driver.ts); admission is synchronous here (no network exchange)

@@ -1,6 +1,9 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { DEFAULT_ADVERT_POLICY as P, heldStepCrossed, nextAdvertDueMs, urgentChange, type AdvertFacts } from '../../src/p2p/advert-policy.js'
+import {
+  ADVERT_LIFETIME_KEEPALIVES, DEFAULT_ADVERT_POLICY as P, advertKind, heldStepCrossed, nextAdvertDueMs, nextKeepAliveMs, urgentChange, type AdvertFacts
+} from '../../src/p2p/advert-policy.js'
+import { MAX_ADVERT_LIFETIME_MS } from '../../src/topology/index.js'
 
 const base: AdvertFacts = { depth: 2, heldBlocks: 100, totalBlocks: 16_384, childCount: 1, childLimit: 8, uploadLoad: 0.1 }
 const due = (facts: AdvertFacts, last: AdvertFacts | undefined, forced = false): number =>
@@ -54,4 +57,29 @@ test('advert policy: heldStepCrossed is exactly the urgent part of a change in b
   assert.equal(heldStepCrossed(101, base), false, 'one more block is not urgent')
   assert.equal(heldStepCrossed(total / P.heldSteps, base), true, 'a step crossed')
   assert.equal(heldStepCrossed(total, { ...base, heldBlocks: total - 1 }), true, 'the image completed')
+})
+
+test('advert policy: a quiet sender keeps itself alive less and less often, up to a bound; news starts over', { timeout: 5000 }, () => {
+  const intervals: number[] = []
+  let keepAliveMs = 0
+  let last: AdvertFacts | undefined
+  let lastMs = 0
+  // A quiet seed: one advert with news, then only keep-alives, published when due.
+  for (let i = 0; i < 8; i++) {
+    const dueMs = nextAdvertDueMs({ facts: base, last, lastPublishMs: lastMs, keepAliveMs })
+    keepAliveMs = nextKeepAliveMs(advertKind(base, last, false), keepAliveMs)
+    intervals.push(keepAliveMs)
+    last = base; lastMs = Math.max(dueMs, lastMs)
+  }
+  assert.deepEqual(intervals, [5_000, 10_000, 20_000, 40_000, 60_000, 60_000, 60_000, 60_000])
+  assert.equal(P.keepAliveMs, 5_000); assert.equal(P.maxKeepAliveMs, 60_000)
+  assert.equal(nextAdvertDueMs({ facts: base, last: base, lastPublishMs: 1_000, keepAliveMs: 60_000 }), 61_000, 'the next keep-alive waits the grown interval')
+  assert.equal(nextAdvertDueMs({ facts: { ...base, childCount: 2 }, last: base, lastPublishMs: 1_000, keepAliveMs: 60_000 }), 1_000 + P.softIntervalMs, 'news is not held back')
+  // News resets; a forced advert (a peer subscribed) neither grows nor resets it.
+  assert.equal(nextKeepAliveMs(advertKind({ ...base, childCount: 2 }, base, false), 60_000), P.keepAliveMs)
+  assert.equal(nextKeepAliveMs(advertKind(base, base, true), 40_000), 40_000)
+  assert.equal(nextKeepAliveMs(advertKind(base, undefined, false), 40_000), P.keepAliveMs, 'the first advert is news')
+  // The adverts' lifetime covers two lost keep-alives at any interval.
+  assert.ok(ADVERT_LIFETIME_KEEPALIVES * P.maxKeepAliveMs <= MAX_ADVERT_LIFETIME_MS, 'receivers grant the longest lifetime a sender asks')
+  assert.equal(ADVERT_LIFETIME_KEEPALIVES, 3)
 })

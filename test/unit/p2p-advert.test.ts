@@ -91,6 +91,30 @@ test('advert: garbage, oversized and inconsistent adverts are rejected', { timeo
   assert.equal(fine.ok, true)
 })
 
+test('advert: a lifetime travels in an extension; flags and extensions of later agents are ignored', { timeout: 5000 }, () => {
+  const plain = encodeAdvert(advert())
+  assert.equal(decodeAdvert(plain).lifetimeMs, undefined, 'no lifetime: the receiver keeps its own timeout')
+  const lived = encodeAdvert(advert({ lifetimeMs: 45_000 }))
+  assert.equal(lived.byteLength, plain.byteLength + 4, 'type, length, u16 seconds')
+  assert.equal(decodeAdvert(lived).lifetimeMs, 45_000)
+  assert.equal(decodeAdvert(encodeAdvert(advert({ lifetimeMs: 1500 }))).lifetimeMs, 2000, 'whole seconds, rounded up')
+  assert.throws(() => encodeAdvert(advert({ lifetimeMs: 65_536_000 })), RangeError)
+  // A later agent's flag bit and extension type: the rest of the advert still reads.
+  const later = Buffer.concat([lived, Uint8Array.of(9, 3, 1, 2, 3)])
+  later[1] |= 0x80
+  const read = decodeAdvert(later)
+  assert.equal(read.lifetimeMs, 45_000)
+  assert.equal(read.heldBlocks, 5000)
+  assert.equal(read.soleFull, undefined, 'an unknown flag bit is not read as a known one')
+  // Malformed extensions are rejected.
+  const fail = (bytes: Uint8Array, why: RegExp): void => { assert.throws(() => decodeAdvert(bytes), (err: Error) => err.name === 'AdvertDecodeError' && why.test(err.message)) }
+  fail(Buffer.concat([plain, Uint8Array.of(9)]), /truncated extension header/)
+  fail(Buffer.concat([plain, Uint8Array.of(9, 4, 1)]), /truncated extension 9/)
+  fail(Buffer.concat([plain, Uint8Array.of(1, 1, 5)]), /lifetime of 1 bytes/)
+  fail(Buffer.concat([plain, Uint8Array.of(1, 2, 0, 0)]), /lifetime of 0 s/)
+  fail(Buffer.concat([lived, Uint8Array.of(1, 2, 0, 5)]), /two lifetimes/)
+})
+
 test('wire: request and response frames round trip; malformed frames throw', { timeout: 5000 }, () => {
   const root = randomBytes(32)
   const get = decodeClientFrame(encodeClientFrame({ type: FrameType.Get, reqId: 7, priority: 1, root, indexes: [1, 5, 9] }))

@@ -5,6 +5,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { createAdverts } from '../../src/p2p/adverts.js'
+import { decodeAdvert } from '../../src/p2p/advert.js'
 import { newImageState, type ImageState, type ServiceComponents } from '../../src/p2p/components.js'
 import { DEFAULT_ADVERT_POLICY as P } from '../../src/p2p/advert-policy.js'
 import { DEFAULT_TOPOLOGY_PARAMS } from '../../src/topology/index.js'
@@ -20,7 +21,7 @@ function setup (): { state: ImageState, adverts: ReturnType<ReturnType<typeof cr
   const sent: Uint8Array[] = []
   const state = newImageState('img', '/vmthunder/image/img/1', 0)
   state.manifest = { imageId: 'img', rootHex: ROOT, blockCount: BLOCKS } as unknown as NonNullable<ImageState['manifest']>
-  state.store = { presentCount: () => present, presentBitmap: () => new Uint8Array(BLOCKS / 8) } as unknown as NonNullable<ImageState['store']>
+  state.store = { presentCount: () => present, presentBitmap: () => { const bits = new Uint8Array(BLOCKS / 8); for (let i = 0; i < present; i++) bits[i >> 3] |= 1 << (i & 7); return bits } } as unknown as NonNullable<ImageState['store']>
   state.depth = 2
   const pubsub = {
     // Each policy evaluation asks for the topic's subscribers first.
@@ -73,3 +74,36 @@ test('adverts: a block arrival with an advert due within the soft interval is no
   }
 })
 
+
+test('adverts: a quiet agent keeps alive at a growing interval and says so in each advert; news starts over', { timeout: 5000 }, () => {
+  const { state, adverts, at, held, sent } = setup()
+  try {
+    at(1_000)
+    adverts.publish(state)
+    const gaps: number[] = []
+    let lastMs = 1_000
+    for (let i = 0; i < 6; i++) {
+      adverts.publish(state) // nothing new: only the keep-alive is due
+      const dueMs = state.publishDueMs
+      assert.ok(dueMs !== undefined)
+      at(dueMs)
+      adverts.publish(state)
+      gaps.push(dueMs - lastMs)
+      lastMs = dueMs
+    }
+    assert.deepEqual(gaps, [5_000, 10_000, 20_000, 40_000, 60_000, 60_000])
+    const lifetimes = sent.map(bytes => decodeAdvert(bytes).lifetimeMs)
+    assert.deepEqual(lifetimes, [15_000, 30_000, 60_000, 120_000, 180_000, 180_000, 180_000], 'three keep-alive intervals ahead')
+    // A block arrives: news, published within the soft interval, and the keep-alive is back to the base.
+    held(11)
+    adverts.publishOnBlocks(state)
+    assert.equal(state.publishDueMs, lastMs + P.softIntervalMs)
+    at(lastMs + P.softIntervalMs)
+    adverts.publish(state)
+    assert.equal(decodeAdvert(sent[sent.length - 1]).lifetimeMs, 3 * P.keepAliveMs)
+    adverts.publish(state)
+    assert.equal(state.publishDueMs, lastMs + P.softIntervalMs + P.keepAliveMs)
+  } finally {
+    adverts.cancel(state)
+  }
+})

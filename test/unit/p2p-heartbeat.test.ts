@@ -3,7 +3,7 @@
 // The links are fakes that record the order of calls; a probe answers only when the test says so.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { createHeartbeat } from '../../src/p2p/heartbeat.js'
+import { createHeartbeat, SEED_HEARTBEAT_EVERY_TICKS } from '../../src/p2p/heartbeat.js'
 import { newImageState, type ImageState, type ServiceComponents } from '../../src/p2p/components.js'
 import type { AdvertBody } from '../../src/p2p/advert.js'
 import { DEFAULT_TOPOLOGY_PARAMS } from '../../src/topology/index.js'
@@ -98,7 +98,7 @@ test('heartbeat: an attached agent measures its candidates before it selects', {
   assert.deepEqual(state.parents.map(p => p.peerId), ['seed'])
 })
 
-test('heartbeat: the timer skips a seed that nobody else holds or asks for, and runs it again once a peer advertises', { timeout: 10_000 }, async () => {
+test('heartbeat: the timer skips a seed with no parent or child; with peers it runs once in SEED_HEARTBEAT_EVERY_TICKS', { timeout: 10_000 }, async () => {
   const state = newImageState('img', 'topic', 0)
   state.manifest = { imageId: 'img', rootHex: ROOT, root: new Uint8Array(32), blockCount: 10, originPublicKey: new Uint8Array(0) } as unknown as NonNullable<ImageState['manifest']>
   state.store = { presentCount: () => 10 } as unknown as NonNullable<ImageState['store']> // every block: a seed
@@ -112,13 +112,19 @@ test('heartbeat: the timer skips a seed that nobody else holds or asks for, and 
     for (let i = 0; i < 1000 && state.heartbeatRunning; i++) await new Promise(resolve => setImmediate(resolve))
     return published.length - before
   }
-  assert.equal(await ticked(), 0, 'alone: no heartbeat')
+  let alone = 0
+  for (let i = 0; i < 2 * SEED_HEARTBEAT_EVERY_TICKS; i++) alone += await ticked()
+  assert.equal(alone, 0, 'alone: no heartbeat')
   state.candidates.set('peer', { advert: advert(1), receivedAtMs: 1000 })
-  assert.equal(await ticked(), 1, 'a peer advertised the image: heartbeats again')
+  let withPeers = 0
+  for (let i = 0; i < 3 * SEED_HEARTBEAT_EVERY_TICKS; i++) withPeers += await ticked()
+  assert.equal(withPeers, 3, 'a peer advertised the image: housekeeping only, once in SEED_HEARTBEAT_EVERY_TICKS')
+  assert.ok(SEED_HEARTBEAT_EVERY_TICKS >= 5)
   state.candidates.clear()
-  children = ['child']
+  // (the service's liveChildren is the lease-checked view of state.children)
+  children = ['child']; state.children.set('child', Infinity)
   assert.equal(await ticked(), 1, 'a child: heartbeats')
-  children = []
+  children = []; state.children.clear()
   assert.equal(await ticked(), 0)
   state.store = { presentCount: () => 9 } as unknown as NonNullable<ImageState['store']>
   assert.equal(await ticked(), 1, 'not a seed (a block evicted): heartbeats, to find parents')

@@ -44,6 +44,9 @@ test('advert booting: round trip; absent when 0 (same bytes as before the field)
   assert.equal(booting.byteLength, plain.byteLength + 1)
   assert.ok(booting.byteLength <= MAX_ADVERT_BYTES, `${booting.byteLength} bytes`)
   assert.equal(decodeAdvert(booting).booting, 2)
+  // With the lifetime too, and four addresses of the longest kind an advert carries.
+  const largest = encodeAdvert(advert({ booting: 2, lifetimeMs: 180_000, addrs: [1, 2, 3, 4].map(() => new Uint8Array(64)) }))
+  assert.ok(largest.byteLength <= MAX_ADVERT_BYTES, `${largest.byteLength} bytes`)
   assert.equal(decodeAdvert(encodeAdvert(advert({ booting: 1000 }))).booting, 255, 'saturates at one byte')
   assert.equal(decodeAdvert(encodeAdvert(advert({ booting: 1, profile: undefined }))).booting, 1)
   assert.throws(() => encodeAdvert(advert({ booting: -1 })), RangeError)
@@ -60,7 +63,7 @@ test('advert booting: a flag with a zero count, a missing byte or an extra byte 
   const extra = new Uint8Array(plain.length + 1)
   extra.set(plain)
   extra[plain.length] = 1
-  assert.throws(() => decodeAdvert(extra), /trailing bytes/)
+  assert.throws(() => decodeAdvert(extra), /truncated extension/)
 })
 
 test('live profiles over /vmthunder/profile/1: own rate limit, and a fetcher that is bounded and adopts what it gets', { timeout: 30_000 }, async () => {

@@ -1,8 +1,8 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import {
-  admitChild, DEFAULT_SCORE_PARAMS, DEFAULT_TOPOLOGY_PARAMS, depthFromParents, findCycle, fanout, scoreCandidate,
-  selectParents, TopologyParamsError, validateTopologyParams
+  admitChild, DEFAULT_SCORE_PARAMS, DEFAULT_TOPOLOGY_PARAMS, depthFromParents, findCycle, fanout, isSilent, MAX_ADVERT_LIFETIME_MS,
+  scoreCandidate, selectParents, TopologyParamsError, validateTopologyParams
 } from '../../src/topology/index.js'
 import type { Advert, Candidate, ParentState, SelectionInput, TopologyParams } from '../../src/topology/index.js'
 
@@ -132,6 +132,14 @@ test('a lost parent is replaced in the same call (within one heartbeat)', { time
   const r2 = selectParents(input({ nowMs: now, selfDepth: 2, candidates: silent, parents: [parent('a'), parent('b'), parent('c')] }))
   assert.deepEqual(r2.dropped, [{ peerId: 'c', reason: 'silent' }])
   assert.deepEqual(r2.added, ['d'])
+  // ... unless its advert said it stays true longer (a quiet sender keeps alive less often): then it is kept
+  const quiet = silent.map(c => c.advert.peerId === 'c' ? { ...c, lifetimeMs: 60_000 } : c)
+  const rq = selectParents(input({ nowMs: now, selfDepth: 2, candidates: quiet, parents: [parent('a'), parent('b'), parent('c')] }))
+  assert.deepEqual(rq.dropped, [])
+  // a lifetime shorter than our own timeout does not shorten it; one past the bound is cut to the bound
+  assert.equal(isSilent({ receivedAtMs: 0, lifetimeMs: 1 }, P.advertTimeoutMs, P), false)
+  assert.equal(isSilent({ receivedAtMs: 0, lifetimeMs: 1e9 }, MAX_ADVERT_LIFETIME_MS, P), false)
+  assert.equal(isSilent({ receivedAtMs: 0, lifetimeMs: 1e9 }, MAX_ADVERT_LIFETIME_MS + 1, P), true)
   // excluded after corrupt data
   const r3 = selectParents(input({ nowMs: now, selfDepth: 2, candidates, parents: [parent('a')], excluded: new Set(['a']) }))
   assert.deepEqual(r3.dropped, [{ peerId: 'a', reason: 'excluded' }])
