@@ -59,8 +59,12 @@ export async function startDaemon (options: StartDaemonOptions = {}): Promise<Te
   const allow = (options.allowImageDirs ?? []).flatMap(d => ['--allow-image-dir', d])
   const args = ['--data-dir', dataDir, '--socket', socket, ...allow, ...(options.args ?? ['--no-p2p'])]
   // VMT_AGENT_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") goes to each daemon's node: for profiling.
+  // With it, a given `bin` (a daemon's JavaScript entry, as the benches' VMTB_DAEMON_BIN) runs under this node
+  // with the agent's flags too; without it, `bin` runs as it is (its own shebang line).
   const nodeArgs = (process.env.VMT_AGENT_NODE_ARGS ?? '').split(' ').filter(x => x !== '')
-  const daemon = options.bin === undefined ? [process.execPath, ...AGENT_NODE_FLAGS, ...nodeArgs, DAEMON_BIN] : [options.bin]
+  const daemon = options.bin === undefined || nodeArgs.length > 0
+    ? [process.execPath, ...AGENT_NODE_FLAGS, ...nodeArgs, options.bin ?? DAEMON_BIN]
+    : [options.bin]
   const [command, ...commandArgs] = [...(options.wrapper ?? []), ...daemon, ...args]
   const child = spawn(command, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env } })
   let output = ''
