@@ -144,6 +144,12 @@ export interface ImagePrefetchStatus extends PrefetchProgress {
   peersBooting: number
 }
 
+/** Bytes fetched for reads (not by prefetch): the link use the prefetcher yields to. */
+function demandBytesOf (cache: { stats: () => { fetchedBytes: number, prefetchedBytes: number } }): number {
+  const stats = cache.stats()
+  return stats.fetchedBytes - stats.prefetchedBytes
+}
+
 export class PrefetchManager {
   private readonly images = new Map<string, ImageState>()
   private readonly now: () => number
@@ -222,6 +228,9 @@ export class PrefetchManager {
       sequentialGate: () => (this.init.peersBooting?.(state.image.record.imageId) ?? 0) === 0
     })
     state.prefetcher = prefetcher
+    // Its link-use samples start now (the heartbeat samples only images with a prefetcher).
+    state.lastDemandBytes = demandBytesOf(cache)
+    state.lastSampleMs = this.now()
     prefetcher.start()
   }
 
@@ -344,13 +353,14 @@ export class PrefetchManager {
         if (nowMs - recording.lastReadMs >= limitMs) await this.finishRecording(imageId, state, recording)
       }
       this.refreshBooting(imageId, state)
-      const stats = state.image.cache.stats()
-      const demandBytes = stats.fetchedBytes - stats.prefetchedBytes
+      // An image without a prefetcher (a seed, most of an idle daemon's images) has no link use to note.
+      if (state.prefetcher === undefined) continue
+      const demandBytes = demandBytesOf(state.image.cache)
       const elapsedMs = Math.max(1, nowMs - state.lastSampleMs)
-      state.prefetcher?.noteUtilization(Math.min(1, ((demandBytes - state.lastDemandBytes) * 1000 / elapsedMs) / this.init.linkBytesPerSec))
+      state.prefetcher.noteUtilization(Math.min(1, ((demandBytes - state.lastDemandBytes) * 1000 / elapsedMs) / this.init.linkBytesPerSec))
       state.lastDemandBytes = demandBytes
       state.lastSampleMs = nowMs
-      if (state.prefetcher !== undefined && state.image.cache.isComplete()) {
+      if (state.image.cache.isComplete()) {
         const bytesPrefetched = state.prefetcher.progress().bytesFetched
         await this.retirePrefetcher(state)
         this.init.logger.info('image complete: this agent is now a seed for it', { imageId, bytesPrefetched })
