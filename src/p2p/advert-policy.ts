@@ -64,8 +64,8 @@ export function advertKind (facts: AdvertFacts, last: AdvertFacts | undefined, f
 }
 
 /**
- * When the next advert is due (ms, absolute; may be in the past: publish now), or undefined when nothing
- * but the keep-alive is due and `includeKeepAlive` is false.
+ * When the next advert is due (ms, absolute; may be in the past: publish now): soon for news, else the
+ * keep-alive (`keepAliveMs` after the last advert, as nextKeepAliveMs grew it).
  */
 export function nextAdvertDueMs (input: {
   facts: AdvertFacts
