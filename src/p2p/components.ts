@@ -28,6 +28,15 @@ export interface CandidateEntry {
   receivedAtMs: number
 }
 
+/**
+ * The peer hung up: its advert keeps only our own timeout from its receipt, not the longer lifetime it gave
+ * (a quiet seed's advert lives up to 3 minutes; a dead one must not stay a candidate parent that long). A peer
+ * that comes back re-subscribes, and its answer to that (adverts.ts publishForced) brings a fresh advert.
+ */
+export function dropLifetime (entry: CandidateEntry): void {
+  if (entry.advert.lifetimeMs !== undefined) entry.advert = { ...entry.advert, lifetimeMs: undefined }
+}
+
 /** The entry's advert still counts: received within its lifetime (src/topology/freshness.ts). */
 export function isFreshEntry (entry: CandidateEntry, nowMs: number, params: Pick<TopologyParams, 'advertTimeoutMs'>): boolean {
   return nowMs - entry.receivedAtMs <= advertLifetimeMs(entry.advert, params)

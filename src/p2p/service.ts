@@ -37,7 +37,7 @@ import { RateMeter, TokenBucket } from './rate-limit.js'
 import { systemClock, type Clock } from './clock.js'
 import { ServiceStoppedError } from './errors.js'
 import type { SchedulerParams } from '../topology/scheduler.js'
-import { newImageState, heldBlocks, isFreshEntry, isSeed, type CandidateEntry, type ImageState, type PeerBook, type ServedStore, type ServiceComponents } from './components.js'
+import { dropLifetime, newImageState, heldBlocks, isFreshEntry, isSeed, type CandidateEntry, type ImageState, type PeerBook, type ServedStore, type ServiceComponents } from './components.js'
 import { createServiceEvents } from './events.js'
 import { createAdverts } from './adverts.js'
 import { DEFAULT_ADVERT_POLICY, type AdvertPolicyParams } from './advert-policy.js'
@@ -502,6 +502,8 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       for (const state of images.values()) {
         const parent = state.parents.find(p => p.peerId === peerId)
         if (parent !== undefined) { parent.failed = true; heartbeat.schedule(state) }
+        const candidate = state.candidates.get(peerId)
+        if (candidate !== undefined) dropLifetime(candidate)
       }
       children.forget(peerId)
       events.notify()

@@ -441,7 +441,8 @@ class VmThunderd implements System {
     const now = this.e.nowMs
     for (const n of this.e.nodes) {
       const a = this.st[n.idx]?.cur
-      if (a === undefined || now - a.atMs > advertLifetimeMs(a, this.params)) continue
+      // A dead agent's advert keeps only the receivers' own timeout (the daemon drops the lifetime on disconnect).
+      if (a === undefined || now - a.atMs > advertLifetimeMs(n.alive ? a : {}, this.params)) continue
       if (a.advert.depth === null || a.advert.childCount >= a.advert.childLimit) continue
       all.push(n.idx)
       const rack = this.e.net.hosts[n.idx].rack
@@ -489,7 +490,7 @@ class VmThunderd implements System {
         const seen = this.seen(j, n.idx)
         if (seen === undefined) continue
         const noise = 1 + 0.1 * (2 * e.sysRng.next() - 1)
-        candidates.push({ advert: seen.advert, receivedAtMs: seen.atMs + this.gossipDelayMs(j, n.idx), lifetimeMs: seen.lifetimeMs, rttMs: 2 * e.net.latencyMs(n.idx, j) * noise })
+        candidates.push({ advert: seen.advert, receivedAtMs: seen.atMs + this.gossipDelayMs(j, n.idx), lifetimeMs: nodes[j].alive ? seen.lifetimeMs : undefined, rttMs: 2 * e.net.latencyMs(n.idx, j) * noise })
         depthOf.set(seen.advert.peerId, seen.advert.depth)
       }
       // the daemon's heartbeat (src/topology/driver.ts); admission is synchronous here (no network exchange)
