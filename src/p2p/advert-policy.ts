@@ -10,8 +10,9 @@
 //   nothing new: a keep-alive, keepAliveMs after news, then twice as long after each keep-alive with nothing new,
 //     up to maxKeepAliveMs. Each advert says how long it stays true (ADVERT_LIFETIME_KEEPALIVES x the interval to
 //     the next keep-alive), so peers do not forget a quiet sender. Liveness does not rest on keep-alives: a peer
-//     whose connection closes is forgotten at once. At rest, in a cluster of seeds, keep-alives every 5 s were a
-//     third of an agent's CPU (each is signed, and verified by every agent of the topic).
+//     whose connection closes stops being a source at once, and its advert then counts for the receiver's own
+//     timeout only. At rest, in a cluster of seeds, keep-alives every 5 s were a third of an agent's CPU (each is
+//     signed, and verified by every agent of the topic).
 // Pure: the service and the simulator call it with their own clocks.
 
 import type { Advert } from '../topology/types.js'
