@@ -80,6 +80,8 @@ export interface ImageState {
   heartbeatAgain: boolean
   interestOnly: boolean
   addedAtMs: number
+  /** We have had a parent for this image since it was added: the attach grace (directory.ts) is over. */
+  attachedOnce: boolean
   /** This image's child limit when it differs from the service's. */
   childLimit?: number
   profileFetching: boolean
@@ -155,6 +157,7 @@ export function newImageState (imageId: string, topic: string, nowMs: number): I
     heartbeatAgain: false,
     interestOnly: true,
     addedAtMs: nowMs,
+    attachedOnce: false,
     profileFetching: false,
     lastProfileFetchMs: -Infinity,
     profileExcluded: new Map(),

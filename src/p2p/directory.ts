@@ -45,6 +45,10 @@ export const createDirectory = (init: DirectoryInit) => (components: ServiceComp
     attaching (manifest) {
       const state = byRoot.get(manifest.rootHex)
       if (state === undefined || isSeed(state) || state.parents.some(p => !p.failed)) return false
+      // The grace is for a first attach. An agent that lost its parents (its relay died) reads from the last
+      // resort at once, within its budget: in a churn run the children of a killed relay, early in the wave,
+      // waited out the grace counted from the image's start, 2.9 s with their own children waiting on them.
+      if (state.attachedOnce) return false
       return components.clock.nowMs() - state.addedAtMs < Math.max(ATTACH_GRACE_HEARTBEATS * components.params.heartbeatMs, MIN_ATTACH_GRACE_MS)
     },
     canAttach (manifest) {

@@ -202,6 +202,7 @@ export const createHeartbeat = (init: HeartbeatInit) => (components: ServiceComp
       orphanedSinceMs: state.orphanedSinceMs
     })
     state.parents = settled.parents
+    if (state.parents.length > 0) state.attachedOnce = true
     state.refused = settled.refusedUntil
     state.depth = settled.depth
     const holdChanged = (settled.orphanedSinceMs === null) !== (state.orphanedSinceMs === null)

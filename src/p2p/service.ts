@@ -365,6 +365,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     state.store = store
     state.interestOnly = false
     state.addedAtMs = clock.nowMs()
+    state.attachedOnce = false
     byRoot.set(manifest.rootHex, state)
     for (const [peer, entry] of state.candidates) {
       if (entry.advert.rootHex !== manifest.rootHex || entry.advert.totalBlocks !== manifest.blockCount) state.candidates.delete(peer)

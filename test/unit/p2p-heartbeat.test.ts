@@ -4,6 +4,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { createHeartbeat, SEED_HEARTBEAT_EVERY_TICKS } from '../../src/p2p/heartbeat.js'
+import { createDirectory } from '../../src/p2p/directory.js'
 import { newImageState, type ImageState, type ServiceComponents } from '../../src/p2p/components.js'
 import type { AdvertBody } from '../../src/p2p/advert.js'
 import { DEFAULT_TOPOLOGY_PARAMS } from '../../src/topology/index.js'
@@ -128,4 +129,19 @@ test('heartbeat: the timer skips a seed with no parent or child; with peers it r
   assert.equal(await ticked(), 0)
   state.store = { presentCount: () => 9 } as unknown as NonNullable<ImageState['store']>
   assert.equal(await ticked(), 1, 'not a seed (a block evicted): heartbeats, to find parents')
+})
+
+test('attach grace: a first attach waits it out; an agent whose parents failed reads from the last resort at once', { timeout: 10_000 }, async () => {
+  const { state, run, answerProbes } = setup()
+  const directory = createDirectory({ scheduleHeartbeat: () => {}, ban: () => {} })(componentsFor(state, () => ({})))
+  const manifest = state.manifest as NonNullable<ImageState['manifest']>
+  assert.equal(directory.attaching(manifest), true, 'never attached, within the grace')
+  state.candidates.set('seed', { advert: advert(0), receivedAtMs: 1000 })
+  await run()
+  answerProbes()
+  assert.deepEqual(state.parents.map(p => p.peerId), ['seed'])
+  assert.equal(directory.attaching(manifest), false, 'attached')
+  // Its relay died (still within the grace counted from the image's start): no second grace.
+  state.parents = state.parents.map(p => ({ ...p, failed: true }))
+  assert.equal(directory.attaching(manifest), false, 'lost its parents: the last resort at once, within its budget')
 })
