@@ -48,7 +48,7 @@ const FLAG_SOLE_FULL = 16
 const EXTENSION_LIFETIME = 1
 const LIFETIME_VALUE_BYTES = 2
 /** Longest lifetime the wire carries: u16 seconds. */
-export const MAX_WIRE_LIFETIME_MS = 65_535_000
+const MAX_WIRE_LIFETIME_MS = 65_535_000
 /** Boots advertised at most (the field is one byte). */
 export const MAX_ADVERTISED_BOOTING = 255
 const PROFILE_FIELDS_BYTES = 8 + 1 + 4
