@@ -55,9 +55,15 @@ export const createDirectory = (init: DirectoryInit) => (components: ServiceComp
       const state = byRoot.get(manifest.rootHex)
       if (state === undefined) return false
       const nowMs = components.clock.nowMs()
+      // A slot counts only if selection may take it (src/topology/select.ts, rule 4): an agent that advertises a
+      // depth (attached, or an orphan holding its depth: topology/driver.ts) takes only shallower parents. In a
+      // churn run the children of a killed relay held depth 2 for 2.6 s while the free slots were at depth 2
+      // and deeper: counted as room, they held a VM's reads to the budget's one block a second (a 2.1 s read).
+      const ownDepth = state.parents.some(p => !p.failed) || state.orphanedSinceMs !== null ? state.depth : null
       for (const [peerId, entry] of state.candidates) {
         const advert = entry.advert
         if (advert.rootHex !== manifest.rootHex || advert.depth === null || advert.childCount >= advert.childLimit) continue
+        if (ownDepth !== null && advert.depth >= ownDepth) continue
         if (!isFreshEntry(entry, nowMs, components.params) || !components.connected.has(peerId) || peers.isBanned(peerId)) continue
         if ((state.refused.get(peerId) ?? -Infinity) > nowMs) continue
         return true

@@ -145,3 +145,23 @@ test('attach grace: a first attach waits it out; an agent whose parents failed r
   state.parents = state.parents.map(p => ({ ...p, failed: true }))
   assert.equal(directory.attaching(manifest), false, 'lost its parents: the last resort at once, within its budget')
 })
+
+test('canAttach: an agent that holds a depth counts only shallower free slots as room (the last-resort budget applies only then)', { timeout: 10_000 }, () => {
+  const state = setup().state
+  const connected = new Set(['relay', 'deep'])
+  const directory = createDirectory({ scheduleHeartbeat: () => {}, ban: () => {} })({ ...componentsFor(state, () => ({})), connected } as unknown as ServiceComponents)
+  const manifest = state.manifest as NonNullable<ImageState['manifest']>
+  state.candidates.set('deep', { advert: advert(2), receivedAtMs: 1000 })
+  assert.equal(directory.canAttach(manifest), true, 'detached: any free slot is room')
+  // An orphan holding depth 2 (its relay died) takes only depth 0 or 1: a free slot at depth 2 is not room.
+  state.depth = 2
+  state.orphanedSinceMs = 900
+  assert.equal(directory.canAttach(manifest), false, 'orphan at depth 2, free slot at depth 2')
+  state.candidates.set('relay', { advert: advert(1), receivedAtMs: 1000 })
+  assert.equal(directory.canAttach(manifest), true, 'a free slot at depth 1')
+  // Attached (a working parent) at depth 2: the same rule.
+  state.orphanedSinceMs = null
+  state.parents = [{ peerId: 'p', sinceMs: 0, failed: false }]
+  state.candidates.delete('relay')
+  assert.equal(directory.canAttach(manifest), false, 'attached at depth 2, free slot at depth 2')
+})
