@@ -7,10 +7,13 @@
 // another 19 %. With four times V8's default interrupt budget before a function is considered for TurboFan,
 // and baseline (Sparkplug) code for each function at its first compile, the compiler took 5 % and the host
 // agents' CPU per boot fell by about a sixth (5 interleaved runs each: sum over 8 hosts 60.4 s -> 50.8 s).
+// Eight times since 2026-11-30 (d2d973e, the same wave, 7 interleaved rounds): the host agents' CPU sum 13.66 ->
+// 13.03 s on average (lower in 6 of 7), slowest host 9.07 -> 8.71 s; sixteen times did no better than eight (4
+// rounds: 12.95 against 13.13 s), no TurboFan at all (--no-opt) was mixed. On earlier code 8x had been slower.
 // Sparkplug for every function is turned on once the agent has started: at load it would compile baseline
 // code for everything start-up runs once (npm run bench:package, one pair of runs: 0.39 against 0.27 CPU-s).
 // Both take effect at run time (checked: a function compiled afterwards gets Sparkplug code at once, and a hot
-// function is marked for TurboFan after 750 instead of fewer than 250 calls).
+// function is marked for TurboFan after several times as many calls: 750 instead of fewer than 250 at 4x).
 //
 // AGENT_NODE_FLAGS are different: they size the heap, which V8 fixes when the process starts, so they must be on
 // node's command line (bin/vmthunderd.js's first line; launchers that run `node bin/vmthunderd.js` pass them,
@@ -38,7 +41,7 @@
 const { setFlagsFromString } = require('node:v8')
 
 const AGENT_NODE_FLAGS = ['--initial-heap-size=64', '--max-semi-space-size=4']
-const AGENT_V8_FLAGS_AT_LOAD = ['--interrupt-budget=540672']
+const AGENT_V8_FLAGS_AT_LOAD = ['--interrupt-budget=1081344']
 const AGENT_V8_FLAGS_ONCE_STARTED = ['--always-sparkplug']
 
 function override (env) {
