@@ -264,3 +264,47 @@ test('cache: many fetches in flight at once (reads outrunning the source) raise 
     await rm(dir, { recursive: true, force: true })
   }
 })
+
+test('cache: while the image is being read, a commit waits for the reads to pause, within a bound; flush does not wait', { timeout: 10_000 }, async (t) => {
+  const { dir, image, bytes } = await fixture()
+  try {
+    const key = signingKeyFromSeed(randomBytes(32))
+    const m = await manifestFromFile({ imageId: 'img', path: image, blockSizeBytes: BS, key })
+    const file = fileBlockSource(image)
+    let nowMs = 0
+    t.mock.timers.enable({ apis: ['setTimeout'] })
+    const cache = await BlockCache.open({ manifest: m, path: join(dir, 'cache'), presence: memoryPresenceStore(), source: file, commitQuietMs: 1000, maxCommitDeferMs: 3000, nowMs: () => nowMs })
+    const signal = new AbortController().signal
+    // The writer's timers are mocked; its file writes are real: let them finish (bounded).
+    const settle = async (until: () => boolean = () => false): Promise<void> => {
+      for (let i = 0; i < 2000 && !until(); i++) await new Promise(resolve => setImmediate(resolve))
+    }
+    const advance = async (ms: number, until?: () => boolean): Promise<void> => { nowMs += ms; t.mock.timers.tick(ms); await settle(until) }
+    assert.deepEqual(Buffer.from(await cache.read(0, 2 * BS, signal)), bytes.subarray(0, 2 * BS))
+    await settle()
+    await advance(100)
+    assert.ok(!cache.isDurable(0) && !cache.isDurable(1), 'read 100 ms ago: the commit waits')
+    await advance(500)
+    await cache.read(0, BS, signal) // from memory; the image is still being read
+    await advance(900)
+    assert.ok(!cache.isDurable(0), 'read 900 ms ago: still waiting')
+    await advance(100, () => cache.isDurable(1))
+    assert.ok(cache.isDurable(0) && cache.isDurable(1), 'reads paused for 1 s: committed')
+    // Reads that never pause: the commit goes down after maxCommitDeferMs all the same.
+    await cache.read(2 * BS, BS, signal)
+    for (let waited = 0; waited < 2500; waited += 500) {
+      await advance(500)
+      await cache.read(0, BS, signal)
+    }
+    assert.ok(!cache.isDurable(2), '2.5 s of reads: waiting')
+    await advance(600, () => cache.isDurable(2))
+    assert.ok(cache.isDurable(2), 'deferred 3 s at most')
+    // flush() ends the wait at once.
+    await cache.read(3 * BS, BS, signal)
+    await cache.flush()
+    assert.ok(cache.isDurable(3))
+    t.mock.timers.reset()
+    await cache.close()
+    await file.close()
+  } finally { await rm(dir, { recursive: true, force: true }) }
+})
