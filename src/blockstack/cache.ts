@@ -287,6 +287,8 @@ export class BlockCache implements BlockStore {
   private readonly maxSpillBytes: number
   /** Opening counts as a read: the scrub waits one idle period, so it does not compete with a daemon's start. */
   private lastReadAtMs: number
+  /** The last read by a VM or a peer (not the open): commits wait while reads go on (COMMIT_QUIET_MS). */
+  private readAtMs = -Infinity
   private scrubber: Scrubber | undefined
 
   private constructor (init: BlockCacheInit) {
@@ -381,6 +383,7 @@ export class BlockCache implements BlockStore {
   async readBlock (blockIndex: number, options: { signal?: AbortSignal } = {}): Promise<Uint8Array> {
     // Serving peers is work too: the background scrub waits until this agent is idle for them as well.
     this.lastReadAtMs = this.nowMs()
+    this.readAtMs = this.lastReadAtMs
     for (let attempt = 0; ; attempt++) {
       this.assertOpen()
       options.signal?.throwIfAborted()
@@ -445,6 +448,7 @@ export class BlockCache implements BlockStore {
     this.counters.readRequests++
     this.counters.readBytes += length
     this.lastReadAtMs = this.nowMs()
+    this.readAtMs = this.lastReadAtMs
     const first = Math.floor(offset / blockSizeBytes)
     const last = Math.floor((offset + length - 1) / blockSizeBytes)
     if (this.unchecked.count() > 0) await this.checkRange(first, last)
@@ -654,7 +658,7 @@ export class BlockCache implements BlockStore {
 
   /** True while the image is being read: commits wait (COMMIT_QUIET_MS). */
   private beingRead (): boolean {
-    return this.nowMs() - this.lastReadAtMs < this.commitQuietMs
+    return this.nowMs() - this.readAtMs < this.commitQuietMs
   }
 
   /** A commit should start now: a flush asks, a batch is full, or the blocks waiting press on memory. */
@@ -678,7 +682,7 @@ export class BlockCache implements BlockStore {
         this.endCommitWait = () => { clearTimeout(timer); this.endCommitWait = undefined; resolve(true) }
       })
       const nowMs = this.nowMs()
-      const quietForMs = nowMs - this.lastReadAtMs
+      const quietForMs = nowMs - this.readAtMs
       const waitedMs = nowMs - startMs
       if (ended || quietForMs >= this.commitQuietMs || waitedMs >= this.maxCommitDeferMs) return
       waitMs = Math.max(1, Math.min(this.commitQuietMs - quietForMs, this.maxCommitDeferMs - waitedMs))
