@@ -272,12 +272,15 @@ test('cache: while the image is being read, a commit waits for the reads to paus
     const m = await manifestFromFile({ imageId: 'img', path: image, blockSizeBytes: BS, key })
     const file = fileBlockSource(image)
     let nowMs = 0
+    const realSetTimeout = globalThis.setTimeout
     t.mock.timers.enable({ apis: ['setTimeout'] })
     const cache = await BlockCache.open({ manifest: m, path: join(dir, 'cache'), presence: memoryPresenceStore(), source: file, commitQuietMs: 1000, maxCommitDeferMs: 3000, nowMs: () => nowMs })
     const signal = new AbortController().signal
-    // The writer's timers are mocked; its file writes are real: let them finish (bounded).
-    const settle = async (until: () => boolean = () => false): Promise<void> => {
-      for (let i = 0; i < 2000 && !until(); i++) await new Promise(resolve => setImmediate(resolve))
+    // The writer's timers are mocked; its file writes (an fdatasync in the thread pool) are real: let what is due
+    // run, then wait for the condition, if any, on a real timer (10 s at most: a loaded machine's fdatasync).
+    const settle = async (until?: () => boolean): Promise<void> => {
+      for (let i = 0; i < 20; i++) await new Promise(resolve => setImmediate(resolve))
+      for (let i = 0; until !== undefined && !until() && i < 2000; i++) await new Promise(resolve => realSetTimeout(resolve, 5))
     }
     const advance = async (ms: number, until?: () => boolean): Promise<void> => { nowMs += ms; t.mock.timers.tick(ms); await settle(until) }
     assert.deepEqual(Buffer.from(await cache.read(0, 2 * BS, signal)), bytes.subarray(0, 2 * BS))
