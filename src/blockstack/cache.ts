@@ -285,9 +285,9 @@ export class BlockCache implements BlockStore {
   private spillRetryMs = SPILL_RETRY_MIN_MS
   private spillTimer: NodeJS.Timeout | undefined
   private readonly maxSpillBytes: number
-  /** Opening counts as a read: the scrub waits one idle period, so it does not compete with a daemon's start. */
-  private lastReadAtMs: number
-  /** The last read by a VM or a peer (not the open): commits wait while reads go on (COMMIT_QUIET_MS). */
+  /** The scrub counts the open as a read: it waits one idle period, so it does not compete with a daemon's start. */
+  private readonly openedAtMs: number
+  /** The last read by a VM or a peer: commits wait while reads go on (COMMIT_QUIET_MS), the scrub until idle. */
   private readAtMs = -Infinity
   private scrubber: Scrubber | undefined
 
@@ -306,7 +306,7 @@ export class BlockCache implements BlockStore {
     this.commitQuietMs = init.commitQuietMs ?? COMMIT_QUIET_MS
     this.maxCommitDeferMs = init.maxCommitDeferMs ?? MAX_COMMIT_DEFER_MS
     this.nowMs = init.nowMs ?? (() => performance.now())
-    this.lastReadAtMs = this.nowMs()
+    this.openedAtMs = this.nowMs()
     this.verified = new Bitmap(init.manifest.blockCount)
     this.durable = new Bitmap(init.manifest.blockCount)
     this.unchecked = new Bitmap(init.manifest.blockCount)
@@ -382,8 +382,7 @@ export class BlockCache implements BlockStore {
 
   async readBlock (blockIndex: number, options: { signal?: AbortSignal } = {}): Promise<Uint8Array> {
     // Serving peers is work too: the background scrub waits until this agent is idle for them as well.
-    this.lastReadAtMs = this.nowMs()
-    this.readAtMs = this.lastReadAtMs
+    this.readAtMs = this.nowMs()
     for (let attempt = 0; ; attempt++) {
       this.assertOpen()
       options.signal?.throwIfAborted()
@@ -447,8 +446,7 @@ export class BlockCache implements BlockStore {
     }
     this.counters.readRequests++
     this.counters.readBytes += length
-    this.lastReadAtMs = this.nowMs()
-    this.readAtMs = this.lastReadAtMs
+    this.readAtMs = this.nowMs()
     const first = Math.floor(offset / blockSizeBytes)
     const last = Math.floor((offset + length - 1) / blockSizeBytes)
     if (this.unchecked.count() > 0) await this.checkRange(first, last)
@@ -852,7 +850,7 @@ export class BlockCache implements BlockStore {
     let scrubScratch: Buffer | undefined
     this.scrubber ??= startScrubber({
       blockCount: this.manifest.blockCount,
-      idle: () => this.demandWaiting === 0 && this.nowMs() - this.lastReadAtMs >= SCRUB_IDLE_AFTER_MS,
+      idle: () => this.demandWaiting === 0 && this.nowMs() - Math.max(this.openedAtMs, this.readAtMs) >= SCRUB_IDLE_AFTER_MS,
       scrubBlock: async (index, { all, signal }) => {
         signal.throwIfAborted()
         if (this.closed) throw new CacheClosedError(`cache of ${this.manifest.imageId} is closed`)
