@@ -33,6 +33,7 @@ import type { NodeStatus } from '../rpc/types.js'
 import type { P2PNode } from '../p2p/node.js'
 import { createPreheat, type Preheat, type PreheatPubsub } from '../p2p/preheat.js'
 import { preheatMethods } from './preheat-methods.js'
+import { createBeat, type Beat, type BeatTimer } from '../beat.js'
 
 /** Reported by node.status and the metrics' build info. */
 export const DAEMON_VERSION = '0.1.0'
@@ -74,7 +75,7 @@ export interface PeerProfiles {
 }
 
 export interface PeerLayerFactory {
-  (args: { config: Config, identity: Identity, trustedKeys: Uint8Array[], logger: DaemonLogger, profiles?: PeerProfiles }): Promise<PeerLayer>
+  (args: { config: Config, identity: Identity, trustedKeys: Uint8Array[], logger: DaemonLogger, profiles?: PeerProfiles, beat?: Beat }): Promise<PeerLayer>
 }
 
 
@@ -110,7 +111,8 @@ export interface DaemonOptions {
 
 export class Daemon {
   readonly startedAtMs = Date.now()
-  private heartbeatTimer: NodeJS.Timeout | undefined
+  /** Once-a-second work (src/beat.ts): the prefetch manager's heartbeat here, the peer layer's in it. */
+  private beat: BeatTimer | undefined
   private metricsServer: MetricsServer | undefined
   /** Cluster preheat over gossip; undefined with the peer layer off. */
   preheat: Preheat | undefined
@@ -158,6 +160,10 @@ export class Daemon {
       throw err
     }
     const cleanups: Array<() => Promise<void>> = [async () => { await db.close() }]
+    // Beating from now: the peer layer puts gossipsub on it as it starts.
+    const beat = createBeat({ onError: err => { logger.warn('beat task failed', { error: err }) } })
+    beat.start()
+    cleanups.unshift(async () => { beat.stop() })
     try {
       // The prefetch manager is made after the peer layer, which needs its profiles: late-bound.
       const prefetchRef: { manager?: PrefetchManager } = {}
@@ -171,7 +177,7 @@ export class Daemon {
       }
       const manifestFailures = tapManifestFailures(logger.child('p2p'))
       const peers = config.p2p.enabled && options.peerLayer !== undefined
-        ? await options.peerLayer({ config, identity, trustedKeys, logger: manifestFailures.logger, profiles })
+        ? await options.peerLayer({ config, identity, trustedKeys, logger: manifestFailures.logger, profiles, beat })
         : undefined
       const peerSource = peers?.blockSource ?? NO_PEERS_SOURCE
       const fileSources: Array<{ close: () => Promise<void> }> = []
@@ -273,10 +279,8 @@ export class Daemon {
         daemon.metricsServer = await startMetricsServer(metrics, config.metrics.listen, (message, fields) => logger.error(message, fields))
         cleanups.unshift(async () => { await daemon.metricsServer?.close() })
       }
-      daemon.heartbeatTimer = setInterval(() => {
-        prefetch.heartbeat().catch(err => logger.warn('prefetch heartbeat failed', { error: err }))
-      }, 1000)
-      daemon.heartbeatTimer.unref()
+      daemon.beat = beat
+      beat.add(() => { prefetch.heartbeat().catch(err => logger.warn('prefetch heartbeat failed', { error: err })) })
       logger.info('vmthunderd started', {
         peerId: identity.peerId,
         socket: config.socket,
@@ -349,7 +353,7 @@ export class Daemon {
 
   async stop (): Promise<void> {
     this.logger.info('vmthunderd stopping')
-    clearInterval(this.heartbeatTimer)
+    this.beat?.stop()
     await this.preheat?.stop()
     await this.rpc.close()
     await this.metricsServer?.close()

@@ -5,7 +5,7 @@ import { createP2PService } from '../p2p/service.js'
 import type { PeerLayerFactory } from './daemon.js'
 import { testServedStoreLayer } from './test-faults.js'
 
-export const peerLayerFactory: PeerLayerFactory = async ({ config, identity, trustedKeys, logger, profiles }) => {
+export const peerLayerFactory: PeerLayerFactory = async ({ config, identity, trustedKeys, logger, profiles, beat }) => {
   const p2p = config.p2p
   // Undefined in production; hostile-peer tests only (test-faults.ts), and it throws without the env gate.
   const servedLayer = testServedStoreLayer()
@@ -19,6 +19,7 @@ export const peerLayerFactory: PeerLayerFactory = async ({ config, identity, tru
     dataChannel: p2p.dataChannelPort === null ? false : { port: p2p.dataChannelPort },
     trustedKeys,
     heartbeatMs: p2p.heartbeatMs,
+    beat,
     topologyParams: { parentCount: p2p.parents, childLimit: p2p.childLimit, soleChildLimit: p2p.soleChildLimit, heartbeatMs: p2p.heartbeatMs },
     childLimit: p2p.childLimit,
     peerExchangeTarget: p2p.peerExchangeTarget,

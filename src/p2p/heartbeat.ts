@@ -16,6 +16,7 @@ import { peerIdOfPublicKey } from '../identity/key.js'
 import { toTopologyAdvert } from './advert.js'
 import { isSeed, type ImageState, type ServiceComponents } from './components.js'
 import { deadline, type Deadline } from '../blockstack/deadline.js'
+import type { Beat } from '../beat.js'
 
 /** The peer id of the agent that signed a manifest (its origin); undefined if the key is not an Ed25519 one. */
 const originIds = new WeakMap<Manifest, string | undefined>()
@@ -47,6 +48,8 @@ export interface HeartbeatInit {
   /** End of a heartbeat: advertise what changed. */
   publish: (state: ImageState) => void
   maybeFetchProfile: (state: ImageState) => void
+  /** The agent's beat (src/beat.ts): ticks on it when its period is heartbeatMs, else on a timer of its own. */
+  beat?: Beat
 }
 
 export interface Heartbeat {
@@ -63,6 +66,7 @@ export interface Heartbeat {
 export const createHeartbeat = (init: HeartbeatInit) => (components: ServiceComponents): Heartbeat => {
   const { logger, clock, random, params, images, peers, events, selfPeerId } = components
   let timer: NodeJS.Timeout | undefined
+  let leaveBeat: (() => void) | undefined
 
   const leaveParent = async (state: ImageState, peerId: string): Promise<void> => {
     if (state.manifest === undefined || components.node() === undefined) return
@@ -245,13 +249,17 @@ export const createHeartbeat = (init: HeartbeatInit) => (components: ServiceComp
   }
 
   const start = (): void => {
-    timer = setInterval(tick, params.heartbeatMs)
-    timer.unref()
+    if (init.beat?.periodMs === params.heartbeatMs) leaveBeat = init.beat.add(tick)
+    else {
+      timer = setInterval(tick, params.heartbeatMs)
+      timer.unref()
+    }
     for (const state of images.values()) schedule(state)
   }
 
   const stop = (): void => {
     if (timer !== undefined) clearInterval(timer)
+    leaveBeat?.()
   }
 
   return { start, stop, schedule, leaveParent, tick }

@@ -27,6 +27,7 @@ import type { Ping } from '@libp2p/ping'
 import type { Identity } from '../identity/key.js'
 import { parsePsk } from './psk.js'
 import { CONNECTION_PING_INTERVAL_MS, GOSSIP_MESH } from './gossip-params.js'
+import type { Beat } from '../beat.js'
 
 export type Encryption = 'noise' | 'plaintext'
 
@@ -133,6 +134,51 @@ export async function createNode (init: NodeInit): Promise<P2PNode> {
       }) as (components: any) => GossipSub
     }
   }) as unknown as P2PNode
+}
+
+/** With no peer connected, gossipsub's heartbeat and score decay run once in this many beats. */
+export const GOSSIP_ALONE_EVERY_BEATS = 10
+
+/**
+ * Gossipsub's heartbeat and its score decay on the agent's beat (src/beat.ts) instead of two timers of its own
+ * (1 s each, at two phases): the same work, one wake-up instead of two (at rest an agent's wake-ups, not its
+ * work, are most of its CPU). Its heartbeat() and score.background() are public; the timer that would call the
+ * heartbeat is not: this takes it over through @libp2p/gossipsub's internals (runHeartbeat, which re-arms it,
+ * and status.heartbeatTimeout), checked here. Where they are not as expected (another gossipsub version), or
+ * the beat's period is not gossipsub's heartbeat interval, gossipsub keeps its timers and this returns undefined.
+ * Call after the node started; the returned function hands nothing back (call it before the node stops).
+ */
+export function runGossipsubOnBeat (pubsub: GossipSub, beat: Beat, onError: (err: unknown) => void): (() => void) | undefined {
+  // The class behind the GossipSub interface: public methods the interface leaves out, and the internals.
+  const gs = pubsub as unknown as {
+    isStarted?: () => boolean
+    heartbeat?: () => Promise<void>
+    score?: { background?: () => void, stop?: () => void }
+    runHeartbeat?: unknown
+    status?: { heartbeatTimeout?: ReturnType<typeof setTimeout> }
+    opts?: { heartbeatInterval?: number }
+  }
+  const { isStarted, heartbeat, score, status } = gs
+  const background = score?.background; const stopScore = score?.stop
+  if (typeof isStarted !== 'function' || typeof heartbeat !== 'function' || typeof background !== 'function' ||
+    typeof stopScore !== 'function' || typeof gs.runHeartbeat !== 'function' || status?.heartbeatTimeout === undefined ||
+    gs.opts?.heartbeatInterval !== beat.periodMs || !isStarted.call(gs)) return undefined
+  // A heartbeat already running re-arms the timer through this property when it ends: it then arms a no-op.
+  gs.runHeartbeat = () => {}
+  clearTimeout(status.heartbeatTimeout)
+  stopScore.call(score)
+  let heartbeatRunning = false
+  let beats = 0
+  return beat.add(() => {
+    if (!isStarted.call(gs)) return
+    // With no peer there is no mesh to keep nor score to decay; the message cache still ages, once in 10 beats.
+    if (++beats % GOSSIP_ALONE_EVERY_BEATS !== 0 && pubsub.getPeers().length === 0) return
+    background.call(score)
+    // heartbeat() awaits only when it dials direct peers (we have none): it does not overlap in practice.
+    if (heartbeatRunning) return
+    heartbeatRunning = true
+    heartbeat.call(gs).catch(onError).finally(() => { heartbeatRunning = false })
+  })
 }
 
 /** Sender and sequence number: the message id of StrictSign (each sender's seqno is unique). */

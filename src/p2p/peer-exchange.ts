@@ -66,6 +66,18 @@ export const PEX_SETTLE_MS = 1000
  * Why: a tick lists the connections, and four ticks a second were a fifth of an idle agent's CPU.
  */
 export const PEX_IDLE_TICK_MS = 5000
+
+/**
+ * When the timer ticks next, after a tick (ms from now; undefined: not until connected() wakes it). Every
+ * PEX_TICK_MS while the swarm changes (news within PEX_SETTLE_MS); settled, when the first connected peer falls
+ * due (quietUntilMs), at most PEX_IDLE_TICK_MS away. Settled with no connection there is nobody to ask: no tick
+ * until a connection opens (an agent alone at rest wakes for nothing).
+ */
+export function nextTickDelayMs (nowMs: number, newsAtMs: number, quietUntilMs: number, connections: number): number | undefined {
+  if (nowMs - newsAtMs < PEX_SETTLE_MS) return PEX_TICK_MS
+  if (connections === 0) return undefined
+  return Math.max(PEX_TICK_MS, Math.min(PEX_IDLE_TICK_MS, quietUntilMs - nowMs))
+}
 /** A peer gets one answer per this interval (below the first re-ask); more often, an empty list. */
 export const PEX_SERVE_INTERVAL_MS = 200
 export const PEX_REQUEST_TIMEOUT_MS = 5000
@@ -376,8 +388,8 @@ export function createPeerExchange (init: PeerExchangeInit): PeerExchange {
       timer = undefined
       timerDueMs = Infinity
       void tick().finally(() => {
-        const nowMs = init.clock.nowMs()
-        arm(nowMs - newsAtMs < PEX_SETTLE_MS ? PEX_TICK_MS : Math.max(PEX_TICK_MS, Math.min(PEX_IDLE_TICK_MS, quietUntilMs - nowMs)))
+        const delayMs = nextTickDelayMs(init.clock.nowMs(), newsAtMs, quietUntilMs, init.node()?.getConnections().length ?? 0)
+        if (delayMs !== undefined) arm(delayMs)
       })
     }, delayMs)
     timer.unref()

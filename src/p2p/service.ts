@@ -22,7 +22,7 @@ import type { Manifest } from '../blockstack/manifest.js'
 import type { BlockSource } from '../blockstack/types.js'
 import { silentLogger, type Logger } from '../blockstack/cache.js'
 import { DEFAULT_TOPOLOGY_PARAMS, type TopologyParams } from '../topology/index.js'
-import { createNode, Bootstrapper, type Encryption, type P2PNode } from './node.js'
+import { createNode, Bootstrapper, runGossipsubOnBeat, type Encryption, type P2PNode } from './node.js'
 import { readPskFile } from './psk.js'
 import { imageIdFromTopic, imageTopic } from './advert.js'
 import { serveBlockStream, serveDataChannel, DEFAULT_NON_CHILD_BURST_BYTES, DEFAULT_NON_CHILD_BYTES_PER_SEC, type BlockServerInit } from './block-server.js'
@@ -48,6 +48,7 @@ import { createRelay } from './relay.js'
 import { createManifestFinder } from './manifest-finder.js'
 import { createProfileFetcher } from './profile-fetcher.js'
 import { createPeerExchange, PEER_EXCHANGE_PROTOCOL, type PeerExchange } from './peer-exchange.js'
+import { createBeat, type Beat } from '../beat.js'
 
 export type { ServedStore } from './components.js'
 export { DEFAULT_MIN_ADVERT_INTERVAL_MS } from './adverts.js'
@@ -76,6 +77,11 @@ export interface P2PServiceInit {
   childLimit?: number
   /** Overrides topologyParams.heartbeatMs. */
   heartbeatMs?: number
+  /**
+   * The agent's beat (src/beat.ts), shared with the daemon's other once-a-second work: gossipsub's heartbeat and
+   * score decay run on it, and the p2p heartbeat too when heartbeatMs is its period. Default: one of our own.
+   */
+  beat?: Beat
   banMs?: number
   logger?: Logger
   clock?: Clock
@@ -179,6 +185,10 @@ export interface P2PService {
 export function createP2PService (init: P2PServiceInit): P2PService {
   const logger = init.logger ?? silentLogger
   const clock = init.clock ?? systemClock
+  // Our own beat only when none is given: then started and stopped with the service.
+  const ownBeat = init.beat === undefined ? createBeat({ onError: err => { logger.warn('beat task failed', { error: err }) } }) : undefined
+  const beat: Beat = init.beat ?? ownBeat!
+  let leaveGossipBeat: (() => void) | undefined
   const params: TopologyParams = {
     ...DEFAULT_TOPOLOGY_PARAMS,
     ...init.topologyParams,
@@ -297,7 +307,8 @@ export function createP2PService (init: P2PServiceInit): P2PService {
   const heartbeat = createHeartbeat({
     liveChildren: children.live,
     publish: adverts.publish,
-    maybeFetchProfile: maybeFetchProfiles
+    maybeFetchProfile: maybeFetchProfiles,
+    beat
   })(components)
   const relay = createRelay()(components)
 
@@ -538,6 +549,9 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       const state = event.detail.direction === 'inbound' ? imageOfTopic(event.detail.topic) : undefined
       if (state !== undefined) adverts.publishForced(state)
     })
+    ownBeat?.start()
+    leaveGossipBeat = runGossipsubOnBeat(node.services.pubsub, beat, err => { logger.warn('gossipsub heartbeat failed', { error: err }) })
+    if (leaveGossipBeat === undefined) logger.warn('gossipsub keeps its own heartbeat timers (not as expected: another version?)', {})
     for (const state of images.values()) adverts.subscribe(state)
     bootstrapper = new Bootstrapper(node, init.bootstrap ?? [], logger)
     bootstrapper.start()
@@ -551,6 +565,8 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     if (stopped) return
     stopped = true
     heartbeat.stop()
+    leaveGossipBeat?.()
+    ownBeat?.stop()
     bootstrapper?.stop()
     peerExchange?.stop()
     for (const state of images.values()) {

@@ -4,6 +4,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { createHeartbeat, SEED_HEARTBEAT_EVERY_TICKS } from '../../src/p2p/heartbeat.js'
+import { createBeat } from '../../src/beat.js'
 import { createDirectory } from '../../src/p2p/directory.js'
 import { newImageState, type ImageState, type ServiceComponents } from '../../src/p2p/components.js'
 import type { AdvertBody } from '../../src/p2p/advert.js'
@@ -164,4 +165,35 @@ test('canAttach: an agent that holds a depth counts only shallower free slots as
   state.parents = [{ peerId: 'p', sinceMs: 0, failed: false }]
   state.candidates.delete('relay')
   assert.equal(directory.canAttach(manifest), false, 'attached at depth 2, free slot at depth 2')
+})
+
+test('heartbeat: ticks on the agent\'s beat when the beat\'s period is heartbeatMs, and leaves it on stop', { timeout: 10_000 }, async () => {
+  const state = newImageState('img', 'topic', 0)
+  state.manifest = { imageId: 'img', rootHex: ROOT, root: new Uint8Array(32), blockCount: 10, originPublicKey: new Uint8Array(0) } as unknown as NonNullable<ImageState['manifest']>
+  state.store = { presentCount: () => 10 } as unknown as NonNullable<ImageState['store']> // a seed...
+  state.children.set('child', Infinity) // ... with a child: heartbeats on every tick
+  const published: number[] = []
+  const components = componentsFor(state, () => { throw new Error('a seed asks nobody') })
+  const beatOf = (periodMs: number): ReturnType<typeof createBeat> => createBeat({ periodMs, setInterval: () => { throw new Error('the test fires the beat') } })
+  const settle = async (): Promise<void> => { for (let i = 0; i < 1000 && state.heartbeatRunning; i++) await new Promise(resolve => setImmediate(resolve)) }
+
+  const beat = beatOf(components.params.heartbeatMs)
+  const heartbeat = createHeartbeat({ liveChildren: () => ['child'], publish: () => { published.push(1) }, maybeFetchProfile: () => {}, beat })(components)
+  heartbeat.start()
+  await settle()
+  const afterStart = published.length
+  beat.fire(); await settle()
+  assert.equal(published.length, afterStart + 1, 'one beat: one heartbeat')
+  heartbeat.stop()
+  beat.fire(); await settle()
+  assert.equal(published.length, afterStart + 1, 'stopped: the beat no longer ticks it')
+
+  const other = beatOf(components.params.heartbeatMs * 2)
+  const own = createHeartbeat({ liveChildren: () => ['child'], publish: () => { published.push(1) }, maybeFetchProfile: () => {}, beat: other })(components)
+  own.start()
+  await settle()
+  const before = published.length
+  other.fire(); await settle()
+  assert.equal(published.length, before, 'another period: the heartbeat keeps its own timer, not the beat')
+  own.stop()
 })

@@ -14,7 +14,7 @@ import { createNode, type P2PNode } from '../../src/p2p/node.js'
 import { silentLogger } from '../../src/blockstack/cache.js'
 import {
   createPeerExchange, decodePeerList, encodePeerList, requestPeerList, PEER_EXCHANGE_PROTOCOL, PEX_SERVE_INTERVAL_MS, PEX_FIRST_REASK_MS as FIRST, PEX_REASK_MS, PEX_SETTLE_MS,
-  PEX_IDLE_TICK_MS, PEX_TICK_MS,
+  PEX_IDLE_TICK_MS, PEX_TICK_MS, nextTickDelayMs,
   MAX_PEX_PEERS, type PeerExchange
 } from '../../src/p2p/peer-exchange.js'
 
@@ -247,4 +247,13 @@ test('peer lists round-trip, and bad ones fail with PeerListDecodeError', () => 
   for (const [what, input] of bad) {
     assert.throws(() => decodePeerList(input), (err: Error) => err.name === 'PeerListDecodeError', what)
   }
+})
+
+test('the timer: every PEX_TICK_MS while the swarm changes; settled, when a peer falls due; alone, not until a connection opens', () => {
+  const now = 100_000
+  assert.equal(nextTickDelayMs(now, now - 10, Infinity, 0), PEX_TICK_MS, 'news: ticks soon, with or without connections')
+  assert.equal(nextTickDelayMs(now, now - PEX_SETTLE_MS, now + 60_000, 3), PEX_IDLE_TICK_MS, 'settled: at most PEX_IDLE_TICK_MS away')
+  assert.equal(nextTickDelayMs(now, now - PEX_SETTLE_MS, now + 1200, 3), 1200, 'settled: when the first peer falls due')
+  assert.equal(nextTickDelayMs(now, now - PEX_SETTLE_MS, now, 3), PEX_TICK_MS, 'never sooner than PEX_TICK_MS')
+  assert.equal(nextTickDelayMs(now, now - PEX_SETTLE_MS, now + 60_000, 0), undefined, 'settled and alone: no tick (connected() wakes the timer)')
 })
