@@ -236,9 +236,14 @@ export const createAdverts = (init: AdvertsInit) => (components: ServiceComponen
     }
     const previous = state.candidates.get(sender)
     state.candidates.set(sender, { advert: verdict.advert, receivedAtMs: clock.nowMs() })
-    // A candidate that just became eligible (new, or attached: depth known) while we lack parents: select now
-    // rather than at the next heartbeat.
-    const newlyEligible = verdict.advert.depth !== null && (previous === undefined || previous.advert.depth === null)
+    // Back after it hung up (restarted, or reachable again): an earlier failed or refused admission says nothing
+    // of it now. The origin restarted during a wave: its children had failed to reach it, were excluded for a
+    // heartbeat, and re-attached at their next heartbeat, about a second after it was back (issue 12).
+    const returned = previous?.hungUp === true
+    if (returned) state.refused.delete(sender)
+    // A candidate that just became eligible (new, back, or attached: depth known) while we lack parents: select
+    // now rather than at the next heartbeat.
+    const newlyEligible = verdict.advert.depth !== null && (previous === undefined || returned || previous.advert.depth === null)
     if (newlyEligible && state.parents.length < params.parentCount && state.store !== undefined && !isSeed(state)) init.scheduleHeartbeat(state)
     if (verdict.advert.profile !== undefined || verdict.advert.booting !== undefined) init.maybeFetchProfile(state)
     events.notify()

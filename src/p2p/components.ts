@@ -26,6 +26,8 @@ export type ServedStore = BlockStore & {
 export interface CandidateEntry {
   advert: AdvertBody
   receivedAtMs: number
+  /** The sender hung up after this advert (dropLifetime): its next advert says it is back (adverts.ts). */
+  hungUp?: boolean
 }
 
 /**
@@ -34,6 +36,7 @@ export interface CandidateEntry {
  * that comes back re-subscribes, and its answer to that (adverts.ts publishForced) brings a fresh advert.
  */
 export function dropLifetime (entry: CandidateEntry): void {
+  entry.hungUp = true
   if (entry.advert.lifetimeMs !== undefined) entry.advert = { ...entry.advert, lifetimeMs: undefined }
 }
 
