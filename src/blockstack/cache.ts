@@ -37,6 +37,40 @@ export const DEFAULT_MAX_FETCH_ATTEMPTS = 4
 export const DEFAULT_MAX_BLOCKS_PER_FETCH = 32
 /** Verified blocks waiting for their group commit; fetches wait when more than this is buffered. */
 export const DEFAULT_MAX_PENDING_WRITE_BYTES = 64 * 1024 * 1024
+/** Verified blocks waiting for their commit in all of an agent's caches together (PendingWriteBudget). */
+export const DEFAULT_HOST_PENDING_WRITE_BYTES = 128 * 1024 * 1024
+
+/**
+ * Verified blocks waiting for their commit, counted over every cache of the agent. Why: the per-image bound
+ * (maxPendingWriteBytes) alone let N images booting at once hold N x 7/8 of it in memory while their commits
+ * waited for the reads to pause (COMMIT_QUIET_MS). The caches that share one commit early when it presses (as
+ * on their own bound: commitDue), the ones waiting to commit are woken when a block takes it over the
+ * threshold, and a cache that adds a block beyond the whole bound waits for its writer.
+ */
+export class PendingWriteBudget {
+  bytes = 0
+  /** Caches whose commit is waiting: ended when the budget presses. */
+  private readonly waiting = new Set<() => void>()
+  constructor (readonly maxBytes: number) {
+    if (!(maxBytes > 0)) throw new RangeError(`pending write budget must be > 0 bytes, got ${maxBytes}`)
+  }
+
+  /** Over the share at which a commit starts: 7/8 of the bound while a cache is being read, else half. */
+  presses (beingRead: boolean): boolean {
+    return this.bytes > (beingRead ? this.maxBytes * 7 / 8 : this.maxBytes / 2)
+  }
+
+  /** Registers a waiting commit's end; returns its removal. */
+  onPress (end: () => void): () => void {
+    this.waiting.add(end)
+    return () => { this.waiting.delete(end) }
+  }
+
+  /** Ends every waiting commit (each then checks why it was woken). */
+  press (): void {
+    for (const end of [...this.waiting]) end()
+  }
+}
 /**
  * Fetch rounds for one batch at most, and the backoff after a round that failed outright for a reason other
  * than NoSourceError (a source that fails without waiting: the peer layer off, a file error, a block no
@@ -132,6 +166,8 @@ export interface BlockCacheInit {
   maxFetchAttempts?: number
   maxBlocksPerFetch?: number
   maxPendingWriteBytes?: number
+  /** Shared by every cache of the agent (ImageRegistry): the bound over all of them. Default: one of its own. */
+  pendingWrites?: PendingWriteBudget
   /** 0 disables readSync. */
   syncReadMaxBytes?: number
   /** A sync write slower than this sends writes to the thread pool for a while (DEFAULT_SLOW_SYNC_WRITE_MS). */
@@ -242,6 +278,7 @@ export class BlockCache implements BlockStore {
   /** Verified blocks not yet durable. */
   private readonly pending = new Map<number, Uint8Array>()
   private pendingBytes = 0
+  private readonly pendingWrites: PendingWriteBudget
   private writeQueue: number[] = []
   private writer: Promise<void> | undefined
   /** Ends the writer's wait for a fuller commit (set while it waits). */
@@ -301,6 +338,7 @@ export class BlockCache implements BlockStore {
     this.maxFetchAttempts = init.maxFetchAttempts ?? DEFAULT_MAX_FETCH_ATTEMPTS
     this.maxBlocksPerFetch = init.maxBlocksPerFetch ?? DEFAULT_MAX_BLOCKS_PER_FETCH
     this.maxPendingWriteBytes = init.maxPendingWriteBytes ?? DEFAULT_MAX_PENDING_WRITE_BYTES
+    this.pendingWrites = init.pendingWrites ?? new PendingWriteBudget(this.maxPendingWriteBytes)
     this.syncReadMaxBytes = init.syncReadMaxBytes ?? DEFAULT_SYNC_READ_MAX_BYTES
     this.slowSyncWriteMs = init.slowSyncWriteMs ?? DEFAULT_SLOW_SYNC_WRITE_MS
     this.commitQuietMs = init.commitQuietMs ?? COMMIT_QUIET_MS
@@ -623,7 +661,7 @@ export class BlockCache implements BlockStore {
     if (this.verified.get(index)) return false
     this.verified.set(index)
     this.pending.set(index, data)
-    this.pendingBytes += data.byteLength
+    this.addPending(data.byteLength)
     this.counters.fetchedBlocks++
     this.counters.fetchedBytes += data.byteLength
     if (priority === 'prefetch') this.counters.prefetchedBytes += data.byteLength
@@ -633,8 +671,15 @@ export class BlockCache implements BlockStore {
     this.writeQueue.push(index)
     this.startWriter()
     if (this.commitDue()) this.endCommitWait?.()
-    if (this.pendingBytes > this.maxPendingWriteBytes) await this.writer
+    if (this.pendingWrites.presses(this.beingRead())) this.pendingWrites.press()
+    if (this.pendingBytes > this.maxPendingWriteBytes || this.pendingWrites.bytes > this.pendingWrites.maxBytes) await this.writer
     return true
+  }
+
+  /** Bytes waiting for their commit, here and in the agent's budget. */
+  private addPending (bytes: number): void {
+    this.pendingBytes += bytes
+    this.pendingWrites.bytes += bytes
   }
 
   private announce (blocks: number[]): void {
@@ -662,7 +707,9 @@ export class BlockCache implements BlockStore {
   /** A commit should start now: a flush asks, a batch is full, or the blocks waiting press on memory. */
   private commitDue (): boolean {
     if (this.flushing > 0 || this.closed) return true
-    if (this.beingRead()) return this.pendingBytes > this.maxPendingWriteBytes * 7 / 8
+    const beingRead = this.beingRead()
+    if (this.pendingWrites.presses(beingRead)) return true
+    if (beingRead) return this.pendingBytes > this.maxPendingWriteBytes * 7 / 8
     return this.writeQueue.length >= MAX_BLOCKS_PER_COMMIT || this.pendingBytes > this.maxPendingWriteBytes / 2
   }
 
@@ -675,10 +722,13 @@ export class BlockCache implements BlockStore {
     let waitMs = COMMIT_DELAY_MS
     for (let round = 0; round < MAX_COMMIT_WAIT_ROUNDS; round++) {
       if (this.commitDue()) return
+      let leavePress = (): void => {}
       const ended = await new Promise<boolean>(resolve => {
         const timer = setTimeout(() => { this.endCommitWait = undefined; resolve(false) }, waitMs)
         this.endCommitWait = () => { clearTimeout(timer); this.endCommitWait = undefined; resolve(true) }
+        leavePress = this.pendingWrites.onPress(this.endCommitWait)
       })
+      leavePress()
       const nowMs = this.nowMs()
       const quietForMs = nowMs - this.readAtMs
       const waitedMs = nowMs - startMs
@@ -743,7 +793,7 @@ export class BlockCache implements BlockStore {
     const data = this.pending.get(index)
     if (data === undefined) return
     this.pending.delete(index)
-    this.pendingBytes -= data.byteLength
+    this.addPending(-data.byteLength)
   }
 
   /** Waits until every verified block is durable. */
@@ -837,6 +887,10 @@ export class BlockCache implements BlockStore {
     clearTimeout(this.spillTimer)
     await this.flush()
     this.closed = true
+    // What a failed writer left (spilled or not) no longer counts against the agent's budget.
+    this.pendingWrites.bytes -= this.pendingBytes
+    this.pendingBytes = 0
+    this.pending.clear()
     this.closeController.abort(new CacheClosedError('cache closed'))
     for (const [, waiter] of this.inflight) waiter.reject(new CacheClosedError('cache closed'))
     this.inflight.clear()
@@ -985,7 +1039,7 @@ export class BlockCache implements BlockStore {
     if (this.verified.get(index)) return false
     this.verified.set(index)
     this.pending.set(index, data)
-    this.pendingBytes += data.byteLength
+    this.addPending(data.byteLength)
     this.writeQueue.push(index)
     return true
   }

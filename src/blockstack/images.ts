@@ -6,7 +6,7 @@
 
 import { mkdir, rm, readdir, readFile, writeFile, rename, stat, realpath } from 'node:fs/promises'
 import { isAbsolute, join, sep } from 'node:path'
-import { BlockCache, silentLogger, type Logger } from './cache.js'
+import { BlockCache, DEFAULT_HOST_PENDING_WRITE_BYTES, PendingWriteBudget, silentLogger, type Logger } from './cache.js'
 import { blockLength, decodeManifest, isTrustedOrigin, manifestFromFile, validateImageId, type Manifest } from './manifest.js'
 import { levelPresenceStore, type ChunkDb } from './presence.js'
 import { ImageExistsError, ImageFileError, ImageNotFoundError, ImageInUseError, ImagePathNotAllowedError } from './errors.js'
@@ -48,6 +48,8 @@ export interface ImageRegistryInit {
   fetchTimeoutMs?: number
   /** Background scrub of each cache (scrub.ts defaults when undefined). */
   scrub?: ScrubOptions
+  /** Verified blocks waiting for their commit in all caches together (cache.ts PendingWriteBudget). */
+  pendingWriteBytes?: number
   /**
    * Origin keys this agent trusts now (its own and the configured ones). An image adopted from a peer whose
    * origin is not one of them any more (the key was taken out of p2p.trust) is not loaded: untrusted() lists
@@ -123,8 +125,11 @@ export class ImageRegistry {
   private readonly records: any
   private readonly logger: Logger
   private readonly now: () => number
+  /** Shared by every cache here: the agent's bound on blocks waiting for their commit. */
+  private readonly pendingWrites: PendingWriteBudget
 
   private constructor (private readonly init: ImageRegistryInit) {
+    this.pendingWrites = new PendingWriteBudget(init.pendingWriteBytes ?? DEFAULT_HOST_PENDING_WRITE_BYTES)
     this.records = init.db.sublevel('images', { valueEncoding: 'json' })
     this.logger = init.logger ?? silentLogger
     this.now = init.now ?? Date.now
@@ -180,7 +185,8 @@ export class ImageRegistry {
       logger: this.logger,
       fetchTimeoutMs: this.init.fetchTimeoutMs,
       // Bit rot is found at idle, not only on first read (cache.ts, scrub.ts).
-      scrub: this.init.scrub ?? {}
+      scrub: this.init.scrub ?? {},
+      pendingWrites: this.pendingWrites
     })
   }
 

@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import { randomBytes, createHash } from 'node:crypto'
 import { manifestFromFile, decodeManifest, acceptManifest, verifyBlock, isZeroBlock } from '../../src/blockstack/manifest.js'
 import { signingKeyFromSeed } from '../../src/blockstack/signing.js'
-import { BlockCache, nextSyncWriteBackoffMs, SYNC_WRITE_BACKOFF_MS, MAX_SYNC_WRITE_BACKOFF_MS } from '../../src/blockstack/cache.js'
+import { BlockCache, PendingWriteBudget, nextSyncWriteBackoffMs, SYNC_WRITE_BACKOFF_MS, MAX_SYNC_WRITE_BACKOFF_MS } from '../../src/blockstack/cache.js'
 import { memoryPresenceStore } from '../../src/blockstack/presence.js'
 import { fileBlockSource } from '../../src/blockstack/file-source.js'
 import type { BlockSource } from '../../src/blockstack/types.js'
@@ -22,6 +22,27 @@ async function fixture (): Promise<{ dir: string, image: string, bytes: Buffer }
   const image = join(dir, 'img.raw')
   await writeFile(image, bytes)
   return { dir, image, bytes }
+}
+
+/**
+ * A signed manifest of the fixture and its file source, with setTimeout mocked (the writer's waits) and a settle()
+ * for what stays real: let what is due run, then wait for the condition, if any, on a real timer (10 s at most:
+ * a loaded machine's fdatasync).
+ */
+async function mockedWriterFixture (t: { mock: { timers: { enable: (o: { apis: Array<'setTimeout'> }) => void } } }): Promise<{
+  dir: string, bytes: Buffer, m: Awaited<ReturnType<typeof manifestFromFile>>, file: ReturnType<typeof fileBlockSource>, settle: (until?: () => boolean) => Promise<void>
+}> {
+  const { dir, image, bytes } = await fixture()
+  const key = signingKeyFromSeed(randomBytes(32))
+  const m = await manifestFromFile({ imageId: 'img', path: image, blockSizeBytes: BS, key })
+  const file = fileBlockSource(image)
+  const realSetTimeout = globalThis.setTimeout
+  t.mock.timers.enable({ apis: ['setTimeout'] })
+  const settle = async (until?: () => boolean): Promise<void> => {
+    for (let i = 0; i < 20; i++) await new Promise(resolve => setImmediate(resolve))
+    for (let i = 0; until !== undefined && !until() && i < 2000; i++) await new Promise(resolve => realSetTimeout(resolve, 5))
+  }
+  return { dir, bytes, m, file, settle }
 }
 
 test('manifest: build, encode, decode, verify, trust', { timeout: 10_000 }, async () => {
@@ -265,23 +286,42 @@ test('cache: many fetches in flight at once (reads outrunning the source) raise 
   }
 })
 
-test('cache: while the image is being read, a commit waits for the reads to pause, within a bound; flush does not wait', { timeout: 10_000 }, async (t) => {
-  const { dir, image, bytes } = await fixture()
+test('cache: caches that share a pending-write budget commit when their blocks together press on it, reads or not', { timeout: 10_000 }, async (t) => {
+  const { dir, bytes, m, file, settle } = await mockedWriterFixture(t)
   try {
-    const key = signingKeyFromSeed(randomBytes(32))
-    const m = await manifestFromFile({ imageId: 'img', path: image, blockSizeBytes: BS, key })
-    const file = fileBlockSource(image)
+    // Every cache is being read all along (the clock never moves): on its own, none would commit for seconds.
+    const budget = new PendingWriteBudget(4 * BS)
+    const open = async (name: string, pendingWrites?: PendingWriteBudget): Promise<BlockCache> =>
+      await BlockCache.open({ manifest: m, path: join(dir, name), presence: memoryPresenceStore(), source: file, commitQuietMs: 1000, maxCommitDeferMs: 10_000, nowMs: () => 0, pendingWrites })
+    const a = await open('a', budget)
+    const b = await open('b', budget)
+    const alone = await open('alone')
+    const signal = new AbortController().signal
+    assert.deepEqual(Buffer.from(await a.read(0, 2 * BS, signal)), bytes.subarray(0, 2 * BS))
+    assert.deepEqual(Buffer.from(await alone.read(0, 2 * BS, signal)), bytes.subarray(0, 2 * BS))
+    await settle()
+    assert.equal(budget.bytes, 2 * BS, 'a\'s blocks wait in the shared budget')
+    assert.ok(!a.isDurable(0) && !alone.isDurable(0), 'under 7/8 of the budget: the commits wait for the reads to pause')
+    // b's blocks take the shared budget over 7/8: both caches commit now, a included.
+    assert.deepEqual(Buffer.from(await b.read(2 * BS, 2 * BS, signal)), bytes.subarray(2 * BS, 4 * BS))
+    await settle(() => a.isDurable(1) && b.isDurable(3))
+    assert.ok(a.isDurable(0) && a.isDurable(1) && b.isDurable(2) && b.isDurable(3), 'the budget pressed: every cache sharing it committed')
+    assert.equal(budget.bytes, 0)
+    assert.ok(!alone.isDurable(0), 'a cache with a budget of its own still waits')
+    t.mock.timers.reset()
+    for (const cache of [a, b, alone]) await cache.close()
+    assert.equal(budget.bytes, 0)
+    await file.close()
+  } finally { await rm(dir, { recursive: true, force: true }) }
+})
+
+test('cache: while the image is being read, a commit waits for the reads to pause, within a bound; flush does not wait', { timeout: 10_000 }, async (t) => {
+  // The writer's timers are mocked; its file writes (an fdatasync in the thread pool) are real.
+  const { dir, bytes, m, file, settle } = await mockedWriterFixture(t)
+  try {
     let nowMs = 0
-    const realSetTimeout = globalThis.setTimeout
-    t.mock.timers.enable({ apis: ['setTimeout'] })
     const cache = await BlockCache.open({ manifest: m, path: join(dir, 'cache'), presence: memoryPresenceStore(), source: file, commitQuietMs: 1000, maxCommitDeferMs: 3000, nowMs: () => nowMs })
     const signal = new AbortController().signal
-    // The writer's timers are mocked; its file writes (an fdatasync in the thread pool) are real: let what is due
-    // run, then wait for the condition, if any, on a real timer (10 s at most: a loaded machine's fdatasync).
-    const settle = async (until?: () => boolean): Promise<void> => {
-      for (let i = 0; i < 20; i++) await new Promise(resolve => setImmediate(resolve))
-      for (let i = 0; until !== undefined && !until() && i < 2000; i++) await new Promise(resolve => realSetTimeout(resolve, 5))
-    }
     const advance = async (ms: number, until?: () => boolean): Promise<void> => { nowMs += ms; t.mock.timers.tick(ms); await settle(until) }
     assert.deepEqual(Buffer.from(await cache.read(0, 2 * BS, signal)), bytes.subarray(0, 2 * BS))
     await settle()
