@@ -146,7 +146,8 @@ export const GOSSIP_ALONE_EVERY_BEATS = 10
  * heartbeat is not: this takes it over through @libp2p/gossipsub's internals (runHeartbeat, which re-arms it,
  * and status.heartbeatTimeout), checked here. Where they are not as expected (another gossipsub version), or
  * the beat's period is not gossipsub's heartbeat interval, gossipsub keeps its timers and this returns undefined.
- * Call after the node started; the returned function hands nothing back (call it before the node stops).
+ * Call after the node started. The returned function takes the heartbeat off the beat (gossipsub's own timers
+ * stay off): call it before the node stops.
  */
 export function runGossipsubOnBeat (pubsub: GossipSub, beat: Beat, onError: (err: unknown) => void): (() => void) | undefined {
   // The class behind the GossipSub interface: public methods the interface leaves out, and the internals.
@@ -174,7 +175,7 @@ export function runGossipsubOnBeat (pubsub: GossipSub, beat: Beat, onError: (err
     // With no peer there is no mesh to keep nor score to decay; the message cache still ages, once in 10 beats.
     if (++beats % GOSSIP_ALONE_EVERY_BEATS !== 0 && pubsub.getPeers().length === 0) return
     background.call(score)
-    // heartbeat() awaits only when it dials direct peers (we have none): it does not overlap in practice.
+    // heartbeat() ends a few microtasks later (it awaits its GRAFT/PRUNE sends); one still running is not doubled.
     if (heartbeatRunning) return
     heartbeatRunning = true
     heartbeat.call(gs).catch(onError).finally(() => { heartbeatRunning = false })
