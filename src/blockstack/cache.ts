@@ -66,9 +66,9 @@ export class PendingWriteBudget {
     return () => { this.waiting.delete(end) }
   }
 
-  /** Ends every waiting commit (each then checks why it was woken). */
+  /** Ends every waiting commit: each of those caches commits now. */
   press (): void {
-    for (const end of [...this.waiting]) end()
+    for (const end of this.waiting) end()
   }
 }
 /**
@@ -670,8 +670,10 @@ export class BlockCache implements BlockStore {
     waiter?.resolve()
     this.writeQueue.push(index)
     this.startWriter()
-    if (this.commitDue()) this.endCommitWait?.()
-    if (this.pendingWrites.presses(this.beingRead())) this.pendingWrites.press()
+    // Over the agent's budget, every waiting commit is woken (this one too); else this one when it is due.
+    const beingRead = this.beingRead()
+    if (this.pendingWrites.presses(beingRead)) this.pendingWrites.press()
+    else if (this.commitDue(beingRead)) this.endCommitWait?.()
     if (this.pendingBytes > this.maxPendingWriteBytes || this.pendingWrites.bytes > this.pendingWrites.maxBytes) await this.writer
     return true
   }
@@ -705,9 +707,8 @@ export class BlockCache implements BlockStore {
   }
 
   /** A commit should start now: a flush asks, a batch is full, or the blocks waiting press on memory. */
-  private commitDue (): boolean {
+  private commitDue (beingRead = this.beingRead()): boolean {
     if (this.flushing > 0 || this.closed) return true
-    const beingRead = this.beingRead()
     if (this.pendingWrites.presses(beingRead)) return true
     if (beingRead) return this.pendingBytes > this.maxPendingWriteBytes * 7 / 8
     return this.writeQueue.length >= MAX_BLOCKS_PER_COMMIT || this.pendingBytes > this.maxPendingWriteBytes / 2
@@ -888,8 +889,7 @@ export class BlockCache implements BlockStore {
     await this.flush()
     this.closed = true
     // What a failed writer left (spilled or not) no longer counts against the agent's budget.
-    this.pendingWrites.bytes -= this.pendingBytes
-    this.pendingBytes = 0
+    this.addPending(-this.pendingBytes)
     this.pending.clear()
     this.closeController.abort(new CacheClosedError('cache closed'))
     for (const [, waiter] of this.inflight) waiter.reject(new CacheClosedError('cache closed'))
