@@ -25,6 +25,8 @@
 //   [--perf (vmthunderd: perf record the agents from GO until every host is done; prints where their CPU went)]
 //   [--stagger-ms N (host i gets GO i*N ms after the first, as VMs launched one after another; every host's
 //   time still counts from its own GO)]
+//   [--vmt-profile (vmthunderd: the image was booted before: its origin holds a boot profile made from the trace,
+//   which the hosts fetch and read ahead along; the headline is the first boot, without it)]
 // --warm-up measures agents that have served a boot before, as a long-running agent has: a fresh agent's
 // first boot also pays V8 for compiling its code paths (perf record: about 20 % of a host agent's CPU in
 // TurboFan and 20 % in not yet optimized code in the 8-host wave). The headline figures are those without it.
@@ -42,6 +44,7 @@ import { makeTraceImage } from './lib/trace-image.js'
 import { ActivityCounter, ACTIVITY_GROUPS, OTHER_ACTIVITY } from './lib/perf-activity.js'
 import { createInterface } from 'node:readline'
 import { callRpc } from '../src/rpc/client.js'
+import { createRecorder, profileToJson } from '../src/prefetch/index.js'
 import { mulberry32 as seededRandom } from './lib/trial-utils.js'
 
 const REPO_ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '..')
@@ -103,6 +106,8 @@ export interface SystemResult {
   cpuPerHostMaxMs?: number
   /** vmthunderd: host agents' CPU from their start until GO (start-up, image set-up), median, ms. */
   startupCpuMedianMs?: number
+  /** vmthunderd: host agents' minor page faults from GO until every host was done, median. */
+  pageFaultsPerHostMedian?: number
   /** vmthunderd: all agents' CPU (origin included) over the MiB their p2p layers moved (received + sent). */
   cpuMsPerMiBMoved?: number
   /** vmthunderd-failure: what was killed and what it cost. */
@@ -126,6 +131,8 @@ export interface AgentReport {
   cpuMs: number
   /** CPU time the agent used from its start until GO (start-up). */
   startupCpuMs?: number
+  /** Minor page faults of the agent process from GO until every host was done (first touches of memory). */
+  pageFaults?: number
   /** Time instance.create took (manifest fetch, cache and overlay), ms. */
   createMs?: number
   maxReadMs: number
@@ -198,6 +205,12 @@ export interface BenchResults {
   code?: string
   /** 'trace' (generated from the trace), 'guest', or the file given. */
   image?: string
+  /**
+   * --vmt-profile: the origin holds a boot profile of the image before GO (made from the trace, as an earlier
+   * boot anywhere in the swarm would have left one), so the wave reads ahead along it: an image booted before,
+   * where the headline is its very first boot.
+   */
+  vmtProfile?: boolean
   /** --think: every host replays with the trace's think times; localThinkMs is the same replay from a local file. */
   think?: boolean
   /** --warm-up: the agents served one boot of another image before GO. */
@@ -255,6 +268,8 @@ export interface SystemContext {
   vmtCreate: 'at-go' | 'before'
   /** vmthunderd: before GO, every host boots another image with the same trace (agents that served a boot before). */
   warmUp: boolean
+  /** vmthunderd: the origin holds a boot profile of the image made from the trace before GO (--vmt-profile). */
+  vmtProfile: boolean
   /** The trace the hosts replay. */
   reads: readonly TraceRead[]
   /** vmthunderd: perf record the agents from GO until every host is done (--perf). */
@@ -525,12 +540,22 @@ async function warmUp (ctx: SystemContext, origin: Agent, hosts: Agent[]): Promi
 
 /** CPU time (user + system, ms) the process used so far, from /proc; 0 once it is gone. */
 async function cpuMsOf (pid: number | undefined): Promise<number> {
-  if (pid === undefined) return 0
+  return (await procUsageOf(pid)).cpuMs
+}
+
+/**
+ * A process's CPU time (ms) and minor page faults from /proc/PID/stat (zeros if it is gone). Faults are counted
+ * because on this machine kind a page touched for the first time costs ~10 us: a host agent's
+ * first touches of the blocks it holds until their commit are ~6 % of its CPU in the 8-host wave.
+ */
+async function procUsageOf (pid: number | undefined): Promise<{ cpuMs: number, minorFaults: number }> {
+  if (pid === undefined) return { cpuMs: 0, minorFaults: 0 }
   try {
     const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
     const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    return (Number(f[11]) + Number(f[12])) * 10 // clock ticks of 10 ms (USER_HZ 100)
-  } catch { return 0 }
+    // Fields from the state on (stat field 3): minflt is field 10, utime and stime 14 and 15 (ticks of 10 ms).
+    return { cpuMs: (Number(f[11]) + Number(f[12])) * 10, minorFaults: Number(f[7]) }
+  } catch { return { cpuMs: 0, minorFaults: 0 } }
 }
 
 /** The machine's CPU line of /proc/stat (user nice system idle iowait irq softirq ..., in USER_HZ 100 ticks), or undefined where unreadable. */
@@ -598,6 +623,21 @@ function mergeConfig (base: Record<string, unknown>, over: Record<string, unknow
 }
 
 /**
+ * --vmt-profile: a boot profile of the image made from the trace (what the origin's recorder would have learned
+ * from one earlier boot of it), imported into the origin before GO; the hosts fetch it as agents of a swarm do
+ * (its version is in the origin's adverts; /vmthunder/profile/1).
+ */
+async function importTraceProfile (ctx: SystemContext, origin: Agent): Promise<void> {
+  const images = await rpc(origin, 'image.list') as unknown as Array<{ id: string, root: string, sizeBytes: number, blockSizeBytes: number }>
+  const image = images.find((x) => x.id === IMAGE_ID)
+  if (image === undefined) throw new BenchError(`the origin lists no image ${IMAGE_ID}`)
+  const recorder = createRecorder({ imageId: IMAGE_ID, rootHex: image.root, blockSizeBytes: image.blockSizeBytes, blockCount: Math.ceil(image.sizeBytes / image.blockSizeBytes), instanceStartMs: 0 })
+  for (const r of ctx.reads) recorder.noteRead(r.timeMs, r.offset, r.length)
+  const imported = await rpc(origin, 'image.profile.import', { id: IMAGE_ID, profile: profileToJson(recorder.toProfile()) })
+  ctx.log(`origin holds a boot profile of the image: ${String(imported.entries)} blocks in read order`)
+}
+
+/**
  * vmthunderd on the testbed: the origin agent (origin namespace) registers the image; one agent per host (its
  * namespace, listening on the host's address) bootstraps from the origin and trusts its key. All are started,
  * connected and the image registered before GO; each host's driver creates its instance at GO (--vmt-create
@@ -622,6 +662,7 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
       const t0 = performance.now()
       await rpc(origin, 'image.register', { id: IMAGE_ID, path: ctx.image })
       ctx.log(`${variant.name}: origin registered the image in ${secs(performance.now() - t0)} s`)
+      if (ctx.vmtProfile === true) await importTraceProfile(ctx, origin)
       const os = await rpc(origin, 'node.status')
       const originPeer = os.peerId as string
       const addr = (os.listenAddrs as string[]).find((a) => a.includes(`/ip4/${tb.origin.ip}/tcp/`))
@@ -652,11 +693,15 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
       const names = await nameOf()
       let failure: FailureReport | undefined
       let cpuAtGo = new Map<string, number>()
-      const cpuNow = async (): Promise<Map<string, number>> => new Map(await Promise.all(agents.map(async (a) => [a.name, await cpuMsOf(a.proc.pid)] as const)))
+      let faultsAtGo = new Map<string, number>()
+      const usageNow = async (): Promise<Map<string, { cpuMs: number, minorFaults: number }>> => new Map(await Promise.all(agents.map(async (a) => [a.name, await procUsageOf(a.proc.pid)] as const)))
+      const cpuNow = async (): Promise<Map<string, number>> => new Map([...await usageNow()].map(([name, u]) => [name, u.cpuMs]))
 
       let perfRun: PerfRun | undefined
       const afterGo = async (signal: AbortSignal, control: HostControl): Promise<void> => {
-        cpuAtGo = await cpuNow()
+        const atGo = await usageNow()
+        cpuAtGo = new Map([...atGo].map(([name, u]) => [name, u.cpuMs]))
+        faultsAtGo = new Map([...atGo].map(([name, u]) => [name, u.minorFaults]))
         if (ctx.perf) perfRun = startPerf(agents, join(dirname(ctx.logDir), 'perf.data'))
         if (variant.failure) await killRelay(signal, control)
         if (variant.churn !== undefined) await runChurn(signal, control)
@@ -755,7 +800,8 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
         hostArgs: (i) => ['vmt', '--rpc', hosts[i].socket, '--socket', hosts[i].nbdSocket, '--export', IMAGE_ID, '--name', `vm-h${i + 1}`, '--create', ctx.vmtCreate],
         afterGo,
         report: async (done) => {
-          const cpuEnd = await cpuNow()
+          const usageEnd = await usageNow()
+          const cpuEnd = new Map([...usageEnd].map(([name, u]) => [name, u.cpuMs]))
           const perfActivity = perfRun === undefined ? undefined : await perfRun.stop(new Set(hosts.map((h) => h.proc.pid ?? -1)))
           const restarted = new Set(churn?.kills.map((k) => k.agent) ?? [])
           const cpuOf = (name: string): number => Math.max(0, (cpuEnd.get(name) ?? 0) - (failure?.killedHost === name || restarted.has(name) ? 0 : cpuAtGo.get(name) ?? 0))
@@ -775,6 +821,7 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
               bytesSent: img.bytesSent ?? 0,
               cpuMs: cpuOf(h.name),
               startupCpuMs: cpuAtGo.get(h.name),
+              ...(failure?.killedHost === h.name || restarted.has(h.name) ? {} : { pageFaults: Math.max(0, (usageEnd.get(h.name)?.minorFaults ?? 0) - (faultsAtGo.get(h.name) ?? 0)) }),
               createMs: done[i].fetchMs === undefined ? undefined : Math.round(done[i].fetchMs),
               maxReadMs: Math.round(done[i].maxReadMs),
               firstReadMs: done[i].firstReadMs === undefined ? undefined : Math.round(done[i].firstReadMs),
@@ -818,12 +865,14 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
           const cpus = agentsOut.map((a) => a.cpuMs)
           const movedBytes = agentsOut.reduce((sum, a) => sum + a.bytesFromOrigin + a.bytesFromPeers + a.bytesSent, 0) + Number(originImg.bytesSent ?? 0)
           const startups = agentsOut.map((a) => a.startupCpuMs).filter((x): x is number => x !== undefined)
+          const faults = agentsOut.map((a) => a.pageFaults).filter((x): x is number => x !== undefined)
           return {
             agents: agentsOut,
             originCpuMs: cpuOf('origin'),
             cpuPerHostMedianMs: Math.round(median(cpus)),
             cpuPerHostMaxMs: Math.max(0, ...cpus),
             ...(startups.length > 0 ? { startupCpuMedianMs: Math.round(median(startups)) } : {}),
+            ...(faults.length > 0 ? { pageFaultsPerHostMedian: Math.round(median(faults)) } : {}),
             ...(movedBytes > 0 ? { cpuMsPerMiBMoved: Math.round(100 * (cpus.reduce((a, b) => a + b, 0) + cpuOf('origin')) / (movedBytes / 2 ** 20)) / 100 } : {}),
             ...(failure !== undefined ? { failure } : {}),
             ...(churn !== undefined ? { churn } : {}),
@@ -975,7 +1024,7 @@ export function markdownTable (r: BenchResults, command: string): string {
       `| origin | | | | | | | | | | | ${secs(s.originCpuMs ?? 0)} | | 0 |`)
     if (s.cpuPerHostMedianMs !== undefined) {
       details.push('', `${name}: agent CPU per host per boot (from /proc, GO until every host was done): median ${secs(s.cpuPerHostMedianMs)} s, max ${secs(s.cpuPerHostMaxMs ?? 0)} s; ` +
-        `start-up until GO, median ${secs(s.startupCpuMedianMs ?? 0)} s (not included); ${s.cpuMsPerMiBMoved ?? '-'} CPU-ms per MiB moved (all agents' CPU over the bytes their p2p layers received and sent); ` +
+        `start-up until GO, median ${secs(s.startupCpuMedianMs ?? 0)} s (not included); minor page faults per host agent, GO until done, median ${s.pageFaultsPerHostMedian ?? '-'}; ${s.cpuMsPerMiBMoved ?? '-'} CPU-ms per MiB moved (all agents' CPU over the bytes their p2p layers received and sent); ` +
         `adverts published per host agent (start to end, median): ${median(s.agents.map((a) => a.advertsPublished ?? 0))}; ` +
         `block requests to peers, all hosts: ${requestTotals(s.agents)}; VM reads that were local, median host: ${medianLocalShare(s.agents)}.` +
         (s.machineCpuMs === undefined ? '' : ` The machine, GO until done: ${secs(s.machineCpuMs)} CPU-s busy, of which the host agents ${secs(s.agents.reduce((a, x) => a + x.cpuMs, 0))}, the origin ${secs(s.originCpuMs ?? 0)}, the rest (replay drivers, kernel network path, this bench) ${secs(Math.max(0, s.machineCpuMs - s.agents.reduce((a, x) => a + x.cpuMs, 0) - (s.originCpuMs ?? 0)))}.`))
@@ -1016,7 +1065,7 @@ export function markdownTable (r: BenchResults, command: string): string {
     }
   }
   return [
-    `${r.hosts} hosts at ${r.rate} (origin ${r.originRate}), trace ${basename(r.trace)} (${mib(r.distinctBytes)} MiB distinct), image ${r.image ?? ''} ${mib(r.imageBytes)} MiB.${r.warmUp === true ? ' Agents warmed up: each host booted another image of the same trace before GO (--warm-up).' : ''}${(r.staggerMs ?? 0) > 0 ? ` Staggered: host i started i x ${r.staggerMs} ms after the first; each host's time counts from its own start.` : ''}`,
+    `${r.hosts} hosts at ${r.rate} (origin ${r.originRate}), trace ${basename(r.trace)} (${mib(r.distinctBytes)} MiB distinct), image ${r.image ?? ''} ${mib(r.imageBytes)} MiB.${r.warmUp === true ? ' Agents warmed up: each host booted another image of the same trace before GO (--warm-up).' : ''}${r.vmtProfile === true ? ' The image was booted before: the origin held a boot profile of it, made from the trace (--vmt-profile).' : ''}${(r.staggerMs ?? 0) > 0 ? ` Staggered: host i started i x ${r.staggerMs} ms after the first; each host's time counts from its own start.` : ''}`,
     `Command: \`${command}\`${r.code !== undefined ? ` (code ${r.code})` : ''}`,
     ...(r.localThinkMs !== undefined ? [`Think times: every host reads at the trace's pace; a local file replay takes ${secs(r.localThinkMs)} s. Seconds added over it (slowest host): ${ran.filter((n) => r.systems[n] !== undefined).map((n) => `${n} +${secs(r.systems[n]!.maxMs - r.localThinkMs!)}`).join(', ')}.`] : []),
     '',
@@ -1071,7 +1120,7 @@ function parseArgs (argv: string[]): Map<string, string> {
     const a = argv[i]
     if (!a.startsWith('--')) throw new BenchError(`unexpected argument ${a}`)
     const [k, v] = a.includes('=') ? [a.slice(2, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a.slice(2), undefined]
-    if (k === 'json' || k === 'think' || k === 'warm-up' || k === 'perf') { m.set(k, 'true'); continue }
+    if (k === 'json' || k === 'think' || k === 'warm-up' || k === 'perf' || k === 'vmt-profile') { m.set(k, 'true'); continue }
     const val = v ?? argv[++i]
     if (val === undefined) throw new BenchError(`--${k} needs a value`)
     m.set(k, val)
@@ -1095,6 +1144,7 @@ async function main (): Promise<void> {
   const vmtConfig = args.has('vmt-config') ? JSON.parse(await readFile(resolve(args.get('vmt-config') as string), 'utf8')) as Record<string, unknown> : {}
   const vmtCreate = args.get('vmt-create') ?? 'at-go'
   const warmUpWave = args.has('warm-up')
+  const vmtProfile = args.has('vmt-profile')
   const perf = args.has('perf')
   // Node writes /tmp/perf-PID.map for perf to name JIT-compiled functions.
   if (perf) process.env.VMTB_AGENT_NODE_ARGS = `${process.env.VMTB_AGENT_NODE_ARGS ?? ''} --perf-basic-prof`
@@ -1147,7 +1197,7 @@ async function main (): Promise<void> {
     const localThinkMs = think ? (log('local replay with think times (the baseline)...'), (await replayFile(reads, image, ac.signal, { think: true })).elapsedMs) : undefined
     const distinct = distinctBytes(reads)
     tb = await testbedUp({ hosts, rate, originRate, prefix, signal: ac.signal })
-    const ctx: SystemContext = { think, staggerMs, tb, image, imageBytes, workDir: wd, hostDir: (i) => join(wd, `h${i + 1}`), signal: ac.signal, logDir: join(outDir, 'logs'), vmtConfig, vmtCreate, warmUp: warmUpWave, reads, perf, seed, log }
+    const ctx: SystemContext = { think, staggerMs, tb, image, imageBytes, workDir: wd, hostDir: (i) => join(wd, `h${i + 1}`), signal: ac.signal, logDir: join(outDir, 'logs'), vmtConfig, vmtCreate, warmUp: warmUpWave, vmtProfile, reads, perf, seed, log }
     // Bound per system: a few times the slowest plausible case (every host pulling the whole image from
     // the origin), at least 2 minutes.
     const originBps = tb.originRateBytesPerSec
@@ -1155,7 +1205,7 @@ async function main (): Promise<void> {
     // vmthunderd moves about the trace's distinct bytes once per host at most: a run that has not finished in
     // 10 minutes is stuck (the failure run can be), not slow.
     const vmtTimeoutMs = Number(args.get('vmt-timeout-s') ?? 600) * 1000
-    const results: BenchResults = { distinctBytes: distinct, hosts, rate, originRate, trace, imageBytes, image: imageArg, code: codeVersion(), think, warmUp: warmUpWave, staggerMs, localThinkMs, autogroup: await autogroupOn(), systems: {}, skipped: {} }
+    const results: BenchResults = { distinctBytes: distinct, hosts, rate, originRate, trace, imageBytes, image: imageArg, code: codeVersion(), think, warmUp: warmUpWave, vmtProfile, staggerMs, localThinkMs, autogroup: await autogroupOn(), systems: {}, skipped: {} }
     for (const name of ALL_SYSTEMS.filter((s) => systems.includes(s))) {
       log(`${name}: starting`)
       const load0 = loadavg()[0]

@@ -53,6 +53,8 @@ export interface ImageState {
   unsubscribeBlocks?: () => void
   seq: number
   candidates: Map<string, CandidateEntry>
+  /** Peers booting the image, as last counted (service.ts countBootingPeers: at most every BOOTING_COUNT_TTL_MS). */
+  bootingCount?: { atMs: number, peers: number }
   lastSeq: Map<string, number>
   parents: ParentState[]
   depth: number | null
