@@ -26,7 +26,18 @@ export interface PrefetchConfig {
   /** Read-ahead window overrides (bytes), as in readAheadParams. */
   initialWindowBytes?: number
   maxWindowBytes?: number
+  /**
+   * Read ahead while the VM reads back to back, as the daemon's prefetcher does (its read-ahead runs beside
+   * the VM's reads, not only in think time): a pump after every read, whether or not a demand read waits.
+   * Off by default (the model of issue 5); the testbed's `--vmt-profile` row uses it (testbed.ts).
+   */
+  backToBack?: boolean
 }
+
+/** The daemon's read-ahead in flight per image: 2 batches of 1 MiB (src/prefetch/prefetcher.ts PREFETCH_DEFAULTS). */
+export const DAEMON_READ_AHEAD_BLOCKS = 32
+/** backToBack: blocks per batch, as the daemon's (1 MiB of 64 KiB blocks): one fetch, so one request per source. */
+const DAEMON_BATCH_BLOCKS = 16
 
 /** The trace as a one-boot profile (dense block ids; reads at the trace's cumulative think time). */
 export function profileFromTrace (trace: Trace): BootProfile {
@@ -47,6 +58,8 @@ interface AgentState {
   ra: ReadAheadState
   idle: IdleCursor
   inFlight: number
+  /** backToBack: blocks of batches not yet wholly in (a batch frees its room when its last block lands). */
+  batchedInFlight: number
 }
 
 export class PlannerPrefetch implements PrefetchModel {
@@ -55,6 +68,7 @@ export class PlannerPrefetch implements PrefetchModel {
   readonly params: ReadAheadParams
   readonly maxInFlight: number
   readonly idleEnabled: boolean
+  readonly backToBack: boolean
   /** Blocks fetched by prefetch (issued; a demand read may have joined the same fetch). */
   issuedBlocks = 0
   private readonly st = new Map<number, AgentState>()
@@ -68,19 +82,20 @@ export class PlannerPrefetch implements PrefetchModel {
     })
     this.maxInFlight = Math.max(1, cfg.maxInFlightBlocks ?? 4)
     this.idleEnabled = cfg.idle ?? true
+    this.backToBack = cfg.backToBack ?? false
   }
 
   private state (n: SimNode): AgentState {
     let s = this.st.get(n.idx)
     if (s === undefined) {
-      s = { ra: newReadAhead(n.id, this.params), idle: IDLE_START, inFlight: 0 }
+      s = { ra: newReadAhead(n.id, this.params), idle: IDLE_START, inFlight: 0, batchedInFlight: 0 }
       this.st.set(n.idx, s)
     }
     return s
   }
 
   onThink (n: SimNode, _nextReadIdx: number, thinkMs: number, sim: Engine): readonly number[] {
-    if (thinkMs > 0) this.pump(n, sim)
+    if (thinkMs > 0 || this.backToBack) this.pump(n, sim)
     return []
   }
 
@@ -97,12 +112,13 @@ export class PlannerPrefetch implements PrefetchModel {
 
   onBootDone (n: SimNode, sim: Engine): void { this.pump(n, sim) }
 
-  /** Issues prefetch fetches for n up to the in-flight bound, unless its VM waits for a demand read. */
+  /** Issues prefetch fetches for n up to the in-flight bound, unless its VM waits for a demand read (backToBack: even then). */
   pump (n: SimNode, sim: Engine): void {
-    if (!n.alive || n.demandWaiting || n.isSeed || n.held >= sim.blockCount) return
+    if (!n.alive || (n.demandWaiting && !this.backToBack) || n.isSeed || n.held >= sim.blockCount) return
     const s = this.state(n)
-    const budget = this.maxInFlight - s.inFlight
-    if (budget <= 0) return
+    // backToBack: room is counted in whole batches, as the daemon's prefetcher launches and settles them.
+    const budget = this.maxInFlight - (this.backToBack ? s.batchedInFlight : s.inFlight)
+    if (budget <= 0 || (this.backToBack && budget < Math.min(DAEMON_BATCH_BLOCKS, this.maxInFlight))) return
     const filter = { has: (b: number) => n.has[b] === 1, inFlight: (b: number) => n.pending.has(b) }
     let blocks = n.doneMs < 0 ? planReadAhead(this.index, [s.ra], filter, this.params, budget) : []
     if (blocks.length === 0 && this.idleEnabled && s.idle.phase !== 'done') {
@@ -110,12 +126,32 @@ export class PlannerPrefetch implements PrefetchModel {
       s.idle = plan.cursor
       blocks = plan.blocks
     }
+    if (this.backToBack) {
+      for (let i = 0; i < blocks.length; i += DAEMON_BATCH_BLOCKS) this.launchBatch(n, sim, s, blocks.slice(i, i + DAEMON_BATCH_BLOCKS))
+      return
+    }
     for (const b of blocks) {
       s.inFlight++
       this.issuedBlocks++
       sim.need(n, b, () => {
         s.inFlight--
         // the next batch when this one lands, if the VM is thinking (or done) and not waiting for a read
+        this.pump(n, sim)
+      }, true)
+    }
+  }
+
+  /** backToBack: one batch asked at one moment (one request per source); its room frees when all of it is in. */
+  private launchBatch (n: SimNode, sim: Engine, s: AgentState, batch: readonly number[]): void {
+    let left = batch.length
+    s.batchedInFlight += batch.length
+    for (const b of batch) {
+      s.inFlight++
+      this.issuedBlocks++
+      sim.need(n, b, () => {
+        s.inFlight--
+        if (--left > 0) return
+        s.batchedInFlight -= batch.length
         this.pump(n, sim)
       }, true)
     }
