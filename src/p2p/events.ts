@@ -15,6 +15,8 @@ export interface ServiceEvents {
   sourcesChanged: (rootHex?: string) => void
   /** Resolves at the next sourcesChanged for this image (or for all); rejects on abort. */
   nextSourcesChange: (rootHex: string, signal: AbortSignal) => Promise<void>
+  /** Counts sourcesChanged calls (any image): a value computed from adverts and connections is current while it holds. */
+  sourcesEpoch: () => number
 }
 
 export function createServiceEvents (): ServiceEvents {
@@ -42,6 +44,7 @@ export function createServiceEvents (): ServiceEvents {
   }
 
   const sourceWaiters = new Map<string, Set<() => void>>()
+  let epoch = 0
 
   const wakeAll = (set: Set<() => void> | undefined): void => {
     if (set === undefined || set.size === 0) return
@@ -51,6 +54,7 @@ export function createServiceEvents (): ServiceEvents {
   }
 
   const sourcesChanged = (rootHex?: string): void => {
+    epoch++
     if (rootHex !== undefined) { wakeAll(sourceWaiters.get(rootHex)); return }
     for (const set of sourceWaiters.values()) wakeAll(set)
   }
@@ -69,5 +73,5 @@ export function createServiceEvents (): ServiceEvents {
     if (waiters.size === 0 && sourceWaiters.get(rootHex) === waiters) sourceWaiters.delete(rootHex)
   }
 
-  return { notify, waitFor, next, sourcesChanged, nextSourcesChange }
+  return { notify, waitFor, next, sourcesChanged, nextSourcesChange, sourcesEpoch: () => epoch }
 }

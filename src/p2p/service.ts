@@ -37,7 +37,7 @@ import { RateMeter, TokenBucket } from './rate-limit.js'
 import { systemClock, type Clock } from './clock.js'
 import { ServiceStoppedError } from './errors.js'
 import type { SchedulerParams } from '../topology/scheduler.js'
-import { dropLifetime, newImageState, heldBlocks, isFreshEntry, isSeed, type CandidateEntry, type ImageState, type PeerBook, type ServedStore, type ServiceComponents } from './components.js'
+import { bootingPeersCached, dropLifetime, newImageState, heldBlocks, isFreshEntry, isSeed, type CandidateEntry, type ImageState, type PeerBook, type ServedStore, type ServiceComponents } from './components.js'
 import { createServiceEvents } from './events.js'
 import { createAdverts } from './adverts.js'
 import { DEFAULT_ADVERT_POLICY, type AdvertPolicyParams } from './advert-policy.js'
@@ -56,8 +56,6 @@ export { DEFAULT_MIN_ADVERT_INTERVAL_MS } from './adverts.js'
 export const DEFAULT_BAN_MS = 10 * 60_000
 /** Upload capacity assumed for the advertised load when no upload limit is set (1 Gb/s). */
 export const DEFAULT_UPLOAD_CAPACITY_BYTES_PER_SEC = 125_000_000
-/** How long a count of the peers booting an image is reused (countBootingPeers): adverts come 250 ms apart at most. */
-export const BOOTING_COUNT_TTL_MS = 100
 
 export interface P2PServiceInit {
   identity: Identity
@@ -283,17 +281,16 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     for (const [peer, entry] of state.candidates) if (isBootingPeer(peer, entry, nowMs)) peers.push(peer)
     return peers
   }
-  // Counted without a list, and at most every BOOTING_COUNT_TTL_MS: the prefetcher asks on every tick (each VM
-  // read) whether peers boot the image, twice (its idle and sequential gates), and a count walks every candidate
-  // (1-2 % of a host agent's CPU in the 8-host wave, perf). Adverts change it every 250 ms at the fastest.
+  // Counted without a list, and afresh only when an advert, a connection or a ban came in, or 100 ms passed
+  // (bootingPeersCached, components.ts): the count agrees at once with what the adverts say (a status that showed
+  // a live profile fetched from a booting peer beside a stale count of 0 failed a test).
   const countBootingPeers = (state: ImageState): number => {
     const nowMs = clock.nowMs()
-    const last = state.bootingCount
-    if (last !== undefined && nowMs >= last.atMs && nowMs - last.atMs < BOOTING_COUNT_TTL_MS) return last.peers
-    let n = 0
-    for (const [peer, entry] of state.candidates) if (isBootingPeer(peer, entry, nowMs)) n++
-    state.bootingCount = { atMs: nowMs, peers: n }
-    return n
+    return bootingPeersCached(state, nowMs, events.sourcesEpoch(), () => {
+      let n = 0
+      for (const [peer, entry] of state.candidates) if (isBootingPeer(peer, entry, nowMs)) n++
+      return n
+    })
   }
   // A newer learned profile, and the live read order of peers booting the image now (swarm read-ahead).
   const maybeFetchProfiles = (state: ImageState): void => {
