@@ -29,7 +29,7 @@ export interface PrefetchConfig {
   /**
    * Read ahead while the VM reads back to back, as the daemon's prefetcher does (its read-ahead runs beside
    * the VM's reads, not only in think time): a pump after every read, whether or not a demand read waits.
-   * Off by default (the model of issue 5); the testbed's `--vmt-profile` row uses it (testbed.ts).
+   * Off by default (the model of issue 5). It models the testbed's `--vmt-profile` row (prefetch.test.ts, test/sim/README.md).
    */
   backToBack?: boolean
 }
