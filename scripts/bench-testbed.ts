@@ -538,17 +538,15 @@ async function warmUp (ctx: SystemContext, origin: Agent, hosts: Agent[]): Promi
   ctx.log(`vmthunderd: warm-up wave (another image, same trace) done in ${secs(performance.now() - t0)} s`)
 }
 
-/** CPU time (user + system, ms) the process used so far, from /proc; 0 once it is gone. */
-async function cpuMsOf (pid: number | undefined): Promise<number> {
-  return (await procUsageOf(pid)).cpuMs
-}
+interface ProcUsage { cpuMs: number, minorFaults: number }
 
 /**
- * A process's CPU time (ms) and minor page faults from /proc/PID/stat (zeros if it is gone). Faults are counted
+ * A process's CPU time so far (user + system, ms) and minor page faults, from /proc/PID/stat (zeros once it is
+ * gone). Faults are counted
  * because on this machine kind a page touched for the first time costs ~10 us: a host agent's
  * first touches of the blocks it holds until their commit are ~6 % of its CPU in the 8-host wave.
  */
-async function procUsageOf (pid: number | undefined): Promise<{ cpuMs: number, minorFaults: number }> {
+async function procUsageOf (pid: number | undefined): Promise<ProcUsage> {
   if (pid === undefined) return { cpuMs: 0, minorFaults: 0 }
   try {
     const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
@@ -628,10 +626,10 @@ function mergeConfig (base: Record<string, unknown>, over: Record<string, unknow
  * (its version is in the origin's adverts; /vmthunder/profile/1).
  */
 async function importTraceProfile (ctx: SystemContext, origin: Agent): Promise<void> {
-  const images = await rpc(origin, 'image.list') as unknown as Array<{ id: string, root: string, sizeBytes: number, blockSizeBytes: number }>
+  const images = await rpc(origin, 'image.list') as unknown as Array<{ id: string, root: string, blockSizeBytes: number, cache: { blockCount: number } }>
   const image = images.find((x) => x.id === IMAGE_ID)
   if (image === undefined) throw new BenchError(`the origin lists no image ${IMAGE_ID}`)
-  const recorder = createRecorder({ imageId: IMAGE_ID, rootHex: image.root, blockSizeBytes: image.blockSizeBytes, blockCount: Math.ceil(image.sizeBytes / image.blockSizeBytes), instanceStartMs: 0 })
+  const recorder = createRecorder({ imageId: IMAGE_ID, rootHex: image.root, blockSizeBytes: image.blockSizeBytes, blockCount: image.cache.blockCount, instanceStartMs: 0 })
   for (const r of ctx.reads) recorder.noteRead(r.timeMs, r.offset, r.length)
   const imported = await rpc(origin, 'image.profile.import', { id: IMAGE_ID, profile: profileToJson(recorder.toProfile()) })
   ctx.log(`origin holds a boot profile of the image: ${String(imported.entries)} blocks in read order`)
@@ -692,16 +690,12 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
       if (ctx.warmUp) await warmUp(ctx, origin, hosts)
       const names = await nameOf()
       let failure: FailureReport | undefined
-      let cpuAtGo = new Map<string, number>()
-      let faultsAtGo = new Map<string, number>()
-      const usageNow = async (): Promise<Map<string, { cpuMs: number, minorFaults: number }>> => new Map(await Promise.all(agents.map(async (a) => [a.name, await procUsageOf(a.proc.pid)] as const)))
-      const cpuNow = async (): Promise<Map<string, number>> => new Map([...await usageNow()].map(([name, u]) => [name, u.cpuMs]))
+      let usageAtGo = new Map<string, ProcUsage>()
+      const usageNow = async (): Promise<Map<string, ProcUsage>> => new Map(await Promise.all(agents.map(async (a) => [a.name, await procUsageOf(a.proc.pid)] as const)))
 
       let perfRun: PerfRun | undefined
       const afterGo = async (signal: AbortSignal, control: HostControl): Promise<void> => {
-        const atGo = await usageNow()
-        cpuAtGo = new Map([...atGo].map(([name, u]) => [name, u.cpuMs]))
-        faultsAtGo = new Map([...atGo].map(([name, u]) => [name, u.minorFaults]))
+        usageAtGo = await usageNow()
         if (ctx.perf) perfRun = startPerf(agents, join(dirname(ctx.logDir), 'perf.data'))
         if (variant.failure) await killRelay(signal, control)
         if (variant.churn !== undefined) await runChurn(signal, control)
@@ -801,10 +795,13 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
         afterGo,
         report: async (done) => {
           const usageEnd = await usageNow()
-          const cpuEnd = new Map([...usageEnd].map(([name, u]) => [name, u.cpuMs]))
           const perfActivity = perfRun === undefined ? undefined : await perfRun.stop(new Set(hosts.map((h) => h.proc.pid ?? -1)))
           const restarted = new Set(churn?.kills.map((k) => k.agent) ?? [])
-          const cpuOf = (name: string): number => Math.max(0, (cpuEnd.get(name) ?? 0) - (failure?.killedHost === name || restarted.has(name) ? 0 : cpuAtGo.get(name) ?? 0))
+          // A killed or restarted agent's process is a new one since GO: all its usage counts.
+          const sameProcess = (name: string): boolean => failure?.killedHost !== name && !restarted.has(name)
+          const sinceGo = (name: string, key: keyof ProcUsage): number =>
+            Math.max(0, (usageEnd.get(name)?.[key] ?? 0) - (sameProcess(name) ? usageAtGo.get(name)?.[key] ?? 0 : 0))
+          const cpuOf = (name: string): number => sinceGo(name, 'cpuMs')
           const names2 = await nameOf()
           const agentsOut: AgentReport[] = []
           for (const [i, h] of hosts.entries()) {
@@ -820,8 +817,8 @@ function vmthunderd (variant: { prefetch: boolean, failure: boolean, name: Syste
               bytesFromPeers: Object.values(byPeer).reduce((a, b) => a + b, 0) - fromOrigin,
               bytesSent: img.bytesSent ?? 0,
               cpuMs: cpuOf(h.name),
-              startupCpuMs: cpuAtGo.get(h.name),
-              ...(failure?.killedHost === h.name || restarted.has(h.name) ? {} : { pageFaults: Math.max(0, (usageEnd.get(h.name)?.minorFaults ?? 0) - (faultsAtGo.get(h.name) ?? 0)) }),
+              startupCpuMs: usageAtGo.get(h.name)?.cpuMs,
+              ...(sameProcess(h.name) ? { pageFaults: sinceGo(h.name, 'minorFaults') } : {}),
               createMs: done[i].fetchMs === undefined ? undefined : Math.round(done[i].fetchMs),
               maxReadMs: Math.round(done[i].maxReadMs),
               firstReadMs: done[i].firstReadMs === undefined ? undefined : Math.round(done[i].firstReadMs),

@@ -3,7 +3,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { DAEMON_READ_AHEAD_BLOCKS, makePrefetch, profileFromTrace } from './prefetch.js'
+import { makePrefetch, profileFromTrace } from './prefetch.js'
 import { publicResult } from './report.js'
 import { runScenario, runScenarioParallel, runSystem } from './run.js'
 import type { RunResult } from './run.js'
@@ -81,7 +81,7 @@ test('backToBack: the daemon\'s read-ahead beside back-to-back reads, in batches
   const base = { scenario: scenario('testbed-1g'), trace, agents: 8, seed: 1 }
   const first = runScenario({ ...base, systems: ['vmthunderd'] }).systems.vmthunderd
   const issue5 = runScenario({ ...base, systems: ['vmthunderd'], prefetchVariants: 'only' }).systems['vmthunderd+prefetch']
-  const daemon = runScenario({ ...base, systems: ['vmthunderd'], prefetchVariants: 'only', prefetchConfig: { backToBack: true, maxInFlightBlocks: DAEMON_READ_AHEAD_BLOCKS, idle: false } })
+  const daemon = runScenario({ ...base, systems: ['vmthunderd'], prefetchVariants: 'only', prefetchConfig: { backToBack: true, idle: false } })
   const on = daemon.systems['vmthunderd+prefetch']
   // the checkers (assertClean's, but for its think-time floor: these reads come back to back)
   assert.deepEqual([on.checks.cycles, on.checks.fanoutViolations, on.checks.absentReads, on.checks.unreachableAtEnd, on.unfinished], [0, 0, 0, 0, 0])

@@ -12,7 +12,7 @@
 // demand read issued after a think queues behind at most that many blocks on its download port.
 
 import {
-  createRecorder, IDLE_START, indexProfile, newReadAhead, observeRead, planIdle, planReadAhead, readAheadParams
+  createRecorder, IDLE_START, PREFETCH_DEFAULTS, indexProfile, newReadAhead, observeRead, planIdle, planReadAhead, readAheadParams
 } from '../../src/prefetch/index.js'
 import type { BootProfile, IdleCursor, ProfileIndex, ReadAheadParams, ReadAheadState } from '../../src/prefetch/index.js'
 import type { Engine, PrefetchModel, SimNode } from './engine.js'
@@ -28,16 +28,13 @@ export interface PrefetchConfig {
   maxWindowBytes?: number
   /**
    * Read ahead while the VM reads back to back, as the daemon's prefetcher does (its read-ahead runs beside
-   * the VM's reads, not only in think time): a pump after every read, whether or not a demand read waits.
-   * Off by default (the model of issue 5). It models the testbed's `--vmt-profile` row (prefetch.test.ts, test/sim/README.md).
+   * the VM's reads, not only in think time): a pump after every read, whether or not a demand read waits, in
+   * the daemon's batches (PREFETCH_DEFAULTS: 1 MiB each, one fetch, so one request per source; 2 in flight
+   * unless maxInFlightBlocks says otherwise). Off by default (the model of issue 5). It models the testbed's
+   * `--vmt-profile` row (prefetch.test.ts, test/sim/README.md).
    */
   backToBack?: boolean
 }
-
-/** The daemon's read-ahead in flight per image: 2 batches of 1 MiB (src/prefetch/prefetcher.ts PREFETCH_DEFAULTS). */
-export const DAEMON_READ_AHEAD_BLOCKS = 32
-/** backToBack: blocks per batch, as the daemon's (1 MiB of 64 KiB blocks): one fetch, so one request per source. */
-const DAEMON_BATCH_BLOCKS = 16
 
 /** The trace as a one-boot profile (dense block ids; reads at the trace's cumulative think time). */
 export function profileFromTrace (trace: Trace): BootProfile {
@@ -69,6 +66,8 @@ export class PlannerPrefetch implements PrefetchModel {
   readonly maxInFlight: number
   readonly idleEnabled: boolean
   readonly backToBack: boolean
+  /** backToBack: blocks per batch (the daemon's, PREFETCH_DEFAULTS.batchBytes). */
+  readonly batchBlocks: number
   /** Blocks fetched by prefetch (issued; a demand read may have joined the same fetch). */
   issuedBlocks = 0
   private readonly st = new Map<number, AgentState>()
@@ -80,9 +79,10 @@ export class PlannerPrefetch implements PrefetchModel {
       ...(cfg.initialWindowBytes !== undefined ? { initialWindowBytes: cfg.initialWindowBytes } : {}),
       ...(cfg.maxWindowBytes !== undefined ? { maxWindowBytes: cfg.maxWindowBytes } : {})
     })
-    this.maxInFlight = Math.max(1, cfg.maxInFlightBlocks ?? 4)
-    this.idleEnabled = cfg.idle ?? true
     this.backToBack = cfg.backToBack ?? false
+    this.batchBlocks = Math.max(1, Math.floor(PREFETCH_DEFAULTS.batchBytes / trace.blockSizeBytes))
+    this.maxInFlight = Math.max(1, cfg.maxInFlightBlocks ?? (this.backToBack ? PREFETCH_DEFAULTS.maxInFlightBatches * this.batchBlocks : 4))
+    this.idleEnabled = cfg.idle ?? true
   }
 
   private state (n: SimNode): AgentState {
@@ -118,7 +118,7 @@ export class PlannerPrefetch implements PrefetchModel {
     const s = this.state(n)
     // backToBack: room is counted in whole batches, as the daemon's prefetcher launches and settles them.
     const budget = this.maxInFlight - (this.backToBack ? s.batchedInFlight : s.inFlight)
-    if (budget <= 0 || (this.backToBack && budget < Math.min(DAEMON_BATCH_BLOCKS, this.maxInFlight))) return
+    if (budget <= 0 || (this.backToBack && budget < Math.min(this.batchBlocks, this.maxInFlight))) return
     const filter = { has: (b: number) => n.has[b] === 1, inFlight: (b: number) => n.pending.has(b) }
     let blocks = n.doneMs < 0 ? planReadAhead(this.index, [s.ra], filter, this.params, budget) : []
     if (blocks.length === 0 && this.idleEnabled && s.idle.phase !== 'done') {
@@ -127,7 +127,7 @@ export class PlannerPrefetch implements PrefetchModel {
       blocks = plan.blocks
     }
     if (this.backToBack) {
-      for (let i = 0; i < blocks.length; i += DAEMON_BATCH_BLOCKS) this.launchBatch(n, sim, s, blocks.slice(i, i + DAEMON_BATCH_BLOCKS))
+      for (let i = 0; i < blocks.length; i += this.batchBlocks) this.launchBatch(n, sim, s, blocks.slice(i, i + this.batchBlocks))
       return
     }
     for (const b of blocks) {
@@ -146,10 +146,8 @@ export class PlannerPrefetch implements PrefetchModel {
     let left = batch.length
     s.batchedInFlight += batch.length
     for (const b of batch) {
-      s.inFlight++
       this.issuedBlocks++
       sim.need(n, b, () => {
-        s.inFlight--
         if (--left > 0) return
         s.batchedInFlight -= batch.length
         this.pump(n, sim)
