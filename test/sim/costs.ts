@@ -56,12 +56,19 @@ export interface TestbedLoad {
   /** Measured CPU of the wave's host agents over what the quiet costs give for the work they counted. */
   factor: number
   /**
+   * The per-request costs' own factor (requestSendCpuMs, requestRecvCpuMs), when fitted on two waves that differ
+   * in their share of requests (a first boot and a --vmt-profile wave): `factor` is then the rest's.
+   */
+  requestFactor?: number
+  /**
    * CPU ms per VM read of what else ran on the testbed's cores in that wave (the machine's busy CPU less the
    * agents'): the replay drivers and the kernel's network path. Added to readCpuMs under the testbed's load.
    */
   backgroundCpuMsPerRead?: number
-  /** The bench:testbed run it was fitted on. */
+  /** The bench:testbed runs it was fitted on. */
   source: string
+  /** Fitted apart per link rate (bench:testbed's --rate: '1gbit', '100mbit'); a scenario's testbedRate picks one. */
+  byRate?: Record<string, Omit<TestbedLoad, 'byRate'>>
 }
 
 /** The cost fields that are CPU time (scaled by a load factor); the rest are wall times. */
@@ -69,6 +76,9 @@ export const CPU_COST_FIELDS = [
   'requestSendCpuMs', 'blockSendCpuMs', 'requestRecvCpuMs', 'blockRecvCpuMs', 'advertCpuMs', 'neighbourCpuMsPerS', 'idleCpuMsPerS',
   'readCpuMs', 'instanceCreateCpuMs', 'startupCpuMs'
 ] as const satisfies ReadonlyArray<keyof CostParams>
+
+/** The per-request CPU costs: scaled by testbedLoad.requestFactor when it was fitted. */
+const REQUEST_COST_FIELDS: ReadonlySet<string> = new Set(['requestSendCpuMs', 'requestRecvCpuMs'])
 
 type MeasuredCosts = CostParams & { commit?: string, measuredAt?: string, testbedLoad?: TestbedLoad }
 let measured: MeasuredCosts | undefined
@@ -83,24 +93,43 @@ export function measuredCosts (): MeasuredCosts {
     if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new ScenarioError(`${COSTS_FILE}: ${k} must be a number >= 0`)
   }
   const load = json.testbedLoad as TestbedLoad | undefined
-  if (load !== undefined && (typeof load.factor !== 'number' || !Number.isFinite(load.factor) || load.factor <= 0 || typeof load.source !== 'string' ||
-    (load.backgroundCpuMsPerRead !== undefined && (typeof load.backgroundCpuMsPerRead !== 'number' || !Number.isFinite(load.backgroundCpuMsPerRead) || load.backgroundCpuMsPerRead < 0)))) {
-    throw new ScenarioError(`${COSTS_FILE}: testbedLoad must be { factor: number > 0, backgroundCpuMsPerRead?: number >= 0, source: string }`)
+  if (load !== undefined) {
+    checkLoad(load)
+    if (load.byRate !== undefined) {
+      if (typeof load.byRate !== 'object' || load.byRate === null) throw new ScenarioError(`${COSTS_FILE}: testbedLoad.byRate must be an object of loads by rate`)
+      for (const l of Object.values(load.byRate)) checkLoad(l)
+    }
   }
   measured = out as unknown as MeasuredCosts
   return measured
 }
 
-export function costsOf (scenario: Pick<Scenario, 'costs' | 'costLoad'>): CostParams {
+function checkLoad (load: Omit<TestbedLoad, 'byRate'>): void {
+  const positive = (v: unknown): boolean => typeof v === 'number' && Number.isFinite(v) && v > 0
+  if (!positive(load.factor) || typeof load.source !== 'string' ||
+    (load.requestFactor !== undefined && !positive(load.requestFactor)) ||
+    (load.backgroundCpuMsPerRead !== undefined && (typeof load.backgroundCpuMsPerRead !== 'number' || !Number.isFinite(load.backgroundCpuMsPerRead) || load.backgroundCpuMsPerRead < 0))) {
+    throw new ScenarioError(`${COSTS_FILE}: testbedLoad must be { factor: number > 0, requestFactor?: number > 0, backgroundCpuMsPerRead?: number >= 0, source: string, byRate?: { RATE: the same } }`)
+  }
+}
+
+/** The testbed load of a scenario: its testbedRate's own fit when costs.json has one, else testbedLoad's. */
+export function testbedLoadOf (scenario: Pick<Scenario, 'testbedRate'>): Omit<TestbedLoad, 'byRate'> | undefined {
+  const load = measuredCosts().testbedLoad
+  if (load === undefined) return undefined
+  return (scenario.testbedRate !== undefined ? load.byRate?.[scenario.testbedRate] : undefined) ?? load
+}
+
+export function costsOf (scenario: Pick<Scenario, 'costs' | 'costLoad' | 'testbedRate'>): CostParams {
   const c = scenario.costs
   if (c === 'none') return { ...NO_COSTS }
   const picked = pickCosts(c)
   if (scenario.costLoad !== 'testbed') return picked
   // The testbed's agents share 2 cores with 16 other processes: the same work costs them more CPU than two
   // agents alone measure (perf: every function's share grew alike, it is not extra work).
-  const load = measuredCosts().testbedLoad
+  const load = testbedLoadOf(scenario)
   if (load === undefined) throw new ScenarioError(`costLoad 'testbed': ${COSTS_FILE} has no testbedLoad (npm run calibrate -- --from-testbed FILE --write)`)
-  for (const k of CPU_COST_FIELDS) picked[k] *= load.factor
+  for (const k of CPU_COST_FIELDS) picked[k] *= REQUEST_COST_FIELDS.has(k) ? load.requestFactor ?? load.factor : load.factor
   // And what else ran on those cores, per read (the replay drivers, the kernel's network path).
   picked.readCpuMs += load.backgroundCpuMsPerRead ?? 0
   return picked

@@ -102,6 +102,11 @@ export const scenarioSchema = z.object({
    */
   costLoad: z.enum(['quiet', 'testbed']).default('quiet'),
   /**
+   * costLoad 'testbed': the link rate of the bench:testbed waves to take the load of (costs.json
+   * testbedLoad.byRate: '1gbit', '100mbit'); absent, or no fit for it: testbedLoad's own.
+   */
+  testbedRate: z.string().optional(),
+  /**
    * vmthunderd: while an agent attaches (no parent yet), blocks may come from any peer that advertises them,
    * the origin included (issue 10 step 4); false: they wait for the first parents (the daemon before it).
    */

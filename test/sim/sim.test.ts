@@ -6,7 +6,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { costsOf, CPU_COST_FIELDS, measuredCosts } from './costs.js'
+import { costsOf, CPU_COST_FIELDS, measuredCosts, testbedLoadOf } from './costs.js'
 import { Engine } from './engine.js'
 import type { System } from './engine.js'
 import { publicResult } from './report.js'
@@ -139,14 +139,20 @@ test('every VM read costs its agent the measured read cost: with think times, on
   assert.ok(withReads.perAgent.cpuMs - without.perAgent.cpuMs >= trace.reads.length * 0.5 * 0.999, 'the reads\' CPU is counted')
 })
 
-test('costLoad testbed scales the CPU costs by costs.json\'s testbedLoad factor, adds its background CPU per read, and leaves the wall times', { timeout: 10_000 }, () => {
-  const load = measuredCosts().testbedLoad
-  assert.ok(load !== undefined && load.factor > 0, 'config/sim/costs.json has a testbedLoad')
+test('costLoad testbed scales the CPU costs by costs.json\'s testbedLoad factors (requests by their own when fitted), adds its background CPU per read, and leaves the wall times', { timeout: 10_000 }, () => {
+  assert.ok(measuredCosts().testbedLoad !== undefined, 'config/sim/costs.json has a testbedLoad')
+  const rate = scenario('testbed-100m').testbedRate
+  const load = testbedLoadOf({ testbedRate: rate })
+  assert.ok(load !== undefined && load.factor > 0)
+  // a rate fitted apart is that rate's load (config/sim/costs.json has one for 100mbit), else testbedLoad's own
+  assert.equal(load, measuredCosts().testbedLoad?.byRate?.[rate as string] ?? measuredCosts().testbedLoad)
+  assert.equal(testbedLoadOf({ testbedRate: 'no-such-rate' }), measuredCosts().testbedLoad)
   const quiet = costsOf({ costs: 'measured', costLoad: 'quiet' })
-  const loaded = costsOf({ costs: 'measured', costLoad: 'testbed' })
+  const loaded = costsOf({ costs: 'measured', costLoad: 'testbed', testbedRate: rate })
   for (const k of CPU_COST_FIELDS) {
     const background = k === 'readCpuMs' ? load.backgroundCpuMsPerRead ?? 0 : 0
-    assert.ok(Math.abs(loaded[k] - (quiet[k] * load.factor + background)) < 1e-9, k)
+    const factor = k === 'requestSendCpuMs' || k === 'requestRecvCpuMs' ? load.requestFactor ?? load.factor : load.factor
+    assert.ok(Math.abs(loaded[k] - (quiet[k] * factor + background)) < 1e-9, k)
   }
   for (const k of ['readWallMs', 'attachMs', 'instanceCreateMs', 'startupWallMs'] as const) assert.equal(loaded[k], quiet[k], k)
   assert.equal(scenario('testbed-1g').costLoad, 'testbed')
