@@ -28,8 +28,8 @@ export interface Children {
   soleFull: (state: ImageState) => boolean
   isChild: (state: ImageState, peerId: string) => boolean
   /**
-   * Admission (or renewal, or leave) asked by a peer over the block protocol; `asked`: the parents it stripes
-   * over and whether it attaches from nothing (absent, as from an older agent: one parent, not attaching).
+   * Admission (or renewal, or leave) asked by a peer over the block protocol; `asked`: the parents it has,
+   * counting us, and whether it attaches from nothing (absent, as from an older agent: one parent, not attaching).
    * Undefined: unknown image.
    */
   admit: (peerId: string, rootHex: string, leave: boolean, asked?: { parentCount: number, attaching: boolean }) => AdmitReply | undefined
@@ -83,7 +83,7 @@ export const createChildren = (init: ChildrenInit) => (components: ServiceCompon
       isExcluded: peers.isBanned(peerId),
       selfDepth: isSeed(state) ? 0 : state.depth,
       soleChildren: soleChildrenOf(state, children, peerId),
-      attachingSole: asked?.attaching === true && asked.parentCount === 1,
+      attaching: asked?.attaching === true,
       soleChildLimit: params.soleChildLimit ?? 0
     })
     if (result.admit) {

@@ -180,11 +180,15 @@ export const createHeartbeat = (init: HeartbeatInit) => (components: ServiceComp
     // 3. Admission of new parents, lease renewal of kept ones (both also measure RTT).
     const replies = new Map<string, AdmissionReply>()
     const askedAtMs = clock.nowMs()
-    // The parents we will stripe over, and whether we attach from nothing (detached, no child): only such an
-    // agent asking for one parent may be refused as a sole child (topology/admit.ts).
-    const asked = { parentCount: plan.ask.length, attaching: plan.selfDepth === null && plan.childCount === 0 }
+    // The parents we have: a kept parent hears how many we had after the last heartbeat (a child that asked for
+    // three and was given one says 1 from its next renewal on), a new one all we ask now (we stripe over them if
+    // they accept); and whether we attach from nothing (detached, no child): such an agent may be refused by a
+    // relay at its bound of sole children, which counts its children by these reports (topology/admit.ts).
+    const parentsNow = Math.max(1, state.parents.filter(p => !p.failed).length)
+    const attaching = plan.selfDepth === null && plan.childCount === 0
     await Promise.all(plan.ask.map(async ({ peerId, kept }) => {
       try {
+        const asked = { parentCount: Math.min(255, kept ? parentsNow : plan.ask.length), attaching }
         const reply = await peers.link(peerId).admit(manifest.root, false, exchangeSignal(), asked)
         replies.set(peerId, reply.accepted ? 'accepted' : 'refused')
       } catch (err) {

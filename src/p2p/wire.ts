@@ -6,10 +6,10 @@
 //   GET     1 | reqId u32 | priority u8 (0 demand, 1 prefetch) | root 32 | count u16 | count x index u32
 //   CANCEL  2 | reqId u32
 //   ADMIT   3 | reqId u32 | root 32 | leave u8 [| parentCount u8 | flags u8]
-//           (join or renew a child lease; leave = 1 ends it. parentCount: the parents the child stripes over,
-//           1..255; flags bit 0 'attaching': the child has neither a working parent nor a child, so refusing
-//           it as a sole child (parentCount 1, topology/admit.ts) costs nobody a path. Absent, as older agents
-//           send it: one parent, not attaching.)
+//           (join or renew a child lease; leave = 1 ends it. parentCount: the parents the child has, counting
+//           the one asked, 1..255 (a relay counts its sole children by it); flags bit 0 'attaching': the child
+//           has neither a working parent nor a child, so a relay at its bound of sole children refusing it
+//           (topology/admit.ts) costs nobody a path. Absent, as older agents send it: one parent, not attaching.)
 //   PING    4 | reqId u32
 //   CHANNEL 5 | reqId u32                             (asks for a data channel: data-channel.ts)
 // server -> client

@@ -9,9 +9,15 @@
 // The bound is a relay's: a seed (depth 0) has the slots it was given (the origin: p2p.originChildLimit, 1 by
 // default), and free seed slots left by it drew whole levels up to the seed once their parents' hold time had
 // passed, dissolving subtrees on the way (topology-property's subtree test).
-// The sole-child bound refuses only an agent that attaches from nothing (detached, no child of its own, asking
-// for one parent): refusing one that moves here would leave it, and its subtree, without a path. A relay at its
-// bound says so in its advert (soleFull), and a detached agent does not take it as a set of one (select.ts).
+// The sole-child bound refuses only an agent that attaches from nothing (detached, no child of its own):
+// refusing one that moves here would leave it, and its subtree, without a path. It refuses such an agent however
+// many parents it asks: one that asks three full relays and a free one ends up the free one's sole child just
+// the same. The count is of the children's own reports (each ADMIT says how many parents the child has,
+// counting us), so a child that asked for three and was given one counts as sole from its next renewal. Why:
+// in a 1,000-agent wave back to back the top levels filled with children that asked for three parents and got
+// one; their relays (6 of 8 children sole) each uploaded 6-8 copies of the boot, and the wave waited on them
+// (test/sim: the slowest agent 3.50 s, network only; 1.75 s with this rule). A relay at its bound says so in its
+// advert (soleFull), and a detached agent does not ask it (select.ts).
 // It still advertises its free slots: advertising it as full lowered its slot score for its own children,
 // which then swapped parents back and forth (topology-property's no-flapping test).
 
@@ -27,10 +33,10 @@ export interface AdmitInput {
   maxUploadLoad?: number
   /** A detached agent (no parents, not a seed) cannot serve what it does not have: it refuses children. */
   selfDepth?: number | null
-  /** Our children now that have us as their only parent (the asker not counted). */
+  /** Our children now that have us as their only parent, by their last report (the asker not counted). */
   soleChildren?: number
-  /** The asker attaches from nothing with us as its only parent (see the top). */
-  attachingSole?: boolean
+  /** The asker attaches from nothing: detached, no child of its own (see the top). */
+  attaching?: boolean
   /** Bound on sole children; 0 or absent: none. */
   soleChildLimit?: number
 }
@@ -48,7 +54,7 @@ export function admitChild (input: AdmitInput): AdmitResult {
   if (input.isAlreadyChild) return { admit: true }
   if (!(input.childCount < input.childLimit)) return { admit: false, reason: 'full' }
   const soleLimit = input.soleChildLimit ?? 0
-  if (soleLimit > 0 && input.selfDepth !== 0 && input.attachingSole === true && (input.soleChildren ?? 0) >= soleLimit) {
+  if (soleLimit > 0 && input.selfDepth !== 0 && input.attaching === true && (input.soleChildren ?? 0) >= soleLimit) {
     return { admit: false, reason: 'full' }
   }
   if (input.uploadLoad !== undefined && input.maxUploadLoad !== undefined && input.uploadLoad > input.maxUploadLoad) {

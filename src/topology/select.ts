@@ -15,8 +15,8 @@
 //    never grows while attached. Only a detached agent (no parent left, it advertises null) may attach
 //    deeper, and while it still has children only to a seed (they leave it first, on seeing null).
 // 5. Candidates: fresh advert, same image/root, not us, not excluded, depth known and < maxDepth, a free
-//    child slot (childCount < childLimit). Scored by score.ts. A detached agent does not take a set of one
-//    candidate that advertises soleFull (it refuses agents attaching with it alone: admit.ts).
+//    child slot (childCount < childLimit). Scored by score.ts. An agent attaching from nothing (detached, no
+//    child) does not ask a candidate that advertises soleFull: it refuses such agents (admit.ts).
 // 6. Within our level, empty slots are filled with the best candidates; a parent held at least
 //    minParentHoldMs is replaced by a candidate scoring more than (1 + replaceMargin) times its score.
 //    We move to a shallower level only when its best set is worth (1 + replaceMargin) times ours and every
@@ -195,13 +195,15 @@ export function selectParents (input: SelectionInput): SelectionResult {
     return finish(here.set, here.added)
   }
 
-  // Detached (or every parent dropped): take the level whose best set is worth most; ties to shallower. A set of
-  // one candidate that refuses sole children (admit.ts) would be refused: not a choice.
+  // Detached (or every parent dropped): take the level whose best set is worth most; ties to shallower. Attaching
+  // from nothing, a candidate at its bound of sole children (admit.ts) would refuse: not a choice.
+  const attaching = selfDepth === null && (input.childCount ?? 0) === 0
   let bestSet: Scored[] | undefined
   let bestWorth = -1
   for (const d of [...levels.keys()].sort((a, b) => a - b)) {
-    const set = (levels.get(d) ?? []).slice(0, k)
-    if (set.length === 1 && set[0].soleFull) continue
+    const level = levels.get(d) ?? []
+    const set = (attaching ? level.filter(c => !c.soleFull) : level).slice(0, k)
+    if (set.length === 0) continue
     const w = worth(set.map(p => p.score))
     if (w > bestWorth) { bestWorth = w; bestSet = set }
   }

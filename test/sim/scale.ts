@@ -30,7 +30,9 @@ function main (): void {
       'topic-agents': { type: 'string' },
       /** Print a progress line to stderr at most this often (wall seconds); 0: never. */
       'progress-s': { type: 'string', default: '0' },
-      json: { type: 'boolean', default: false }
+      json: { type: 'boolean', default: false },
+      /** Print where the upload went: copies of the boot each agent sent, the top uploaders, parents per agent. */
+      uploads: { type: 'boolean', default: false }
     }
   })
   const sc = loadScenario(values.scenario as string)
@@ -71,19 +73,54 @@ function main (): void {
     maxS: r.completionMaxMs === null ? null : r.completionMaxMs / 1000, medianS: r.completionMedianMs === null ? null : r.completionMedianMs / 1000,
     boundS, unfinished: r.unfinished, healS: r.healMs === null ? null : r.healMs / 1000, cycles: r.checks.cycles, fanoutViolations: r.checks.fanoutViolations,
     originGB: r.originEgressBytes / 1e9, maxDepth: r.maxDepth, events: r.events, eventsPerAgent: Math.round(r.events / agents), wallS, cpuS, peakRssMiB,
-    simEndS: r.simEndMs / 1000, adverts: r.adverts, gossip
+    simEndS: r.simEndMs / 1000, adverts: r.adverts, gossip, ...(values.uploads === true ? { uploads: uploadsOf(engine) } : {})
   }
   if (values.json === true) { console.log(JSON.stringify(out)); return }
   console.log(`${out.scenario} ${agents} agents seed ${out.seed} think ${out.thinkTimeScale} ${out.system}: max ${s(r.completionMaxMs)} s, median ${s(r.completionMedianMs)} s, bound ${boundS.toFixed(3)} s, ` +
     `unfinished ${r.unfinished}, heal ${s(r.healMs)} s, cycles ${r.checks.cycles}, fan! ${r.checks.fanoutViolations}, origin ${out.originGB.toFixed(2)} GB, depth ${r.maxDepth}`)
   console.log(`  ${r.events} events; wall ${wallS.toFixed(1)} s, cpu ${cpuS.toFixed(1)} s, peak RSS ${peakRssMiB.toFixed(0)} MiB` +
     (r.adverts === undefined ? '' : `; adverts ${r.adverts.published}, peak ${r.adverts.peakTopicPerS}/s on the topic, ${r.adverts.meanPerAgentPerS}/s per agent`))
+  if (out.uploads !== undefined) {
+    const u = out.uploads
+    const sorted = (h: Record<string, number>): string => Object.entries(h).sort((a, b) => Number(a[0]) - Number(b[0])).map(([k, v]) => `${k}: ${v}`).join(', ')
+    console.log(`  copies of the blocks each agent uploaded (agents): ${sorted(u.copiesHistogram)}`)
+    console.log(`  top uploaders: ${u.top.map(t => `${t.agent} ${t.copies} copies (${t.children} children, ${t.soleChildren} with it as their only parent)`).join('; ')}`)
+    console.log(`  parents per agent at the end (agents): ${sorted(u.parentsHistogram)}`)
+  }
   if (gossip !== undefined) {
     const g = gossip
     console.log(`  gossip: ${g.topics} topic(s) of ${g.topicAgents} agents; per topic ${g.topicMeanPerS}/s mean, ${g.topicPeakPerS}/s peak; ` +
       `per agent: publishes ${g.publishedPerAgentPerS}/s, validates ${g.topicMeanPerS}/s (peak ${g.topicPeakPerS}), receives ~${g.copiesPeakPerS}/s copies at peak, ` +
       `advert CPU ${g.advertCpuMsPerSMean} ms/s mean, ${g.advertCpuMsPerSPeak} ms/s peak`)
   }
+}
+
+/**
+ * Where the upload went, at the end: how many copies of the image's blocks each agent sent (its upload port's
+ * busy time x its rate / the blocks' bytes), the top uploaders with their children and how many of those have
+ * them as their only parent, and parents per agent. Back to back, a wave takes about the busiest relay's copies
+ * x one copy's time at its uplink: every child of a relay reads in step with the others, so the relay's uplink
+ * sends each block once per child that takes it from there.
+ */
+function uploadsOf (e: Engine): { copiesHistogram: Record<string, number>, top: Array<{ agent: number, copies: number, children: number, soleChildren: number }>, parentsHistogram: Record<string, number> } {
+  const F = e.blockCount * e.blockSizeBytes
+  const copies = e.nodes.map(n => {
+    const up = e.net.hosts[n.idx].up
+    return { agent: n.idx, copies: Math.round(up.busyMs * up.capBytesPerMs / F * 100) / 100, children: n.children.size }
+  })
+  const copiesHistogram: Record<string, number> = {}
+  for (const c of copies) { const k = (Math.floor(c.copies * 2) / 2).toFixed(1); copiesHistogram[k] = (copiesHistogram[k] ?? 0) + 1 }
+  const parentsHistogram: Record<string, number> = {}
+  const parentCount = new Map<number, number>()
+  for (const n of e.nodes) {
+    if (n.isSeed) continue
+    const k = e.system.parentsOf(n).length
+    parentCount.set(n.idx, k)
+    parentsHistogram[String(k)] = (parentsHistogram[String(k)] ?? 0) + 1
+  }
+  const top = [...copies].sort((a, b) => b.copies - a.copies).slice(0, 5)
+    .map(c => ({ ...c, soleChildren: [...e.nodes[c.agent].children].filter(k => parentCount.get(k) === 1).length }))
+  return { copiesHistogram, top, parentsHistogram }
 }
 
 /** Blocks an agent that boots holds, on average. */

@@ -153,7 +153,7 @@ interface VState {
   depth: number | null
   /** Refusals in force (the driver's map). */
   refusedUntil: Map<string, number>
-  /** Parents asked at the last heartbeat: the count the daemon's ADMIT carries. */
+  /** Parents after the last heartbeat: what the daemon's next ADMIT to each of them carries (its relays count sole children by it). */
   askCount: number
   /** The daemon's orphan hold (src/topology/driver.ts). */
   orphanedSinceMs: number | null
@@ -331,7 +331,7 @@ class VmThunderd implements System {
 
   private complete (n: SimNode): boolean { return n.isSeed || n.promoted }
 
-  /** n's children that asked it as their only parent at their last heartbeat (src/p2p/children.ts); `except` not counted. */
+  /** n's children that had it as their only parent after their last heartbeat (src/p2p/children.ts: by each child's report); `except` not counted. */
   private soleChildrenOf (n: SimNode, except = -1): number {
     let count = 0
     for (const c of n.children) if (c !== except && (this.st[c]?.askCount ?? 1) === 1) count++
@@ -507,10 +507,9 @@ class VmThunderd implements System {
         s.parentSrc = undefined
       }
       const replies = new Map<string, AdmissionReply>()
-      s.askCount = Math.max(1, plan.ask.length)
-      // src/p2p/heartbeat.ts: only an agent attaching from nothing (detached, no child) with one parent may be
-      // refused as a sole child
-      const attachingSole = plan.selfDepth === null && plan.childCount === 0 && plan.ask.length === 1
+      // src/p2p/heartbeat.ts: an agent attaching from nothing (detached, no child) may be refused by a relay at its
+      // bound of sole children
+      const attaching = plan.selfDepth === null && plan.childCount === 0
       for (const { peerId, kept } of plan.ask) {
         const j = Number(peerId.slice(1))
         const pm = nodes[j]
@@ -519,7 +518,7 @@ class VmThunderd implements System {
         if (!pm.alive) { replies.set(peerId, 'error'); continue }
         const ok = admitChild({
           childCount: pm.children.size, childLimit: this.childLimitOf(pm), isAlreadyChild: pm.children.has(n.idx), selfDepth: this.st[j].depth,
-          soleChildren: this.soleChildrenOf(pm, n.idx), attachingSole, soleChildLimit: this.params.soleChildLimit ?? 0
+          soleChildren: this.soleChildrenOf(pm, n.idx), attaching, soleChildLimit: this.params.soleChildLimit ?? 0
         }).admit
         if (ok) { pm.children.add(n.idx); this.advertise(pm) }
         replies.set(peerId, ok ? 'accepted' : 'refused')
@@ -531,6 +530,7 @@ class VmThunderd implements System {
       s.orphanedSinceMs = res.orphanedSinceMs
       s.parents = res.parents
       s.parentIdx = res.parents.filter(p => !p.failed).map(p => Number(p.peerId.slice(1)))
+      s.askCount = Math.max(1, s.parentIdx.length)
       s.parentSrc = undefined
       s.refusedUntil = res.refusedUntil
       s.depth = res.depth

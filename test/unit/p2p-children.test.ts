@@ -60,25 +60,31 @@ test('with a long heartbeat the lease is 3 heartbeats', { timeout: 5000 }, () =>
   assert.deepEqual(children.live(state), [])
 })
 
-test('sole children: the parent counts from each ADMIT; a third agent attaching with us alone is refused', { timeout: 5000 }, () => {
+test('sole children: the parent counts from each ADMIT; a third agent attaching from nothing is refused, however many parents it asks', { timeout: 5000 }, () => {
   const { children, state } = setup(1000)
-  state.childLimit = undefined // the service's: 8, with soleChildLimit 2
+  state.childLimit = undefined // the service's, with soleChildLimit 2
   const attaching = { parentCount: 1, attaching: true }
   assert.equal(children.admit('a', ROOT, false, attaching)?.accepted, true)
   assert.equal(children.admit('b', ROOT, false, attaching)?.accepted, true)
-  assert.deepEqual(children.admit('c', ROOT, false, attaching), { accepted: false, childCount: 2, childLimit: 8 })
+  assert.deepEqual(children.admit('c', ROOT, false, attaching), { accepted: false, childCount: 2, childLimit: state.childLimit ?? 8 })
   assert.equal(children.soleFull(state), true, 'its advert says so')
-  // Striping over two parents, or moving here from another parent (not attaching): taken.
-  assert.equal(children.admit('c', ROOT, false, { parentCount: 2, attaching: true })?.accepted, true)
+  // Asking two parents from nothing: refused too (if the other refuses, it would be a sole child here).
+  assert.equal(children.admit('c', ROOT, false, { parentCount: 2, attaching: true })?.accepted, false)
+  // Moving here from another parent (not attaching): taken, it and its subtree keep a path.
   assert.equal(children.admit('d', ROOT, false, { parentCount: 1, attaching: false })?.accepted, true)
-  // 'a' renews with three parents now: no longer a sole child, so one more attaching sole child fits.
+  // 'a' renews with three parents now: no longer a sole child, so one more attaching child fits.
   assert.equal(children.admit('a', ROOT, false, { parentCount: 3, attaching: false })?.accepted, true)
   assert.equal(children.admit('e', ROOT, false, attaching)?.accepted, false, "'b' and 'd' are sole children")
   children.admit('d', ROOT, true)
   assert.equal(children.soleFull(state), false)
   assert.equal(children.admit('e', ROOT, false, attaching)?.accepted, true, "'d' left")
+  // 'e' asked for three and was given us alone: its next renewal says one parent, and it counts as sole again.
+  assert.equal(children.admit('a', ROOT, false, { parentCount: 1, attaching: false })?.accepted, true)
+  assert.equal(children.soleFull(state), true, "'a' and 'b' sole again ('e' too)")
+  assert.equal(children.admit('h', ROOT, false, { parentCount: 3, attaching: true })?.accepted, false)
   // An older agent's ADMIT (no count) counts as one parent.
   children.forget('e')
+  children.forget('a')
   assert.equal(children.admit('f', ROOT, false)?.accepted, true)
   assert.equal(children.admit('g', ROOT, false, attaching)?.accepted, false)
 })

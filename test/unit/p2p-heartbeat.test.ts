@@ -197,3 +197,36 @@ test('heartbeat: ticks on the agent\'s beat when the beat\'s period is heartbeat
   assert.equal(published.length, before, 'another period: the heartbeat keeps its own timer, not the beat')
   own.stop()
 })
+
+test('heartbeat: ADMIT reports the parents the child has to a kept parent, and all it asks to a new one; attaching only from nothing', { timeout: 10_000 }, async () => {
+  // What a relay counts sole children by (topology/admit.ts): a child given one parent of three says 1 at its next renewal.
+  const heard = new Map<string, { parentCount: number, attaching: boolean }>()
+  const link = (peerId: string): unknown => ({
+    rttMs: 1,
+    rttSampledAtMs: 1000,
+    ping: async () => 1,
+    admit: async (_root: Uint8Array, _leave: boolean, _signal: AbortSignal, asked: { parentCount: number, attaching: boolean }) => {
+      heard.set(peerId, asked)
+      return { accepted: peerId === 'p', childCount: 1, childLimit: 8 }
+    }
+  })
+  const beat = async (state: ImageState): Promise<void> => {
+    const heartbeat = createHeartbeat({ liveChildren: () => [], publish: () => {}, maybeFetchProfile: () => {} })(componentsFor(state, link))
+    heartbeat.schedule(state)
+    for (let i = 0; i < 1000 && state.heartbeatRunning; i++) await new Promise(resolve => setImmediate(resolve))
+  }
+  const state = newImageState('img', 'topic', 0)
+  state.manifest = { imageId: 'img', rootHex: ROOT, root: new Uint8Array(32), blockCount: 10, originPublicKey: new Uint8Array(0) } as unknown as NonNullable<ImageState['manifest']>
+  state.store = { presentCount: () => 5 } as unknown as NonNullable<ImageState['store']>
+  for (const id of ['p', 'q', 'r']) state.candidates.set(id, { advert: advert(1), receivedAtMs: 1000 })
+  // From nothing: three asked, each told 3, attaching; only p accepts.
+  await beat(state)
+  assert.deepEqual(Object.fromEntries(heard), { p: { parentCount: 3, attaching: true }, q: { parentCount: 3, attaching: true }, r: { parentCount: 3, attaching: true } })
+  assert.deepEqual(state.parents.map(p => p.peerId), ['p'])
+  // The next heartbeat (q and r excluded a while by their refusals), a new candidate s: p, kept, hears 1, the
+  // parents we have; s hears 2, the parents we stripe over if it accepts; neither is attaching (we have a parent).
+  state.candidates.set('s', { advert: advert(1), receivedAtMs: 1000 })
+  heard.clear()
+  await beat(state)
+  assert.deepEqual(Object.fromEntries(heard), { p: { parentCount: 1, attaching: false }, s: { parentCount: 2, attaching: false } })
+})

@@ -16,7 +16,7 @@ export interface HarnessAgent {
   /** The driver's orphan hold state. */
   orphanedSinceMs: number | null
   children: Set<string>
-  /** Parents asked at the last heartbeat: the count the daemon's ADMIT carries. */
+  /** Parents after the last heartbeat: what the daemon's next ADMIT to each of them carries (relays count sole children by it). */
   askCount: number
   /** Refusals in force: peer → until (ms), as the driver keeps them. */
   excludedUntilMs: Map<string, number>
@@ -125,16 +125,15 @@ export class Harness {
   apply (a: HarnessAgent, plan: HeartbeatPlan, nowMs: number): void {
     for (const d of plan.selection.dropped) this.byId.get(d.peerId)?.children.delete(a.id)
     const replies = new Map<string, AdmissionReply>()
-    a.askCount = Math.max(1, plan.ask.length)
-    // src/p2p/heartbeat.ts: only an agent attaching from nothing (detached, no child) with one parent may be
-    // refused as a sole child
-    const attachingSole = plan.selfDepth === null && plan.childCount === 0 && plan.ask.length === 1
+    // src/p2p/heartbeat.ts: an agent attaching from nothing (detached, no child) may be refused by a relay at its
+    // bound of sole children
+    const attaching = plan.selfDepth === null && plan.childCount === 0
     for (const { peerId, kept } of plan.ask) {
       const p = this.byId.get(peerId)
       if (p === undefined || !p.alive) { replies.set(peerId, 'error'); continue }
       const ok = kept || admitChild({
         childCount: p.children.size, childLimit: this.childLimitOf(p), isAlreadyChild: p.children.has(a.id), selfDepth: p.depth,
-        soleChildren: this.soleChildrenOf(p, a.id), attachingSole, soleChildLimit: this.opts.params.soleChildLimit ?? 0
+        soleChildren: this.soleChildrenOf(p, a.id), attaching, soleChildLimit: this.opts.params.soleChildLimit ?? 0
       }).admit
       if (ok) p.children.add(a.id)
       replies.set(peerId, ok ? 'accepted' : 'refused')
@@ -147,6 +146,7 @@ export class Harness {
     a.orphanedSinceMs = res.orphanedSinceMs
     if (res.changed) a.changes++
     a.parents = res.parents
+    a.askCount = Math.max(1, res.parents.filter(p => !p.failed).length)
     a.excludedUntilMs = res.refusedUntil
     a.depth = res.depth
   }

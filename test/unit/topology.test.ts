@@ -187,7 +187,7 @@ test('admitChild bounds fan-out', { timeout: 5000 }, () => {
   assert.deepEqual(admitChild({ childCount: 0, childLimit: 8, isAlreadyChild: false, uploadLoad: 0.99, maxUploadLoad: 0.9 }), { admit: false, reason: 'overloaded' })
 })
 
-test('selectParents: a detached agent does not take a lone candidate that refuses sole children', { timeout: 5000 }, () => {
+test('selectParents: an agent attaching from nothing does not ask a candidate at its bound of sole children', { timeout: 5000 }, () => {
   // The origin's only child, at its bound of sole children: as our one parent it would refuse us.
   const trunk = advert('trunk', 1, { soleFull: true })
   const origin = advert('origin', 0, { childCount: 1, childLimit: 1 })
@@ -197,23 +197,25 @@ test('selectParents: a detached agent does not take a lone candidate that refuse
   const b = advert('b', 2); const c = advert('c', 2)
   assert.deepEqual(selectParents(input({ candidates: [cand(trunk), cand(origin), cand(b), cand(c)] })).parents.sort(), ['b', 'c'])
   assert.deepEqual(selectParents(input({ candidates: [cand(advert('trunk', 1)), cand(origin)] })).parents, ['trunk'])
-  // A set of several may include it: the agent is no sole child then.
+  // Nor in a set of several: it would refuse us all the same (admit.ts), and a refusal excludes it for a while.
   const t2 = advert('t2', 1)
-  assert.deepEqual(selectParents(input({ candidates: [cand(trunk), cand(t2)] })).parents.sort(), ['t2', 'trunk'])
+  assert.deepEqual(selectParents(input({ candidates: [cand(trunk), cand(t2)] })).parents, ['t2'])
+  // An agent with children of its own is not attaching from nothing: it may take it.
+  assert.deepEqual(selectParents(input({ candidates: [cand(trunk), cand(t2)], childCount: 1, selfDepth: 3 })).parents.sort(), ['t2', 'trunk'])
 })
 
-test('admitChild: a relay takes at most soleChildLimit children that attach with it as their only parent', { timeout: 5000 }, () => {
+test('admitChild: a relay at soleChildLimit sole children refuses agents attaching from nothing', { timeout: 5000 }, () => {
   const relay = { childCount: 2, childLimit: 8, isAlreadyChild: false, selfDepth: 1, soleChildren: 2, soleChildLimit: 2 }
-  // A third agent attaching from nothing with this relay as its one parent: refused (it goes a level down).
-  assert.deepEqual(admitChild({ ...relay, attachingSole: true }), { admit: false, reason: 'full' })
-  // One that stripes over several parents, or one already attached elsewhere (a move): taken, slots permitting.
-  assert.deepEqual(admitChild({ ...relay, attachingSole: false }), { admit: true })
-  assert.deepEqual(admitChild({ ...relay, attachingSole: false, childCount: 8 }), { admit: false, reason: 'full' })
+  // A third agent attaching from nothing (however many parents it asks): refused (it goes a level down).
+  assert.deepEqual(admitChild({ ...relay, attaching: true }), { admit: false, reason: 'full' })
+  // One already attached elsewhere (a move) or with children of its own: taken, slots permitting.
+  assert.deepEqual(admitChild({ ...relay, attaching: false }), { admit: true })
+  assert.deepEqual(admitChild({ ...relay, attaching: false, childCount: 8 }), { admit: false, reason: 'full' })
   // Under the bound, renewing, a seed (its slots are the ones it was given), or the bound off: taken.
-  assert.deepEqual(admitChild({ ...relay, attachingSole: true, soleChildren: 1 }), { admit: true })
-  assert.deepEqual(admitChild({ ...relay, attachingSole: true, isAlreadyChild: true }), { admit: true })
-  assert.deepEqual(admitChild({ ...relay, attachingSole: true, selfDepth: 0 }), { admit: true })
-  assert.deepEqual(admitChild({ ...relay, attachingSole: true, soleChildLimit: 0 }), { admit: true })
+  assert.deepEqual(admitChild({ ...relay, attaching: true, soleChildren: 1 }), { admit: true })
+  assert.deepEqual(admitChild({ ...relay, attaching: true, isAlreadyChild: true }), { admit: true })
+  assert.deepEqual(admitChild({ ...relay, attaching: true, selfDepth: 0 }), { admit: true })
+  assert.deepEqual(admitChild({ ...relay, attaching: true, soleChildLimit: 0 }), { admit: true })
   assert.equal(DEFAULT_TOPOLOGY_PARAMS.soleChildLimit, 2)
 })
 
