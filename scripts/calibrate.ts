@@ -294,10 +294,11 @@ interface PricedWave {
   measuredMs: number
   /** The quiet costs of the requests made and answered (requestRecvCpuMs, requestSendCpuMs). */
   requestMs: number
-  /** The quiet costs of the work counted per read, block, advert and instance.create. */
+  /**
+   * The quiet costs of the rest: the work counted per read, block, advert and instance.create, and per second of
+   * the wave each agent's idle work and its neighbours' (probes, leases, gossip).
+   */
   restMs: number
-  /** The quiet costs per second of the wave: each agent's idle work and its neighbours' (probes, leases, gossip). */
-  secondMs: number
   reads: number
   /** The machine's busy CPU less the agents' and the origin's (undefined for a run from before it was measured). */
   backgroundMs: number | undefined
@@ -325,7 +326,7 @@ async function priceWave (resultsPath: string): Promise<PricedWave> {
   const label = `${String(results.rate)}${results.vmtProfile === true ? ' --vmt-profile' : ''}, code ${String(results.code)}, wave ${waveS.toFixed(2)} s, ${requestsMade} requests`
   console.log(`${resultsPath} (${label})`)
   console.log('host  measured CPU-s  quiet model CPU-s (requests + rest + per s)  ratio')
-  let measuredMs = 0; let requestMs = 0; let restMs = 0; let secondMs = 0; let reads = 0
+  let measuredMs = 0; let requestMs = 0; let restMs = 0; let reads = 0
   // as the simulator books it: idle work plus each other agent of the wave (the origin too) as a neighbour
   const perSecondMs = costs.idleCpuMsPerS + Math.min(agents.length, NEIGHBOURS_MAX) * costs.neighbourCpuMsPerS
   for (const a of agents) {
@@ -334,14 +335,14 @@ async function priceWave (resultsPath: string): Promise<PricedWave> {
     const rest = hostReads * costs.readCpuMs + blocks(a.bytesFromOrigin + a.bytesFromPeers) * costs.blockRecvCpuMs + blocks(a.bytesSent) * costs.blockSendCpuMs +
       (advertsAll - (a.advertsPublished ?? 0)) * costs.advertCpuMs + costs.instanceCreateCpuMs
     const second = waveS * perSecondMs
-    measuredMs += a.cpuMs; requestMs += req; restMs += rest; secondMs += second; reads += hostReads
+    measuredMs += a.cpuMs; requestMs += req; restMs += rest + second; reads += hostReads
     const all = req + rest + second
     const model = `${(all / 1000).toFixed(2)} (${(req / 1000).toFixed(2)} + ${(rest / 1000).toFixed(2)} + ${(second / 1000).toFixed(2)})`
     console.log(`${a.host.padEnd(5)} ${(a.cpuMs / 1000).toFixed(2).padStart(14)} ${model.padStart(40)} ${(a.cpuMs / all).toFixed(2).padStart(6)}`)
   }
   const machineCpuMs = run.machineCpuMs as number | undefined
   const backgroundMs = machineCpuMs === undefined ? undefined : Math.max(0, machineCpuMs - measuredMs - (run.originCpuMs ?? 0))
-  return { path: resultsPath, label, rate: String(results.rate), measuredMs, requestMs, restMs, secondMs, reads, backgroundMs }
+  return { path: resultsPath, label, rate: String(results.rate), measuredMs, requestMs, restMs, reads, backgroundMs }
 }
 
 /**
@@ -362,8 +363,8 @@ function fitLoad (waves: PricedWave[]): TestbedLoad {
   // In a wave that keeps both cores busy every process's CPU grows with the wave's length; that is the
   // saturation, not a cost to model. Fit on waves of one rate (1 Gb/s); the others check it.
   const terms: Array<(w: PricedWave) => number> = waves.length === 1
-    ? [w => w.requestMs + w.restMs + w.secondMs]
-    : [w => w.requestMs, w => w.restMs + w.secondMs]
+    ? [w => w.requestMs + w.restMs]
+    : [w => w.requestMs, w => w.restMs]
   const k = leastSquares(waves.map(w => terms.map(t => t(w))), waves.map(w => w.measuredMs))
   if (k === undefined) throw new CalibrationError('the waves have about the same share of requests in their work: pair a first boot with a --vmt-profile wave')
   if (!k.every(x => x > 0)) throw new CalibrationError(`no positive split (${k.map(x => x.toFixed(2)).join(', ')}): the waves disagree more than their mix differs; run interleaved pairs in one hour`)
@@ -372,7 +373,7 @@ function fitLoad (waves: PricedWave[]): TestbedLoad {
   const requestFactor = factors.length > 1 ? factors[0] : undefined
   console.log('\nwave                                                        measured CPU-s  fitted CPU-s  error')
   for (const w of waves) {
-    const fitted = (requestFactor ?? factor) * w.requestMs + factor * (w.restMs + w.secondMs)
+    const fitted = (requestFactor ?? factor) * w.requestMs + factor * w.restMs
     console.log(`${w.label.padEnd(59)} ${(w.measuredMs / 1000).toFixed(2).padStart(14)} ${(fitted / 1000).toFixed(2).padStart(13)} ${((fitted - w.measuredMs) / w.measuredMs * 100).toFixed(1).padStart(5)} %`)
   }
   const quiet = `quiet costs of ${String(costs.commit)} at ${String(costs.measuredAt)}`

@@ -153,8 +153,6 @@ interface VState {
   depth: number | null
   /** Refusals in force (the driver's map). */
   refusedUntil: Map<string, number>
-  /** Parents after the last heartbeat: what the daemon's next ADMIT to each of them carries (its relays count sole children by it). */
-  askCount: number
   /** The daemon's orphan hold (src/topology/driver.ts). */
   orphanedSinceMs: number | null
   /** The last two adverts published (gossip delivers the newest one old enough). */
@@ -307,7 +305,7 @@ class VmThunderd implements System {
     this.hops = Math.max(1, Math.ceil(Math.log(this.e.nodes.length) / Math.log(GOSSIP_D)))
     if (!n.isSeed) this.summary.track(n.idx)
     this.st[n.idx] = {
-      parents: [], parentIdx: [], depth: n.isSeed ? 0 : null, refusedUntil: new Map(), askCount: 1, orphanedSinceMs: null, cur: undefined, prev: undefined, seq: 0,
+      parents: [], parentIdx: [], depth: n.isSeed ? 0 : null, refusedUntil: new Map(), orphanedSinceMs: null, cur: undefined, prev: undefined, seq: 0,
       loadAtMs: n.startMs, loadBusyMs: 0, load: 0, lastPublishMs: -Infinity, keepAliveMs: 0, lastFacts: undefined, publishDueMs: Infinity, addedAtMs: n.startMs, cand: [], tried: undefined,
       src: new Map(), parentSrc: undefined, hedgeScanAtMs: Infinity, hedgeScanFn: () => this.hedgeScan(n)
     }
@@ -331,10 +329,13 @@ class VmThunderd implements System {
 
   private complete (n: SimNode): boolean { return n.isSeed || n.promoted }
 
-  /** n's children that had it as their only parent after their last heartbeat (src/p2p/children.ts: by each child's report); `except` not counted. */
+  /**
+   * n's children that had it as their only parent after their last heartbeat: what each one's next ADMIT reports
+   * (src/p2p/heartbeat.ts, children.ts; parentIdx changes only at a heartbeat); `except` not counted.
+   */
   private soleChildrenOf (n: SimNode, except = -1): number {
     let count = 0
-    for (const c of n.children) if (c !== except && (this.st[c]?.askCount ?? 1) === 1) count++
+    for (const c of n.children) if (c !== except && (this.st[c]?.parentIdx.length ?? 0) <= 1) count++
     return count
   }
 
@@ -530,7 +531,6 @@ class VmThunderd implements System {
       s.orphanedSinceMs = res.orphanedSinceMs
       s.parents = res.parents
       s.parentIdx = res.parents.filter(p => !p.failed).map(p => Number(p.peerId.slice(1)))
-      s.askCount = Math.max(1, s.parentIdx.length)
       s.parentSrc = undefined
       s.refusedUntil = res.refusedUntil
       s.depth = res.depth

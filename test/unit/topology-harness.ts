@@ -16,8 +16,8 @@ export interface HarnessAgent {
   /** The driver's orphan hold state. */
   orphanedSinceMs: number | null
   children: Set<string>
-  /** Parents after the last heartbeat: what the daemon's next ADMIT to each of them carries (relays count sole children by it). */
-  askCount: number
+  /** Working parents after the last heartbeat: what the daemon's next ADMIT to each of them reports (relays count sole children by it). */
+  reportedParents: number
   /** Refusals in force: peer → until (ms), as the driver keeps them. */
   excludedUntilMs: Map<string, number>
   x: number
@@ -56,7 +56,7 @@ export class Harness {
   addAgent (isSeed: boolean): HarnessAgent {
     const id = `${isSeed ? 's' : 'a'}${this.agents.length}`
     const a: HarnessAgent = {
-      id, isSeed, alive: true, parents: [], depth: isSeed ? 0 : null, orphanedSinceMs: null, children: new Set(), askCount: 1, excludedUntilMs: new Map(),
+      id, isSeed, alive: true, parents: [], depth: isSeed ? 0 : null, orphanedSinceMs: null, children: new Set(), reportedParents: 1, excludedUntilMs: new Map(),
       x: this.rng.next(), y: this.rng.next(), heldBlocks: isSeed ? this.totalBlocks : 0, changes: 0
     }
     this.agents.push(a)
@@ -71,7 +71,7 @@ export class Harness {
   /** a's children that asked it as their only parent at their last heartbeat (src/p2p/children.ts); `except` not counted. */
   soleChildrenOf (a: HarnessAgent, except?: string): number {
     let count = 0
-    for (const c of a.children) if (c !== except && (this.byId.get(c)?.askCount ?? 1) === 1) count++
+    for (const c of a.children) if (c !== except && (this.byId.get(c)?.reportedParents ?? 1) === 1) count++
     return count
   }
 
@@ -146,7 +146,7 @@ export class Harness {
     a.orphanedSinceMs = res.orphanedSinceMs
     if (res.changed) a.changes++
     a.parents = res.parents
-    a.askCount = Math.max(1, res.parents.filter(p => !p.failed).length)
+    a.reportedParents = Math.max(1, res.parents.filter(p => !p.failed).length)
     a.excludedUntilMs = res.refusedUntil
     a.depth = res.depth
   }
