@@ -4,7 +4,8 @@
 // block cache); in level: one record per image (the commit point of a registration) and the presence bitmap
 // of each cache. A directory without a record is an interrupted registration and is removed at start.
 
-import { mkdir, rm, readdir, readFile, writeFile, rename, stat, realpath } from 'node:fs/promises'
+import { mkdir, rm, readdir, readFile, stat, realpath } from 'node:fs/promises'
+import { existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs'
 import { isAbsolute, join, sep } from 'node:path'
 import { BlockCache, DEFAULT_HOST_PENDING_WRITE_BYTES, PendingWriteBudget, silentLogger, type Logger } from './cache.js'
 import { blockLength, decodeManifest, isTrustedOrigin, manifestFromFile, validateImageId, type Manifest } from './manifest.js'
@@ -327,13 +328,17 @@ export class ImageRegistry {
 
   private async install (record: ImageRecord, manifest: Manifest, fill: (cache: BlockCache) => Promise<void>): Promise<Image> {
     const dir = this.imageDir(record.imageId)
-    await rm(dir, { recursive: true, force: true })
-    await mkdir(dir, { recursive: true })
-    await this.presenceDb(record.rootHex).clear()
+    // The directory, manifest and cache file are made with synchronous calls (a manifest is at most a few MiB;
+    // usually tens of KiB): adopting an image is on instance.create's path, where each thread-pool round trip
+    // waited 5-100 ms for a loaded 2-core machine to run this process again (8-host testbed wave). Only a
+    // leftover directory, which may hold a large cache file, is removed on the thread pool. Its presence
+    // entries are cleared when the cache finds no cache file of the image's size (cache.ts load()).
+    if (existsSync(dir)) await rm(dir, { recursive: true, force: true })
+    mkdirSync(dir, { recursive: true })
     let cache: BlockCache | undefined
     try {
-      await writeFile(join(dir, 'manifest.tmp'), manifest.encoded)
-      await rename(join(dir, 'manifest.tmp'), join(dir, 'manifest'))
+      writeFileSync(join(dir, 'manifest.tmp'), manifest.encoded)
+      renameSync(join(dir, 'manifest.tmp'), join(dir, 'manifest'))
       cache = await this.openCache(record, manifest)
       await fill(cache)
       await this.records.put(record.imageId, record)

@@ -300,6 +300,12 @@ export class Daemon {
   async acquireImage (imageId: string, signal: AbortSignal): Promise<Image> {
     const known = this.images.get(imageId)
     if (known !== undefined) return known
+    const { manifest, fetchMs } = await this.fetchManifest(imageId, signal)
+    return await this.adoptFetched(manifest, fetchMs)
+  }
+
+  /** An image's manifest from peers, checked against the trusted origin keys (1040/1041 when none comes in time). */
+  async fetchManifest (imageId: string, signal: AbortSignal): Promise<{ manifest: Manifest, fetchMs: number }> {
     if (this.peers === undefined) throw new ManifestUnavailableError(`no image '${imageId}' here, and the peer layer is off`)
     const peers = this.peers
     const startMs = performance.now()
@@ -318,10 +324,15 @@ export class Daemon {
     } finally {
       clearTimeout(timer)
     }
-    const manifestMs = performance.now()
+    return { manifest, fetchMs: performance.now() - startMs }
+  }
+
+  /** Installs and attaches an image whose manifest fetchManifest() returned. */
+  async adoptFetched (manifest: Manifest, fetchMs: number): Promise<Image> {
+    const startMs = performance.now()
     const image = await this.images.adopt(manifest)
     await this.attachImage(image)
-    this.logger.info('image adopted', { image: imageId, manifestMs: Math.round(manifestMs - startMs), attachMs: Math.round(performance.now() - manifestMs) })
+    this.logger.info('image adopted', { image: manifest.imageId, manifestMs: Math.round(fetchMs), attachMs: Math.round(performance.now() - startMs) })
     return image
   }
 

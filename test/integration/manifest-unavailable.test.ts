@@ -5,7 +5,7 @@
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { join } from 'node:path'
-import { writeFile } from 'node:fs/promises'
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises'
 import { startDaemon, makeTempDir, removeDir, type TestDaemon } from '../helpers/daemon.js'
 import { makeImage } from '../helpers/images.js'
 import { generatePsk } from '../../src/p2p/psk.js'
@@ -64,4 +64,27 @@ test('an agent with the wrong PSK gets 1041 saying no peer is connected', { time
   })
   // The daemon is still serving after the failed create.
   assert.equal((await agent.call('node.status')).instances, 0)
+})
+
+// instance.create of a new image writes the VM's overlay while the image is installed (methods.ts): when the
+// install fails, no instance and no overlay may be left behind, and the same create succeeds once it can.
+test('an image this host cannot install leaves no instance and no overlay; the create succeeds afterwards', { timeout: 90_000 }, async () => {
+  const agentDir = join(dir, 'noinstall')
+  const agent = await startDaemon({ dir: agentDir, args: ['--listen', '/ip4/127.0.0.1/tcp/0', '--bootstrap', bootstrap, '--psk', join(dir, 'net.key'), '--trust', originKey, '--config', config] })
+  agents.push(agent)
+  // A file where the images directory should be: the image's directory cannot be made (ENOTDIR).
+  const imagesDir = join(agentDir, 'data', 'images')
+  await rm(imagesDir, { recursive: true, force: true })
+  await writeFile(imagesDir, 'not a directory')
+  await assert.rejects(agent.call('instance.create', { name: 'vm1', image: 'img' }), (e: any) => {
+    assert.match(e.message, /ENOTDIR|not a directory/i, e.message)
+    return true
+  })
+  assert.deepEqual(await agent.call('instance.list'), [])
+  assert.deepEqual((await readdir(join(agentDir, 'data', 'instances'))).filter(f => f.endsWith('.qcow2')), [])
+  await rm(imagesDir)
+  await mkdir(imagesDir)
+  const created = await agent.call('instance.create', { name: 'vm1', image: 'img' })
+  assert.equal(created.image, 'img')
+  assert.deepEqual((await agent.call('instance.list')).map((i: { name: string }) => i.name), ['vm1'])
 })
