@@ -5,6 +5,7 @@
 // and the checkers. The systems (systems.ts) only decide where an agent's requests go and how the tree
 // is built; vmthunderd's decisions come from the production src/topology code.
 
+import { BlockMap } from './block-map.js'
 import { EventHeap } from './heap.js'
 import { Network } from './network.js'
 import { Rng } from './rng.js'
@@ -57,9 +58,9 @@ export interface SimNode {
    * Blocks being fetched → what waits for them (callbacks, a read of the VM, a relayed request): one waiter as
    * itself, more in an array (most blocks have one: no array allocated per pending block).
    */
-  pending: Map<number, Waiter | Waiter[]>
+  pending: BlockMap<Waiter | Waiter[]>
   /** Blocks being fetched → the request currently in flight for them. */
-  req: Map<number, Req>
+  req: BlockMap<Req>
   /** Blocks waiting for a source (detached agent). Change it only through the engine (it keeps the count). */
   stalled: Set<number>
   /** Pending blocks that only prefetch asked for (a demand need removes the block); same rule. */
@@ -244,6 +245,8 @@ export class Engine {
   presence = new Uint8Array(0)
   /** When each node died (Infinity: alive), by index: the block path checks a sender without touching its object. */
   private deathAt = new Float64Array(0)
+  /** 1 for seeds, by index: a request to a source and its transfer need not touch the source's object. */
+  private seedAt = new Uint8Array(0)
   /** When each block arrived at each node (ms; Infinity: absent), same layout: adverts' summaries (summary.ts). */
   arrival = new Float32Array(0)
 
@@ -262,6 +265,7 @@ export class Engine {
       const grown = new Float64Array(Math.max(idx + 1, 2 * this.deathAt.length)).fill(Infinity)
       grown.set(this.deathAt)
       this.deathAt = grown
+      const seeds = new Uint8Array(grown.length); seeds.set(this.seedAt); this.seedAt = seeds
     }
     return this.presence.subarray(idx * this.blockCount, (idx + 1) * this.blockCount)
   }
@@ -270,10 +274,10 @@ export class Engine {
     const idx = this.net.addHost()
     const n: SimNode = {
       idx, id: `n${idx}`, isSeed, alive: true, deathMs: Infinity, boots, startMs, doneMs: -1, readIdx: 0,
-      has: this.presenceFor(idx), held: 0, pending: new Map(), req: new Map(), stalled: new Set(), children: new Set(), prefetchOnly: new Set(),
+      has: this.presenceFor(idx), held: 0, pending: new BlockMap(), req: new BlockMap(), stalled: new Set(), children: new Set(), prefetchOnly: new Set(),
       stalledCount: 0, prefetchOnlyCount: 0, demandWaiting: false, promoted: false, requestsAtMs: -1, requestedFirst: -1, requestedFrom: [-1], requestedCount: 0, ev: EV_READ
     }
-    if (isSeed) { n.has.fill(1); n.held = this.blockCount; this.seeds.push(idx); this.arrival.fill(0, idx * this.blockCount, (idx + 1) * this.blockCount) }
+    if (isSeed) { this.seedAt[idx] = 1; n.has.fill(1); n.held = this.blockCount; this.seeds.push(idx); this.arrival.fill(0, idx * this.blockCount, (idx + 1) * this.blockCount) }
     this.nodes.push(n)
     if (boots) {
       this.booting++
@@ -299,6 +303,7 @@ export class Engine {
     }
     this.presence = new Uint8Array(capacity * this.blockCount)
     this.deathAt = new Float64Array(capacity).fill(Infinity)
+    this.seedAt = new Uint8Array(capacity)
     this.arrival = new Float32Array(capacity * this.blockCount).fill(Infinity)
     for (let i = 0; i < sc.seeds; i++) this.addNode(true, false, 0)
     for (let i = 0; i < this.opts.agents; i++) this.addNode(false, true, sc.startSpreadMs > 0 ? this.scenarioRng.range(0, sc.startSpreadMs) : 0)
@@ -447,7 +452,7 @@ export class Engine {
     if (this.presence[n.idx * this.blockCount + b] === 1) { this.wake(cb); return }
     const waiting = n.pending.get(b)
     if (waiting !== undefined) {
-      // Map.set of a present key keeps its place in the iteration order
+      // set of a present key keeps its place in the iteration order
       if (Array.isArray(waiting)) waiting.push(cb); else n.pending.set(b, [waiting, cb])
       if (!prefetch && n.prefetchOnlyCount !== 0 && n.prefetchOnly.delete(b)) n.prefetchOnlyCount--
       return
@@ -484,14 +489,14 @@ export class Engine {
     }
     if (!hedge) n.req.set(b, r)
     const s = this.nodes[src]
-    if (!s.isSeed) this.peerBlockRequests++
+    if (this.seedAt[src] === 0) this.peerBlockRequests++
     const reachMs = this.nowMs + this.net.latencyMs(n.idx, src)
     // The source holds the block: queue the transfer now, ready when the request reaches it (saves an
     // event per block). Otherwise the request is handled when it arrives (relay, or lost if s is dead).
     // A busy answer (refuses) is decided at issue too: the budget is the source's, and nothing else is queued.
     if (this.deathAt[src] === Infinity && this.system.refuses?.(s, n, b) === true) {
       this.at(reachMs + this.net.latencyMs(src, n.idx), () => { if (n.alive) this.system.onNotPresent?.(n, b, src, r) })
-    } else if (this.deathAt[src] === Infinity && this.presence[src * this.blockCount + b] === 1) this.transmit(s, n, b, r, reachMs)
+    } else if (this.deathAt[src] === Infinity && this.presence[src * this.blockCount + b] === 1) this.transmit(s, src, n, b, r, reachMs)
     else this.heap.push(Math.max(this.nowMs, reachMs), r) // r.ev: EV_SERVE
     this.system.onRequest?.(n, b, r)
     return r
@@ -518,19 +523,20 @@ export class Engine {
       this.need(s, b, r, r.prefetch)
       return
     }
-    this.transmit(s, to, b, r, this.nowMs)
+    this.transmit(s, s.idx, to, b, r, this.nowMs)
   }
 
-  private transmit (s: SimNode, to: SimNode, b: number, r: Req, readyMs: number): void {
+  /** `src`: s.idx (the caller has it; reading it from s is a cache miss at 10,000 agents). */
+  private transmit (s: SimNode, src: number, to: SimNode, b: number, r: Req, readyMs: number): void {
     const size = this.system.transferBytes?.(s, to, b) ?? this.blockSizeBytes
     const sendCpu = this.system.sendCpuMs?.(s, to, b, r) ?? 0
-    if (sendCpu > 0) readyMs = this.net.cpu(s.idx, sendCpu, readyMs, this.nowMs)
-    let arrival = this.net.transfer(s.idx, to.idx, size, readyMs) + (this.system.requestWaitMs?.(to, b, s, r) ?? 0)
+    if (sendCpu > 0) readyMs = this.net.cpu(src, sendCpu, readyMs, this.nowMs)
+    let arrival = this.net.transfer(src, to.idx, size, readyMs) + (this.system.requestWaitMs?.(to, b, s, r) ?? 0)
     const recvCpu = this.system.recvCpuMs?.(to, b, s, r) ?? 0
     r.arrivalMs = arrival
-    if (s.isSeed) {
+    if (this.seedAt[src] === 1) {
       this.seedEgressBytes += size
-      if (s.idx === this.seeds[0]) {
+      if (src === this.seeds[0]) {
         this.originEgressBytes += size
         const sec = Math.floor(readyMs / 1000)
         while (this.originEgressPerS.length <= sec) this.originEgressPerS.push(0)
@@ -559,13 +565,11 @@ export class Engine {
     this.presence[i] = 1
     this.arrival[i] = this.nowMs
     n.held++
-    const cur = n.req.get(b)
-    if (cur !== undefined) n.req.delete(b)
+    const cur = n.req.take(b)
     if (n.stalledCount !== 0 && n.stalled.delete(b)) n.stalledCount--
     if (n.prefetchOnlyCount !== 0 && n.prefetchOnly.delete(b)) n.prefetchOnlyCount--
     this.system.onDeliver?.(n, b, src, cur?.serial === r.serial ? cur : r)
-    const waiting = n.pending.get(b)
-    n.pending.delete(b)
+    const waiting = n.pending.take(b)
     if (waiting !== undefined) {
       if (Array.isArray(waiting)) { for (const cb of waiting) this.wake(cb) } else this.wake(waiting)
     }

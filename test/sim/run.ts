@@ -209,7 +209,8 @@ export function runScenario (o: RunOptions): RunResult {
   }
 }
 
-const YOUNG_GEN_MB = 192
+/** Young generation of the workers a simulation runs in (scale.ts too): see scale.ts. */
+export const YOUNG_GEN_MB = 192
 
 /** Like runScenario, with each system in its own worker thread (about 2x faster on 2 cores). */
 export async function runScenarioParallel (o: RunOptions, maxWorkers = 2): Promise<RunResult> {

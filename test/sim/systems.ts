@@ -262,6 +262,7 @@ class VmThunderd implements System {
     this.attachGraceMs = Math.max(ATTACH_GRACE_HEARTBEATS * this.params.heartbeatMs, MIN_ATTACH_GRACE_MS)
     this.readWhileAttaching = e.opts.scenario.readWhileAttaching
     this.topicAgents = e.opts.scenario.advertTopicAgents ?? Infinity
+    this.minAdvertGapMs = Math.min(this.advertPolicy.minIntervalMs, this.advertPolicy.softIntervalMs, this.advertPolicy.keepAliveMs)
   }
 
   private indexAtMs = -Infinity
@@ -272,6 +273,23 @@ class VmThunderd implements System {
    * parent looked at, not four.
    */
   private pub: Float64Array = new Float64Array(0)
+  /**
+   * st[i].parentIdx.length by agent, kept beside it: soleChildrenOf runs on every advertise (every delivered
+   * block) over the agent's children, and a flat array is one cache miss per child instead of three.
+   */
+  private parentCount: Int32Array = new Int32Array(0)
+  /**
+   * By agent: advertise() is a no-op before this time (ms; 0: not known to be). It is set when the pending publish
+   * timer is due no later than the earliest time nextAdvertDueMs can return until the next publish (the last publish
+   * plus the shortest interval; the at-once case for an attach ruled out), and cleared when the timer fires, on a
+   * publish and when the depth changes. advertise() runs on every delivered block: this skips its facts (the
+   * agent's children, state and last advert: several cache misses) while an urgent advert is pending anyway.
+   */
+  private quietUntilMs: Float64Array = new Float64Array(0)
+  /** By agent: st.tried.size, kept beside it (onDeliver looks at the agent's state only when it is not 0). */
+  private triedSize: Int32Array = new Int32Array(0)
+  /** The shortest interval nextAdvertDueMs adds to the last publish (but the at-once case), keep-alive aside. */
+  private readonly minAdvertGapMs: number
 
   init (): void {
     // Once a second: every agent's background CPU (idle work and the adverts it received last second).
@@ -301,6 +319,9 @@ class VmThunderd implements System {
       pub.set(this.pub)
       for (let i = this.pub.length / PUB; i < cap; i++) { pub[PUB * i] = Infinity; pub[PUB * i + 1] = Infinity }
       this.pub = pub
+      const pc = new Int32Array(cap); pc.set(this.parentCount); this.parentCount = pc
+      const q = new Float64Array(cap); q.set(this.quietUntilMs); this.quietUntilMs = q
+      const t = new Int32Array(cap); t.set(this.triedSize); this.triedSize = t
     }
     this.hops = Math.max(1, Math.ceil(Math.log(this.e.nodes.length) / Math.log(GOSSIP_D)))
     if (!n.isSeed) this.summary.track(n.idx)
@@ -335,7 +356,8 @@ class VmThunderd implements System {
    */
   private soleChildrenOf (n: SimNode, except = -1): number {
     let count = 0
-    for (const c of n.children) if (c !== except && (this.st[c]?.parentIdx.length ?? 0) <= 1) count++
+    const pc = this.parentCount
+    for (const c of n.children) if (c !== except && (c < pc.length ? pc[c] : 0) <= 1) count++
     return count
   }
 
@@ -368,23 +390,32 @@ class VmThunderd implements System {
    */
   private advertise (n: SimNode): void {
     if (!n.alive) return
+    const now = this.e.nowMs
+    if (now < this.quietUntilMs[n.idx]) return
     const s = this.st[n.idx]
     const facts = this.factsOf(n, this.scratchFacts)
     const input = this.policyInput
     input.last = s.lastFacts; input.lastPublishMs = s.lastPublishMs; input.keepAliveMs = s.keepAliveMs; input.params = this.advertPolicy
     const dueMs = nextAdvertDueMs(input)
     input.last = undefined
-    const now = this.e.nowMs
     if (dueMs <= now) { this.publishNow(n, { ...facts }); return }
-    if (s.publishDueMs <= dueMs) return
-    s.publishDueMs = dueMs
-    this.e.at(dueMs, () => { if (s.publishDueMs !== dueMs) return; s.publishDueMs = Infinity; this.advertise(n) })
+    if (s.publishDueMs > dueMs) {
+      s.publishDueMs = dueMs
+      this.e.at(dueMs, () => { if (s.publishDueMs !== dueMs) return; s.publishDueMs = Infinity; this.quietUntilMs[n.idx] = 0; this.advertise(n) })
+    }
+    // nextAdvertDueMs returns at least lastPublishMs + the shortest gap unless the last advert had no depth and
+    // now there is one: until then nothing can come before the pending timer
+    const last = s.lastFacts
+    if (last === undefined || (last.depth === null && s.depth !== null)) return
+    const lowestMs = s.lastPublishMs + this.minAdvertGapMs
+    if (lowestMs > now && s.publishDueMs <= lowestMs) this.quietUntilMs[n.idx] = lowestMs
   }
 
   private publishNow (n: SimNode, facts: AdvertFacts): void {
     const s = this.st[n.idx]
     const now = this.e.nowMs
     s.publishDueMs = Infinity
+    this.quietUntilMs[n.idx] = 0
     s.keepAliveMs = nextKeepAliveMs(advertKind(facts, s.lastFacts, false, this.advertPolicy), s.keepAliveMs, this.advertPolicy)
     s.lastPublishMs = now
     s.lastFacts = facts
@@ -531,9 +562,11 @@ class VmThunderd implements System {
       s.orphanedSinceMs = res.orphanedSinceMs
       s.parents = res.parents
       s.parentIdx = res.parents.filter(p => !p.failed).map(p => Number(p.peerId.slice(1)))
+      this.parentCount[n.idx] = s.parentIdx.length
       s.parentSrc = undefined
       s.refusedUntil = res.refusedUntil
       s.depth = res.depth
+      this.quietUntilMs[n.idx] = 0
       if (res.again) e.at(now, () => { if (n.alive) this.tick(n) })
       if (!n.promoted) {
         // fail over what was asked of a parent we no longer have, and ask for what waited for a source
@@ -544,7 +577,10 @@ class VmThunderd implements System {
             if (r !== undefined && !live.has(r.src) && !nodes[r.src].alive) e.issue(n, b)
           }
         }
-        if (s.tried !== undefined) for (const b of n.stalled) s.tried.delete(b) // peers tried earlier may hold it by now (peer-source.ts)
+        if (s.tried !== undefined) { // peers tried earlier may hold it by now (peer-source.ts)
+          for (const b of n.stalled) s.tried.delete(b)
+          this.triedSize[n.idx] = s.tried.size
+        }
         e.retryStalled(n)
         if (s.parentIdx.length === 0) this.e.at(now + DETACHED_RETRY_MS, () => { if (n.alive && this.st[n.idx].parentIdx.length === 0) this.tick(n) })
       }
@@ -648,7 +684,7 @@ class VmThunderd implements System {
 
   chooseSource (n: SimNode, b: number): number {
     if (this.complete(n)) return -1
-    return this.pick(n, b, this.st[n.idx].tried?.get(b), false)
+    return this.pick(n, b, this.triedSize[n.idx] === 0 ? undefined : this.st[n.idx].tried?.get(b), false)
   }
 
   relays (s: SimNode, to: SimNode): boolean { return s.children.has(to.idx) }
@@ -670,6 +706,7 @@ class VmThunderd implements System {
     s.tried ??= new Map()
     const tried = s.tried.get(b)
     if (tried === undefined) s.tried.set(b, [src]); else if (!tried.includes(src)) tried.push(src)
+    this.triedSize[n.idx] = s.tried.size
     if (n.req.get(b)?.serial === r.serial) this.e.issue(n, b)
   }
 
@@ -736,8 +773,11 @@ class VmThunderd implements System {
 
   onDeliver (n: SimNode, b: number): void {
     this.summary.arrived(n.idx, b, this.e.nowMs)
-    const tried = this.st[n.idx].tried
-    if (tried !== undefined && tried.size > 0) tried.delete(b)
+    if (this.triedSize[n.idx] !== 0) {
+      const tried = this.st[n.idx].tried as Map<number, number[]>
+      tried.delete(b)
+      this.triedSize[n.idx] = tried.size
+    }
     // a complete agent becomes a seed at once (the daemon re-advertises on the last block), not at its next heartbeat
     if (this.e.opts.promoteComplete === true && !n.isSeed && !n.promoted && n.held === this.e.blockCount) this.e.at(this.e.nowMs, () => { if (n.alive) this.tick(n) })
     else this.advertise(n) // blocks added: the policy decides when to say so
