@@ -398,7 +398,7 @@ export class PeerSource implements BlockSource {
       if (group.length === 0) continue
       const choice = chooseSource({ blockIndex: job.index, sizeBytes: job.bytes }, this.sourceStates(job, group), this.params)
       if (choice === null) continue
-      const info = group.find(i => i.peerId === choice.peerId) as SourceInfo
+      const info = group[choice.index]
       const isLastResort = group === lastResort
       if (isLastResort && this.directory.canAttach(job.manifest) && !this.lastResortBudget.tryTake(job.bytes)) {
         // Out of budget: a guess may still be right; else wait for the refill.

@@ -70,6 +70,8 @@ export interface BlockRequest {
 
 export interface SourceChoice {
   peerId: string
+  /** Its position in the sources the choice was made from (callers look their own record up by it). */
+  index: number
   expectedMs: number
   holds: boolean
 }
@@ -102,18 +104,20 @@ export function rankSources (req: BlockRequest, sources: readonly SourceState[],
   exclude?: ReadonlySet<string> | string): SourceChoice[] {
   const skip = (id: string): boolean => typeof exclude === 'string' ? id === exclude : exclude?.has(id) === true
   const open: Array<SourceChoice & { full: boolean }> = []
-  for (const s of sources) {
+  for (let index = 0; index < sources.length; index++) {
+    const s = sources[index]
     if (s.failed || skip(s.peerId)) continue
-    open.push({ peerId: s.peerId, expectedMs: expectedCompletionMs(s, req, params), holds: sourceHolds(s.holds, req.blockIndex), full: s.inFlight >= params.maxInFlightPerSource })
+    open.push({ peerId: s.peerId, index, expectedMs: expectedCompletionMs(s, req, params), holds: sourceHolds(s.holds, req.blockIndex), full: s.inFlight >= params.maxInFlightPerSource })
   }
   open.sort((a, b) => Number(a.full) - Number(b.full) || a.expectedMs - b.expectedMs || (a.peerId < b.peerId ? -1 : a.peerId > b.peerId ? 1 : 0))
-  return open.map(({ peerId, expectedMs, holds }) => ({ peerId, expectedMs, holds }))
+  return open.map(({ peerId, index, expectedMs, holds }) => ({ peerId, index, expectedMs, holds }))
 }
 
 /** The source to ask first, or null when every source failed. Same order as rankSources, one pass. */
 export function chooseSource (req: BlockRequest, sources: readonly SourceState[], params: SchedulerParams = DEFAULT_SCHEDULER_PARAMS,
   exclude?: ReadonlySet<string> | string): SourceChoice | null {
   let best: SourceState | undefined
+  let bestIndex = -1
   let bestMs = 0
   let bestFull = true
   for (let i = 0; i < sources.length; i++) {
@@ -124,10 +128,10 @@ export function chooseSource (req: BlockRequest, sources: readonly SourceState[]
     const full = s.inFlight >= params.maxInFlightPerSource
     if (best === undefined || (bestFull && !full) ||
       (full === bestFull && (ms < bestMs || (ms === bestMs && s.peerId < best.peerId)))) {
-      best = s; bestMs = ms; bestFull = full
+      best = s; bestIndex = i; bestMs = ms; bestFull = full
     }
   }
-  return best === undefined ? null : { peerId: best.peerId, expectedMs: bestMs, holds: sourceHolds(best.holds, req.blockIndex) }
+  return best === undefined ? null : { peerId: best.peerId, index: bestIndex, expectedMs: bestMs, holds: sourceHolds(best.holds, req.blockIndex) }
 }
 
 /** The absolute time at which a request that has not completed should be hedged. */

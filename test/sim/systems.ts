@@ -15,7 +15,7 @@ import {
   admitChild, chooseSource, DEFAULT_SCHEDULER_PARAMS, DEFAULT_TOPOLOGY_PARAMS, hedgeDeadlineMs, planHeartbeat,
   settleHeartbeat, validateTopologyParams
 } from '../../src/topology/index.js'
-import { advertLifetimeMs, type AdmissionReply, type Advert, type Candidate, type ParentState, type SourceState, type TopologyParams } from '../../src/topology/index.js'
+import { advertLifetimeMs, type AdmissionReply, type Advert, type Candidate, type ParentState, type SourceChoice, type SourceState, type TopologyParams } from '../../src/topology/index.js'
 import { ADVERT_LIFETIME_KEEPALIVES, DEFAULT_ADVERT_POLICY, advertKind, nextAdvertDueMs, nextKeepAliveMs } from '../../src/p2p/advert-policy.js'
 import { GOSSIP_D } from '../../src/p2p/gossip-params.js'
 import { DEFAULT_NON_CHILD_BURST_BYTES, DEFAULT_NON_CHILD_BYTES_PER_SEC } from '../../src/p2p/block-server.js'
@@ -675,11 +675,12 @@ class VmThunderd implements System {
   }
 
   /** The node index of the chosen source (`idx[i]` is the node of `list[i]`). */
-  private chosen (c: { peerId: string, expectedMs: number } | null, list: readonly SourceState[], idx: readonly number[]): number {
+  private chosen (c: SourceChoice | null, list: readonly SourceState[], idx: readonly number[]): number {
     if (c === null) return -1
     this.lastExpectedMs = c.expectedMs
-    for (let i = 0; i < list.length; i++) if (list[i].peerId === c.peerId) { this.lastChosen = list[i]; this.lastChosenIdx = idx[i]; return idx[i] }
-    return Number(c.peerId.slice(1))
+    this.lastChosen = list[c.index]
+    this.lastChosenIdx = idx[c.index]
+    return idx[c.index]
   }
 
   chooseSource (n: SimNode, b: number): number {

@@ -32,6 +32,7 @@ test('chooses the lowest expected completion time: queue, throughput and RTT cou
   assert.ok(Math.abs(eb - (1 + 40.625)) < 1e-9)
   assert.ok(Math.abs(ec - (3 + 3.125)) < 1e-9)
   assert.equal(chooseSource(req, [a, b, c])?.peerId, 'c')
+  assert.equal(chooseSource(req, [a, b, c])?.index, 2, 'the position in the sources given')
   assert.deepEqual(rankSources(req, [a, b, c]).map(s => s.peerId), ['c', 'a', 'b'])
 })
 
