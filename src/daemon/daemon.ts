@@ -330,8 +330,12 @@ export class Daemon {
   /** Installs and attaches an image whose manifest fetchManifest() returned. */
   async adoptFetched (manifest: Manifest, fetchMs: number): Promise<Image> {
     const startMs = performance.now()
+    // Its stored boot profile (rarely any, for a new image) is read while the image is installed: one LevelDB
+    // round trip less on a new image's first create.
+    const stored = this.prefetch.storedProfile(manifest.imageId)
+    stored.catch(() => {}) // awaited by attach; if the install fails first, nothing waits for it
     const image = await this.images.adopt(manifest)
-    await this.attachImage(image)
+    await this.attachImage(image, stored)
     this.logger.info('image adopted', { image: manifest.imageId, manifestMs: Math.round(fetchMs), attachMs: Math.round(performance.now() - startMs) })
     return image
   }
@@ -352,9 +356,9 @@ export class Daemon {
   }
 
   /** A new image on this host: serve it to peers, prefetch it, learn its boots. */
-  async attachImage (image: Image): Promise<void> {
+  async attachImage (image: Image, storedProfile?: Promise<Uint8Array | undefined>): Promise<void> {
     this.peers?.addImage(image.cache, image.record.origin ? { childLimit: this.config.p2p.originChildLimit } : {})
-    await this.prefetch.attach(image)
+    await this.prefetch.attach(image, storedProfile)
   }
 
   async detachImage (imageId: string): Promise<void> {

@@ -167,7 +167,16 @@ export class PrefetchManager {
     return Math.max(1, Math.floor((this.now() - this.startedMs) / 1000) + 1)
   }
 
-  async attach (image: Image): Promise<void> {
+  /** The stored profile of an image (binary form), if any: attach() reads it; a caller may start it earlier. */
+  async storedProfile (imageId: string): Promise<Uint8Array | undefined> {
+    return await this.init.db.get(imageId)
+  }
+
+  /**
+   * Starts prefetching an image and learning its boots. `stored`: storedProfile(imageId), when the caller started
+   * reading it while the image was being installed (a new image's create waits for both).
+   */
+  async attach (image: Image, stored?: Promise<Uint8Array | undefined>): Promise<void> {
     const imageId = image.record.imageId
     if (this.images.has(imageId)) return
     const manifest = image.manifest
@@ -191,11 +200,11 @@ export class PrefetchManager {
       const stamp = this.useStamp()
       for (const b of blocks) state.lastUse[b] = stamp
     })
-    const stored = await this.init.db.get(imageId)
-    if (stored !== undefined) {
+    const bytes = await (stored ?? this.storedProfile(imageId))
+    if (bytes !== undefined) {
       try {
-        state.profile = decodeProfile(stored, { expect: manifest })
-        state.profileBytes = stored
+        state.profile = decodeProfile(bytes, { expect: manifest })
+        state.profileBytes = bytes
       } catch (err) {
         this.init.logger.warn('dropping a stored profile that does not fit', { imageId, error: err })
         await this.init.db.del(imageId)

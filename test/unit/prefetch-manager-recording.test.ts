@@ -4,6 +4,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { PrefetchManager, RECORDING_QUIET_MS, MIN_RECORDING_ENTRIES, RECORDING_START_QUIET_FACTOR } from '../../src/daemon/prefetch-manager.js'
 import type { Image } from '../../src/blockstack/images.js'
+import { encodeProfile, finalizeProfile } from '../../src/prefetch/profile.js'
 import type { NbdExport } from '../../src/blockstack/types.js'
 import type { DaemonLogger } from '../../src/daemon/logger.js'
 
@@ -77,4 +78,30 @@ test('a connection that only probes the disk stops counting as a boot after the 
   await manager.heartbeat()
   assert.equal(manager.booting('img'), 0, 'bounded: peers are not held back for ever by a VM that never boots')
   assert.deepEqual(saved, [], 'a probe is not a boot profile')
+})
+
+test('attach takes the stored profile its caller started reading early, and otherwise reads it itself', { timeout: 10_000 }, async () => {
+  const image = fakeImage('img')
+  const profile = finalizeProfile({
+    imageId: 'img', rootHex: image.manifest.rootHex, blockSizeBytes: BLOCK, blockCount: BLOCKS, boots: 3,
+    entries: [{ block: 5, tMs: 0, confidence: 1 }, { block: 9, tMs: 40, confidence: 1 }]
+  })
+  const bytes = encodeProfile(profile)
+  const gets: string[] = []
+  const make = (): PrefetchManager => new PrefetchManager({
+    db: { get: async (key) => { gets.push(key); return bytes }, put: async () => {}, del: async () => {} },
+    logger: quiet, enabled: true, rateBytesPerSec: null, idleLinkFraction: 0.5, linkBytesPerSec: 100e6, now: () => 1_000_000
+  })
+  // Started by the caller while the image was installed (daemon.ts adoptFetched): attach reads nothing more.
+  const early = make()
+  const stored = early.storedProfile('img')
+  assert.deepEqual(gets, ['img'])
+  await early.attach(image, stored)
+  assert.deepEqual(gets, ['img'], 'one read of the stored profile')
+  assert.equal(early.exportProfile('img')?.boots, 3)
+  // Without one (an image loaded at start), attach reads it.
+  const late = make()
+  await late.attach(fakeImage('img'))
+  assert.deepEqual(gets, ['img', 'img'])
+  assert.equal(late.exportProfile('img')?.version, profile.version)
 })
