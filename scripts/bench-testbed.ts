@@ -78,6 +78,12 @@ export interface SystemResult {
   perHostMs: number[]
   /** Median time to fetch the whole image before replaying (full-copy systems). */
   fetchMedianMs?: number
+  /**
+   * The slowest host's time split: what came before its replay's first read (instance.create, for vmthunderd,
+   * and the NBD connect) and the replay itself. With think times the replay's length against the local file's
+   * says how late its reads fell behind the trace; the rest of the seconds added is the set-up before it.
+   */
+  slowestSplit?: { createMs?: number, beforeReplayMs: number, replayMs: number }
   /** The longest single read seen by any host (a stall). */
   maxReadMs: number
   /** Median over hosts of each host's median and 90th-percentile single-read time, ms. */
@@ -900,6 +906,16 @@ const SYSTEMS: Record<SystemName, (ctx: SystemContext) => Promise<SystemRun | un
 // One run of one system
 
 /** slowReads: reads over SLOW_READ_MS, atMs from the replay's start (the vmt driver starts it fetchMs after GO). */
+/** Where a think-time run's seconds added went on the slowest host: before its replay, and in it. */
+function thinkSplit (split: SystemResult['slowestSplit'], localMs: number): string {
+  if (split === undefined) return ''
+  const before = split.createMs !== undefined
+    ? `instance.create ${secs(split.createMs)} s, then the NBD connect ${secs(split.beforeReplayMs - split.createMs)} s`
+    : `the NBD connect ${secs(split.beforeReplayMs)} s`
+  const late = split.replayMs - localMs
+  return ` (before its replay: ${before}; its replay ${late >= 0 ? '+' : '-'}${secs(Math.abs(late))} s against the local one)`
+}
+
 interface HostDone { doneMs: number, fetchMs?: number, replayMs: number, maxReadMs: number, firstReadMs?: number, readMsP50?: number, readMsP90?: number, bytes: number, digest: string, reconnects?: number, slowReads?: SlowRead[], error?: string }
 
 const median = (xs: number[]): number => {
@@ -950,6 +966,7 @@ async function runSystem (name: SystemName, ctx: SystemContext, trace: string, r
     const perHostMs = results.map((r) => Math.round(r.doneMs))
     const finished = perHostMs.filter((ms) => Number.isFinite(ms))
     const fetches = results.map((r) => r.fetchMs).filter((x): x is number => x !== undefined)
+    const slowest = results.reduce<HostDone | undefined>((a, r) => Number.isFinite(r.doneMs) && (a === undefined || r.doneMs > a.doneMs) ? r : a, undefined)
     const failedHosts = results.flatMap((r, i) => r.error !== undefined ? [{ host: `h${i + 1}`, error: r.error }] : [])
     return {
       maxMs: Math.max(0, ...finished),
@@ -959,6 +976,9 @@ async function runSystem (name: SystemName, ctx: SystemContext, trace: string, r
       hostBytesMedian: median(hostsAfter.map((a, i) => a.rxBytes - hostsBefore[i].rxBytes)),
       perHostMs,
       ...(fetches.length > 0 ? { fetchMedianMs: Math.round(median(fetches)) } : {}),
+      ...(slowest !== undefined && Number.isFinite(slowest.replayMs)
+        ? { slowestSplit: { ...(slowest.fetchMs !== undefined ? { createMs: Math.round(slowest.fetchMs) } : {}), beforeReplayMs: Math.round(slowest.doneMs - slowest.replayMs), replayMs: Math.round(slowest.replayMs) } }
+        : {}),
       maxReadMs: Math.round(Math.max(0, ...results.map((r) => r.maxReadMs).filter((ms) => Number.isFinite(ms)))),
       readMsP50: Math.round(median(results.map((r) => r.readMsP50 ?? NaN).filter((ms) => Number.isFinite(ms))) * 100) / 100,
       readMsP90: Math.round(median(results.map((r) => r.readMsP90 ?? NaN).filter((ms) => Number.isFinite(ms))) * 100) / 100,
@@ -1064,7 +1084,7 @@ export function markdownTable (r: BenchResults, command: string): string {
   return [
     `${r.hosts} hosts at ${r.rate} (origin ${r.originRate}), trace ${basename(r.trace)} (${mib(r.distinctBytes)} MiB distinct), image ${r.image ?? ''} ${mib(r.imageBytes)} MiB.${r.warmUp === true ? ' Agents warmed up: each host booted another image of the same trace before GO (--warm-up).' : ''}${r.vmtProfile === true ? ' The image was booted before: the origin held a boot profile of it, made from the trace (--vmt-profile).' : ''}${(r.staggerMs ?? 0) > 0 ? ` Staggered: host i started i x ${r.staggerMs} ms after the first; each host's time counts from its own start.` : ''}`,
     `Command: \`${command}\`${r.code !== undefined ? ` (code ${r.code})` : ''}`,
-    ...(r.localThinkMs !== undefined ? [`Think times: every host reads at the trace's pace; a local file replay takes ${secs(r.localThinkMs)} s. Seconds added over it (slowest host): ${ran.filter((n) => r.systems[n] !== undefined).map((n) => `${n} +${secs(r.systems[n]!.maxMs - r.localThinkMs!)}`).join(', ')}.`] : []),
+    ...(r.localThinkMs !== undefined ? [`Think times: every host reads at the trace's pace; a local file replay takes ${secs(r.localThinkMs)} s. Seconds added over it (slowest host): ${ran.filter((n) => r.systems[n] !== undefined).map((n) => `${n} +${secs(r.systems[n]!.maxMs - r.localThinkMs!)}${thinkSplit(r.systems[n]!.slowestSplit, r.localThinkMs!)}`).join(', ')}.`] : []),
     '',
     ...(r.autogroup === true ? ['', 'WARNING: the kernel schedules by autogroup (kernel.sched_autogroup_enabled=1): background work started from another session competes at full weight whatever its nice level, and the figures below move with it. `sysctl kernel.sched_autogroup_enabled=0` makes nice work again.'] : []),
     '',

@@ -3,7 +3,7 @@
 // (issue 10 step 6): adverts per agent per second and per topic, and what each agent receives and validates.
 //
 // Usage: node --import tsx test/sim/scale.ts --scenario NAME --agents N [--seed S] [--system vmthunderd]
-//          [--think 0|1] [--topic-agents N] [--json]
+//          [--think 0|1] [--topic-agents N] [--max-sim-s S] [--progress-s S] [--uploads] [--json]
 
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -29,6 +29,8 @@ function main (): void {
       system: { type: 'string', default: 'vmthunderd' },
       think: { type: 'string' },
       'topic-agents': { type: 'string' },
+      /** Stop at this simulated time (seconds): for profiling the start of a large run. */
+      'max-sim-s': { type: 'string' },
       /** Print a progress line to stderr at most this often (wall seconds); 0: never. */
       'progress-s': { type: 'string', default: '0' },
       json: { type: 'boolean', default: false },
@@ -40,7 +42,8 @@ function main (): void {
   const scenario = {
     ...sc,
     ...(values.think !== undefined ? { thinkTimeScale: Number(values.think) } : {}),
-    ...(values['topic-agents'] !== undefined ? { advertTopicAgents: Number(values['topic-agents']) } : {})
+    ...(values['topic-agents'] !== undefined ? { advertTopicAgents: Number(values['topic-agents']) } : {}),
+    ...(values['max-sim-s'] !== undefined ? { maxSimMs: Number(values['max-sim-s']) * 1000 } : {})
   }
   const trace = loadTrace(join(ROOT, 'test/fixtures/debian12-boot.reads.csv'))
   const agents = Number(values.agents)
