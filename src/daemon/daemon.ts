@@ -329,15 +329,37 @@ export class Daemon {
 
   /** Installs and attaches an image whose manifest fetchManifest() returned. */
   async adoptFetched (manifest: Manifest, fetchMs: number): Promise<Image> {
+    const { image, attached } = await this.installFetched(manifest, fetchMs)
+    await attached
+    return image
+  }
+
+  /**
+   * Installs an image whose manifest fetchManifest() returned, and starts its attach (peers, prefetch) in the
+   * next turn of the event loop: `attached` settles when that has. What a VM's disk needs is the install; a
+   * caller that answers a client first (instance.create) does not wait for the attach, whose gossip, admissions
+   * and stored-profile read would otherwise run before its answer on a loaded host. A read that comes before the
+   * attach waits for a source as any read does.
+   */
+  async installFetched (manifest: Manifest, fetchMs: number): Promise<{ image: Image, attached: Promise<void> }> {
     const startMs = performance.now()
     // Its stored boot profile (rarely any, for a new image) is read while the image is installed: one LevelDB
     // round trip less on a new image's first create.
     const stored = this.prefetch.storedProfile(manifest.imageId)
     stored.catch(() => {}) // awaited by attach; if the install fails first, nothing waits for it
     const image = await this.images.adopt(manifest)
-    await this.attachImage(image, stored)
-    this.logger.info('image adopted', { image: manifest.imageId, manifestMs: Math.round(fetchMs), attachMs: Math.round(performance.now() - startMs) })
-    return image
+    const installMs = performance.now() - startMs
+    // Instances and exports find its prefetch state at once; the prefetcher itself starts with the attach.
+    this.prefetch.register(image)
+    const attached = new Promise<void>((resolve, reject) => {
+      setImmediate(() => {
+        this.attachImage(image, stored).then(() => {
+          this.logger.info('image adopted', { image: manifest.imageId, manifestMs: Math.round(fetchMs), installMs: Math.round(installMs), attachMs: Math.round(performance.now() - startMs) })
+          resolve()
+        }, reject)
+      })
+    })
+    return { image, attached }
   }
 
   /** Why no manifest of `imageId` came in time: untrusted origin (1040), or no peer with it (1041). */

@@ -130,17 +130,20 @@ export function createMethods (getDaemon: () => Daemon): Record<string, RpcMetho
         // first create of a boot wave is on every VM's critical path).
         const { manifest, fetchMs } = await daemon.fetchManifest(p.image, signal)
         imageMs = startMs + fetchMs
-        const [adopted, created] = await Promise.allSettled([
-          daemon.adoptFetched(manifest, fetchMs),
+        const [installed, created] = await Promise.allSettled([
+          daemon.installFetched(manifest, fetchMs),
           daemon.snapshots.create(p.name, manifest.imageId, manifest.sizeBytes, { signal })
         ])
-        if (adopted.status === 'rejected') {
+        if (installed.status === 'rejected') {
           // No instance over an image this host could not install.
           if (created.status === 'fulfilled') await daemon.snapshots.destroy(p.name, { force: true }).catch(() => {})
-          throw adopted.reason
+          throw installed.reason
         }
+        // The attach goes on after this answer (installFetched); it fails only with the peer layer or the
+        // metadata store, and then says so here.
+        installed.value.attached.catch(err => daemon.logger.error('image attach failed', { image: manifest.imageId, error: err }))
         if (created.status === 'rejected') throw created.reason
-        image = adopted.value
+        image = installed.value.image
         record = created.value
       }
       daemon.prefetch.instanceCreated(record.name, image.record.imageId)

@@ -125,6 +125,8 @@ interface ImageState {
   liveServed?: { atMs: number, entries: number, bytes: Uint8Array }
   /** The booting count last told to the peer layer. */
   bootingAdvertised: number
+  /** attach() has begun (register() alone makes the state, so that instances and exports find it). */
+  attaching: boolean
 }
 
 export interface ImagePrefetchStatus extends PrefetchProgress {
@@ -176,7 +178,12 @@ export class PrefetchManager {
    * Starts prefetching an image and learning its boots. `stored`: storedProfile(imageId), when the caller started
    * reading it while the image was being installed (a new image's create waits for both).
    */
-  async attach (image: Image, stored?: Promise<Uint8Array | undefined>): Promise<void> {
+  /**
+   * The image's state without its prefetcher: instances created and NBD exports opened before attach() ends
+   * are counted and recorded as after it (a new image's instance.create answers before the attach, daemon.ts
+   * installFetched). Idempotent.
+   */
+  register (image: Image): void {
     const imageId = image.record.imageId
     if (this.images.has(imageId)) return
     const manifest = image.manifest
@@ -192,7 +199,8 @@ export class PrefetchManager {
       zeroBlocks: popcount(manifest.zeroBlocks),
       readsLocal: 0,
       readsFetched: 0,
-      bootingAdvertised: 0
+      bootingAdvertised: 0,
+      attaching: false
     }
     this.images.set(imageId, state)
     // Blocks arriving count as used now: a new block is not the first to go.
@@ -200,6 +208,15 @@ export class PrefetchManager {
       const stamp = this.useStamp()
       for (const b of blocks) state.lastUse[b] = stamp
     })
+  }
+
+  async attach (image: Image, stored?: Promise<Uint8Array | undefined>): Promise<void> {
+    const imageId = image.record.imageId
+    this.register(image)
+    const state = this.images.get(imageId)!
+    if (state.attaching) return
+    state.attaching = true
+    const manifest = image.manifest
     const bytes = await (stored ?? this.storedProfile(imageId))
     if (bytes !== undefined) {
       try {
@@ -211,6 +228,8 @@ export class PrefetchManager {
       }
     }
     this.startPrefetcher(state)
+    // Instances created since register() (before the prefetcher existed) start their read-ahead now.
+    for (const q of state.queued) state.prefetcher?.instanceStarted(q.name)
   }
 
   private startPrefetcher (state: ImageState): void {

@@ -43,6 +43,16 @@ function setup (): { manager: PrefetchManager, exp: NbdExport, clock: { ms: numb
   return { manager, exp: inner, clock, saved }
 }
 
+/** A boot's first touches, 20 ms apart (enough to be a boot), then the recording quiet and a heartbeat. */
+async function bootThenQuiet (manager: PrefetchManager, wrapped: NbdExport, clock: { ms: number }, signal: AbortSignal): Promise<void> {
+  for (let b = 1; b <= MIN_RECORDING_ENTRIES + 8; b++) {
+    clock.ms += 20
+    await wrapped.read(b * 7 * BLOCK, 4096, signal)
+  }
+  clock.ms += RECORDING_QUIET_MS
+  await manager.heartbeat()
+}
+
 test('a boot quiet for longer than the recording quiet before its first real reads is still booting, and is learned', { timeout: 10_000 }, async () => {
   const { manager, exp, clock, saved } = setup()
   await manager.attach(fakeImage('img'))
@@ -55,12 +65,7 @@ test('a boot quiet for longer than the recording quiet before its first real rea
   await manager.heartbeat()
   assert.equal(manager.booting('img'), 1, 'the recording outlives the usual quiet while it has too few first touches to be a boot')
   // The root file system is mounted: the boot reads its blocks.
-  for (let b = 1; b <= MIN_RECORDING_ENTRIES + 8; b++) {
-    clock.ms += 20
-    await wrapped.read(b * 7 * BLOCK, 4096, signal)
-  }
-  clock.ms += RECORDING_QUIET_MS
-  await manager.heartbeat()
+  await bootThenQuiet(manager, wrapped, clock, signal)
   assert.equal(manager.booting('img'), 0, 'a boot quiet for the usual time has ended')
   assert.deepEqual(saved, ['img'], 'and its profile was stored')
 })
@@ -92,7 +97,7 @@ test('attach takes the stored profile its caller started reading early, and othe
     db: { get: async (key) => { gets.push(key); return bytes }, put: async () => {}, del: async () => {} },
     logger: quiet, enabled: true, rateBytesPerSec: null, idleLinkFraction: 0.5, linkBytesPerSec: 100e6, now: () => 1_000_000
   })
-  // Started by the caller while the image was installed (daemon.ts adoptFetched): attach reads nothing more.
+  // Started by the caller while the image was installed (daemon.ts installFetched): attach reads nothing more.
   const early = make()
   const stored = early.storedProfile('img')
   assert.deepEqual(gets, ['img'])
@@ -104,4 +109,24 @@ test('attach takes the stored profile its caller started reading early, and othe
   await late.attach(fakeImage('img'))
   assert.deepEqual(gets, ['img', 'img'])
   assert.equal(late.exportProfile('img')?.version, profile.version)
+})
+
+test('an instance created and an export opened between register and attach are counted, recorded and learned', { timeout: 10_000 }, async () => {
+  // A new image's instance.create answers once the image is installed and registered here; the attach (its
+  // stored profile, its prefetcher) follows in the next turn of the event loop (daemon.ts installFetched).
+  const { manager, exp, clock, saved } = setup()
+  const image = fakeImage('img')
+  manager.register(image)
+  manager.instanceCreated('vm', 'img')
+  assert.equal(manager.booting('img'), 1, 'the instance is counted before the attach')
+  const wrapped = manager.wrapExport('img', exp)
+  assert.notEqual(wrapped, exp, 'its export is wrapped (its reads are noted and recorded)')
+  const signal = new AbortController().signal
+  await wrapped.read(0, 512, signal)
+  await manager.attach(image)
+  await manager.attach(image) // a second attach does nothing
+  assert.equal(manager.booting('img'), 1, 'the attach keeps the instance and its recording')
+  await bootThenQuiet(manager, wrapped, clock, signal)
+  assert.equal(manager.booting('img'), 0)
+  assert.deepEqual(saved, ['img'], 'the boot read through the export opened before the attach was learned')
 })
