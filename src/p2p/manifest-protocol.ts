@@ -75,7 +75,8 @@ export async function fetchManifestFrom (node: P2PNode, peer: PeerId, imageId: s
     const lp = lpStream(stream, { maxDataLength: MAX_MANIFEST_BYTES + 1, maxBufferSize: MAX_MANIFEST_BYTES + 64 })
     await lp.write(new TextEncoder().encode(imageId), { signal })
     const reply = (await lp.read({ signal })).subarray()
-    await stream.close({ signal }).catch(() => {})
+    // The reply is whole: its close need not hold the caller (one more turn of a loaded host's event loop).
+    stream.close({ signal }).catch(() => {})
     if (reply[0] !== STATUS_FOUND) throw new ManifestUnavailableError(`${peer.toString()} has no manifest for ${imageId}`)
     const encoded = stream.protocol === MANIFEST_PROTOCOL_V1 ? reply.subarray(1) : inflateReply(reply.subarray(1), peer)
     const manifest = acceptManifest(encoded, trustedKeys)

@@ -32,38 +32,42 @@ export const DEFAULT_TOPOLOGY_PARAMS: Readonly<TopologyParams> = Object.freeze({
   score: DEFAULT_SCORE_PARAMS
 })
 
-function check (ok: boolean, field: string, message: string): void {
-  if (!ok) throw new TopologyParamsError(field, message)
+/**
+ * The message is built only when the check fails: selectParents validates its params on every call (each
+ * heartbeat of each image; every tick of every simulated agent), and building the messages was most of that.
+ */
+function check (ok: boolean, field: string, message: () => string): void {
+  if (!ok) throw new TopologyParamsError(field, message())
 }
 
 function isInt (x: unknown): x is number { return typeof x === 'number' && Number.isInteger(x) }
 function isNum (x: unknown): x is number { return typeof x === 'number' && Number.isFinite(x) }
 
 export function validateScoreParams (s: ScoreParams, prefix = 'score'): ScoreParams {
-  check(typeof s === 'object' && s !== null, prefix, 'must be an object')
+  check(typeof s === 'object' && s !== null, prefix, () => 'must be an object')
   for (const f of ['rttWeight', 'loadWeight', 'holdWeight', 'depthWeight', 'slotWeight', 'tieBreakWeight'] as const) {
-    check(isNum(s[f]) && s[f] >= 0, `${prefix}.${f}`, `must be a finite number >= 0, got ${String(s[f])}`)
+    if (!(isNum(s[f]) && s[f] >= 0)) throw new TopologyParamsError(`${prefix}.${f}`, `must be a finite number >= 0, got ${String(s[f])}`)
   }
-  check(isNum(s.rttRefMs) && s.rttRefMs > 0, `${prefix}.rttRefMs`, `must be > 0, got ${String(s.rttRefMs)}`)
-  check(isNum(s.unknownRttMs) && s.unknownRttMs >= 0, `${prefix}.unknownRttMs`, `must be >= 0, got ${String(s.unknownRttMs)}`)
+  if (!(isNum(s.rttRefMs) && s.rttRefMs > 0)) throw new TopologyParamsError(`${prefix}.rttRefMs`, `must be > 0, got ${String(s.rttRefMs)}`)
+  if (!(isNum(s.unknownRttMs) && s.unknownRttMs >= 0)) throw new TopologyParamsError(`${prefix}.unknownRttMs`, `must be >= 0, got ${String(s.unknownRttMs)}`)
   const total = s.rttWeight + s.loadWeight + s.holdWeight + s.depthWeight + s.slotWeight + s.tieBreakWeight
-  check(total > 0, prefix, 'at least one weight must be > 0')
+  check(total > 0, prefix, () => 'at least one weight must be > 0')
   return s
 }
 
 /** Returns the params (with defaults for the optional fields) or throws TopologyParamsError naming the field. */
 export function validateTopologyParams (p: TopologyParams): Required<TopologyParams> {
-  check(typeof p === 'object' && p !== null, 'params', 'must be an object')
-  check(isInt(p.parentCount) && p.parentCount >= 1 && p.parentCount <= 64, 'parentCount', `must be an integer in 1..64, got ${String(p.parentCount)}`)
-  check(isNum(p.heartbeatMs) && p.heartbeatMs > 0, 'heartbeatMs', `must be > 0, got ${String(p.heartbeatMs)}`)
-  check(isNum(p.advertTimeoutMs) && p.advertTimeoutMs >= p.heartbeatMs, 'advertTimeoutMs', `must be >= heartbeatMs, got ${String(p.advertTimeoutMs)}`)
-  check(isNum(p.replaceMargin) && p.replaceMargin >= 0 && p.replaceMargin <= 10, 'replaceMargin', `must be in 0..10, got ${String(p.replaceMargin)}`)
-  check(isNum(p.minParentHoldMs) && p.minParentHoldMs >= 0, 'minParentHoldMs', `must be >= 0, got ${String(p.minParentHoldMs)}`)
-  check(isInt(p.childLimit) && p.childLimit >= 0 && p.childLimit <= 4096, 'childLimit', `must be an integer in 0..4096, got ${String(p.childLimit)}`)
+  check(typeof p === 'object' && p !== null, 'params', () => 'must be an object')
+  check(isInt(p.parentCount) && p.parentCount >= 1 && p.parentCount <= 64, 'parentCount', () => `must be an integer in 1..64, got ${String(p.parentCount)}`)
+  check(isNum(p.heartbeatMs) && p.heartbeatMs > 0, 'heartbeatMs', () => `must be > 0, got ${String(p.heartbeatMs)}`)
+  check(isNum(p.advertTimeoutMs) && p.advertTimeoutMs >= p.heartbeatMs, 'advertTimeoutMs', () => `must be >= heartbeatMs, got ${String(p.advertTimeoutMs)}`)
+  check(isNum(p.replaceMargin) && p.replaceMargin >= 0 && p.replaceMargin <= 10, 'replaceMargin', () => `must be in 0..10, got ${String(p.replaceMargin)}`)
+  check(isNum(p.minParentHoldMs) && p.minParentHoldMs >= 0, 'minParentHoldMs', () => `must be >= 0, got ${String(p.minParentHoldMs)}`)
+  check(isInt(p.childLimit) && p.childLimit >= 0 && p.childLimit <= 4096, 'childLimit', () => `must be an integer in 0..4096, got ${String(p.childLimit)}`)
   check(p.soleChildLimit === undefined || (isInt(p.soleChildLimit) && p.soleChildLimit >= 0 && p.soleChildLimit <= 4096),
-    'soleChildLimit', `must be an integer in 0..4096, got ${String(p.soleChildLimit)}`)
+    'soleChildLimit', () => `must be an integer in 0..4096, got ${String(p.soleChildLimit)}`)
   const maxDepth = p.maxDepth ?? DEFAULT_MAX_DEPTH
-  check(isInt(maxDepth) && maxDepth >= 1 && maxDepth <= 1024, 'maxDepth', `must be an integer in 1..1024, got ${String(maxDepth)}`)
+  check(isInt(maxDepth) && maxDepth >= 1 && maxDepth <= 1024, 'maxDepth', () => `must be an integer in 1..1024, got ${String(maxDepth)}`)
   const score = validateScoreParams(p.score ?? DEFAULT_SCORE_PARAMS)
   return { ...p, soleChildLimit: p.soleChildLimit ?? 0, maxDepth, score }
 }
