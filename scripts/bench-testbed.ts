@@ -905,7 +905,6 @@ const SYSTEMS: Record<SystemName, (ctx: SystemContext) => Promise<SystemRun | un
 // ---------------------------------------------------------------------------------------------------------
 // One run of one system
 
-/** slowReads: reads over SLOW_READ_MS, atMs from the replay's start (the vmt driver starts it fetchMs after GO). */
 /** Where a think-time run's seconds added went on the slowest host: before its replay, and in it. */
 function thinkSplit (split: SystemResult['slowestSplit'], localMs: number): string {
   if (split === undefined) return ''
@@ -916,6 +915,7 @@ function thinkSplit (split: SystemResult['slowestSplit'], localMs: number): stri
   return ` (before its replay: ${before}; its replay ${late >= 0 ? '+' : '-'}${secs(Math.abs(late))} s against the local one)`
 }
 
+/** slowReads: reads over SLOW_READ_MS, atMs from the replay's start (the vmt driver starts it fetchMs after GO). */
 interface HostDone { doneMs: number, fetchMs?: number, replayMs: number, maxReadMs: number, firstReadMs?: number, readMsP50?: number, readMsP90?: number, bytes: number, digest: string, reconnects?: number, slowReads?: SlowRead[], error?: string }
 
 const median = (xs: number[]): number => {

@@ -351,13 +351,9 @@ export class Daemon {
     const installMs = performance.now() - startMs
     // Instances and exports find its prefetch state at once; the prefetcher itself starts with the attach.
     this.prefetch.register(image)
-    const attached = new Promise<void>((resolve, reject) => {
-      setImmediate(() => {
-        this.attachImage(image, stored).then(() => {
-          this.logger.info('image adopted', { image: manifest.imageId, manifestMs: Math.round(fetchMs), installMs: Math.round(installMs), attachMs: Math.round(performance.now() - startMs) })
-          resolve()
-        }, reject)
-      })
+    const attached = new Promise<void>(resolve => setImmediate(resolve)).then(async () => {
+      await this.attachImage(image, stored)
+      this.logger.info('image adopted', { image: manifest.imageId, manifestMs: Math.round(fetchMs), installMs: Math.round(installMs), attachMs: Math.round(performance.now() - startMs) })
     })
     return { image, attached }
   }

@@ -175,17 +175,14 @@ export class PrefetchManager {
   }
 
   /**
-   * Starts prefetching an image and learning its boots. `stored`: storedProfile(imageId), when the caller started
-   * reading it while the image was being installed (a new image's create waits for both).
-   */
-  /**
    * The image's state without its prefetcher: instances created and NBD exports opened before attach() ends
    * are counted and recorded as after it (a new image's instance.create answers before the attach, daemon.ts
    * installFetched). Idempotent.
    */
-  register (image: Image): void {
+  register (image: Image): ImageState {
     const imageId = image.record.imageId
-    if (this.images.has(imageId)) return
+    const existing = this.images.get(imageId)
+    if (existing !== undefined) return existing
     const manifest = image.manifest
     const state: ImageState = {
       image,
@@ -208,12 +205,16 @@ export class PrefetchManager {
       const stamp = this.useStamp()
       for (const b of blocks) state.lastUse[b] = stamp
     })
+    return state
   }
 
+  /**
+   * Starts prefetching an image and learning its boots. `stored`: storedProfile(imageId), when the caller started
+   * reading it while the image was being installed.
+   */
   async attach (image: Image, stored?: Promise<Uint8Array | undefined>): Promise<void> {
     const imageId = image.record.imageId
-    this.register(image)
-    const state = this.images.get(imageId)!
+    const state = this.register(image)
     if (state.attaching) return
     state.attaching = true
     const manifest = image.manifest

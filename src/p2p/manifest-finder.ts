@@ -62,12 +62,12 @@ export function originPeerIds (trustedKeys: readonly Uint8Array[]): Set<string> 
 
 export const createManifestFinder = (init: ManifestFinderInit) => (components: ServiceComponents): FetchManifestFn => {
   const { logger, images, peers, events } = components
+  const origins = originPeerIds(init.trustedKeys)
+  origins.delete(components.selfPeerId)
   /**
    * Asks up to MAX_DIRECT_ASKS connected peers at once (directAskPeers); the first valid manifest wins and the
    * other asks are dropped. undefined: none had it in time (a holder is asked again once it advertises).
    */
-  const origins = originPeerIds(init.trustedKeys)
-  origins.delete(components.selfPeerId)
   const askDirect = async (imageId: string, state: ImageState, asked: Set<string>, signal: AbortSignal): Promise<Manifest | undefined> => {
     const subscribed = new Set(components.node()?.services.pubsub.getSubscribers(state.topic).map(p => p.toString()) ?? [])
     const connected = [...components.connected].filter(peer => !peers.isBanned(peer))
