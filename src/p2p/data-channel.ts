@@ -152,10 +152,46 @@ export class DataChannelServer {
   }
 }
 
+/**
+ * What a client reads on its data channel (the blocks it asked for) is read into one buffer reused for every
+ * read (net's `onread`), not into a fresh 64 KiB buffer per read pushed through a Readable: each fresh
+ * buffer was new memory to fault in, and the stream's push and 'data' event ran per read.
+ */
+export const CLIENT_READ_BUFFER_BYTES = 256 * 1024
+/** Bytes a client's socket may bring before its channel takes them (the server sends nothing before asked). */
+const MAX_EARLY_BYTES = 1024 * 1024
+
+/** A connected data channel socket; its bytes go to the sink given to `receive` (a SealedChannel's). */
+export interface DataChannelSocket {
+  socket: Socket
+  /**
+   * From now on each read is handed to `sink`, which must use it at once: the buffer is read into again
+   * afterwards. Bytes read before are handed over first.
+   */
+  receive: (sink: (chunk: Buffer) => void) => void
+}
+
 /** Connects to a server's data channel and presents the ticket; the socket is then ready for a SealedChannel. */
-export async function connectDataChannel (host: string, offer: DataChannelOffer, signal: AbortSignal): Promise<Socket> {
+export async function connectDataChannel (host: string, offer: DataChannelOffer, signal: AbortSignal): Promise<DataChannelSocket> {
   signal.throwIfAborted()
-  const socket = net.connect({ host, port: offer.port, noDelay: true })
+  let sink: ((chunk: Buffer) => void) | undefined
+  const early: Buffer[] = []
+  let earlyBytes = 0
+  const socket = net.connect({
+    host,
+    port: offer.port,
+    noDelay: true,
+    onread: {
+      buffer: Buffer.allocUnsafe(CLIENT_READ_BUFFER_BYTES),
+      callback: (bytes: number, buffer: Uint8Array): boolean => {
+        const chunk = Buffer.from(buffer.buffer, buffer.byteOffset, bytes)
+        if (sink !== undefined) sink(chunk)
+        else if ((earlyBytes += bytes) > MAX_EARLY_BYTES) socket.destroy()
+        else early.push(Buffer.from(chunk)) // a copy: the buffer is read into again
+        return true
+      }
+    }
+  })
   const { promise, resolve, reject } = Promise.withResolvers<void>()
   const timeout = AbortSignal.any([signal, AbortSignal.timeout(CONNECT_TIMEOUT_MS)])
   const onAbort = (): void => { reject(timeout.reason) }
@@ -172,5 +208,11 @@ export async function connectDataChannel (host: string, offer: DataChannelOffer,
     socket.off('error', reject)
   }
   socket.write(offer.token)
-  return socket
+  return {
+    socket,
+    receive: (to) => {
+      sink = to
+      for (const chunk of early.splice(0)) to(chunk)
+    }
+  }
 }

@@ -170,10 +170,11 @@ export class PeerLink {
       const host = this.node.getConnections(this.remote).flatMap(c => c.remoteAddr.getComponents())
         .find(c => (c.name === 'ip4' || c.name === 'ip6') && c.value !== undefined)?.value
       if (host === undefined) return true
-      const socket = await connectDataChannel(host, offer, signal)
+      const { socket, receive } = await connectDataChannel(host, offer, signal)
       if (this.closed) { socket.destroy(); return true }
       this.channel = new SealedChannel({
         socket,
+        receiveFrom: receive,
         sendKey: offer.clientKey,
         receiveKey: offer.serverKey,
         maxReceiveFrameBytes: MAX_RESPONSE_FRAME_BYTES,

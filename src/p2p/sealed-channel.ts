@@ -35,6 +35,11 @@ export interface SealedChannelInit {
   onFrame: (frame: Uint8ArrayList) => void
   /** Called once, when the channel closed (err: why, if not a clean end). */
   onClose: (err?: Error) => void
+  /**
+   * Where the socket's bytes come from, if not its 'data' events: called once with the channel's receiver
+   * (data-channel.ts's client socket, which reads into one reused buffer; the receiver uses each chunk at once).
+   */
+  receiveFrom?: (receiver: (chunk: Buffer) => void) => void
 }
 
 function nonce (counter: number): Buffer {
@@ -67,13 +72,16 @@ export class SealedChannel {
     this.sendKey = init.sendKey
     this.receiveKey = init.receiveKey
     this.socket.setNoDelay(true)
-    this.socket.on('data', (chunk: Buffer) => {
+    const receiver = (chunk: Buffer): void => {
       try {
         this.receive(chunk)
       } catch (err) {
         this.destroy(err as Error)
       }
-    })
+    }
+    // The 'data' listener stays with receiveFrom too: it keeps the socket flowing, so its end is seen.
+    this.socket.on('data', receiver)
+    init.receiveFrom?.(receiver)
     this.socket.on('drain', () => { this.wakeWriters() })
     this.socket.on('error', err => { this.destroy(err) })
     this.socket.on('close', () => { this.destroy() })

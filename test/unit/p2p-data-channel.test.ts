@@ -8,7 +8,7 @@ import net, { type Socket } from 'node:net'
 import { randomBytes } from 'node:crypto'
 import { Uint8ArrayList } from 'uint8arraylist'
 import { SealedChannel, type SealedChannelInit } from '../../src/p2p/sealed-channel.js'
-import { DataChannelServer, MAX_TICKETS_PER_PEER, TICKET_TTL_MS, TOKEN_BYTES, connectDataChannel, type ChannelKeys } from '../../src/p2p/data-channel.js'
+import { CLIENT_READ_BUFFER_BYTES, DataChannelServer, MAX_TICKETS_PER_PEER, TICKET_TTL_MS, TOKEN_BYTES, connectDataChannel, type ChannelKeys } from '../../src/p2p/data-channel.js'
 import { silentLogger } from '../../src/blockstack/cache.js'
 import { createNode } from '../../src/p2p/node.js'
 import { identityFromSeed } from '../../src/identity/key.js'
@@ -169,7 +169,7 @@ test('data channel listener: a live ticket is served once for its peer; a wrong,
     assert.ok(offer !== undefined)
     assert.equal(offer.token.length, TOKEN_BYTES)
     // The ticket and the first bytes after it in one write: the bytes reach the server of the channel.
-    const socket = await connectDataChannel('127.0.0.1', offer, AbortSignal.timeout(5_000))
+    const { socket } = await connectDataChannel('127.0.0.1', offer, AbortSignal.timeout(5_000))
     socket.write('hello')
     await until('served', () => served.length === 1)
     assert.equal(served[0].peerId, 'peer-a')
@@ -178,7 +178,7 @@ test('data channel listener: a live ticket is served once for its peer; a wrong,
     assert.deepEqual(Buffer.from(served[0].keys.sendKey), Buffer.from(offer.serverKey))
 
     const refused = async (token: Uint8Array): Promise<void> => {
-      const s = await connectDataChannel('127.0.0.1', { ...offer, token }, AbortSignal.timeout(5_000))
+      const { socket: s } = await connectDataChannel('127.0.0.1', { ...offer, token }, AbortSignal.timeout(5_000))
       await new Promise(resolve => s.once('close', resolve))
     }
     await refused(offer.token) // used once already
@@ -254,5 +254,35 @@ test('a link whose first data channel set-up fails tries again, then moves its r
     await channels?.stop()
     await a.stop()
     await b.stop()
+  }
+})
+
+test('data channel client: bytes read before the sink is given are handed over first, then every read, in order and intact (one reused read buffer)', { timeout: 30_000 }, async () => {
+  const early = randomBytes(3000)
+  const late = randomBytes(CLIENT_READ_BUFFER_BYTES * 2 + 12_345)
+  let serverSocket: Socket | undefined
+  const server = new DataChannelServer({
+    host: '127.0.0.1',
+    port: 0,
+    logger: silentLogger,
+    nowMs: () => 1_000,
+    serve: (_peerId, socket) => { serverSocket = socket; socket.write(early) }
+  })
+  await server.start()
+  try {
+    const offer = server.offer('peer-a')!
+    const { socket, receive } = await connectDataChannel('127.0.0.1', offer, AbortSignal.timeout(5_000))
+    await until('served', () => serverSocket !== undefined)
+    // Let the early bytes arrive while nothing takes them.
+    await until('early bytes read', () => socket.bytesRead >= early.length)
+    const got: Buffer[] = []
+    receive(chunk => { got.push(Buffer.from(chunk)) })
+    assert.deepEqual(Buffer.concat(got), early)
+    serverSocket!.write(late)
+    await until('late bytes', () => got.reduce((n, c) => n + c.length, 0) === early.length + late.length)
+    assert.ok(Buffer.concat(got).equals(Buffer.concat([early, late])))
+    socket.destroy()
+  } finally {
+    await server.stop()
   }
 })
