@@ -31,6 +31,8 @@ export interface Config {
     originChildLimit: number
     /** Connections to dial up to from the agents that peers say they are connected to (0: dial only bootstrap peers). */
     peerExchangeTarget: number
+    /** Manifests of trusted origins' images fetched ahead, so a first instance.create needs no round trip (0: none). */
+    catalogManifests: number
     uploadLimitBytesPerSec: number | null
     downloadLimitBytesPerSec: number | null
   }
@@ -78,6 +80,8 @@ export function defaultConfig (): Config {
       // A fresh agent knows only its bootstrap peers; asking them for theirs connects a small cluster fully before
       // its first boot wave (src/p2p/peer-exchange.ts).
       peerExchangeTarget: 16,
+      // An origin announces its images; an agent that trusts it fetches a few manifests ahead (src/p2p/catalog.ts).
+      catalogManifests: 16,
       uploadLimitBytesPerSec: null,
       downloadLimitBytesPerSec: null
     },

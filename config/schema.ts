@@ -59,6 +59,8 @@ export const configFileSchema = z.object({
     originChildLimit: z.number().int().min(1).max(1024),
     /** Connections dialled from peers' lists of connected agents (src/p2p/peer-exchange.ts); 0: none. */
     peerExchangeTarget: z.number().int().min(0).max(1024),
+    /** Manifests of trusted origins' catalogs fetched ahead and held (src/p2p/catalog.ts); 0: none. */
+    catalogManifests: z.number().int().min(0).max(1024),
     uploadLimitBytesPerSec: byteCount.nullable(),
     downloadLimitBytesPerSec: byteCount.nullable()
   }).partial().strict(),

@@ -23,6 +23,7 @@ export const peerLayerFactory: PeerLayerFactory = async ({ config, identity, tru
     topologyParams: { parentCount: p2p.parents, childLimit: p2p.childLimit, soleChildLimit: p2p.soleChildLimit, heartbeatMs: p2p.heartbeatMs },
     childLimit: p2p.childLimit,
     peerExchangeTarget: p2p.peerExchangeTarget,
+    catalogManifests: p2p.catalogManifests,
     uploadLimitBytesPerSec: p2p.uploadLimitBytesPerSec ?? undefined,
     downloadLimitBytesPerSec: p2p.downloadLimitBytesPerSec ?? undefined,
     // Many agents share one address in tests and on one host; gossipsub's colocation penalty would starve them.

@@ -29,8 +29,10 @@ export interface ManifestFinderInit {
   ensureState: (imageId: string) => ImageState
   /** Interest only ended: unsubscribe and forget the image. */
   dropInterest: (state: ImageState) => void
-  /** A manifest was found: from a peer that advertised it, or from a connected peer asked before any advert. */
-  onFound?: (how: 'advertised' | 'direct') => void
+  /** The manifest fetched ahead (catalog.ts), if it was; awaits such a fetch under way. */
+  ahead?: (imageId: string, signal: AbortSignal) => Promise<Manifest | undefined>
+  /** A manifest was found: from a peer that advertised it, from a connected peer asked before any advert, or ahead. */
+  onFound?: (how: 'advertised' | 'direct' | 'catalog') => void
 }
 
 export type FetchManifestFn = (imageId: string, options: { signal: AbortSignal }) => Promise<Manifest>
@@ -98,8 +100,14 @@ export const createManifestFinder = (init: ManifestFinderInit) => (components: S
   return async (imageId, options) => {
     const existing = images.get(imageId)
     if (existing?.manifest !== undefined) return existing.manifest
-    const state = init.ensureState(imageId)
     const signal = AbortSignal.any([options.signal, components.stopSignal])
+    const ahead = await init.ahead?.(imageId, signal)
+    if (ahead !== undefined) {
+      init.onFound?.('catalog')
+      logger.info('manifest fetched ahead', { image: imageId, root: ahead.rootHex })
+      return ahead
+    }
+    const state = init.ensureState(imageId)
     const tried = new Set<string>()
     const startMs = performance.now()
     const askedDirect = new Set<string>()

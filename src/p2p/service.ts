@@ -30,7 +30,7 @@ import { LastResortBudget } from './last-resort-budget.js'
 import { DataChannelServer } from './data-channel.js'
 import { PeerLink } from './peer-link.js'
 import { PeerSource, type PeerSourceStats } from './peer-source.js'
-import { serveManifestStream, MANIFEST_PROTOCOL, MANIFEST_PROTOCOL_V1 } from './manifest-protocol.js'
+import { fetchManifestFrom, serveManifestStream, MANIFEST_PROTOCOL, MANIFEST_PROTOCOL_V1 } from './manifest-protocol.js'
 import { BLOCKS_PROTOCOL } from './wire.js'
 import { PROFILE_PROTOCOL, createProfileServer, createLiveProfileFetcher, type LiveProfileFetcher, type ProfileProvider } from './profile-protocol.js'
 import { RateMeter, TokenBucket } from './rate-limit.js'
@@ -45,7 +45,8 @@ import { createHeartbeat, originPeerIdOf } from './heartbeat.js'
 import { createChildren } from './children.js'
 import { createDirectory } from './directory.js'
 import { createRelay } from './relay.js'
-import { createManifestFinder } from './manifest-finder.js'
+import { createManifestFinder, originPeerIds } from './manifest-finder.js'
+import { CATALOG_TOPIC, createCatalog, DEFAULT_CATALOG_MANIFESTS, type CatalogPubsub, type CatalogStats } from './catalog.js'
 import { createProfileFetcher } from './profile-fetcher.js'
 import { createPeerExchange, PEER_EXCHANGE_PROTOCOL, type PeerExchange } from './peer-exchange.js'
 import { createBeat, type Beat } from '../beat.js'
@@ -90,6 +91,8 @@ export interface P2PServiceInit {
   maxConnections?: number
   /** Connections to dial up to from peers' lists (peer-exchange.ts; default 16, 0: no peer exchange). */
   peerExchangeTarget?: number
+  /** Manifests of trusted origins' catalogs fetched ahead and held (catalog.ts; default 16, 0: none). */
+  catalogManifests?: number
   /** Tuning (benchmarks). */
   yamuxMaxMessageBytes?: number
   frameBudgetBytes?: number
@@ -150,8 +153,13 @@ export interface P2PStatus {
   blockRequests: PeerSourceStats
   /** Data channels: the listener's port (null: none), links to peers on one, connections served. */
   dataChannels: { port: number | null, outbound: number, inbound: number }
-  /** Manifests fetched: from peers that advertised the image, or from connected peers asked before any advert. */
-  manifestsFound: { advertised: number, direct: number }
+  /**
+   * Manifests found for a create: from peers that advertised the image, from connected peers asked before any
+   * advert, or fetched ahead from an origin's catalog.
+   */
+  manifestsFound: { advertised: number, direct: number, catalog: number }
+  /** The image catalog (catalog.ts): origins' catalogs received, manifests fetched ahead, failed, held, used. */
+  catalog: CatalogStats
   /** Peer exchange: lists asked for and served, peers dialled from them and connected, failures. */
   peerExchange: { asked: number, served: number, dialled: number, connectedByExchange: number, failed: number }
   images: Record<string, ImageStatus>
@@ -356,11 +364,25 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     return state
   }
 
-  const manifestsFound = { advertised: 0, direct: 0 }
+  const isOwn = (manifest: Manifest): boolean => Buffer.from(manifest.originPublicKey).toString('hex') === init.identity.publicKeyHex
+  const catalog = createCatalog({
+    pubsub: () => requireNode().services.pubsub as unknown as CatalogPubsub,
+    origins: (() => { const ids = originPeerIds(trustedKeys); ids.delete(selfPeerId); return ids })(),
+    maxManifests: init.catalogManifests ?? DEFAULT_CATALOG_MANIFESTS,
+    ownImages: () => [...images.values()].flatMap(state => state.store !== undefined && state.manifest !== undefined && isOwn(state.manifest) ? [{ id: state.imageId, root: state.manifest.rootHex }] : []),
+    has: (imageId, rootHex) => { const state = images.get(imageId); return state?.store !== undefined && state.manifest?.rootHex === rootHex },
+    fetch: async (peer, imageId, signal) => await fetchManifestFrom(requireNode(), peerIdFromString(peer), imageId, trustedKeys, signal),
+    clock,
+    signal: stopController.signal,
+    logger
+  })
+
+  const manifestsFound = { advertised: 0, direct: 0, catalog: 0 }
   const fetchManifest = createManifestFinder({
     trustedKeys,
     ensureState,
     dropInterest: state => { adverts.unsubscribe(state); images.delete(state.imageId) },
+    ahead: catalog.take,
     onFound: how => { manifestsFound[how]++ }
   })(components)
 
@@ -394,6 +416,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     if (node !== undefined) {
       adverts.publishSoon(state)
       heartbeat.schedule(state)
+      if (isOwn(manifest)) catalog.publishSoon()
     }
     events.notify()
     events.sourcesChanged(manifest.rootHex)
@@ -410,6 +433,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     }
     adverts.unsubscribe(state)
     images.delete(imageId)
+    if (node !== undefined && state.manifest !== undefined && isOwn(state.manifest)) catalog.publishSoon()
     events.notify()
   }
 
@@ -540,6 +564,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     const imageOfTopic = (topic: string): ImageState | undefined => images.get(imageIdFromTopic(topic) ?? '')
     node.services.pubsub.addEventListener('subscription-change', event => {
       for (const sub of event.detail.subscriptions) {
+        if (sub.subscribe && sub.topic === CATALOG_TOPIC) catalog.publishSoon()
         const state = sub.subscribe ? imageOfTopic(sub.topic) : undefined
         if (state !== undefined) adverts.publishForced(state)
       }
@@ -550,6 +575,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     // instead of 0.1 s). Its GRAFT comes once it has our subscriptions, i.e. once our stream is open. The
     // advert policy bounds these (one per minIntervalMs).
     node.services.pubsub.addEventListener('gossipsub:graft', event => {
+      if (event.detail.direction === 'inbound' && event.detail.topic === CATALOG_TOPIC) catalog.publishSoon()
       const state = event.detail.direction === 'inbound' ? imageOfTopic(event.detail.topic) : undefined
       if (state !== undefined) adverts.publishForced(state)
     })
@@ -557,6 +583,8 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     leaveGossipBeat = runGossipsubOnBeat(node.services.pubsub, beat, err => { logger.warn('gossipsub heartbeat failed', { error: err }) })
     if (leaveGossipBeat === undefined) logger.warn('gossipsub keeps its own heartbeat timers (not as expected: another version?)', {})
     for (const state of images.values()) adverts.subscribe(state)
+    catalog.start()
+    catalog.publishSoon()
     bootstrapper = new Bootstrapper(node, init.bootstrap ?? [], logger)
     bootstrapper.start()
     peerExchange?.start()
@@ -569,6 +597,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     if (stopped) return
     stopped = true
     heartbeat.stop()
+    if (node !== undefined) catalog.stop()
     leaveGossipBeat?.()
     ownBeat?.stop()
     bootstrapper?.stop()
@@ -597,6 +626,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       blockRequests: { ...peerSource.stats },
       dataChannels: { port: dataChannels?.port ?? null, outbound: [...links.values()].filter(l => l.onDataChannel).length, inbound: dataChannels?.connections ?? 0 },
       manifestsFound: { ...manifestsFound },
+      catalog: catalog.stats(),
       peerExchange: peerExchange?.stats() ?? { asked: 0, served: 0, dialled: 0, connectedByExchange: 0, failed: 0 },
       images: {}
     }

@@ -75,6 +75,10 @@ export interface P2PStatusFields {
   dataChannels?: { port: number | null, outbound: number, inbound: number }
   /** Peer exchange: lists asked for and served, peers dialled from them and connected, failures. */
   peerExchange?: { asked: number, served: number, dialled: number, connectedByExchange: number, failed: number }
+  /** Manifests found for creates: advertised, asked directly, fetched ahead from a catalog. */
+  manifestsFound?: { advertised: number, direct: number, catalog: number }
+  /** The image catalog: origins' catalogs received (others' ignored), manifests fetched ahead, failed, held now, used by a create. */
+  catalog?: { received: number, ignored: number, fetched: number, failed: number, held: number, used: number }
 }
 
 /** node.status. */

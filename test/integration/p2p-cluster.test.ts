@@ -111,13 +111,33 @@ test('p2p: a new subscriber gets the origin\'s advert at once, not at its keep-a
 test('p2p: a new agent gets the manifest from a connected peer before any advert names a holder', { timeout: 60_000 }, async () => {
   // The agent asks the connected origin at once, before the advert that answers its subscription can arrive (that
   // takes the subscription's round trip and the origin's advert interval, and in a fresh wave up to a second).
-  const c = await cluster({ agents: 1, sizeBytes: 1024 * 1024 })
+  // No catalog here (it would have fetched the manifest ahead): this is the path without one.
+  const c = await cluster({ agents: 1, sizeBytes: 1024 * 1024, agentInitFor: () => ({ catalogManifests: 0 }) })
   try {
     const agent = c.agents[0]
     await waitUntil('the agent is connected to the origin', () => agent.service.status().peers.includes(c.origin.service.peerId))
     const manifest = await agent.service.fetchManifest(IMAGE_ID, { signal: AbortSignal.timeout(20_000) })
     assert.equal(manifest.rootHex, c.manifest.rootHex)
-    assert.deepEqual(agent.service.status().manifestsFound, { advertised: 0, direct: 1 })
+    assert.deepEqual(agent.service.status().manifestsFound, { advertised: 0, direct: 1, catalog: 0 })
+  } finally {
+    await c.close()
+  }
+})
+
+test('p2p: an agent fetches the manifests of its trusted origin\'s catalog ahead; a create takes one without asking; an untrusting agent fetches none', { timeout: 60_000 }, async () => {
+  // Agent 1 trusts no origin (its own key only): the origin's catalog reaches it but is not acted on.
+  const c = await cluster({ agents: 2, sizeBytes: 1024 * 1024, agentInitFor: i => i === 1 ? { trustedKeys: [] } : {} })
+  try {
+    const [trusting, untrusting] = c.agents
+    await waitUntil('the origin\'s catalog and the manifest it names to reach the trusting agent', () => trusting.service.status().catalog.held === 1, 20_000)
+    assert.equal(trusting.service.status().catalog.fetched, 1)
+    const manifest = await trusting.service.fetchManifest(IMAGE_ID, { signal: AbortSignal.timeout(20_000) })
+    assert.equal(manifest.rootHex, c.manifest.rootHex)
+    assert.deepEqual(trusting.service.status().manifestsFound, { advertised: 0, direct: 0, catalog: 1 })
+    assert.deepEqual({ ...trusting.service.status().catalog, received: 0 }, { received: 0, ignored: 0, fetched: 1, failed: 0, held: 0, used: 1 })
+    // The untrusting agent got the same catalog, ignored it and fetched nothing.
+    await waitUntil('the origin\'s catalog to reach the untrusting agent', () => untrusting.service.status().catalog.ignored >= 1, 20_000)
+    assert.deepEqual({ ...untrusting.service.status().catalog, ignored: 1 }, { received: 0, ignored: 1, fetched: 0, failed: 0, held: 0, used: 0 })
   } finally {
     await c.close()
   }
