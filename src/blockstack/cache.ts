@@ -190,7 +190,7 @@ export interface BlockCacheInit {
 }
 
 export interface CacheReadOptions {
-  /** Where the result goes (a buffer pool); default a fresh Buffer. */
+  /** Where a result read or assembled goes (a buffer pool); default a fresh Buffer. */
   allocate?: (length: number) => Buffer
 }
 
@@ -463,7 +463,10 @@ export class BlockCache implements BlockStore {
     return this.verified.get(blockIndex)
   }
 
-  /** Reads `length` bytes at `offset`, fetching missing blocks first. */
+  /**
+   * Reads `length` bytes at `offset`, fetching missing blocks first. The result may be a view of a block the
+   * cache holds: read it, do not write to it.
+   */
   async read (offset: number, length: number, signal: AbortSignal, options: CacheReadOptions = {}): Promise<Uint8Array> {
     for (let attempt = 0; ; attempt++) {
       const epoch = this.evictEpoch
@@ -504,7 +507,15 @@ export class BlockCache implements BlockStore {
     const indexes: number[] = []
     for (let i = first; i <= last; i++) if (!this.spill.has(i)) indexes.push(i)
     await this.ensure(indexes, { signal, priority: 'demand' })
-    const out = Buffer.allocUnsafe(length)
+    // Within one block still waiting for its commit (a boot wave's reads, mostly): a view of it, no copy. Blocks
+    // are never written in place, and a pool does not take back a buffer it did not give out.
+    const single = first === last ? this.pending.get(first) : undefined
+    if (single !== undefined && offset + length <= first * blockSizeBytes + single.byteLength) {
+      const at = offset - first * blockSizeBytes
+      return single.subarray(at, at + length)
+    }
+    // Else assembled in a buffer from the caller's pool, if it has one (no fresh pages to fault in per read).
+    const out = options.allocate?.(length) ?? Buffer.allocUnsafe(length)
     // Assemble: runs of durable blocks come from the file in one read each; blocks still waiting for their
     // commit come from memory.
     let runStart = -1

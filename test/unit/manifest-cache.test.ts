@@ -12,6 +12,7 @@ import { memoryPresenceStore } from '../../src/blockstack/presence.js'
 import { fileBlockSource } from '../../src/blockstack/file-source.js'
 import type { BlockSource } from '../../src/blockstack/types.js'
 import { ImageRegistry } from '../../src/blockstack/images.js'
+import { BufferPool } from '../../src/blockstack/nbd/buffer-pool.js'
 import { Level } from 'level'
 
 const BS = 4096
@@ -350,4 +351,41 @@ test('cache: while the image is being read, a commit waits for the reads to paus
     await cache.close()
     await file.close()
   } finally { await rm(dir, { recursive: true, force: true }) }
+})
+
+test('cache: a read within one block waiting for its commit is a view of it (no copy, not taken by a pool); other reads are assembled in the pool\'s buffers', { timeout: 30_000 }, async () => {
+  const { dir, image, bytes } = await fixture()
+  const key = signingKeyFromSeed(randomBytes(32))
+  const m = await manifestFromFile({ imageId: 'img', path: image, blockSizeBytes: BS, key })
+  const file = fileBlockSource(image)
+  const cache = await BlockCache.open({ manifest: m, path: join(dir, 'cache'), presence: memoryPresenceStore(), source: file })
+  try {
+    const signal = AbortSignal.timeout(5000)
+    const pool = new BufferPool()
+    const given: Uint8Array[] = []
+    const allocate = (length: number): Buffer => { const b = pool.acquire(length); given.push(b); return b }
+    const a = await cache.read(BS + 10, 100, signal, { allocate })
+    const b = await cache.read(BS + 200, 300, signal, { allocate })
+    assert.deepEqual(Buffer.from(a), bytes.subarray(BS + 10, BS + 110))
+    assert.deepEqual(Buffer.from(b), bytes.subarray(BS + 200, BS + 500))
+    assert.ok(!cache.isDurable(1))
+    assert.equal(a.buffer, b.buffer, 'both are views of the block held for its commit')
+    assert.equal(given.length, 0, 'nothing taken from the pool')
+    pool.release(a) // not the pool's: ignored
+    assert.equal(pool.pooled, 0)
+    // Over two blocks: assembled in a pooled buffer.
+    const c = await cache.read(BS - 50, 100, signal, { allocate })
+    assert.deepEqual(Buffer.from(c), bytes.subarray(BS - 50, BS + 50))
+    assert.equal(given.length, 1)
+    assert.equal(c.buffer, given[0].buffer)
+    // Once durable, a read comes from the file into a pooled buffer.
+    await cache.flush()
+    const d = await cache.read(BS + 10, 100, signal, { allocate })
+    assert.deepEqual(Buffer.from(d), bytes.subarray(BS + 10, BS + 110))
+    assert.equal(d.buffer, given[1].buffer)
+  } finally {
+    await cache.close()
+    await file.close()
+    await rm(dir, { recursive: true, force: true })
+  }
 })
