@@ -21,7 +21,9 @@ import type { Manifest } from '../blockstack/manifest.js'
 import type { Clock } from './clock.js'
 
 export const CATALOG_TOPIC = '/vmthunder/catalog/1'
-export const MAX_CATALOG_MESSAGE_BYTES = 16 * 1024
+/** Room for MAX_CATALOG_ENTRIES entries of the longest ids (64 characters): about 19 KB. */
+export const MAX_CATALOG_MESSAGE_BYTES = 24 * 1024
+/** Images in one catalog at most: an origin with more announces its newest. */
 export const MAX_CATALOG_ENTRIES = 128
 /** Manifests held ahead by default (config p2p.catalogManifests; 0: no catalog). */
 export const DEFAULT_CATALOG_MANIFESTS = 16
@@ -41,7 +43,7 @@ export class CatalogDecodeError extends Error {
 }
 
 export function encodeCatalog (entries: readonly CatalogEntry[]): Uint8Array {
-  return Buffer.from(JSON.stringify({ v: 1, images: entries.slice(0, MAX_CATALOG_ENTRIES).map(e => ({ id: e.id, root: e.root })) }))
+  return Buffer.from(JSON.stringify({ v: 1, images: entries.slice(-MAX_CATALOG_ENTRIES).map(e => ({ id: e.id, root: e.root })) }))
 }
 
 /** The entries of a well-formed catalog message; CatalogDecodeError otherwise. */

@@ -1,5 +1,5 @@
 // Property-based fuzzing (fast-check) of every decoder and parser that takes bytes or JSON from outside:
-// manifests, adverts, block-protocol frames, peer-exchange lists, boot profiles (binary and JSON), JSON-RPC
+// manifests, adverts, block-protocol frames, peer-exchange lists, image catalogs, boot profiles (binary and JSON), JSON-RPC
 // requests, the config file, and the NBD server's negotiation and transmission phases over a real unix socket.
 // Each property: no crash, a typed error (by `name`) for bad input, round trip for valid input. Inputs are
 // bounded by the arbitraries; scripts/fuzz.ts prints the CPU-seconds each target took (reported, not asserted).
@@ -15,6 +15,7 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { encodePeerList, decodePeerList, MAX_PEX_PEERS, MAX_PEX_ADDRS, type PeerListEntry } from '../../src/p2p/peer-exchange.js'
 import { identityFromSeed } from '../../src/identity/key.js'
+import { encodeCatalog, decodeCatalog, MAX_CATALOG_ENTRIES } from '../../src/p2p/catalog.js'
 import {
   encodeClientFrame, decodeClientFrame, encodeServerFrame, decodeServerFrame, encodeBlocksFrame, FrameType, BlockStatus, ErrorCode,
   MAX_INDEXES_PER_GET, type ClientFrame, type BlockEntry
@@ -223,6 +224,8 @@ const peerList: fc.Arbitrary<PeerListEntry[]> = fc.array(fc.record({
 }), { maxLength: MAX_PEX_PEERS })
 const peerListText = (entries: PeerListEntry[]): string => JSON.stringify(entries.map(e => [e.peerId.toString(), e.addrs.map(a => a.toString())]))
 
+const catalogEntries = fc.array(fc.record({ id: IMAGE_ID, root: fc.uint8Array({ minLength: 32, maxLength: 32 }).map(b => Buffer.from(b).toString('hex')) }), { maxLength: MAX_CATALOG_ENTRIES, size: 'max' })
+
 const sync = (name: string, property: () => fc.IProperty<any>): FuzzTarget => ({
   name,
   run: async ({ numRuns, seed }) => { fc.assert(property(), { numRuns, seed }) }
@@ -275,6 +278,13 @@ export const targets: FuzzTarget[] = [
   })),
   sync('peer list bad bytes', () => fc.property(fc.oneof(BYTES(2048), mutated(peerList.map(encodePeerList))), bytes => {
     typedOrOk(() => decodePeerList(bytes), ['PeerListDecodeError'])
+  })),
+  sync('image catalog round trip', () => fc.property(catalogEntries, entries => {
+    if (JSON.stringify(decodeCatalog(encodeCatalog(entries))) !== JSON.stringify(entries)) throw new Error('catalog did not round-trip')
+  })),
+  sync('image catalog bad bytes', () => fc.property(fc.oneof(BYTES(4096), mutated(catalogEntries.map(encodeCatalog)),
+    fc.jsonValue().map(v => new TextEncoder().encode(JSON.stringify(v)))), bytes => {
+    typedOrOk(() => decodeCatalog(bytes), ['CatalogDecodeError'])
   })),
   sync('profile binary round trip', () => fc.property(profileFields, profile => {
     const again = decodeProfile(encodeProfile(profile))

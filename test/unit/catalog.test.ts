@@ -22,8 +22,12 @@ test('catalog codec: round trip; malformed, oversized or out-of-bounds messages 
     JSON.stringify({ v: 1, images: [{ id: 'a', root: 'A'.repeat(64) }] }),
     JSON.stringify({ v: 1, images: [null] }),
     JSON.stringify({ v: 1, images: Array.from({ length: MAX_CATALOG_ENTRIES + 1 }, (_, i) => ({ id: `i${i}`, root: ROOT_A })) }),
-    'x'.repeat(17 * 1024)
+    'x'.repeat(25 * 1024)
   ]
+  // The largest catalog there can be (the most entries, the longest ids) fits in one message; an origin with more
+  // images announces its newest.
+  const most = Array.from({ length: MAX_CATALOG_ENTRIES + 5 }, (_, i) => ({ id: `${i}`.padStart(64, 'x'), root: ROOT_A }))
+  assert.deepEqual(decodeCatalog(encodeCatalog(most)), most.slice(5))
   for (const text of bad) assert.throws(() => decodeCatalog(Buffer.from(text)), (err: Error) => err instanceof CatalogDecodeError && err.name === 'CatalogDecodeError', text.slice(0, 40))
 })
 
