@@ -32,6 +32,8 @@ export const MAX_CATALOG_MANIFEST_BYTES = 64 * 1024 * 1024
 export const MAX_QUEUED_FETCHES = 64
 export const CATALOG_FETCH_TIMEOUT_MS = 20_000
 export const CATALOG_PUBLISH_MIN_INTERVAL_MS = 1_000
+/** A create waits this long at most for the fetch of its manifest under way, then finds it the usual way. */
+export const TAKE_WAIT_MS = 2_000
 
 const IMAGE_ID = /^[A-Za-z0-9._-]{1,64}$/
 const HEX64 = /^[0-9a-f]{64}$/
@@ -108,8 +110,8 @@ export interface Catalog {
   /** This agent's images changed, or a peer joined the topic: publish the catalog soon (bounded rate). */
   publishSoon: () => void
   /**
-   * The manifest of `imageId` fetched ahead (taken: the caller installs it), awaiting a fetch of it under way;
-   * undefined if there is none.
+   * The manifest of `imageId` fetched ahead (taken: the caller installs it), or the one a fetch under way brings
+   * within TAKE_WAIT_MS; undefined if there is none (a fetch still queued is not waited for).
    */
   take: (imageId: string, signal: AbortSignal) => Promise<Manifest | undefined>
   stats: () => CatalogStats
@@ -125,6 +127,7 @@ export function createCatalog (init: CatalogInit): Catalog {
   const queue: Job[] = []
   const jobs = new Map<string, Job>() // by image id: queued or under way
   let working = false
+  let current: Job | undefined
   let started = false
   let publishPending = false
   let lastPublishMs = -Infinity
@@ -153,6 +156,7 @@ export function createCatalog (init: CatalogInit): Catalog {
     try {
       for (let job = queue.shift(); job !== undefined && !init.signal.aborted; job = queue.shift()) {
         let manifest: Manifest | undefined
+        current = job
         try {
           if (!init.has(job.entry.id, job.entry.root)) {
             manifest = await init.fetch(job.peerId, job.entry.id, AbortSignal.any([init.signal, AbortSignal.timeout(CATALOG_FETCH_TIMEOUT_MS)]))
@@ -167,11 +171,13 @@ export function createCatalog (init: CatalogInit): Catalog {
             init.logger.warn('catalog manifest fetch failed', { image: job.entry.id, peer: job.peerId, error: (err as Error).message })
           }
         }
+        current = undefined
         jobs.delete(job.entry.id)
         job.resolve(manifest)
       }
     } finally {
       working = false
+      current = undefined
       for (const job of queue.splice(0)) { jobs.delete(job.entry.id); job.resolve(undefined) }
     }
   }
@@ -256,14 +262,17 @@ export function createCatalog (init: CatalogInit): Catalog {
     take: async (imageId, signal) => {
       let manifest = held.get(imageId)
       if (manifest === undefined) {
-        const job = jobs.get(imageId)
-        if (job === undefined) return undefined
+        const job = current
+        if (job === undefined || job.entry.id !== imageId) return undefined
         const { promise, resolve } = Promise.withResolvers<undefined>()
         const onAbort = (): void => { resolve(undefined) }
         signal.addEventListener('abort', onAbort, { once: true })
+        const waited = new AbortController()
+        init.clock.sleep(TAKE_WAIT_MS, waited.signal).then(onAbort, () => {})
         try {
           manifest = await Promise.race([job.done, promise])
         } finally {
+          waited.abort()
           signal.removeEventListener('abort', onAbort)
         }
         signal.throwIfAborted()

@@ -5,7 +5,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { TopicValidatorResult } from '@libp2p/gossipsub'
 import type { PeerId } from '@libp2p/interface'
-import { CATALOG_TOPIC, CatalogDecodeError, MAX_CATALOG_ENTRIES, createCatalog, decodeCatalog, encodeCatalog, type CatalogInit, type CatalogPubsub } from '../../src/p2p/catalog.js'
+import { CATALOG_TOPIC, CatalogDecodeError, MAX_CATALOG_ENTRIES, TAKE_WAIT_MS, createCatalog, decodeCatalog, encodeCatalog, type CatalogInit, type CatalogPubsub } from '../../src/p2p/catalog.js'
 import type { Manifest } from '../../src/blockstack/manifest.js'
 
 const ROOT_A = 'a'.repeat(64)
@@ -48,6 +48,15 @@ function harness (options: Partial<CatalogInit> = {}) {
   }
   const fetches: Array<{ peerId: string, imageId: string, resolve: (m: Manifest) => void, reject: (e: Error) => void }> = []
   const stop = new AbortController()
+  // Sleeps shorter than a create's wait end at once (the publish interval); the create's wait ends when the test says.
+  const longSleeps: Array<() => void> = []
+  const sleep = async (ms: number, signal?: AbortSignal): Promise<void> => {
+    if (ms < TAKE_WAIT_MS) return
+    await new Promise<void>((resolve, reject) => {
+      longSleeps.push(resolve)
+      signal?.addEventListener('abort', () => { reject(signal.reason) }, { once: true })
+    })
+  }
   const catalog = createCatalog({
     pubsub: () => pubsub,
     origins: new Set(['origin']),
@@ -55,7 +64,7 @@ function harness (options: Partial<CatalogInit> = {}) {
     ownImages: () => [],
     has: () => false,
     fetch: async (peerId, imageId) => await new Promise<Manifest>((resolve, reject) => { fetches.push({ peerId, imageId, resolve, reject }) }),
-    clock: { nowMs: () => 0, sleep: async () => {} },
+    clock: { nowMs: () => 0, sleep },
     signal: stop.signal,
     logger: { info: () => {}, warn: () => {} },
     ...options
@@ -69,7 +78,7 @@ function harness (options: Partial<CatalogInit> = {}) {
     return result
   }
   const settle = async (): Promise<void> => { for (let i = 0; i < 5; i++) await new Promise(resolve => setImmediate(resolve)) }
-  return { catalog, deliver, fetches, published, settle, stop }
+  return { catalog, deliver, fetches, published, settle, stop, longSleeps }
 }
 
 test('catalog: only a trusted origin\'s catalog is acted on; its manifests are fetched one at a time from it and held, within the bound', async () => {
@@ -97,7 +106,7 @@ test('catalog: only a trusted origin\'s catalog is acted on; its manifests are f
 })
 
 test('catalog: a create waits for the fetch of its image under way; a wrong root or a failed fetch gives it nothing', async () => {
-  const { catalog, deliver, fetches, settle } = harness()
+  const { catalog, deliver, fetches, settle, longSleeps } = harness()
   deliver('origin', [{ id: 'a', root: ROOT_A }])
   await settle()
   const taken = catalog.take('a', AbortSignal.timeout(5000))
@@ -118,12 +127,18 @@ test('catalog: a create waits for the fetch of its image under way; a wrong root
   assert.deepEqual(catalog.stats(), { received: 3, ignored: 0, fetched: 1, failed: 2, held: 0, used: 1 })
 
   // The caller's signal ends its wait.
-  deliver('origin', [{ id: 'd', root: ROOT_A }])
+  deliver('origin', [{ id: 'd', root: ROOT_A }, { id: 'e', root: ROOT_A }])
   await settle()
   const abort = new AbortController()
   const waiting = catalog.take('d', abort.signal)
   abort.abort(new Error('create timed out'))
   await assert.rejects(waiting, /create timed out/)
+  // A fetch still queued behind another is not waited for; the one under way, TAKE_WAIT_MS at most.
+  assert.equal(await catalog.take('e', AbortSignal.timeout(5000)), undefined)
+  const slow = catalog.take('d', AbortSignal.timeout(5000))
+  await settle()
+  longSleeps.at(-1)!()
+  assert.equal(await slow, undefined)
 })
 
 test('catalog: an origin publishes the images it is the origin of, at a bounded rate; none when it has none', async () => {
