@@ -13,7 +13,8 @@
 // fetches is checked as any other (signature, root). Published when the agent's images change and when a peer
 // subscribes to (or grafts) the topic, at most once per CATALOG_PUBLISH_MIN_INTERVAL_MS. Bounded: message size
 // and entries, the fetch queue (one fetch at a time, each with a timeout), and the manifests held (count and bytes;
-// the oldest go first). A manifest held is given to the create that asks for it, and dropped then.
+// the oldest go first). A manifest held is given to the create that asks for it, and dropped then; one its origin's
+// next catalog no longer lists (the image was removed there) is dropped too.
 
 import { TopicValidatorResult } from '@libp2p/gossipsub'
 import type { PeerId } from '@libp2p/interface'
@@ -123,6 +124,8 @@ const manifestBytes = (m: Manifest): number => m.encoded.byteLength + m.blockHas
 
 export function createCatalog (init: CatalogInit): Catalog {
   const held = new Map<string, Manifest>() // insertion order: the oldest first
+  /** The origin whose catalog named each manifest held. */
+  const heldFrom = new Map<string, string>()
   let heldBytes = 0
   const queue: Job[] = []
   const jobs = new Map<string, Job>() // by image id: queued or under way
@@ -131,18 +134,22 @@ export function createCatalog (init: CatalogInit): Catalog {
   let started = false
   let publishPending = false
   let lastPublishMs = -Infinity
+  /** The last catalog published listed images. */
+  let announced = false
   const counts = { received: 0, ignored: 0, fetched: 0, failed: 0, used: 0 }
 
   const drop = (imageId: string): void => {
     const manifest = held.get(imageId)
     if (manifest === undefined) return
     held.delete(imageId)
+    heldFrom.delete(imageId)
     heldBytes -= manifestBytes(manifest)
   }
 
-  const hold = (manifest: Manifest): void => {
+  const hold = (manifest: Manifest, from: string): void => {
     drop(manifest.imageId)
     held.set(manifest.imageId, manifest)
+    heldFrom.set(manifest.imageId, from)
     heldBytes += manifestBytes(manifest)
     for (const [oldest] of held) {
       if (held.size <= init.maxManifests && heldBytes <= MAX_CATALOG_MANIFEST_BYTES) break
@@ -161,7 +168,7 @@ export function createCatalog (init: CatalogInit): Catalog {
           if (!init.has(job.entry.id, job.entry.root)) {
             manifest = await init.fetch(job.peerId, job.entry.id, AbortSignal.any([init.signal, AbortSignal.timeout(CATALOG_FETCH_TIMEOUT_MS)]))
             if (manifest.rootHex !== job.entry.root) throw new Error(`root ${manifest.rootHex} is not the catalog's ${job.entry.root}`)
-            hold(manifest)
+            hold(manifest, job.peerId)
             counts.fetched++
           }
         } catch (err) {
@@ -184,6 +191,9 @@ export function createCatalog (init: CatalogInit): Catalog {
 
   const onCatalog = (peerId: string, entries: CatalogEntry[]): void => {
     counts.received++
+    // What this origin no longer serves is not given to a create.
+    const listed = new Set(entries.map(e => e.id))
+    for (const [imageId, from] of heldFrom) if (from === peerId && !listed.has(imageId)) drop(imageId)
     for (const entry of entries) {
       if (init.has(entry.id, entry.root) || held.get(entry.id)?.rootHex === entry.root) continue
       const job = jobs.get(entry.id)
@@ -228,7 +238,9 @@ export function createCatalog (init: CatalogInit): Catalog {
     publishPending = false
     lastPublishMs = init.clock.nowMs()
     const entries = init.ownImages()
-    if (entries.length === 0 || !started) return
+    // An agent that never had images says nothing; one whose last image went says so (an empty catalog).
+    if (!started || (entries.length === 0 && !announced)) return
+    announced = entries.length > 0
     init.pubsub().publish(CATALOG_TOPIC, encodeCatalog(entries)).catch((err: Error) => {
       // No subscribed peer yet is not a failure: a peer that subscribes later triggers a publish.
       if (!/NoPeersSubscribedToTopic|no peers/i.test(err.message)) init.logger.warn('catalog publish failed', { error: err.message })

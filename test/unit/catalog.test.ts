@@ -103,6 +103,11 @@ test('catalog: only a trusted origin\'s catalog is acted on; its manifests are f
   assert.equal((await catalog.take('c', AbortSignal.timeout(1000)))?.imageId, 'c')
   assert.equal(await catalog.take('c', AbortSignal.timeout(1000)), undefined)
   assert.equal(catalog.stats().held, 1)
+  // 'b' is still held; the origin's next catalog leaves it out (removed there): dropped, not given to a create.
+  deliver('origin', [{ id: 'c', root: ROOT_A }])
+  await settle()
+  assert.equal(catalog.stats().held, 0)
+  assert.equal(await catalog.take('b', AbortSignal.timeout(1000)), undefined)
 })
 
 test('catalog: a create waits for the fetch of its image under way; a wrong root or a failed fetch gives it nothing', async () => {
@@ -141,7 +146,7 @@ test('catalog: a create waits for the fetch of its image under way; a wrong root
   assert.equal(await slow, undefined)
 })
 
-test('catalog: an origin publishes the images it is the origin of, at a bounded rate; none when it has none', async () => {
+test('catalog: an origin publishes the images it is the origin of, at a bounded rate; once empty after its last one went; an agent with none says nothing', async () => {
   let own = [{ id: 'a', root: ROOT_A }]
   const { catalog, published, settle } = harness({ ownImages: () => own })
   catalog.publishSoon()
@@ -152,5 +157,13 @@ test('catalog: an origin publishes the images it is the origin of, at a bounded 
   own = []
   catalog.publishSoon()
   await settle()
-  assert.equal(published.length, 1, 'nothing to announce: nothing published')
+  assert.equal(published.length, 2)
+  assert.deepEqual(decodeCatalog(published[1]), [], 'the last image went: an empty catalog')
+  catalog.publishSoon()
+  await settle()
+  assert.equal(published.length, 2, 'nothing more to say')
+  const quiet = harness({ ownImages: () => [] })
+  quiet.catalog.publishSoon()
+  await quiet.settle()
+  assert.equal(quiet.published.length, 0, 'never had images: never publishes')
 })
