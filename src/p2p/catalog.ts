@@ -168,8 +168,10 @@ export function createCatalog (init: CatalogInit): Catalog {
           if (!init.has(job.entry.id, job.entry.root)) {
             manifest = await init.fetch(job.peerId, job.entry.id, AbortSignal.any([init.signal, AbortSignal.timeout(CATALOG_FETCH_TIMEOUT_MS)]))
             if (manifest.rootHex !== job.entry.root) throw new Error(`root ${manifest.rootHex} is not the catalog's ${job.entry.root}`)
-            hold(manifest, job.peerId)
             counts.fetched++
+            // Not if the catalog has named a newer root meanwhile.
+            if (jobs.get(job.entry.id) === job) hold(manifest, job.peerId)
+            else manifest = undefined
           }
         } catch (err) {
           manifest = undefined
@@ -179,13 +181,14 @@ export function createCatalog (init: CatalogInit): Catalog {
           }
         }
         current = undefined
-        jobs.delete(job.entry.id)
+        // A newer root's job may have taken the id meanwhile.
+        if (jobs.get(job.entry.id) === job) jobs.delete(job.entry.id)
         job.resolve(manifest)
       }
     } finally {
       working = false
       current = undefined
-      for (const job of queue.splice(0)) { jobs.delete(job.entry.id); job.resolve(undefined) }
+      for (const job of queue.splice(0)) { if (jobs.get(job.entry.id) === job) jobs.delete(job.entry.id); job.resolve(undefined) }
     }
   }
 
@@ -195,14 +198,16 @@ export function createCatalog (init: CatalogInit): Catalog {
     const listed = new Set(entries.map(e => e.id))
     for (const [imageId, from] of heldFrom) if (from === peerId && !listed.has(imageId)) drop(imageId)
     for (const entry of entries) {
-      if (init.has(entry.id, entry.root) || held.get(entry.id)?.rootHex === entry.root) continue
+      const holding = held.get(entry.id)
+      if (holding !== undefined && holding.rootHex !== entry.root) drop(entry.id) // an older root: not for a create
+      if (init.has(entry.id, entry.root) || holding?.rootHex === entry.root) continue
       const job = jobs.get(entry.id)
       if (job !== undefined && job.entry.root === entry.root) continue
-      if (queue.length >= MAX_QUEUED_FETCHES) break
-      const { promise, resolve } = Promise.withResolvers<Manifest | undefined>()
-      const next: Job = { peerId, entry, done: promise, resolve }
       // A newer root of an image queued under an older one replaces it there (the one under way finishes).
       const at = queue.findIndex(j => j.entry.id === entry.id)
+      if (at < 0 && queue.length >= MAX_QUEUED_FETCHES) break
+      const { promise, resolve } = Promise.withResolvers<Manifest | undefined>()
+      const next: Job = { peerId, entry, done: promise, resolve }
       if (at >= 0) { queue[at].resolve(undefined); queue[at] = next } else queue.push(next)
       jobs.set(entry.id, next)
     }

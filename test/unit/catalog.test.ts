@@ -138,12 +138,27 @@ test('catalog: a create waits for the fetch of its image under way; a wrong root
   const waiting = catalog.take('d', abort.signal)
   abort.abort(new Error('create timed out'))
   await assert.rejects(waiting, /create timed out/)
+  // A newer root of the image under way is fetched after it, once: the old job's end does not forget the new one.
+  deliver('origin', [{ id: 'd', root: ROOT_B }, { id: 'e', root: ROOT_A }])
+  deliver('origin', [{ id: 'd', root: ROOT_B }, { id: 'e', root: ROOT_A }])
   // A fetch still queued behind another is not waited for; the one under way, TAKE_WAIT_MS at most.
   assert.equal(await catalog.take('e', AbortSignal.timeout(5000)), undefined)
   const slow = catalog.take('d', AbortSignal.timeout(5000))
   await settle()
   longSleeps.at(-1)!()
   assert.equal(await slow, undefined)
+  fetches[3].resolve(fakeManifest('d', ROOT_A)) // the old root's fetch ends
+  await settle()
+  assert.deepEqual(fetches.slice(4).map(f => f.imageId), ['e'])
+  fetches[4].resolve(fakeManifest('e', ROOT_A))
+  await settle()
+  deliver('origin', [{ id: 'd', root: ROOT_B }, { id: 'e', root: ROOT_A }])
+  await settle()
+  assert.deepEqual(fetches.slice(4).map(f => f.imageId), ['e', 'd'], 'the new root once, after e')
+  assert.equal(catalog.stats().held, 1, 'e only: the old root of d was not kept')
+  fetches[5].resolve(fakeManifest('d', ROOT_B))
+  await settle()
+  assert.equal((await catalog.take('d', AbortSignal.timeout(1000)))?.rootHex, ROOT_B)
 })
 
 test('catalog: an origin publishes the images it is the origin of, at a bounded rate; once empty after its last one went; an agent with none says nothing', async () => {
