@@ -10,8 +10,8 @@
 // nearly all it loses against a central server.
 
 import { setMaxListeners } from 'node:events'
-import { peerIdFromPublicKey, peerIdFromString } from '@libp2p/peer-id'
-import { publicKeyFromRaw } from '@libp2p/crypto/keys'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { peerIdOfPublicKey } from '../identity/key.js'
 import type { Manifest } from '../blockstack/manifest.js'
 import { fetchManifestFrom, MANIFEST_FETCH_TIMEOUT_MS } from './manifest-protocol.js'
 import { ManifestUnavailableError } from './errors.js'
@@ -25,6 +25,8 @@ const DIRECT_ASK_TIMEOUT_MS = 2_000
 
 export interface ManifestFinderInit {
   trustedKeys: readonly Uint8Array[]
+  /** The trusted origins' peer ids, this agent's own left out (originPeerIds): asked first. */
+  origins: ReadonlySet<string>
   /** The image's state, subscribing to its topic (interest only) if new. */
   ensureState: (imageId: string) => ImageState
   /** Interest only ended: unsubscribe and forget the image. */
@@ -57,15 +59,13 @@ export function directAskPeers (connected: readonly string[], subscribed: Readon
 export function originPeerIds (trustedKeys: readonly Uint8Array[]): Set<string> {
   const ids = new Set<string>()
   for (const key of trustedKeys) {
-    try { ids.add(peerIdFromPublicKey(publicKeyFromRaw(key)).toString()) } catch {}
+    try { ids.add(peerIdOfPublicKey(key)) } catch {}
   }
   return ids
 }
 
 export const createManifestFinder = (init: ManifestFinderInit) => (components: ServiceComponents): FetchManifestFn => {
   const { logger, images, peers, events } = components
-  const origins = originPeerIds(init.trustedKeys)
-  origins.delete(components.selfPeerId)
   /**
    * Asks up to MAX_DIRECT_ASKS connected peers at once (directAskPeers); the first valid manifest wins and the
    * other asks are dropped. undefined: none had it in time (a holder is asked again once it advertises).
@@ -73,7 +73,7 @@ export const createManifestFinder = (init: ManifestFinderInit) => (components: S
   const askDirect = async (imageId: string, state: ImageState, asked: Set<string>, signal: AbortSignal): Promise<Manifest | undefined> => {
     const subscribed = new Set(components.node()?.services.pubsub.getSubscribers(state.topic).map(p => p.toString()) ?? [])
     const connected = [...components.connected].filter(peer => !peers.isBanned(peer))
-    const peersToAsk = directAskPeers(connected, subscribed, origins, MAX_DIRECT_ASKS)
+    const peersToAsk = directAskPeers(connected, subscribed, init.origins, MAX_DIRECT_ASKS)
     if (peersToAsk.length === 0) return undefined
     const done = new AbortController()
     const askSignal = AbortSignal.any([signal, done.signal, AbortSignal.timeout(DIRECT_ASK_TIMEOUT_MS)])

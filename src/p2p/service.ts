@@ -364,10 +364,13 @@ export function createP2PService (init: P2PServiceInit): P2PService {
     return state
   }
 
-  const isOwn = (manifest: Manifest): boolean => Buffer.from(manifest.originPublicKey).toString('hex') === init.identity.publicKeyHex
+  const isOwn = (manifest: Manifest): boolean => originPeerIdOf(manifest) === selfPeerId
+  // The trusted origins other than this agent: the catalogs acted on, the peers asked first for a manifest.
+  const origins = originPeerIds(trustedKeys)
+  origins.delete(selfPeerId)
   const catalog = createCatalog({
     pubsub: () => requireNode().services.pubsub as unknown as CatalogPubsub,
-    origins: (() => { const ids = originPeerIds(trustedKeys); ids.delete(selfPeerId); return ids })(),
+    origins,
     maxManifests: init.catalogManifests ?? DEFAULT_CATALOG_MANIFESTS,
     ownImages: () => [...images.values()].flatMap(state => state.store !== undefined && state.manifest !== undefined && isOwn(state.manifest) ? [{ id: state.imageId, root: state.manifest.rootHex }] : []),
     has: (imageId, rootHex) => { const state = images.get(imageId); return state?.store !== undefined && state.manifest?.rootHex === rootHex },
@@ -380,6 +383,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
   const manifestsFound = { advertised: 0, direct: 0, catalog: 0 }
   const fetchManifest = createManifestFinder({
     trustedKeys,
+    origins,
     ensureState,
     dropInterest: state => { adverts.unsubscribe(state); images.delete(state.imageId) },
     ahead: catalog.take,
@@ -466,7 +470,7 @@ export function createP2PService (init: P2PServiceInit): P2PService {
       nonChildBudget: new LastResortBudget(DEFAULT_NON_CHILD_BURST_BYTES, DEFAULT_NON_CHILD_BYTES_PER_SEC, clock),
       chargesNonChildBudget: (rootHex: string, peerId: string) => {
         const state = byRoot.get(rootHex)
-        return state?.manifest !== undefined && originPeerIdOf(state.manifest) === selfPeerId && !state.children.has(peerId)
+        return state?.manifest !== undefined && isOwn(state.manifest) && !state.children.has(peerId)
       },
       onRequest: (rootHex: string, peerId: string) => { children.touch(peerId, rootHex) },
       uploadBucket,
