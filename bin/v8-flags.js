@@ -35,17 +35,41 @@
 // bench:package) used 1.15-1.35 % of a core instead of 0.80 (issue 11's goal is 1 %); at 4 MB, 0.65 %. A
 // minimum of 16 MB (--min-semi-space-size=16) cost 10-40 % more CPU in the wave.
 //
+// AGENT_ENV is the agent's environment, for the same reason as AGENT_NODE_FLAGS: glibc reads its tunables when
+// the process starts (bin/vmthunderd.js's first line sets it; so do the launchers and the systemd unit).
+// glibc.malloc.hugetlb=1: malloc advises transparent huge pages for its heap (when THP is `madvise` or
+// `always`, /sys/kernel/mm/transparent_hugepage/enabled). Why: the blocks an agent receives are node Buffers
+// from malloc, held until the cache's group commit, so a boot wave grows the heap by about what it received,
+// and each fresh 4 KiB page was a page fault: 16,000 per host agent in the 8-host testbed wave at 1 Gb/s
+// (bench:testbed's "minor page faults"), 12 % of a host agent's perf samples, and faults cost more than usual
+// in a virtual machine. With huge pages: 1,200. 6 interleaved pairs at 1 Gb/s (ABBA), the variable alone
+// changed: the host agents' CPU 17.8, 17.6, 18.6, 13.8, 13.0, 14.0 -> 15.4, 15.0, 11.8, 11.6, 10.7, 11.3 CPU-s
+// (15.8 -> 12.6 on average), slowest host 11.4 -> 9.5 s on average, lower in every pair; at 100 Mb/s, 2 pairs:
+// 27.1, 23.0 -> 24.7, 21.1 CPU-s. An idle packaged daemon's RSS stayed at 86 MB (npm run bench:package).
+//
 // VMTHUNDER_V8_FLAGS replaces both lists, set at load (empty: V8's defaults), for measuring and for a node
 // whose V8 differs.
 'use strict'
 const { setFlagsFromString } = require('node:v8')
 
 const AGENT_NODE_FLAGS = ['--initial-heap-size=64', '--max-semi-space-size=4']
+const AGENT_ENV = Object.freeze({ GLIBC_TUNABLES: 'glibc.malloc.hugetlb=1' })
 const AGENT_V8_FLAGS_AT_LOAD = ['--interrupt-budget=1081344']
 const AGENT_V8_FLAGS_ONCE_STARTED = ['--always-sparkplug']
 
 function override (env) {
   return env.VMTHUNDER_V8_FLAGS === undefined ? undefined : env.VMTHUNDER_V8_FLAGS.split(/\s+/).filter((f) => f !== '')
+}
+
+/**
+ * The environment to start an agent with: `env` plus AGENT_ENV. A GLIBC_TUNABLES already set keeps its
+ * tunables (ours is appended unless it sets glibc.malloc.hugetlb itself).
+ */
+function agentEnv (env = process.env) {
+  const have = env.GLIBC_TUNABLES ?? ''
+  if (have === '') return { ...env, ...AGENT_ENV }
+  if (/(^|:)glibc\.malloc\.hugetlb=/.test(have)) return { ...env }
+  return { ...env, GLIBC_TUNABLES: `${have}:${AGENT_ENV.GLIBC_TUNABLES}` }
 }
 
 /** Hooks for runEntry: flags at load, more once the agent has started. */
@@ -57,4 +81,4 @@ function agentV8Hooks (env = process.env) {
   }
 }
 
-module.exports = { AGENT_NODE_FLAGS, AGENT_V8_FLAGS_AT_LOAD, AGENT_V8_FLAGS_ONCE_STARTED, agentV8Hooks }
+module.exports = { AGENT_NODE_FLAGS, AGENT_ENV, agentEnv, AGENT_V8_FLAGS_AT_LOAD, AGENT_V8_FLAGS_ONCE_STARTED, agentV8Hooks }

@@ -39,7 +39,7 @@ import { fileURLToPath } from 'node:url'
 import { testbedUp, testbedDown, linkCounters, nsSpawn, type Testbed, type TestbedNode } from '../test/helpers/testbed.js'
 import { buildGuest } from '../test/helpers/vm.js'
 import { loadTrace, distinctBytes, replayFile, nbdConnect, replayNbd, SLOW_READ_MS, type SlowRead, type TraceRead } from './lib/nbd-replay.js'
-import { AGENT_NODE_FLAGS, DAEMON_BIN } from './lib/agent-process.js'
+import { AGENT_NODE_FLAGS, DAEMON_BIN, agentEnv as agentEnvOf } from './lib/agent-process.js'
 import { makeTraceImage } from './lib/trace-image.js'
 import { ActivityCounter, ACTIVITY_GROUPS, OTHER_ACTIVITY } from './lib/perf-activity.js'
 import { createInterface } from 'node:readline'
@@ -429,7 +429,10 @@ async function spawnAgent (a: Omit<Agent, 'proc'>, logDir: string, signal: Abort
   const nodeArgs = (process.env.VMTB_AGENT_NODE_ARGS ?? '').split(' ').filter((x) => x !== '')
   // VMTB_DAEMON_BIN runs another build of the daemon (e.g. a patched copy of the tree) for experiments.
   const bin = process.env.VMTB_DAEMON_BIN ?? DAEMON_BIN
-  const c = nsSpawn(a.node.ns, process.execPath, [...AGENT_NODE_FLAGS, ...nodeArgs, bin, ...a.args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
+  // The agent's environment (bin/v8-flags.js's AGENT_ENV, as bin/vmthunderd.js's first line sets it), and
+  // VMTB_AGENT_ENV ("NAME=value NAME=value", e.g. GLIBC_TUNABLES=...) over it: for experiments.
+  const extraEnv = Object.fromEntries((process.env.VMTB_AGENT_ENV ?? '').split(' ').filter((x) => x.includes('=')).map((x) => [x.slice(0, x.indexOf('=')), x.slice(x.indexOf('=') + 1)]))
+  const c = nsSpawn(a.node.ns, process.execPath, [...AGENT_NODE_FLAGS, ...nodeArgs, bin, ...a.args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...agentEnvOf(process.env), ...extraEnv } })
   started.add(c)
   c.once('close', () => started.delete(c))
   const log: WriteStream = createWriteStream(join(logDir, `${a.name}.log`), { flags: 'a' })

@@ -16,6 +16,8 @@ export const CTL_BIN = join(ROOT, 'bin', 'vmthunderctl.js')
  * `node DAEMON_BIN` passes them, so it runs what the installed command runs (and its code cache is accepted).
  */
 export const AGENT_NODE_FLAGS: readonly string[] = createRequire(import.meta.url)('../../bin/v8-flags.js').AGENT_NODE_FLAGS
+/** The environment bin/vmthunderd.js's first line sets too (bin/v8-flags.js's AGENT_ENV, added to `env`). */
+export const agentEnv: (env?: NodeJS.ProcessEnv) => NodeJS.ProcessEnv = createRequire(import.meta.url)('../../bin/v8-flags.js').agentEnv
 
 export interface TestDaemon {
   dir: string
@@ -66,7 +68,7 @@ export async function startDaemon (options: StartDaemonOptions = {}): Promise<Te
     ? [process.execPath, ...AGENT_NODE_FLAGS, ...nodeArgs, options.bin ?? DAEMON_BIN]
     : [options.bin]
   const [command, ...commandArgs] = [...(options.wrapper ?? []), ...daemon, ...args]
-  const child = spawn(command, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env } })
+  const child = spawn(command, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...agentEnv(process.env), ...options.env } })
   let output = ''
   const exited = new Promise<number | null>(resolve => child.once('exit', code => resolve(code)))
   await new Promise<void>((resolve, reject) => {

@@ -287,7 +287,9 @@ export class Daemon {
         nbdSocket: config.nbd.socket,
         images: images.list().length,
         instances: snapshots.list().length,
-        metrics: daemon.metricsServer === undefined ? null : `http://${daemon.metricsServer.address}/metrics`
+        metrics: daemon.metricsServer === undefined ? null : `http://${daemon.metricsServer.address}/metrics`,
+        // bin/v8-flags.js's AGENT_ENV: without it (node run by hand on the bundle) a boot costs more page faults.
+        mallocHugePages: /(^|:)glibc\.malloc\.hugetlb=1/.test(process.env.GLIBC_TUNABLES ?? '')
       })
       return daemon
     } catch (err) {
