@@ -19,6 +19,13 @@ import type { Advert } from '../topology/types.js'
 
 export interface AdvertPolicyParams {
   minIntervalMs: number
+  /**
+   * A forced advert (a peer subscribed or joined our mesh: it knows nothing of us) may go this soon after the
+   * last one while the sender's forced budget lasts (forcedBurst, one more per minIntervalMs): see
+   * nextAdvertDueMs.
+   */
+  forcedMinIntervalMs: number
+  forcedBurst: number
   softIntervalMs: number
   keepAliveMs: number
   /** A quiet sender's keep-alive interval doubles up to this. */
@@ -31,6 +38,8 @@ export interface AdvertPolicyParams {
 
 export const DEFAULT_ADVERT_POLICY: AdvertPolicyParams = {
   minIntervalMs: 250,
+  forcedMinIntervalMs: 25,
+  forcedBurst: 4,
   softIntervalMs: 2000,
   keepAliveMs: 5000,
   maxKeepAliveMs: 60_000,
@@ -74,6 +83,8 @@ export function nextAdvertDueMs (input: {
   lastPublishMs: number
   /** A peer just subscribed: tell it soon whatever changed. */
   forced?: boolean
+  /** The sender's forced budget has an advert left (forcedBudgetTake): a forced advert may go early. */
+  forcedEarly?: boolean
   /** The keep-alive interval now (nextKeepAliveMs); absent: params.keepAliveMs. */
   keepAliveMs?: number
   params?: AdvertPolicyParams
@@ -85,6 +96,12 @@ export function nextAdvertDueMs (input: {
   // origin meanwhile (the simulator at 10k agents: slowest 73 s and the origin 0.76 GB, against 38.7 s and
   // 0.10 GB with no minimum). At most once per attach, and the heartbeat bounds how often an agent attaches.
   if (last !== undefined && last.depth === null && facts.depth !== null) return lastPublishMs
+  // A new subscriber: soon. At an image's first boot wave every host subscribes within ~100 ms, the first
+  // forced advert went out before gossipsub had a stream to most of them, and the next waited minIntervalMs:
+  // a lone host's first read waited 220 ms for its first parent (bench:testbed --hosts 1), a wave's first
+  // tree level as long. Early only within the sender's own budget, so its rate stays under what receivers
+  // accept from one author (adverts.ts: 2 per minIntervalMs and a burst of 20).
+  if (input.forced === true && input.forcedEarly === true) return lastPublishMs + Math.min(p.forcedMinIntervalMs, p.minIntervalMs)
   if (last === undefined || input.forced === true || urgentChange(facts, last, p)) return lastPublishMs + p.minIntervalMs
   if (softChange(facts, last, p)) return lastPublishMs + p.softIntervalMs
   return lastPublishMs + Math.max(input.keepAliveMs ?? 0, p.keepAliveMs)
@@ -117,4 +134,14 @@ export function urgentChange (f: AdvertFacts, last: AdvertFacts, p: AdvertPolicy
 
 export function softChange (f: AdvertFacts, last: AdvertFacts, p: AdvertPolicyParams = DEFAULT_ADVERT_POLICY): boolean {
   return f.heldBlocks !== last.heldBlocks || f.childCount !== last.childCount || Math.abs(f.uploadLoad - last.uploadLoad) >= p.loadStep
+}
+
+/** The sender's forced-advert budget (a token bucket): `tokens` left as of `atMs`. */
+export interface ForcedBudget { tokens: number, atMs: number }
+
+/** The budget at `nowMs`: refilled one per minIntervalMs, up to forcedBurst. */
+export function forcedBudgetAt (budget: ForcedBudget | undefined, nowMs: number, params: AdvertPolicyParams = DEFAULT_ADVERT_POLICY): ForcedBudget {
+  if (budget === undefined) return { tokens: params.forcedBurst, atMs: nowMs }
+  const refill = params.minIntervalMs > 0 ? (nowMs - budget.atMs) / params.minIntervalMs : Infinity
+  return { tokens: Math.min(params.forcedBurst, budget.tokens + Math.max(0, refill)), atMs: nowMs }
 }

@@ -9,7 +9,7 @@ import { imageTopicScoreParams } from './node.js'
 import { MAX_PROFILE_WIRE_BYTES, type ProfileProvider } from './profile-protocol.js'
 import { heldBlocks, isSeed, type ImageState, type ServiceComponents } from './components.js'
 import {
-  ADVERT_LIFETIME_KEEPALIVES, DEFAULT_ADVERT_POLICY, advertKind, heldStepCrossed, nextAdvertDueMs, nextKeepAliveMs,
+  ADVERT_LIFETIME_KEEPALIVES, DEFAULT_ADVERT_POLICY, advertKind, forcedBudgetAt, heldStepCrossed, nextAdvertDueMs, nextKeepAliveMs,
   type AdvertFacts, type AdvertPolicyParams
 } from './advert-policy.js'
 import { AdvertBudgets, ADVERT_BURST } from './advert-budget.js'
@@ -156,7 +156,13 @@ export const createAdverts = (init: AdvertsInit) => (components: ServiceComponen
     const advert = buildAdvert(state, facts, ADVERT_LIFETIME_KEEPALIVES * keepAliveMs)
     if (advert === undefined) return
     state.keepAliveMs = keepAliveMs
-    state.lastPublishMs = clock.nowMs()
+    const nowMs = clock.nowMs()
+    if (state.advertForced && nowMs < state.lastPublishMs + policy.minIntervalMs) {
+      // A forced advert sooner than the urgent bound: it takes one from the forced budget.
+      const budget = forcedBudgetAt(state.forcedBudget, nowMs, policy)
+      state.forcedBudget = { tokens: Math.max(0, budget.tokens - 1), atMs: nowMs }
+    }
+    state.lastPublishMs = nowMs
     state.lastPublished = facts
     state.advertForced = false
     publishedCount++
@@ -186,8 +192,9 @@ export const createAdverts = (init: AdvertsInit) => (components: ServiceComponen
     if (node.services.pubsub.getSubscribers(state.topic).length === 0) return
     const facts = factsOf(state)
     if (facts === undefined) return
-    const dueMs = nextAdvertDueMs({ facts, last: state.lastPublished, lastPublishMs: state.lastPublishMs, forced: state.advertForced, keepAliveMs: state.keepAliveMs, params: policy })
     const nowMs = clock.nowMs()
+    const forcedEarly = state.advertForced && forcedBudgetAt(state.forcedBudget, nowMs, policy).tokens >= 1
+    const dueMs = nextAdvertDueMs({ facts, last: state.lastPublished, lastPublishMs: state.lastPublishMs, forced: state.advertForced, forcedEarly, keepAliveMs: state.keepAliveMs, params: policy })
     if (dueMs <= nowMs) { publishNow(state, facts); return }
     scheduleAt(state, dueMs, nowMs)
   }

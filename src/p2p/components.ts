@@ -12,7 +12,7 @@ import type { P2PNode } from './node.js'
 import type { PeerLink } from './peer-link.js'
 import type { Clock } from './clock.js'
 import type { ServiceEvents } from './events.js'
-import type { AdvertFacts } from './advert-policy.js'
+import type { AdvertFacts, ForcedBudget } from './advert-policy.js'
 
 /**
  * The stores the service can serve; BlockCache fits. onBlocksAdded makes adverts follow new blocks; ensure
@@ -97,6 +97,8 @@ export interface ImageState {
   publishDueMs?: number
   /** A peer subscribed since the last advert: publish soon whatever changed. */
   advertForced: boolean
+  /** What is left of the budget for forced adverts sooner than minIntervalMs (advert-policy.ts). */
+  forcedBudget?: ForcedBudget
   /** The keep-alive interval after our last advert (advert-policy.ts: it grows while nothing changes). */
   keepAliveMs: number
   advertsPublished: number

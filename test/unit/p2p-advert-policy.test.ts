@@ -1,9 +1,10 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import {
-  ADVERT_LIFETIME_KEEPALIVES, DEFAULT_ADVERT_POLICY as P, advertKind, heldStepCrossed, nextAdvertDueMs, nextKeepAliveMs, urgentChange, type AdvertFacts
+  ADVERT_LIFETIME_KEEPALIVES, DEFAULT_ADVERT_POLICY as P, advertKind, forcedBudgetAt, heldStepCrossed, nextAdvertDueMs, nextKeepAliveMs, urgentChange, type AdvertFacts
 } from '../../src/p2p/advert-policy.js'
 import { MAX_ADVERT_LIFETIME_MS } from '../../src/topology/index.js'
+import { ADVERT_BURST } from '../../src/p2p/advert-budget.js'
 
 const base: AdvertFacts = { depth: 2, heldBlocks: 100, totalBlocks: 16_384, childCount: 1, childLimit: 8, uploadLoad: 0.1 }
 const due = (facts: AdvertFacts, last: AdvertFacts | undefined, forced = false): number =>
@@ -82,4 +83,35 @@ test('advert policy: a quiet sender keeps itself alive less and less often, up t
   // The adverts' lifetime covers two lost keep-alives at any interval.
   assert.ok(ADVERT_LIFETIME_KEEPALIVES * P.maxKeepAliveMs <= MAX_ADVERT_LIFETIME_MS, 'receivers grant the longest lifetime a sender asks')
   assert.equal(ADVERT_LIFETIME_KEEPALIVES, 3)
+})
+
+test('advert policy: a forced advert goes early while the sender\'s forced budget lasts, and its rate stays under what receivers accept', { timeout: 5000 }, () => {
+  const early = (forcedEarly: boolean, last: AdvertFacts | undefined = base): number =>
+    nextAdvertDueMs({ facts: base, last, lastPublishMs: 10_000, forced: true, forcedEarly }) - 10_000
+  assert.equal(early(true), P.forcedMinIntervalMs, 'a new subscriber, budget left: soon')
+  assert.equal(early(false), P.minIntervalMs, 'budget spent: the urgent bound')
+  assert.ok(P.forcedMinIntervalMs < P.minIntervalMs)
+  assert.equal(nextAdvertDueMs({ facts: base, last: { ...base, depth: null }, lastPublishMs: 10_000, forced: true, forcedEarly: true }), 10_000, 'attached stays at once')
+  // The budget: forcedBurst at first, one more per minIntervalMs, never above forcedBurst.
+  let b = forcedBudgetAt(undefined, 0)
+  assert.equal(b.tokens, P.forcedBurst)
+  b = { tokens: 0, atMs: 0 }
+  assert.equal(forcedBudgetAt(b, P.minIntervalMs / 2).tokens, 0.5)
+  assert.equal(forcedBudgetAt(b, P.minIntervalMs * 100).tokens, P.forcedBurst)
+  // A join storm at its worst: a forced advert whenever one may go, for 10 s. Receivers take 2 per minIntervalMs
+  // from one author after a burst of 20 (adverts.ts, advert-budget.ts); forced and urgent adverts together stay within it.
+  let budget = forcedBudgetAt(undefined, 0)
+  let last = -Infinity
+  let sent = 0
+  for (let t = 0; t < 10_000; t++) {
+    budget = forcedBudgetAt(budget, t)
+    const due = nextAdvertDueMs({ facts: base, last: base, lastPublishMs: last, forced: true, forcedEarly: budget.tokens >= 1 })
+    if (due > t) continue
+    if (t < last + P.minIntervalMs) budget = { tokens: budget.tokens - 1, atMs: t }
+    last = t
+    sent++
+  }
+  assert.ok(sent <= 2 * 10_000 / P.minIntervalMs + P.forcedBurst, `${sent} forced adverts in 10 s`)
+  assert.ok(P.forcedBurst < ADVERT_BURST)
+  assert.ok(sent > 10_000 / P.minIntervalMs, 'more than the urgent bound alone')
 })
