@@ -83,7 +83,7 @@ export function nextAdvertDueMs (input: {
   lastPublishMs: number
   /** A peer just subscribed: tell it soon whatever changed. */
   forced?: boolean
-  /** The sender's forced budget has an advert left (forcedBudgetTake): a forced advert may go early. */
+  /** The sender's forced budget has an advert left (forcedBudgetAt): a forced advert may go early. */
   forcedEarly?: boolean
   /** The keep-alive interval now (nextKeepAliveMs); absent: params.keepAliveMs. */
   keepAliveMs?: number
@@ -144,4 +144,10 @@ export function forcedBudgetAt (budget: ForcedBudget | undefined, nowMs: number,
   if (budget === undefined) return { tokens: params.forcedBurst, atMs: nowMs }
   const refill = params.minIntervalMs > 0 ? (nowMs - budget.atMs) / params.minIntervalMs : Infinity
   return { tokens: Math.min(params.forcedBurst, budget.tokens + Math.max(0, refill)), atMs: nowMs }
+}
+
+/** The budget after a forced advert sent at `nowMs` sooner than minIntervalMs after the last one. */
+export function forcedBudgetTake (budget: ForcedBudget | undefined, nowMs: number, params: AdvertPolicyParams = DEFAULT_ADVERT_POLICY): ForcedBudget {
+  const now = forcedBudgetAt(budget, nowMs, params)
+  return { tokens: Math.max(0, now.tokens - 1), atMs: nowMs }
 }

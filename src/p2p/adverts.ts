@@ -9,7 +9,7 @@ import { imageTopicScoreParams } from './node.js'
 import { MAX_PROFILE_WIRE_BYTES, type ProfileProvider } from './profile-protocol.js'
 import { heldBlocks, isSeed, type ImageState, type ServiceComponents } from './components.js'
 import {
-  ADVERT_LIFETIME_KEEPALIVES, DEFAULT_ADVERT_POLICY, advertKind, forcedBudgetAt, heldStepCrossed, nextAdvertDueMs, nextKeepAliveMs,
+  ADVERT_LIFETIME_KEEPALIVES, DEFAULT_ADVERT_POLICY, advertKind, forcedBudgetAt, forcedBudgetTake, heldStepCrossed, nextAdvertDueMs, nextKeepAliveMs,
   type AdvertFacts, type AdvertPolicyParams
 } from './advert-policy.js'
 import { AdvertBudgets, ADVERT_BURST } from './advert-budget.js'
@@ -159,8 +159,7 @@ export const createAdverts = (init: AdvertsInit) => (components: ServiceComponen
     const nowMs = clock.nowMs()
     if (state.advertForced && nowMs < state.lastPublishMs + policy.minIntervalMs) {
       // A forced advert sooner than the urgent bound: it takes one from the forced budget.
-      const budget = forcedBudgetAt(state.forcedBudget, nowMs, policy)
-      state.forcedBudget = { tokens: Math.max(0, budget.tokens - 1), atMs: nowMs }
+      state.forcedBudget = forcedBudgetTake(state.forcedBudget, nowMs, policy)
     }
     state.lastPublishMs = nowMs
     state.lastPublished = facts

@@ -1,7 +1,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import {
-  ADVERT_LIFETIME_KEEPALIVES, DEFAULT_ADVERT_POLICY as P, advertKind, forcedBudgetAt, heldStepCrossed, nextAdvertDueMs, nextKeepAliveMs, urgentChange, type AdvertFacts
+  ADVERT_LIFETIME_KEEPALIVES, DEFAULT_ADVERT_POLICY as P, advertKind, forcedBudgetAt, forcedBudgetTake, heldStepCrossed, nextAdvertDueMs, nextKeepAliveMs, urgentChange, type AdvertFacts
 } from '../../src/p2p/advert-policy.js'
 import { MAX_ADVERT_LIFETIME_MS } from '../../src/topology/index.js'
 import { ADVERT_BURST } from '../../src/p2p/advert-budget.js'
@@ -107,7 +107,7 @@ test('advert policy: a forced advert goes early while the sender\'s forced budge
     budget = forcedBudgetAt(budget, t)
     const due = nextAdvertDueMs({ facts: base, last: base, lastPublishMs: last, forced: true, forcedEarly: budget.tokens >= 1 })
     if (due > t) continue
-    if (t < last + P.minIntervalMs) budget = { tokens: budget.tokens - 1, atMs: t }
+    if (t < last + P.minIntervalMs) budget = forcedBudgetTake(budget, t)
     last = t
     sent++
   }
